@@ -1,0 +1,177 @@
+"""The typed syntax tree of a `.lmspec` file. Every node keeps its source span.
+
+The tree mirrors the text: it is what the parser saw, before imports,
+`extends`, references or arithmetic are resolved (that is `compiler.resolve`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from lmspec.diagnostics import Span
+
+__all__ = [
+    "Ident", "Number", "String", "Bool", "Name", "Attr", "Call", "ListExpr", "BinOp", "Neg",
+    "FromStage", "WithField", "Expr", "Field", "Nested", "LayerOverride", "Entry", "Block",
+    "Import", "Header", "SpecFile",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Ident:
+    name: str
+    span: Span
+
+
+# ----------------------------------------------------------------------------- expressions
+
+
+@dataclass(frozen=True, slots=True)
+class Number:
+    value: int | float
+    raw: str  # as written: "50_257", "2k", "15%"
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class String:
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Bool:
+    value: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Name:
+    """A bare identifier: a sibling field, a block, or a symbol such as `causal`."""
+
+    id: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """`obj.name`, e.g. `tok.vocab_size`."""
+
+    obj: "Expr"
+    name: Ident
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """`func(arg, key: value)`, e.g. `rope(theta: 10_000)` or `stories.prefixes(tokens: 8)`."""
+
+    func: "Expr"
+    args: tuple["Expr", ...]
+    kwargs: tuple[tuple[Ident, "Expr"], ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ListExpr:
+    items: tuple["Expr", ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class BinOp:
+    op: str  # + - * /
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Neg:
+    operand: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class FromStage:
+    """`critic from judge_fit`: the model as trained by a stage."""
+
+    value: "Expr"
+    stage: Ident
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class WithField:
+    """`gpt with head scalar`: a model with one key replaced."""
+
+    value: "Expr"
+    key: Ident
+    field_value: "Expr"
+    span: Span
+
+
+Expr = Union[Number, String, Bool, Name, Attr, Call, ListExpr, BinOp, Neg, FromStage, WithField]
+
+
+# ----------------------------------------------------------------------------- structure
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    key: Ident
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Nested:
+    """A named block inside a block: `encoder { layers: 6 }`, `rollouts { ... }`."""
+
+    name: Ident
+    entries: tuple["Entry", ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class LayerOverride:
+    """`layer 0..3 { ... }`: fields for layers first..last, both inclusive."""
+
+    first: int
+    last: int
+    range_span: Span
+    entries: tuple["Entry", ...]
+    span: Span
+
+
+Entry = Union[Field, Nested, LayerOverride]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    kind: Ident
+    name: Ident
+    extends: Ident | None
+    entries: tuple[Entry, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Import:
+    path: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    version: int
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class SpecFile:
+    path: str
+    header: Header | None
+    imports: tuple[Import, ...]
+    blocks: tuple[Block, ...]

@@ -1,0 +1,346 @@
+"""Text -> `ast.SpecFile`, with located diagnostics instead of exceptions.
+
+`parse(text, path)` never raises for bad input: it returns the tree it could
+build (possibly partial) and a list of diagnostics. When the file as a whole
+does not parse, each top-level block is parsed on its own so that one typo
+does not hide the errors of the blocks after it.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from lark import Lark, Token, Transformer_NonRecursive, Tree
+from lark.exceptions import UnexpectedInput, VisitError
+
+from lmspec.diagnostics import Diagnostic, Span
+from lmspec.grammar import ast
+from lmspec.grammar.errors import syntax_diagnostic
+
+__all__ = ["parse", "parse_file", "lark_parser", "number_value", "MAX_NESTING", "LANGUAGE_VERSION"]
+
+LANGUAGE_VERSION = 1
+MAX_NESTING = 64  # brackets and braces; deeper specs are refused with LMS011
+MAX_EXPRESSION_NODES = 2_000  # operators/operands in one expression (keeps resolution shallow)
+
+_SUFFIX = {"k": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+
+
+@functools.lru_cache(maxsize=1)
+def lark_parser() -> Lark:
+    return Lark.open(
+        "lmspec.lark",
+        rel_to=__file__,
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=True,
+        cache=False,
+    )
+
+
+def number_value(raw: str) -> int | float:
+    """`50_257` -> 50257, `2k` -> 2000, `1.5M` -> 1500000, `15%` -> 0.15, `3e-4` -> 0.0003."""
+    text = raw.replace("_", "")
+    scale: int | None = None
+    percent = False
+    if text.endswith("%"):
+        percent, text = True, text[:-1]
+    elif text[-1] in _SUFFIX:
+        scale, text = _SUFFIX[text[-1]], text[:-1]
+    is_int = all(ch.isdigit() for ch in text)
+    value: int | float = int(text) if is_int else float(text)
+    if percent:
+        return value / 100
+    if scale is not None:
+        value = value * scale
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+    return value
+
+
+class _Offsets:
+    """Where a parsed fragment sits in its file, so spans point at the real file."""
+
+    def __init__(self, path: str, line: int = 0, char: int = 0):
+        self.path, self.line, self.char = path, line, char
+
+    def span(self, line: int, col: int, end_line: int, end_col: int, start: int, end: int) -> Span:
+        return Span(self.path, line + self.line, col, end_line + self.line, end_col, start + self.char, end + self.char)
+
+    def of_token(self, tok: Token) -> Span:
+        return self.span(tok.line, tok.column, tok.end_line, tok.end_column, tok.start_pos, tok.end_pos)
+
+    def of_meta(self, meta) -> Span:
+        return self.span(meta.line, meta.column, meta.end_line, meta.end_column, meta.start_pos, meta.end_pos)
+
+
+def _unescape(raw: str) -> str:
+    body, out, i = raw[1:-1], [], 0
+    escapes = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            out.append(escapes.get(body[i + 1], "\\" + body[i + 1]))
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+class _ToAst(Transformer_NonRecursive):
+    """Parse tree -> AST. Syntax only: no checks of meaning here."""
+
+    def __init__(self, offsets: _Offsets):
+        super().__init__()
+        self.o = offsets
+
+    def _ident(self, tok: Token) -> ast.Ident:
+        return ast.Ident(str(tok), self.o.of_token(tok))
+
+    def __default__(self, data, children, meta):  # pragma: no cover - every rule is handled
+        raise NotImplementedError(data)
+
+    def _call_userfunc(self, tree: Tree, new_children=None):
+        children = new_children if new_children is not None else tree.children
+        return getattr(self, tree.data)(children, tree.meta)
+
+    # structure
+    def start(self, c, meta):
+        header = c[0] if c and isinstance(c[0], ast.Header) else None
+        if header is not None:
+            c = c[1:]
+        elif c and c[0] is None:
+            c = c[1:]
+        imports = tuple(x for x in c if isinstance(x, ast.Import))
+        blocks = tuple(x for x in c if isinstance(x, ast.Block))
+        return ast.SpecFile(self.o.path, header, imports, blocks)
+
+    def header(self, c, meta):
+        return ast.Header(int(number_value(str(c[0]))) if str(c[0]).isdigit() else -1, self.o.of_meta(meta))
+
+    def import_stmt(self, c, meta):
+        return ast.Import(_unescape(str(c[0])), self.o.of_meta(meta))
+
+    def block(self, c, meta):
+        kind, name, extends, *entries = c
+        return ast.Block(self._ident(kind), self._ident(name), extends, tuple(entries), self.o.of_meta(meta))
+
+    def extends(self, c, meta):
+        return self._ident(c[0])
+
+    def field(self, c, meta):
+        return ast.Field(self._ident(c[0]), c[1], self.o.of_meta(meta))
+
+    def nested(self, c, meta):
+        return ast.Nested(self._ident(c[0]), tuple(c[1:]), self.o.of_meta(meta))
+
+    def layer_block(self, c, meta):
+        (first, last, range_span), *entries = c
+        return ast.LayerOverride(first, last, range_span, tuple(entries), self.o.of_meta(meta))
+
+    def layer_range(self, c, meta):
+        first = number_value(str(c[0]))
+        last = number_value(str(c[1])) if c[1] is not None else first
+        return first, last, self.o.of_meta(meta)
+
+    # expressions
+    def number(self, c, meta):
+        return ast.Number(number_value(str(c[0])), str(c[0]), self.o.of_meta(meta))
+
+    def string(self, c, meta):
+        return ast.String(_unescape(str(c[0])), self.o.of_meta(meta))
+
+    def true(self, c, meta):
+        return ast.Bool(True, self.o.of_meta(meta))
+
+    def false(self, c, meta):
+        return ast.Bool(False, self.o.of_meta(meta))
+
+    def name(self, c, meta):
+        return ast.Name(str(c[0]), self.o.of_meta(meta))
+
+    def list(self, c, meta):
+        return ast.ListExpr(tuple(x for x in c if x is not None), self.o.of_meta(meta))
+
+    def attr(self, c, meta):
+        return ast.Attr(c[0], self._ident(c[1]), self.o.of_meta(meta))
+
+    def call(self, c, meta):
+        func, *args = c
+        positional = tuple(a[1] for a in args if a is not None and a[0] is None)
+        keywords = tuple(a for a in args if a is not None and a[0] is not None)
+        return ast.Call(func, positional, keywords, self.o.of_meta(meta))
+
+    def pos_arg(self, c, meta):
+        return (None, c[0])
+
+    def kw_arg(self, c, meta):
+        return (self._ident(c[0]), c[1])
+
+    def _binop(op):  # noqa: N805 - a small factory for the four operators
+        def method(self, c, meta):
+            return ast.BinOp(op, c[0], c[1], self.o.of_meta(meta))
+
+        return method
+
+    add, sub, mul, div = _binop("+"), _binop("-"), _binop("*"), _binop("/")
+
+    def neg(self, c, meta):
+        return ast.Neg(c[0], self.o.of_meta(meta))
+
+    def from_stage(self, c, meta):
+        return ast.FromStage(c[0], self._ident(c[1]), self.o.of_meta(meta))
+
+    def with_field(self, c, meta):
+        return ast.WithField(c[0], self._ident(c[1]), c[2], self.o.of_meta(meta))
+
+
+# ----------------------------------------------------------------------------- scanning
+
+
+def _scan(text: str, path: str) -> tuple[list[tuple[int, int]], list[Diagnostic]]:
+    """One linear pass over the text: nesting depth (refuse absurd depth before lark
+    or the transformer can recurse), and the top-level segments (header, imports, and
+    each block up to its closing brace) used to recover after a syntax error."""
+    diagnostics: list[Diagnostic] = []
+    segments: list[tuple[int, int]] = []
+    depth, i, n, seg_start = 0, 0, len(text), None
+    line = 1
+    while i < n:
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+        elif ch == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        elif ch == '"':
+            j = i + 1
+            while j < n and text[j] not in '"\n':
+                j += 2 if text[j] == "\\" else 1
+            i = j + 1 if j < n and text[j] == '"' else j
+            continue
+        elif ch in "{[(":
+            depth += 1
+            if depth > MAX_NESTING:
+                col = i - (text.rfind("\n", 0, i) + 1) + 1
+                span = Span(path, line, col, line, col + 1, i, i + 1)
+                return [], [Diagnostic("error", "LMS011", f"brackets nested deeper than {MAX_NESTING} levels", span,
+                                       help="flatten the expression or split it into fields")]
+        elif ch in "}])":
+            depth = max(0, depth - 1)
+            if depth == 0 and ch == "}" and seg_start is not None:
+                segments.append((seg_start, i + 1))
+                seg_start = None
+        elif depth == 0 and seg_start is None and not ch.isspace():
+            seg_start = text.rfind("\n", 0, i) + 1  # segments start at a line start: columns stay right
+        i += 1
+    if seg_start is not None:
+        segments.append((seg_start, n))
+    # Merge header/import lines and stray text into the segment that follows, so segments
+    # only split where a block has closed.
+    return segments, diagnostics
+
+
+def _parse_fragment(text: str, offsets: _Offsets) -> tuple[ast.SpecFile | None, Diagnostic | None]:
+    try:
+        tree = lark_parser().parse(text)
+    except UnexpectedInput as err:
+        return None, syntax_diagnostic(err, text, offsets)
+    try:
+        return _ToAst(offsets).transform(tree), None
+    except (VisitError, RecursionError) as err:
+        span = offsets.span(1, 1, 1, 2, 0, 1)
+        return None, Diagnostic("error", "LMS011", f"the spec is too complex to process ({type(err).__name__})", span)
+
+
+def _expression_sizes_ok(spec: ast.SpecFile) -> list[Diagnostic]:
+    """Very long expressions (thousands of operators) would make resolution recurse deeply."""
+    out = []
+    for block in spec.blocks:
+        stack = list(block.entries)
+        while stack:
+            entry = stack.pop()
+            if isinstance(entry, ast.Field):
+                count, todo = 0, [entry.value]
+                while todo and count <= MAX_EXPRESSION_NODES:
+                    node = todo.pop()
+                    count += 1
+                    for name in node.__slots__:
+                        child = getattr(node, name)
+                        if isinstance(child, tuple):
+                            for item in child:
+                                if isinstance(item, tuple):
+                                    todo.extend(x for x in item if not isinstance(x, ast.Ident))
+                                elif not isinstance(item, ast.Ident):
+                                    todo.append(item)
+                        elif hasattr(child, "__slots__") and not isinstance(child, (ast.Ident, Span)):
+                            todo.append(child)
+                if count > MAX_EXPRESSION_NODES:
+                    out.append(Diagnostic("error", "LMS011", f"the value of '{entry.key.name}' has more than "
+                                          f"{MAX_EXPRESSION_NODES} terms", entry.key.span,
+                                          help="split it into several fields"))
+            else:
+                stack.extend(entry.entries)
+    return out
+
+
+def parse(text: str, path: str = "<string>") -> tuple[ast.SpecFile | None, list[Diagnostic]]:
+    """Parse `.lmspec` text. Returns the tree (None if nothing could be parsed) and diagnostics."""
+    segments, diagnostics = _scan(text, path)
+    if diagnostics:
+        return None, diagnostics
+    spec, error = _parse_fragment(text, _Offsets(path))
+    if error is None:
+        diagnostics += _expression_sizes_ok(spec)
+        diagnostics += _check_header(spec, path)
+        return spec, diagnostics
+    # Recovery: parse each top-level segment alone and keep every error.
+    header, imports, blocks, errors = None, [], [], []
+    for start, end in segments:
+        line = text.count("\n", 0, start)
+        part, err = _parse_fragment(text[start:end], _Offsets(path, line, start))
+        if err is not None:
+            errors.append(err)
+            continue
+        header = header or part.header
+        imports += part.imports
+        blocks += part.blocks
+    if not errors:  # the segments parse alone but not together (should not happen): keep the first error
+        errors.append(error)
+    spec = ast.SpecFile(path, header, tuple(imports), tuple(blocks))
+    return spec, errors
+
+
+def _check_header(spec: ast.SpecFile, path: str) -> list[Diagnostic]:
+    if spec.header is None:
+        span = spec.blocks[0].span if spec.blocks else None
+        return [Diagnostic("warning", "LMS010", "the file does not start with a version header", span,
+                           help=f"add `lmspec {LANGUAGE_VERSION}` as the first line")]
+    if spec.header.version != LANGUAGE_VERSION:
+        return [Diagnostic("error", "LMS010", f"unsupported language version {spec.header.version}",
+                           spec.header.span, help=f"this lmspec reads version {LANGUAGE_VERSION}: write `lmspec {LANGUAGE_VERSION}`")]
+    return []
+
+
+def parse_file(path: str | Path) -> tuple[ast.SpecFile | None, str | None, list[Diagnostic]]:
+    """Read and parse a file. Returns (tree, source text, diagnostics); never raises for bad input."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as err:
+        return None, None, [Diagnostic("error", "LMS031", f"cannot read '{p}': {err.strerror or err}", None,
+                                       help="check the path")]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        span = Span(str(path), line, col, line, col + 1, err.start, err.start + 1)
+        text = data.decode("utf-8", errors="replace")
+        return None, text, [Diagnostic("error", "LMS009", f"byte 0x{data[err.start]:02x} is not valid UTF-8", span,
+                                       help="save the file as UTF-8")]
+    tree, diagnostics = parse(text, str(path))
+    return tree, text, diagnostics
