@@ -1,0 +1,5 @@
+import sys
+
+from lmspec.cli import main
+
+sys.exit(main())

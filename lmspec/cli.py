@@ -1,0 +1,102 @@
+"""The `lmspec` command: a thin layer over the Python API.
+
+Exit codes: 0 success; 1 the spec has errors (diagnostics printed);
+2 a usage error (bad arguments, a missing file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lmspec.diagnostics import render_json, render_text, use_colour
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors exit 2 with one clear line, no traceback
+        self.print_usage(sys.stderr)
+        print(f"lmspec: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _summary(report) -> str:
+    lines = []
+    spec = report.spec
+    if spec is None:
+        return ""
+    by_kind: dict[str, list[str]] = {}
+    for name, block in spec.resolved.blocks.items():
+        by_kind.setdefault(block.kind, []).append(name)
+    for kind, names in by_kind.items():
+        lines.append(f"  {kind:<10} {', '.join(names)}")
+    return "\n".join(lines)
+
+
+def cmd_check(args) -> int:
+    from lmspec.compiler.api import check_file
+
+    missing = [p for p in args.specs if not Path(p).is_file()]
+    if missing:
+        for p in missing:
+            print(f"lmspec: error: no such file: {p}", file=sys.stderr)
+        return 2
+    status = 0
+    results = []
+    for path in args.specs:
+        report = check_file(path)
+        status = status or (0 if report.ok else 1)
+        if args.json:
+            results.append({"file": path, "ok": report.ok,
+                            "blocks": {n: b.kind for n, b in report.spec.resolved.blocks.items()} if report.spec else {},
+                            "diagnostics": json.loads(render_json(report.diagnostics))})
+            continue
+        if report.diagnostics:
+            print(render_text(report.diagnostics, report.sources, colour=use_colour(sys.stderr)), file=sys.stderr)
+        if report.ok:
+            print(f"{path}: ok")
+            summary = _summary(report)
+            if summary:
+                print(summary)
+    if args.json:
+        print(json.dumps(results if len(results) != 1 else results[0], indent=2))
+    return status
+
+
+def cmd_schema(args) -> int:
+    from lmspec.compiler.schema_check import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lmspec", description="A declarative experiment language for language models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    p = sub.add_parser("check", help="parse, resolve and validate specs; print what they cost")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("schema", help="print the JSON Schema of every block kind")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("lmspec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

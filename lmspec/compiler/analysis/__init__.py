@@ -1,0 +1,38 @@
+"""Static analysis of a model from its `ArchConfig`: exact parameter counts, FLOPs, training
+and inference memory, and a wiring check on the "meta" device. Nothing here allocates
+weights; only `meta_check` imports torch, and only when called.
+"""
+
+from __future__ import annotations
+
+from .flops import FlopCount, StageCost, flops_per_token, forward_flops, stage_cost
+from .memory import (
+    OPTIMIZERS,
+    KVCacheEstimate,
+    MemoryEstimate,
+    kv_cache_memory,
+    optimizer_state_bytes,
+    training_memory,
+)
+from .meta import MetaCheckError, meta_check
+from .params import ParamCount, ParamShape, count_parameters, parameter_shapes
+
+__all__ = [
+    "ParamShape",
+    "ParamCount",
+    "parameter_shapes",
+    "count_parameters",
+    "FlopCount",
+    "StageCost",
+    "forward_flops",
+    "flops_per_token",
+    "stage_cost",
+    "OPTIMIZERS",
+    "MemoryEstimate",
+    "KVCacheEstimate",
+    "optimizer_state_bytes",
+    "training_memory",
+    "kv_cache_memory",
+    "MetaCheckError",
+    "meta_check",
+]

@@ -1,0 +1,110 @@
+"""The front door of the compiler: every intermediate form, one function each.
+
+    parse        text -> AST                        (lmspec.grammar)
+    resolve      AST -> ResolvedSpec                (imports, extends, references, arithmetic)
+    validate     ResolvedSpec -> ValidatedSpec      (the schema: keys, types, ranges)
+    check        file/text -> CheckReport           (all of the above + design rules + lowered models)
+    load_arch    file/text + model name -> ArchConfig
+
+Nothing here imports torch; building modules is `compiler.build`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmspec.compiler import rules
+from lmspec.compiler.arch import ArchConfig
+from lmspec.compiler.lower import lower_model
+from lmspec.compiler.resolve import ResolvedSpec, resolve_file, resolve_text
+from lmspec.compiler.schema_check import ValidatedSpec, derived_attribute, schema_default, validate_spec
+from lmspec.diagnostics import Diagnostic, LmspecError
+from lmspec.grammar import parse
+
+__all__ = ["parse", "resolve", "validate", "check", "check_text", "check_file", "load_arch", "CheckReport"]
+
+
+@dataclass
+class CheckReport:
+    """What `lmspec check` knows about a spec."""
+
+    path: str
+    sources: dict[str, str]
+    diagnostics: list[Diagnostic]
+    spec: ValidatedSpec | None = None
+    models: dict[str, ArchConfig] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.is_error for d in self.diagnostics)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.is_error]
+
+    def raise_for_errors(self) -> "CheckReport":
+        if not self.ok:
+            raise LmspecError(self.diagnostics, self.sources)
+        return self
+
+
+def resolve(source: str | Path, *, text: str | None = None) -> ResolvedSpec:
+    """Resolve a file (or `text`, reported under the name `source`)."""
+    if text is not None:
+        return resolve_text(text, str(source), defaults=schema_default, derived=derived_attribute)
+    return resolve_file(source, defaults=schema_default, derived=derived_attribute)
+
+
+def validate(resolved: ResolvedSpec) -> ValidatedSpec:
+    return validate_spec(resolved)
+
+
+def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    """A block inherited through `extends` is evaluated once per heir: report each problem once."""
+    seen, out = set(), []
+    for d in diagnostics:
+        key = (d.code, d.message, d.span)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def _check(resolved: ResolvedSpec) -> CheckReport:
+    validated = validate(resolved)
+    diagnostics = list(validated.diagnostics)
+    models: dict[str, ArchConfig] = {}
+    if validated.blocks:
+        rule_diagnostics, models = rules.check(validated)
+        diagnostics += rule_diagnostics
+    return CheckReport(resolved.root, resolved.sources, _dedupe(diagnostics), validated, models)
+
+
+def check_file(path: str | Path) -> CheckReport:
+    return _check(resolve(path))
+
+
+def check_text(text: str, path: str = "<string>") -> CheckReport:
+    return _check(resolve(path, text=text))
+
+
+def check(source: str | Path) -> CheckReport:
+    """Check a spec given as a path, or as text when it contains a newline or a brace."""
+    if isinstance(source, str) and ("\n" in source or "{" in source):
+        return check_text(source)
+    return check_file(source)
+
+
+def load_arch(source: str | Path, model: str | None = None) -> ArchConfig:
+    """The lowered architecture of one model of a spec (the only one when `model` is None).
+
+    Raises `LmspecError` with every diagnostic when the spec has errors."""
+    report = check(source).raise_for_errors()
+    if model is None:
+        if len(report.models) != 1:
+            raise ValueError(f"the spec has {len(report.models)} models ({', '.join(report.models)}); name one")
+        return next(iter(report.models.values()))
+    if model not in report.models:
+        raise KeyError(f"no model named '{model}' (models: {', '.join(report.models) or 'none'})")
+    return report.models[model]

@@ -1,0 +1,238 @@
+"""From an `ArchConfig` to `torch.nn` modules: the only bridge between the spec and torch.
+
+`build_model(arch)` checks what the torch code relies on (every problem at once), builds the
+modules on the meta device (no memory, no init work: a 405B design builds in well under a
+second), and unless asked for "meta" materialises them on the target device in the target
+dtype and initialises them GPT-2 style.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .arch import GATED_ACTIVATIONS, ArchConfig, LayerConfig, StackConfig
+from .modules import (
+    Attention,
+    Block,
+    CrossAttention,
+    FeedForward,
+    MLMHead,
+    Pooler,
+    RelativePositionBias,
+    Stack,
+    Transformer,
+    make_activation,
+    make_norm,
+)
+
+__all__ = ["build_model", "build_block", "build_stack", "init_weights", "check_buildable"]
+
+
+def build_model(
+    arch: ArchConfig, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> Transformer:
+    """The `Transformer` an `ArchConfig` describes. device="meta" allocates nothing (for
+    static analysis); otherwise weights are normal(0, 0.02), residual output projections
+    scaled by 1/sqrt(2 * layers) as GPT-2, biases zero, norms one."""
+    problems = check_buildable(arch)
+    if problems:
+        raise ValueError(f"cannot build model {arch.name!r}:\n  - " + "\n  - ".join(problems))
+    with torch.device("meta"):
+        model = _build_transformer(arch)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    target = torch.device(device) if device is not None else torch.get_default_device()
+    if target.type == "meta":
+        return model
+    model.to_empty(device=target)
+    model.tie_weights()  # to_empty gave each module its own fresh parameter
+    init_weights(model)
+    return model
+
+
+def check_buildable(arch: ArchConfig) -> list[str]:
+    """Everything about `arch` the torch code cannot work with, as messages (empty: fine)."""
+    problems: list[str] = []
+    expected = {"decoder": (False, True), "encoder": (True, False), "encoder_decoder": (True, True)}
+    if arch.arch not in expected:
+        problems.append(f"unknown arch {arch.arch!r}")
+    elif ((arch.encoder is not None), (arch.decoder is not None)) != expected[arch.arch]:
+        problems.append(f"arch {arch.arch!r} needs " + {"decoder": "a decoder stack only",
+                        "encoder": "an encoder stack only", "encoder_decoder": "both stacks"}[arch.arch])
+    if arch.vocab < 1:
+        problems.append(f"vocab must be positive, got {arch.vocab}")
+    if arch.position.kind == "learned" and arch.context < 1:
+        problems.append(f"learned positions need a positive context, got {arch.context}")
+    kinds = [h.kind for h in arch.heads]
+    if len(set(kinds)) != len(kinds):
+        problems.append(f"each head kind may appear once, got {kinds}")
+    for stack_name, stack in (("encoder", arch.encoder), ("decoder", arch.decoder)):
+        if stack is None:
+            continue
+        if not stack.layers:
+            problems.append(f"the {stack_name} has no layers")
+        relative = {(l.heads, l.position.buckets, l.position.max_distance)
+                    for l in stack.layers if l.position.kind == "relative"}
+        if len(relative) > 1:
+            problems.append(f"relative-position layers of the {stack_name} share one bias table, so they need "
+                            f"the same heads, buckets and max_distance; got {sorted(relative)}")
+        for i, layer in enumerate(stack.layers):
+            where = f"{stack_name} layer {i}"
+            if layer.d_model != arch.d_model:
+                problems.append(f"{where}: d_model {layer.d_model} differs from the model's {arch.d_model}")
+            if layer.kv_heads < 1 or layer.heads % layer.kv_heads:
+                problems.append(f"{where}: kv_heads ({layer.kv_heads}) must divide heads ({layer.heads})")
+            if layer.head_dim < 1 or layer.d_ff < 1:
+                problems.append(f"{where}: head_dim and d_ff must be positive")
+            if layer.attention.kind == "sliding" and (layer.attention.window or 0) < 1:
+                problems.append(f"{where}: sliding attention needs a window >= 1")
+            if layer.position.kind == "rope" and layer.head_dim % 2:
+                problems.append(f"{where}: rope needs an even head_dim, got {layer.head_dim}")
+            if layer.cross_attention and not (stack_name == "decoder" and arch.arch == "encoder_decoder"):
+                problems.append(f"{where}: cross-attention only exists in the decoder of an encoder-decoder")
+    return problems
+
+
+# ---- builders: one per module, each takes only what it needs ----------------------------------
+
+
+def build_attention(layer: LayerConfig) -> Attention:
+    return Attention(
+        d_model=layer.d_model,
+        heads=layer.heads,
+        kv_heads=layer.kv_heads,
+        head_dim=layer.head_dim,
+        kind=layer.attention.kind,
+        window=layer.attention.window,
+        position=layer.position.kind,
+        theta=layer.position.theta,
+        scale=_scale(layer),
+        bias=layer.bias,
+        dropout=layer.dropout,
+    )
+
+
+def build_cross_attention(layer: LayerConfig) -> CrossAttention:
+    return CrossAttention(
+        d_model=layer.d_model,
+        heads=layer.heads,
+        kv_heads=layer.kv_heads,
+        head_dim=layer.head_dim,
+        scale=_scale(layer),
+        bias=layer.bias,
+        dropout=layer.dropout,
+    )
+
+
+def _scale(layer: LayerConfig) -> float | None:
+    return 1.0 if layer.attention.scale == "none" else None  # None: SDPA's 1/sqrt(head_dim)
+
+
+def build_feed_forward(layer: LayerConfig) -> FeedForward:
+    gated = layer.activation in GATED_ACTIVATIONS
+    return FeedForward(
+        up_proj=nn.Linear(layer.d_model, layer.d_ff, bias=layer.bias),
+        gate_proj=nn.Linear(layer.d_model, layer.d_ff, bias=layer.bias) if gated else None,
+        down_proj=nn.Linear(layer.d_ff, layer.d_model, bias=layer.bias),
+        activation=make_activation(layer.activation),
+    )
+
+
+def build_block(layer: LayerConfig) -> Block:
+    def norm() -> nn.Module:
+        return make_norm(layer.norm, layer.d_model, layer.norm_eps)
+
+    return Block(
+        attn_norm=norm(),
+        attn=build_attention(layer),
+        cross_norm=norm() if layer.cross_attention else None,
+        cross_attn=build_cross_attention(layer) if layer.cross_attention else None,
+        mlp_norm=norm(),
+        mlp=build_feed_forward(layer),
+        post_norm=layer.placement == "post",
+        dropout=layer.dropout,
+    )
+
+
+def build_stack(stack: StackConfig, *, bidirectional: bool) -> Stack:
+    """bidirectional: whether the stack's T5 bias distinguishes keys after the query
+    (encoders) or spends every bucket on keys before it (decoders)."""
+    relative = next((l for l in stack.layers if l.position.kind == "relative"), None)
+    last = stack.layers[-1]
+    return Stack(
+        [build_block(layer) for layer in stack.layers],
+        final_norm=make_norm(last.norm, last.d_model, last.norm_eps) if stack.final_norm else None,
+        rel_bias=None
+        if relative is None
+        else RelativePositionBias(
+            buckets=relative.position.buckets,
+            max_distance=relative.position.max_distance,
+            heads=relative.heads,
+            bidirectional=bidirectional,
+        ),
+    )
+
+
+def _build_transformer(arch: ArchConfig) -> Transformer:
+    d = arch.d_model
+    lm, mlm = arch.head("lm"), arch.head("mlm")
+    nsp, classifier, scalar = arch.head("nsp"), arch.head("classifier"), arch.head("scalar")
+    return Transformer(
+        embed=nn.Embedding(arch.vocab, d),
+        context=arch.context,
+        pos_embed=nn.Embedding(arch.context, d) if arch.position.kind == "learned" else None,
+        sinusoidal=arch.position.kind == "sinusoidal",
+        segment_embed=nn.Embedding(arch.segments, d) if arch.segments > 0 else None,
+        embed_norm=make_norm(arch.norm, d, arch.norm_eps) if arch.embed_norm else None,
+        embed_scale=arch.embed_scale,
+        dropout=arch.dropout,
+        encoder=None if arch.encoder is None else build_stack(arch.encoder, bidirectional=True),
+        decoder=None if arch.decoder is None else build_stack(arch.decoder, bidirectional=False),
+        pooler=Pooler(d) if arch.pooler else None,
+        lm_head=nn.Linear(d, arch.vocab, bias=False) if lm else None,
+        mlm_head=None
+        if mlm is None
+        else MLMHead(
+            d,
+            arch.vocab,
+            activation=make_activation(arch.activation) if mlm.transform else None,
+            norm=make_norm(arch.norm, d, arch.norm_eps) if mlm.transform else None,
+        ),
+        nsp_head=nn.Linear(d, 2) if nsp else None,
+        classifier=nn.Linear(d, classifier.classes) if classifier else None,
+        class_pool=classifier.pool if classifier else "last",
+        score=nn.Linear(d, 1) if scalar else None,
+        score_pool=scalar.pool if scalar else "last",
+        tie_embeddings=arch.tie_embeddings,
+        tied_head_scale=arch.tied_head_scale,
+        pad_id=arch.pad_id,
+    )
+
+
+@torch.no_grad()
+def init_weights(model: Transformer, std: float = 0.02) -> None:
+    """GPT-2 initialisation: every matrix normal(0, std), biases zero, norms one; the
+    projections that write into the residual stream get std / sqrt(2 * layers) so the
+    stream's variance does not grow with depth."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.normal_(0.0, std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.zero_()
+        if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            if module.weight is not None:
+                module.weight.fill_(1.0)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+    for stack in (model.encoder, model.decoder):
+        if stack is None:
+            continue
+        residual_std = std / math.sqrt(2 * len(stack.layers))
+        for block in stack.layers:
+            block.attn.o_proj.weight.normal_(0.0, residual_std)
+            block.mlp.down_proj.weight.normal_(0.0, residual_std)
+            if block.cross_attn is not None:
+                block.cross_attn.o_proj.weight.normal_(0.0, residual_std)

@@ -1,0 +1,49 @@
+"""Hugging Face interoperability: read a local checkpoint (config.json + safetensors) as an
+lmspec architecture, a `.lmspec` spec, or a loaded lmspec model.
+
+    arch = arch_from_hf_config(read_hf_config("ckpt/"), "gpt2")   # config.json -> ArchConfig
+    text = spec_from_hf("ckpt/")                                   # -> .lmspec text
+    arch, model = load_hf_model("ckpt/")                           # -> built model with weights
+    load_hf_weights(model, "ckpt/")                                # into a model you built
+
+Supported model types: gpt2, bert, t5, llama, mistral. Nothing is ever downloaded and
+pickle checkpoints (pytorch_model.bin) are refused. The weight loaders import torch; the
+rest of this package does not, so `lmspec import-hf` starts fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .config import SUPPORTED, arch_from_hf_config
+from .errors import HFError, HFImportError, HFWeightsError
+from .files import read_hf_config
+from .spec import import_hf_main, spec_from_arch, spec_from_config, spec_from_hf
+
+if TYPE_CHECKING:
+    from .weights import load_hf_model, load_hf_weights
+
+__all__ = [
+    "SUPPORTED",
+    "HFError",
+    "HFImportError",
+    "HFWeightsError",
+    "read_hf_config",
+    "arch_from_hf_config",
+    "spec_from_arch",
+    "spec_from_config",
+    "spec_from_hf",
+    "import_hf_main",
+    "load_hf_weights",
+    "load_hf_model",
+]
+
+_LAZY = {"load_hf_weights", "load_hf_model"}  # these need torch and safetensors
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import weights
+
+        return getattr(weights, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

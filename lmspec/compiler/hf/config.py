@@ -1,0 +1,354 @@
+"""Hugging Face config.json -> `ArchConfig`.
+
+One function per model family reads the config's own names (n_embd, hidden_size, d_model,
+...) and states the family's fixed choices (GPT-2 is pre-norm LayerNorm with learned
+positions, BERT post-norm, T5 RMSNorm with unscaled attention and a relative bias, Llama
+RMSNorm + SwiGLU + RoPE). An option lmspec cannot express exactly is an `HFImportError`,
+never a silent approximation: a model imported here computes what the original computes.
+
+The HF class named in `architectures` picks the heads, since the same config.json serves
+GPT2Model and GPT2LMHeadModel alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from ..arch import (
+    Activation,
+    ArchConfig,
+    AttentionConfig,
+    HeadConfig,
+    LayerConfig,
+    PositionConfig,
+    StackConfig,
+)
+from .errors import HFImportError
+
+__all__ = ["SUPPORTED", "arch_from_hf_config", "hf_class"]
+
+# model_type -> the HF classes lmspec can mirror; the first is assumed when a config names none
+SUPPORTED: dict[str, tuple[str, ...]] = {
+    "gpt2": ("GPT2LMHeadModel", "GPT2Model"),
+    "bert": ("BertForPreTraining", "BertForMaskedLM", "BertModel"),
+    "t5": ("T5ForConditionalGeneration", "T5Model"),
+    "llama": ("LlamaForCausalLM", "LlamaModel"),
+    "mistral": ("MistralForCausalLM", "MistralModel"),
+}
+
+# Hugging Face ACT2FN names -> lmspec activations (gelu_new is GPT-2's tanh approximation)
+_PLAIN_ACTIVATIONS: dict[str, Activation] = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+
+
+def hf_class(config: dict[str, Any]) -> str:
+    """The HF model class the checkpoint was saved from (its heads), validated."""
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED:
+        supported = ", ".join(SUPPORTED)
+        raise HFImportError(
+            f"model_type {model_type!r} is not supported by lmspec's Hugging Face import (supported: {supported})"
+        )
+    classes = config.get("architectures") or [SUPPORTED[model_type][0]]
+    cls = classes[0]
+    if cls not in SUPPORTED[model_type]:
+        raise HFImportError(
+            f"{model_type} checkpoint saved from {cls}, whose head lmspec does not map; "
+            f"supported classes: {', '.join(SUPPORTED[model_type])}"
+        )
+    return cls
+
+
+def arch_from_hf_config(
+    config: dict[str, Any], name: str, *, tensor_names: Collection[str] | None = None
+) -> ArchConfig:
+    """The lmspec architecture equivalent to a Hugging Face config.json (already parsed).
+
+    `tensor_names`, when given, are the checkpoint's tensor names; they settle what the config
+    leaves open (whether a BertModel was saved with its pooler).
+    """
+    cls = hf_class(config)
+    builder = {"gpt2": _gpt2, "bert": _bert, "t5": _t5, "llama": _llama, "mistral": _llama}
+    return builder[config["model_type"]](_Config(config), name, cls, tensor_names)
+
+
+class _Config:
+    """config.json with errors that name the model type and the key."""
+
+    def __init__(self, raw: dict[str, Any]):
+        self.raw = raw
+        self.model_type = raw["model_type"]
+
+    def __getitem__(self, key: str) -> Any:
+        if self.raw.get(key) is None:
+            raise HFImportError(f"{self.model_type} config.json has no {key!r}")
+        return self.raw[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.raw.get(key)
+        return default if value is None else value
+
+    def require(self, key: str, allowed: Collection[Any], default: Any, why: str) -> None:
+        value = self.get(key, default)
+        if value not in allowed:
+            raise HFImportError(f"{self.model_type} config.json sets {key}={value!r}: {why}")
+
+
+def _activation(cfg: _Config, key: str, default: str) -> Activation:
+    act = cfg.get(key, default)
+    if act not in _PLAIN_ACTIVATIONS:
+        raise HFImportError(
+            f"{cfg.model_type} config.json sets {key}={act!r}, which has no lmspec activation "
+            f"(supported: {', '.join(_PLAIN_ACTIVATIONS)})"
+        )
+    return _PLAIN_ACTIVATIONS[act]
+
+
+# the bare transformers: hidden states out, no head
+_BARE = frozenset({"GPT2Model", "BertModel", "T5Model", "LlamaModel", "MistralModel"})
+
+
+def _lm_heads(cls: str) -> tuple[HeadConfig, ...]:
+    return () if cls in _BARE else (HeadConfig("lm"),)
+
+
+def _gpt2(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    cfg.require("scale_attn_weights", {True}, True, "lmspec always scales attention by 1/sqrt(head_dim)")
+    cfg.require("scale_attn_by_inverse_layer_idx", {False}, False, "lmspec has no per-layer attention scaling")
+    cfg.require("add_cross_attention", {False}, False, "cross-attention in a decoder-only model is not supported")
+    d, heads = cfg["n_embd"], cfg["n_head"]
+    activation = _activation(cfg, "activation_function", "gelu_new")
+    dropout = float(cfg.get("resid_pdrop", 0.1))
+    eps = float(cfg.get("layer_norm_epsilon", 1e-5))
+    layer = LayerConfig(
+        d_model=d,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=d // heads,
+        d_ff=cfg.get("n_inner") or 4 * d,
+        attention=AttentionConfig("causal"),
+        position=PositionConfig("learned"),
+        norm="layernorm",
+        norm_eps=eps,
+        placement="pre",
+        activation=activation,
+        bias=True,
+        dropout=dropout,
+    )
+    return ArchConfig(
+        name=name,
+        arch="decoder",
+        vocab=cfg["vocab_size"],
+        context=cfg["n_positions"],
+        d_model=d,
+        position=PositionConfig("learned"),
+        decoder=StackConfig((layer,) * cfg["n_layer"], final_norm=True),
+        heads=_lm_heads(cls),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        norm="layernorm",
+        norm_eps=eps,
+        activation=activation,
+        dropout=dropout,
+        pad_id=cfg.get("pad_token_id"),
+    )
+
+
+def _bert(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    cfg.require(
+        "position_embedding_type", {"absolute"}, "absolute", "only absolute (learned) positions are supported"
+    )
+    cfg.require("is_decoder", {False}, False, "BERT as a decoder is not supported")
+    d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    activation = _activation(cfg, "hidden_act", "gelu")
+    dropout = float(cfg.get("hidden_dropout_prob", 0.1))
+    eps = float(cfg.get("layer_norm_eps", 1e-12))
+    layer = LayerConfig(
+        d_model=d,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=d // heads,
+        d_ff=cfg["intermediate_size"],
+        attention=AttentionConfig("bidirectional"),
+        position=PositionConfig("learned"),
+        norm="layernorm",
+        norm_eps=eps,
+        placement="post",
+        activation=activation,
+        bias=True,
+        dropout=dropout,
+    )
+    mlm = HeadConfig("mlm", transform=True)
+    if cls == "BertForPreTraining":
+        heads_, pooler = (mlm, HeadConfig("nsp")), True
+    elif cls == "BertForMaskedLM":
+        heads_, pooler = (mlm,), False  # BertForMaskedLM is built without the pooler
+    else:  # BertModel: pooler unless it was saved with add_pooling_layer=False
+        heads_ = ()
+        pooler = tensor_names is None or any(n.endswith("pooler.dense.weight") for n in tensor_names)
+    return ArchConfig(
+        name=name,
+        arch="encoder",
+        vocab=cfg["vocab_size"],
+        context=cfg["max_position_embeddings"],
+        d_model=d,
+        position=PositionConfig("learned"),
+        encoder=StackConfig((layer,) * cfg["num_hidden_layers"], final_norm=False),
+        heads=heads_,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        segments=int(cfg.get("type_vocab_size", 2)),
+        pooler=pooler,
+        embed_norm=True,
+        norm="layernorm",
+        norm_eps=eps,
+        activation=activation,
+        dropout=dropout,
+        pad_id=cfg.get("pad_token_id"),
+    )
+
+
+# T5's feed_forward_proj -> lmspec activation. "gated-gelu" (T5 v1.1, Flan-T5) gates with
+# gelu_new, the tanh approximation, which no gated lmspec activation computes.
+_T5_ACTIVATIONS: dict[str, Activation] = {
+    "relu": "relu",
+    "gelu": "gelu",
+    "gated-relu": "reglu",
+    "gated-silu": "swiglu",
+}
+
+
+def _t5(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    proj = cfg.get("feed_forward_proj", "relu")
+    if proj not in _T5_ACTIVATIONS:
+        why = (
+            "its gate uses the tanh approximation of GELU (gelu_new), and lmspec's geglu uses the exact GELU"
+            if proj == "gated-gelu"
+            else "no lmspec activation matches it"
+        )
+        raise HFImportError(
+            f"t5 config.json sets feed_forward_proj={proj!r}: {why} "
+            f"(supported: {', '.join(_T5_ACTIVATIONS)})"
+        )
+    activation = _T5_ACTIVATIONS[proj]
+    d = cfg["d_model"]
+    eps = float(cfg.get("layer_norm_epsilon", 1e-6))
+    dropout = float(cfg.get("dropout_rate", 0.1))
+    position = PositionConfig(
+        "relative",
+        buckets=int(cfg.get("relative_attention_num_buckets", 32)),
+        max_distance=int(cfg.get("relative_attention_max_distance", 128)),
+    )
+
+    def layer(kind: str, cross: bool) -> LayerConfig:
+        return LayerConfig(
+            d_model=d,
+            heads=cfg["num_heads"],
+            kv_heads=cfg["num_heads"],
+            head_dim=cfg["d_kv"],
+            d_ff=cfg["d_ff"],
+            attention=AttentionConfig(kind, scale="none"),  # type: ignore[arg-type]
+            position=position,
+            norm="rmsnorm",
+            norm_eps=eps,
+            placement="pre",
+            activation=activation,
+            bias=False,
+            dropout=dropout,
+            cross_attention=cross,
+        )
+
+    tied = bool(cfg.get("tie_word_embeddings", True))
+    # Original T5 scales the decoder output by d_model**-0.5 before its tied head; v1.1 does not.
+    # transformers 5 always ties and records the choice as scale_decoder_outputs instead.
+    scaled = bool(cfg.get("scale_decoder_outputs", tied))
+    n_enc = cfg["num_layers"]
+    n_dec = cfg.get("num_decoder_layers", n_enc)
+    return ArchConfig(
+        name=name,
+        arch="encoder_decoder",
+        vocab=cfg["vocab_size"],
+        context=int(cfg.get("n_positions", 512)),
+        d_model=d,
+        position=position,
+        encoder=StackConfig((layer("bidirectional", False),) * n_enc, final_norm=True),
+        decoder=StackConfig((layer("causal", True),) * n_dec, final_norm=True),
+        heads=_lm_heads(cls),
+        tie_embeddings=tied,
+        tied_head_scale=d**-0.5 if (tied and scaled) else 1.0,
+        norm="rmsnorm",
+        norm_eps=eps,
+        activation=activation,
+        dropout=dropout,
+        pad_id=cfg.get("pad_token_id"),
+    )
+
+
+def _rope_theta(cfg: _Config) -> float:
+    # transformers 5 writes rope_parameters={"rope_type", "rope_theta", ...}; 4.x wrote
+    # rope_theta and rope_scaling at the top level
+    params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        raise HFImportError(
+            f"{cfg.model_type} config.json uses rope scaling {rope_type!r}; lmspec's rope supports only "
+            "the plain (default) frequencies"
+        )
+    return float(params.get("rope_theta", cfg.get("rope_theta", 10_000.0)))
+
+
+def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    hidden_act = cfg.get("hidden_act", "silu")
+    if hidden_act not in ("silu", "swish"):
+        raise HFImportError(
+            f"{cfg.model_type} config.json sets hidden_act={hidden_act!r}; lmspec maps only silu (-> swiglu)"
+        )
+    attention_bias, mlp_bias = bool(cfg.get("attention_bias", False)), bool(cfg.get("mlp_bias", False))
+    if attention_bias != mlp_bias:
+        raise HFImportError(
+            f"{cfg.model_type} config.json sets attention_bias={attention_bias} but mlp_bias={mlp_bias}; "
+            "lmspec's `bias` covers attention and MLP projections together"
+        )
+    d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    window = cfg.get("sliding_window") if cfg.model_type == "mistral" else None
+    attention = AttentionConfig("sliding", window=int(window)) if window else AttentionConfig("causal")
+    position = PositionConfig("rope", theta=_rope_theta(cfg))
+    eps = float(cfg.get("rms_norm_eps", 1e-6))
+    dropout = float(cfg.get("attention_dropout", 0.0))
+    layer = LayerConfig(
+        d_model=d,
+        heads=heads,
+        kv_heads=cfg.get("num_key_value_heads", heads),
+        head_dim=cfg.get("head_dim") or d // heads,
+        d_ff=cfg["intermediate_size"],
+        attention=attention,
+        position=position,
+        norm="rmsnorm",
+        norm_eps=eps,
+        placement="pre",
+        activation="swiglu",
+        bias=attention_bias,
+        dropout=dropout,
+    )
+    return ArchConfig(
+        name=name,
+        arch="decoder",
+        vocab=cfg["vocab_size"],
+        context=cfg["max_position_embeddings"],
+        d_model=d,
+        position=position,
+        decoder=StackConfig((layer,) * cfg["num_hidden_layers"], final_norm=True),
+        heads=_lm_heads(cls),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        norm="rmsnorm",
+        norm_eps=eps,
+        activation="swiglu",
+        dropout=dropout,
+        pad_id=cfg.get("pad_token_id"),
+    )

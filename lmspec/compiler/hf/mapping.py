@@ -1,0 +1,211 @@
+"""Which Hugging Face tensor fills which lmspec parameter, per model family.
+
+A mapping is a list of rules, each an lmspec parameter name pattern and the HF tensor(s)
+that fill it, written with two placeholders: `{i}` a layer index, `{wb}` weight or bias.
+Several sources are concatenated along dim 0 (q, k and v become lmspec's fused `qkv_proj`,
+rows [q | k | v]); a source may list alternatives separated by `|` (the first present is
+used, the others are tied copies and are accepted unused). `{p}` is the prefix of the base
+model's tensors, which depends on the class that saved them: "transformer." in
+GPT2LMHeadModel, nothing in GPT2Model or OpenAI's original upload.
+
+Nothing here imports torch: `docs/huggingface.md` prints these tables.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from ..arch import ArchConfig
+
+__all__ = ["Rule", "Mapping", "hf_mapping"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    target: str  # lmspec parameter pattern, e.g. "decoder.layers.{i}.attn_norm.{wb}"
+    sources: tuple[str, ...]  # HF name patterns; several are concatenated along dim 0
+    transpose: bool = False  # GPT-2's Conv1D stores (in, out); nn.Linear wants (out, in)
+
+    def match(self, name: str) -> dict[str, str] | None:
+        found = _compile(self.target).fullmatch(name)
+        return found.groupdict() if found else None
+
+
+@dataclass(frozen=True)
+class Mapping:
+    rules: tuple[Rule, ...]
+    prefix: str = ""  # the candidate `{p}`: used when some tensor name starts with it
+    ignored: tuple[str, ...] = ()  # regexes of HF tensors that are buffers, not weights
+    renames: tuple[tuple[str, str], ...] = ()  # (regex, replacement): legacy names -> current ones
+
+    def resolve_prefix(self, names: Collection[str]) -> str:
+        return self.prefix if self.prefix and any(n.startswith(self.prefix) for n in names) else ""
+
+    def normalize(self, name: str) -> str:
+        for pattern, replacement in self.renames:
+            name = re.sub(pattern, replacement, name)
+        return name
+
+    def is_ignored(self, name: str) -> bool:
+        return any(re.search(pattern, name) for pattern in self.ignored)
+
+    def sources_for(self, target: str, prefix: str) -> tuple[Rule, tuple[tuple[str, ...], ...]] | None:
+        """The rule for an lmspec parameter and its sources, each a tuple of alternatives."""
+        for rule in self.rules:
+            groups = rule.match(target)
+            if groups is not None:
+                return rule, tuple(
+                    tuple(alt.format(p=prefix, **groups) for alt in source.split("|")) for source in rule.sources
+                )
+        return None
+
+
+_PLACEHOLDERS = {"{i}": r"(?P<i>\d+)", "{wb}": r"(?P<wb>weight|bias)"}
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    regex = re.escape(pattern)
+    for placeholder, group in _PLACEHOLDERS.items():
+        regex = regex.replace(re.escape(placeholder), group)
+    return re.compile(regex)
+
+
+def R(target: str, *sources: str, transpose: bool = False) -> Rule:
+    return Rule(target, sources, transpose)
+
+
+def _gpt2(arch: ArchConfig) -> Mapping:
+    head = "lm_head.weight"
+    return Mapping(
+        rules=(
+            R("embed.weight", "{p}wte.weight" + (f"|{head}" if arch.tie_embeddings else "")),
+            R("pos_embed.weight", "{p}wpe.weight"),
+            R("decoder.layers.{i}.attn_norm.{wb}", "{p}h.{i}.ln_1.{wb}"),
+            # c_attn is already fused [q | k | v] along its output dimension
+            R("decoder.layers.{i}.attn.qkv_proj.weight", "{p}h.{i}.attn.c_attn.weight", transpose=True),
+            R("decoder.layers.{i}.attn.qkv_proj.bias", "{p}h.{i}.attn.c_attn.bias"),
+            R("decoder.layers.{i}.attn.o_proj.weight", "{p}h.{i}.attn.c_proj.weight", transpose=True),
+            R("decoder.layers.{i}.attn.o_proj.bias", "{p}h.{i}.attn.c_proj.bias"),
+            R("decoder.layers.{i}.mlp_norm.{wb}", "{p}h.{i}.ln_2.{wb}"),
+            R("decoder.layers.{i}.mlp.up_proj.weight", "{p}h.{i}.mlp.c_fc.weight", transpose=True),
+            R("decoder.layers.{i}.mlp.up_proj.bias", "{p}h.{i}.mlp.c_fc.bias"),
+            R("decoder.layers.{i}.mlp.down_proj.weight", "{p}h.{i}.mlp.c_proj.weight", transpose=True),
+            R("decoder.layers.{i}.mlp.down_proj.bias", "{p}h.{i}.mlp.c_proj.bias"),
+            R("decoder.final_norm.{wb}", "{p}ln_f.{wb}"),
+            R("lm_head.weight", head),
+        ),
+        prefix="transformer.",
+        # the causal-mask buffers older versions of transformers saved with the weights
+        ignored=(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$",),
+    )
+
+
+def _bert(arch: ArchConfig) -> Mapping:
+    layer = "{p}encoder.layer.{i}."
+    decoder = "cls.predictions.decoder.weight"
+    return Mapping(
+        rules=(
+            R("embed.weight", "{p}embeddings.word_embeddings.weight" + (f"|{decoder}" if arch.tie_embeddings else "")),
+            R("pos_embed.weight", "{p}embeddings.position_embeddings.weight"),
+            R("segment_embed.weight", "{p}embeddings.token_type_embeddings.weight"),
+            R("embed_norm.{wb}", "{p}embeddings.LayerNorm.{wb}"),
+            R(
+                "encoder.layers.{i}.attn.qkv_proj.{wb}",
+                layer + "attention.self.query.{wb}",
+                layer + "attention.self.key.{wb}",
+                layer + "attention.self.value.{wb}",
+            ),
+            R("encoder.layers.{i}.attn.o_proj.{wb}", layer + "attention.output.dense.{wb}"),
+            # post-norm: BERT's "output" LayerNorms are lmspec's norms after each residual add
+            R("encoder.layers.{i}.attn_norm.{wb}", layer + "attention.output.LayerNorm.{wb}"),
+            R("encoder.layers.{i}.mlp.up_proj.{wb}", layer + "intermediate.dense.{wb}"),
+            R("encoder.layers.{i}.mlp.down_proj.{wb}", layer + "output.dense.{wb}"),
+            R("encoder.layers.{i}.mlp_norm.{wb}", layer + "output.LayerNorm.{wb}"),
+            R("pooler.dense.{wb}", "{p}pooler.dense.{wb}"),
+            R("mlm_head.dense.{wb}", "cls.predictions.transform.dense.{wb}"),
+            R("mlm_head.norm.{wb}", "cls.predictions.transform.LayerNorm.{wb}"),
+            R("mlm_head.decoder.weight", decoder),
+            # the decoder's bias is a separate parameter tied to cls.predictions.bias
+            R("mlm_head.decoder.bias", "cls.predictions.bias|cls.predictions.decoder.bias"),
+            R("nsp_head.{wb}", "cls.seq_relationship.{wb}"),
+        ),
+        prefix="bert.",
+        ignored=(r"(^|\.)embeddings\.(position_ids|token_type_ids)$",),
+        # Google's TF-converted checkpoints name LayerNorm parameters gamma and beta
+        renames=((r"LayerNorm\.gamma$", "LayerNorm.weight"), (r"LayerNorm\.beta$", "LayerNorm.bias")),
+    )
+
+
+def _t5(arch: ArchConfig) -> Mapping:
+    gated = arch.activation in ("reglu", "swiglu", "geglu")
+    embed = "shared.weight|encoder.embed_tokens.weight|decoder.embed_tokens.weight"
+    if arch.tie_embeddings:
+        embed += "|lm_head.weight"
+    rules = [
+        R("embed.weight", embed),
+        R("lm_head.weight", "lm_head.weight"),
+    ]
+    for stack, ff in (("encoder", 1), ("decoder", 2)):
+        block = stack + ".block.{i}.layer."
+        attn = block + "0.SelfAttention."
+        dense = f"{block}{ff}.DenseReluDense."
+        rules += [
+            # T5 keeps one bias table per stack, in block 0, and reuses it in every layer
+            R(f"{stack}.rel_bias.embed.weight", f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+            R(f"{stack}.layers.{{i}}.attn_norm.weight", block + "0.layer_norm.weight"),
+            R(f"{stack}.layers.{{i}}.attn.qkv_proj.weight", attn + "q.weight", attn + "k.weight", attn + "v.weight"),
+            R(f"{stack}.layers.{{i}}.attn.o_proj.weight", attn + "o.weight"),
+            R(f"{stack}.layers.{{i}}.mlp_norm.weight", f"{block}{ff}.layer_norm.weight"),
+            R(f"{stack}.layers.{{i}}.mlp.down_proj.weight", dense + "wo.weight"),
+            R(f"{stack}.final_norm.weight", f"{stack}.final_layer_norm.weight"),
+        ]
+        if gated:  # wi_0 goes through the activation, wi_1 is the linear half
+            rules += [
+                R(f"{stack}.layers.{{i}}.mlp.gate_proj.weight", dense + "wi_0.weight"),
+                R(f"{stack}.layers.{{i}}.mlp.up_proj.weight", dense + "wi_1.weight"),
+            ]
+        else:
+            rules.append(R(f"{stack}.layers.{{i}}.mlp.up_proj.weight", dense + "wi.weight"))
+    cross = "decoder.block.{i}.layer.1.EncDecAttention."
+    rules += [
+        R("decoder.layers.{i}.cross_norm.weight", "decoder.block.{i}.layer.1.layer_norm.weight"),
+        R("decoder.layers.{i}.cross_attn.q_proj.weight", cross + "q.weight"),
+        R("decoder.layers.{i}.cross_attn.kv_proj.weight", cross + "k.weight", cross + "v.weight"),
+        R("decoder.layers.{i}.cross_attn.o_proj.weight", cross + "o.weight"),
+    ]
+    # HF itself ignores this one: cross-attention has no position bias, but old checkpoints hold one
+    return Mapping(
+        rules=tuple(rules),
+        ignored=(r"^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$",),
+    )
+
+
+def _llama(arch: ArchConfig) -> Mapping:
+    layer = "{p}layers.{i}."
+    attn = layer + "self_attn."
+    return Mapping(
+        rules=(
+            R("embed.weight", "{p}embed_tokens.weight" + ("|lm_head.weight" if arch.tie_embeddings else "")),
+            R("decoder.layers.{i}.attn_norm.weight", layer + "input_layernorm.weight"),
+            R("decoder.layers.{i}.attn.qkv_proj.{wb}", attn + "q_proj.{wb}", attn + "k_proj.{wb}", attn + "v_proj.{wb}"),
+            R("decoder.layers.{i}.attn.o_proj.{wb}", attn + "o_proj.{wb}"),
+            R("decoder.layers.{i}.mlp_norm.weight", layer + "post_attention_layernorm.weight"),
+            R("decoder.layers.{i}.mlp.gate_proj.{wb}", layer + "mlp.gate_proj.{wb}"),
+            R("decoder.layers.{i}.mlp.up_proj.{wb}", layer + "mlp.up_proj.{wb}"),
+            R("decoder.layers.{i}.mlp.down_proj.{wb}", layer + "mlp.down_proj.{wb}"),
+            R("decoder.final_norm.weight", "{p}norm.weight"),
+            R("lm_head.weight", "lm_head.weight"),
+        ),
+        prefix="model.",
+        ignored=(r"\.rotary_emb\.inv_freq$",),
+    )
+
+
+_MAPPINGS = {"gpt2": _gpt2, "bert": _bert, "t5": _t5, "llama": _llama, "mistral": _llama}
+
+
+def hf_mapping(model_type: str, arch: ArchConfig) -> Mapping:
+    """The tensor-name mapping for a supported model type and the architecture built from it."""
+    return _MAPPINGS[model_type](arch)

@@ -1,0 +1,253 @@
+"""`ArchConfig` -> `.lmspec` text, and the `lmspec import-hf` command built on it.
+
+The spec sets every key of the model block explicitly, even those equal to their defaults:
+it documents the imported architecture completely, and a change of a language default
+can never silently change what the file means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..arch import ArchConfig, AttentionConfig, HeadConfig, LayerConfig, PositionConfig, StackConfig
+from .config import arch_from_hf_config, hf_class
+from .errors import HFError, HFImportError
+from .files import read_hf_config, tensor_shapes
+
+__all__ = ["spec_from_arch", "spec_from_config", "spec_from_hf", "import_hf_main", "default_model_name"]
+
+
+# --- values ---------------------------------------------------------------------------
+
+
+def _int(n: int) -> str:
+    return f"{n:_}" if abs(n) >= 10_000 else str(n)
+
+
+def _float(x: float) -> str:
+    """Shortest text that reads back as the same float: 1e-05 -> 1e-5, 500000.0 -> 500_000."""
+    if x == int(x) and abs(x) >= 10:
+        return _int(int(x))
+    return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m[1] == "-" else "") + m[2], repr(float(x)))
+
+
+def _bool(b: bool) -> str:
+    return "true" if b else "false"
+
+
+def _attention(a: AttentionConfig) -> str:
+    return f"sliding(window: {_int(a.window)})" if a.kind == "sliding" else a.kind  # type: ignore[arg-type]
+
+
+def _position(p: PositionConfig) -> str:
+    if p.kind == "rope":
+        return f"rope(theta: {_float(p.theta)})"
+    if p.kind == "relative":
+        return f"relative(buckets: {p.buckets}, max_distance: {p.max_distance})"
+    return p.kind
+
+
+def _head(h: HeadConfig) -> str:
+    if h.kind == "mlm":
+        return "mlm(transform: true)" if h.transform else "mlm"
+    if h.kind == "classifier":
+        return f"classifier(classes: {h.classes}, pool: {h.pool})"
+    if h.kind == "scalar":
+        return f"scalar(pool: {h.pool})"
+    return h.kind
+
+
+def _heads(heads: tuple[HeadConfig, ...]) -> str:
+    if not heads:
+        return "none"
+    if len(heads) == 1:
+        return _head(heads[0])
+    return "[" + ", ".join(_head(h) for h in heads) + "]"
+
+
+# --- per-layer keys ---------------------------------------------------------------------
+
+# the keys a `layer a..b { }` block (and a stack block) may override, read off a LayerConfig
+_LAYER_KEYS = {
+    "heads": lambda L: str(L.heads),
+    "kv_heads": lambda L: str(L.kv_heads),
+    "head_dim": lambda L: str(L.head_dim),
+    "d_ff": lambda L: _int(L.d_ff),
+    "attention": lambda L: _attention(L.attention),
+    "position": lambda L: _position(L.position),
+    "norm": lambda L: L.norm,
+    "activation": lambda L: L.activation,
+    "bias": lambda L: _bool(L.bias),
+    "dropout": lambda L: _float(L.dropout),
+}
+# LayerConfig fields no override can change: they must agree across the whole model
+_UNIFORM = ("d_model", "norm_eps", "placement")
+
+
+def _layer_values(layer: LayerConfig) -> dict[str, str]:
+    return {key: show(layer) for key, show in _LAYER_KEYS.items()}
+
+
+def _overrides(stack: StackConfig, base: dict[str, str], indent: str) -> list[str]:
+    """`layer a..b { ... }` lines for runs of consecutive layers that differ from `base`."""
+    lines: list[str] = []
+    diffs = [{k: v for k, v in _layer_values(L).items() if base[k] != v} for L in stack.layers]
+    start = 0
+    while start < len(diffs):
+        end = start
+        while end + 1 < len(diffs) and diffs[end + 1] == diffs[start]:
+            end += 1
+        if diffs[start]:
+            span = str(start) if start == end else f"{start}..{end}"
+            body = ", ".join(f"{k}: {v}" for k, v in diffs[start].items())
+            lines.append(f"{indent}layer {span} {{ {body} }}")
+        start = end + 1
+    return lines
+
+
+# --- the model block ---------------------------------------------------------------------
+
+
+def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> str:
+    """The `.lmspec` text (header, comment, one model block) that lowers to `arch`."""
+    stacks = arch.stacks
+    if not stacks or not all(s.layers for s in stacks):
+        raise ValueError(f"model {arch.name}: every stack needs at least one layer")
+    first = stacks[0].layers[0]
+    for field in _UNIFORM:
+        values = {getattr(L, field) for s in stacks for L in s.layers}
+        if len(values) > 1:
+            raise ValueError(f"model {arch.name}: layers differ in {field} ({sorted(values)}), which lmspec cannot express")
+    if len({s.final_norm for s in stacks}) > 1:
+        raise ValueError(f"model {arch.name}: the stacks differ in final_norm, which lmspec cannot express")
+
+    base = _layer_values(first)
+    lines = [f"  arch: {arch.arch}", f"  vocab: {_int(arch.vocab)}", f"  context: {_int(arch.context)}"]
+    if arch.arch != "encoder_decoder":
+        lines.append(f"  layers: {stacks[0].n_layers}")
+    lines += [
+        f"  d_model: {_int(arch.d_model)}",
+        f"  heads: {base['heads']}",
+        f"  kv_heads: {base['kv_heads']}",
+        f"  head_dim: {base['head_dim']}",
+        f"  d_ff: {base['d_ff']}",
+    ]
+    if arch.arch != "encoder_decoder":  # an encoder-decoder states each stack's masking below
+        lines.append(f"  attention: {base['attention']}")
+    lines += [
+        f"  attention_scale: {first.attention.scale}",
+        f"  position: {_position(arch.position)}",
+        f"  norm: {arch.norm}",
+        f"  norm_eps: {_float(first.norm_eps)}",
+        f"  placement: {first.placement}",
+        f"  activation: {base['activation']}",
+        f"  bias: {base['bias']}",
+        f"  dropout: {_float(arch.dropout)}",
+        f"  tie_embeddings: {_bool(arch.tie_embeddings)}",
+        f"  segments: {arch.segments}",
+        f"  pooler: {_bool(arch.pooler)}",
+        f"  embed_norm: {_bool(arch.embed_norm)}",
+        f"  embed_scale: {_float(arch.embed_scale)}",
+        f"  head_scale: {_float(arch.tied_head_scale)}",
+        f"  final_norm: {_bool(stacks[0].final_norm)}",
+        f"  head: {_heads(arch.heads)}",
+    ]
+    if arch.pad_id is not None:
+        lines.append(f"  pad_id: {arch.pad_id}")
+    if arch.mask_id is not None:
+        lines.append(f"  mask_id: {arch.mask_id}")
+    if len({L.attention.scale for s in stacks for L in s.layers}) > 1:
+        raise ValueError(f"model {arch.name}: layers differ in attention scale, which lmspec cannot express")
+
+    if arch.arch == "encoder_decoder":
+        for label, stack in (("encoder", arch.encoder), ("decoder", arch.decoder)):
+            assert stack is not None
+            own = _layer_values(stack.layers[0])
+            keys = [f"layers: {stack.n_layers}", f"attention: {own['attention']}"]
+            keys += [f"{k}: {v}" for k, v in own.items() if k != "attention" and v != base[k]]
+            overrides = _overrides(stack, own, "    ")
+            if overrides:
+                lines.append(f"  {label} {{")
+                lines += [f"    {k}" for k in keys] + overrides
+                lines.append("  }")
+            else:
+                lines.append(f"  {label} {{ {', '.join(keys)} }}")
+    else:
+        lines += _overrides(stacks[0], base, "  ")
+
+    comments = [comment] if isinstance(comment, str) else list(comment)
+    head = ["lmspec 1", ""] + [f"# {c}" if c else "#" for c in comments]
+    return "\n".join(head + [f"model {arch.name} {{"] + lines + ["}"]) + "\n"
+
+
+def spec_from_config(config: dict, name: str, *, comment: str | Sequence[str] | None = None) -> str:
+    """The `.lmspec` text for a parsed Hugging Face config.json."""
+    arch = arch_from_hf_config(config, name)
+    if comment is None:
+        comment = f"Mirrors the Hugging Face {hf_class(config)} (model_type {config['model_type']})."
+    return spec_from_arch(arch, comment=comment)
+
+
+def default_model_name(directory: str | Path) -> str:
+    """An lmspec identifier from a checkpoint's folder name: "Llama-2-7b-hf" -> "llama_2_7b_hf"."""
+    name = re.sub(r"[^0-9A-Za-z_]+", "_", Path(directory).resolve().name).strip("_").lower() or "model"
+    return name if re.match(r"[A-Za-z_]", name) else f"m_{name}"
+
+
+def spec_from_hf(directory: str | Path, name: str | None = None) -> str:
+    """The `.lmspec` text for a local Hugging Face checkpoint directory.
+
+    Only config.json and the safetensors headers are read (the headers settle what the
+    config leaves open, such as whether a BertModel kept its pooler); no weight is loaded.
+    """
+    config = read_hf_config(directory)
+    try:
+        tensor_names = tensor_shapes(directory).keys()
+    except HFImportError:
+        tensor_names = None  # no (safetensors) weights: the config alone describes the model
+    arch = arch_from_hf_config(config, name or default_model_name(directory), tensor_names=tensor_names)
+    source = Path(directory).resolve()
+    comment = [
+        f"Imported by `lmspec import-hf` from {source}",
+        f"Hugging Face {hf_class(config)} (model_type {config['model_type']}); "
+        f'the weights load with `init: hf("{source}")` in a train stage.',
+    ]
+    return spec_from_arch(arch, comment=comment)
+
+
+def import_hf_main(argv: list[str]) -> int:
+    """`lmspec import-hf DIR [--name NAME] [-o FILE]`: print or write the spec of a checkpoint."""
+    parser = argparse.ArgumentParser(
+        prog="lmspec import-hf",
+        description="Write the .lmspec model block of a local Hugging Face checkpoint "
+        "(config.json + safetensors). Nothing is downloaded.",
+    )
+    parser.add_argument("directory", metavar="DIR", help="the checkpoint directory (holds config.json)")
+    parser.add_argument("--name", help="the model's name in the spec (default: from DIR)")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write the spec here instead of printing it")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help and on bad arguments
+        return int(exc.code or 0)
+    if args.name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.name):
+        print(f"lmspec import-hf: error: --name {args.name!r} is not an identifier", file=sys.stderr)
+        return 2
+    try:
+        text = spec_from_hf(args.directory, args.name)
+    except HFError as exc:
+        print(f"lmspec import-hf: error: {exc}", file=sys.stderr)
+        return 2
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"lmspec import-hf: error: cannot write {args.output}: {exc}", file=sys.stderr)
+        return 2
+    print(f"lmspec import-hf: wrote {args.output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,153 @@
+"""Loading a local Hugging Face safetensors checkpoint into an lmspec model.
+
+The load is planned before anything is copied: every lmspec parameter is matched to its
+HF tensor(s) by the family's `Mapping`, and the shapes are read from the safetensors
+headers. Only when the plan is complete (no parameter without a source, no checkpoint
+tensor left over, no shape off) are the tensors read, one at a time, and copied in. A
+partial load is never left behind: a mismatch raises `HFWeightsError` listing them all.
+Pickle files are never opened.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from ..arch import ArchConfig
+from .config import arch_from_hf_config
+from .errors import HFWeightsError
+from .files import read_hf_config, safetensors_files, tensor_shapes
+from .mapping import Rule, hf_mapping
+from .spec import default_model_name
+
+__all__ = ["load_hf_weights", "load_hf_model"]
+
+
+@dataclass
+class _Copy:
+    param: nn.Parameter
+    name: str  # the lmspec name reported in errors
+    rule: Rule
+    sources: list[str]  # HF tensor names, concatenated along dim 0 in this order
+
+
+def load_hf_weights(model: nn.Module, directory: str | Path) -> None:
+    """Fill `model` (built from the checkpoint's ArchConfig) with the checkpoint's tensors.
+
+    Raises `HFWeightsError` naming every missing, unexpected and misshapen tensor before
+    copying anything. Parameters shared by several modules (tied embeddings) are filled once.
+    """
+    config = read_hf_config(directory)
+    with ExitStack() as stack:
+        handles = {}  # HF tensor name -> the open safetensors file that holds it
+        for path in safetensors_files(directory):
+            f = stack.enter_context(safe_open(str(path), framework="pt"))
+            handles.update(dict.fromkeys(f.keys(), f))
+        arch = arch_from_hf_config(config, "checkpoint", tensor_names=handles.keys())
+        plan = _plan(model, str(directory), config["model_type"], arch, handles)
+        with torch.no_grad():
+            for copy in plan:
+                tensors = [handles[s].get_tensor(s) for s in copy.sources]
+                if copy.rule.transpose:
+                    tensors = [t.t() for t in tensors]
+                value = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+                copy.param.copy_(value)
+
+
+def _plan(model: nn.Module, directory: str, model_type: str, arch: ArchConfig, handles: dict) -> list[_Copy]:
+    mapping = hf_mapping(model_type, arch)
+    available: dict[str, str] = {}  # normalised HF name -> name in the file
+    for name in handles:
+        if not mapping.is_ignored(name):
+            available[mapping.normalize(name)] = name
+    prefix = mapping.resolve_prefix(available)
+
+    # one entry per Parameter object: a tied weight is reachable under several names
+    groups: dict[int, tuple[nn.Parameter, list[str]]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), (param, []))[1].append(name)
+
+    plan: list[_Copy] = []
+    used: set[str] = set()
+    missing: list[str] = []
+    mismatched: list = []
+    for param, names in groups.values():
+        candidates = []  # (lmspec name, rule, [chosen source or None], every alternative present)
+        for name in names:
+            found = mapping.sources_for(name, prefix)
+            if found is None:
+                continue
+            rule, slots = found
+            chosen = [next((alt for alt in slot if alt in available), None) for slot in slots]
+            present = [alt for slot in slots for alt in slot if alt in available]
+            candidates.append((name, rule, slots, chosen, present))
+        if not candidates:
+            missing.append(f"{names[0]} (no source: lmspec has no mapping for it)")
+            continue
+        # of several names for one tied parameter, take the one whose tensors are on disk
+        name, rule, slots, chosen, present = next((c for c in candidates if None not in c[3]), candidates[0])
+        used.update(present)  # alternatives not chosen are tied copies of the chosen one
+        if None in chosen:
+            absent = [" | ".join(slot) for slot, c in zip(slots, chosen) if c is None]
+            missing.append(f"{name} (from {', '.join(absent)})")
+            continue
+        sources = [available[c] for c in chosen]
+        shapes = [tuple(handles[s].get_slice(s).get_shape()) for s in sources]
+        if rule.transpose:
+            shapes = [s[::-1] for s in shapes]
+        found_shape = _concatenated(shapes)
+        if found_shape != tuple(param.shape):
+            mismatched.append((name, tuple(param.shape), found_shape, tuple(sources)))
+            continue
+        plan.append(_Copy(param, name, rule, sources))
+
+    unexpected = sorted(available[n] for n in set(available) - used)
+    if missing or unexpected or mismatched:
+        raise HFWeightsError(directory, missing=missing, unexpected=unexpected, mismatched=mismatched)
+    return plan
+
+
+def _concatenated(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The shape of the tensors concatenated along dim 0; the first shape's trailing dims
+    when they disagree (the mismatch is then reported against it)."""
+    if len(shapes) == 1:
+        return shapes[0]
+    if any(len(s) == 0 or s[1:] != shapes[0][1:] for s in shapes):
+        bad = next(s for s in shapes if len(s) == 0 or s[1:] != shapes[0][1:])
+        return bad
+    return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+
+def load_hf_model(
+    directory: str | Path,
+    name: str | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[ArchConfig, nn.Module]:
+    """Build the lmspec model for a local HF checkpoint and load its weights.
+
+    Returns the ArchConfig and the model, in eval mode as `from_pretrained` leaves it. The
+    model is built on the meta device and materialised empty, so no time is spent on a random
+    initialisation that the checkpoint overwrites anyway.
+    """
+    from ..build import build_model  # imported here: the builders import every module file
+
+    config = read_hf_config(directory)
+    arch = arch_from_hf_config(
+        config, name or default_model_name(directory), tensor_names=tensor_shapes(directory).keys()
+    )
+    model = build_model(arch, device="meta", dtype=dtype)
+    if any(True for _ in model.buffers()):
+        # to_empty would leave buffers uninitialised: build (and initialise) for real instead
+        model = build_model(arch, device=device, dtype=dtype)
+    else:
+        model.to_empty(device=device if device is not None else torch.get_default_device())
+        model.tie_weights()  # to_empty gave the tied modules separate parameters
+    load_hf_weights(model, directory)
+    return arch, model.eval()

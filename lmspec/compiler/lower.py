@@ -1,0 +1,141 @@
+"""Lowering: a validated `ModelSpec` -> `ArchConfig`, every default applied.
+
+Defaults that depend on other keys live here, in one place:
+kv_heads = heads; head_dim = d_model / heads; d_ff = 4 * d_model; attention
+causal for decoders, bidirectional for encoders (and causal for the decoder of
+an encoder-decoder); final_norm for pre-norm stacks; head lm (mlm for
+encoders). Per-layer overrides apply in order, later ones winning.
+"""
+
+from __future__ import annotations
+
+from lmspec.compiler import schema as S
+from lmspec.compiler.arch import (
+    ArchConfig, AttentionConfig, HeadConfig, LayerConfig, PositionConfig, StackConfig,
+)
+
+__all__ = ["lower_model", "attention_config", "position_config", "head_configs"]
+
+
+def attention_config(spec, scale: str) -> AttentionConfig:
+    return AttentionConfig(kind=spec.kind, window=getattr(spec, "window", None), scale=scale)
+
+
+def position_config(spec) -> PositionConfig:
+    return PositionConfig(
+        kind=spec.kind,
+        theta=float(getattr(spec, "theta", 10_000.0)),
+        buckets=getattr(spec, "buckets", 32),
+        max_distance=getattr(spec, "max_distance", 128),
+    )
+
+
+def head_configs(heads: list | None, arch: str) -> tuple[HeadConfig, ...]:
+    if heads is None:
+        return (HeadConfig("mlm"),) if arch == "encoder" else (HeadConfig("lm"),)
+    out = []
+    for h in heads:
+        if h.kind == "none":
+            continue
+        if h.kind == "mlm":
+            out.append(HeadConfig("mlm", transform=h.transform))
+        elif h.kind == "classifier":
+            out.append(HeadConfig("classifier", classes=h.classes, pool=h.pool))
+        elif h.kind == "scalar":
+            out.append(HeadConfig("scalar", pool=h.pool))
+        else:
+            out.append(HeadConfig(h.kind))
+    return tuple(out)
+
+
+def _stack(spec: S.ModelSpec, stack: S.StackSpec | None, n_layers: int, default_attention, cross: bool,
+           overrides: list[S.LayerOverrideSpec]) -> StackConfig:
+    """One stack: the model's keys, then the stack block's, then each layer's overrides."""
+    def pick(key, fallback):
+        v = getattr(stack, key, None) if stack is not None else None
+        if v is None:
+            v = getattr(spec, key, None)
+        return fallback if v is None else v
+
+    heads = pick("heads", spec.heads)
+    base = dict(
+        d_model=spec.d_model,
+        heads=heads,
+        kv_heads=pick("kv_heads", None),
+        head_dim=pick("head_dim", None),
+        d_ff=pick("d_ff", 4 * spec.d_model),
+        # the decoder of an encoder-decoder does not inherit the model-level attention
+        attention=(stack.attention if stack is not None and stack.attention is not None
+                   else default_attention if cross else spec.attention or default_attention),
+        position=pick("position", spec.position),
+        norm=pick("norm", spec.norm),
+        activation=pick("activation", spec.activation),
+        bias=pick("bias", spec.bias),
+        dropout=pick("dropout", spec.dropout),
+    )
+    layers = []
+    for i in range(n_layers):
+        fields = dict(base)
+        for o in overrides:
+            if o.first <= i <= o.last:
+                fields.update({k: v for k in S.LayerFields.model_fields if (v := getattr(o, k)) is not None})
+        h = fields["heads"]
+        layers.append(LayerConfig(
+            d_model=spec.d_model,
+            heads=h,
+            kv_heads=fields["kv_heads"] or h,
+            head_dim=fields["head_dim"] or max(1, spec.d_model // h),
+            d_ff=fields["d_ff"],
+            attention=attention_config(fields["attention"], spec.attention_scale),
+            position=position_config(fields["position"]),
+            norm=fields["norm"],
+            norm_eps=spec.norm_eps,
+            placement=spec.placement,
+            activation=fields["activation"],
+            bias=fields["bias"],
+            dropout=fields["dropout"],
+            cross_attention=cross,
+        ))
+    final_norm = spec.final_norm if spec.final_norm is not None else spec.placement == "pre"
+    return StackConfig(tuple(layers), final_norm=final_norm)
+
+
+def lower_model(name: str, spec: S.ModelSpec, head_override: list | None = None) -> ArchConfig:
+    """The ArchConfig of a model block. Assumes `compiler.rules` found no errors in it."""
+    causal, bidirectional = S.Causal(), S.Bidirectional()
+    encoder = decoder = None
+    if spec.arch == "decoder":
+        decoder = _stack(spec, None, spec.layers or 1, causal, False, spec.layer)
+    elif spec.arch == "encoder":
+        encoder = _stack(spec, None, spec.layers or 1, bidirectional, False, spec.layer)
+    else:
+        enc, dec = spec.encoder, spec.decoder
+        encoder = _stack(spec, enc, enc.layers if enc else spec.layers or 1, bidirectional, False,
+                         (enc.layer if enc else []) + spec.layer)
+        # the decoder of an encoder-decoder is causal unless its own block says otherwise
+        decoder = _stack(spec, dec, dec.layers if dec else spec.layers or 1, causal, True,
+                         dec.layer if dec else [])
+    heads = head_configs(head_override if head_override is not None else spec.head, spec.arch)
+    return ArchConfig(
+        name=name,
+        arch=spec.arch,
+        vocab=spec.vocab,
+        context=spec.context,
+        d_model=spec.d_model,
+        position=position_config(spec.position),
+        encoder=encoder,
+        decoder=decoder,
+        heads=heads,
+        tie_embeddings=spec.tie_embeddings,
+        segments=spec.segments,
+        pooler=spec.pooler,
+        embed_norm=spec.embed_norm,
+        embed_scale=spec.embed_scale,
+        tied_head_scale=spec.head_scale,
+        norm=spec.norm,
+        norm_eps=spec.norm_eps,
+        activation=spec.activation if spec.activation not in ("swiglu", "geglu", "reglu") else "gelu",
+        dropout=spec.dropout,
+        pad_id=spec.pad_id,
+        mask_id=spec.mask_id,
+    )

@@ -1,0 +1,131 @@
+"""Self-attention (fused q/k/v projection) and cross-attention (decoder over encoder output).
+
+Both end in `F.scaled_dot_product_attention`; what differs between causal, sliding, prefix,
+ALiBi and T5 attention is only the mask the `AttentionContext` hands over.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kv_cache import LayerCache
+from .masks import AttentionContext, AttentionMask
+from .positions import apply_rope
+
+__all__ = ["Attention", "CrossAttention", "attend"]
+
+# SDPA learnt grouped-query attention (kv heads shared by groups of query heads) in torch 2.5
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, *, dropout: float, scale: float | None
+) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v for q (B, nh, T, hd) and k, v (B, nkv, S, hd)."""
+    extra = {}
+    if k.shape[1] != q.shape[1]:
+        if _SDPA_GQA:
+            extra["enable_gqa"] = True
+        else:  # query head i reads kv head i // (nh / nkv)
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask.mask, is_causal=mask.is_causal, dropout_p=dropout, scale=scale, **extra
+    )  # (B, nh, T, hd)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with grouped-query support.
+
+    kind: "causal" | "bidirectional" | "sliding" | "prefix"; position: "rope", "alibi" and
+    "relative" act here, anything else is ignored (added to the embeddings, or absent).
+    scale: None for 1/sqrt(head_dim), or a number (T5: 1.0).
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        kind: str = "causal",
+        window: int | None = None,
+        position: str = "none",
+        theta: float = 10_000.0,
+        scale: float | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.kind, self.window = kind, window
+        self.position, self.theta = position, theta
+        self.scale, self.dropout = scale, dropout
+        # one matmul for all three: rows are q (heads*hd), then k (kv*hd), then v (kv*hd)
+        self.qkv_proj = nn.Linear(d_model, (heads + 2 * kv_heads) * head_dim, bias=bias)
+        self.o_proj = nn.Linear(heads * head_dim, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(x).split((q_size, kv_size, kv_size), dim=-1)
+        q = q.view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        if self.position == "rope":
+            cos, sin = ctx.rope(self.head_dim, self.theta)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # keys are cached rotated: a key's position never changes
+            k, v = cache.update(k, v, ctx.start)  # (B, nkv, S, hd)
+        mask = ctx.mask(
+            self.kind,
+            self.window,
+            alibi_heads=self.heads if self.position == "alibi" else None,
+            relative=self.position == "relative",
+        )
+        y = attend(q, k, v, mask, dropout=self.dropout if self.training else 0.0, scale=self.scale)
+        y = y.transpose(1, 2).reshape(B, T, q_size)  # (B, T, nh*hd): heads side by side
+        return self.o_proj(y)
+
+
+class CrossAttention(nn.Module):
+    """Decoder queries over the encoder output ("memory"). The memory's keys and values do
+    not change while decoding, so `memory_kv` is computed once and cached by the caller."""
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        scale: float | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.scale, self.dropout = scale, dropout
+        self.q_proj = nn.Linear(d_model, heads * head_dim, bias=bias)
+        self.kv_proj = nn.Linear(d_model, 2 * kv_heads * head_dim, bias=bias)  # k rows, then v rows
+        self.o_proj = nn.Linear(heads * head_dim, d_model, bias=bias)
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, S, _ = memory.shape
+        k, v = self.kv_proj(memory).split(self.kv_heads * self.head_dim, dim=-1)
+        k = k.view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, S, hd)
+        v = v.view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, S, hd)
+        return k, v
+
+    def forward(
+        self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor], mask: AttentionMask
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k, v = memory_kv
+        y = attend(q, k, v, mask, dropout=self.dropout if self.training else 0.0, scale=self.scale)
+        y = y.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)  # (B, T, nh*hd)
+        return self.o_proj(y)

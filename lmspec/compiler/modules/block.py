@@ -1,0 +1,64 @@
+"""One transformer layer: self-attention, optional cross-attention, feed-forward, each a
+residual branch with its norm in front (pre-norm, GPT-2 onwards) or after the add (post-norm,
+the original Transformer and BERT)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import Attention, CrossAttention
+from .kv_cache import LayerCache
+from .masks import AttentionContext
+from .mlp import FeedForward
+
+__all__ = ["Block"]
+
+
+class Block(nn.Module):
+    def __init__(
+        self,
+        *,
+        attn_norm: nn.Module,
+        attn: Attention,
+        mlp_norm: nn.Module,
+        mlp: FeedForward,
+        cross_norm: nn.Module | None = None,
+        cross_attn: CrossAttention | None = None,
+        post_norm: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.attn_norm, self.attn = attn_norm, attn
+        self.cross_norm, self.cross_attn = cross_norm, cross_attn
+        self.mlp_norm, self.mlp = mlp_norm, mlp
+        self.post_norm = post_norm
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # on each residual branch
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        ctx: AttentionContext,
+        cache: LayerCache | None = None,
+        memory: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = self._residual(x, self.attn_norm, lambda h: self.attn(h, ctx, cache))
+        if self.cross_attn is not None:
+            memory_kv = self._memory_kv(memory, cache)
+            x = self._residual(x, self.cross_norm, lambda h: self.cross_attn(h, memory_kv, ctx.cross_mask))
+        return self._residual(x, self.mlp_norm, self.mlp)
+
+    def _residual(self, x: torch.Tensor, norm: nn.Module, branch) -> torch.Tensor:
+        if self.post_norm:
+            return norm(x + self.drop(branch(x)))
+        return x + self.drop(branch(norm(x)))
+
+    def _memory_kv(self, memory: torch.Tensor | None, cache: LayerCache | None):
+        if cache is not None and cache.cross_kv is not None:
+            return cache.cross_kv  # the encoder output does not change while decoding
+        if memory is None:
+            raise ValueError("a cross-attention layer needs the encoder output (or a cache that holds it)")
+        memory_kv = self.cross_attn.memory_kv(memory)
+        if cache is not None:
+            cache.cross_kv = memory_kv
+        return memory_kv

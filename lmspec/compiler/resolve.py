@@ -1,0 +1,522 @@
+"""Resolution: AST files -> `ResolvedSpec`.
+
+Loads imports (relative to the importing file), merges `extends`, evaluates
+references and arithmetic, and expands unit suffixes. The result holds plain
+values (`compiler.values`) and, for every value and key, the span it came
+from, so that the schema and the validators can point at the source.
+
+Name lookup inside a field of block B: the fields of the innermost enclosing
+scope (a layer override, a nested block, then B itself), skipping the field
+being defined (so `layer 0 { heads: heads / 2 }` reads B's heads); then the
+schema default of that key; then top-level block names; anything else is a
+`Symbol` (an enum value such as `causal`) for the schema to judge.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lmspec.diagnostics import Diagnostic, Label, Span, did_you_mean
+from lmspec.grammar import ast
+from lmspec.grammar.parser import parse, parse_file
+from lmspec.compiler.values import CallValue, Combination, FromStage, Ref, Symbol, WithValue, describe
+
+__all__ = ["ResolvedBlock", "ResolvedLayer", "ResolvedSpec", "resolve_file", "resolve_text", "Path_"]
+
+Path_ = tuple  # a path inside a block: ("position", "theta"), ("layers", 0, "heads"), ...
+
+
+@dataclass
+class ResolvedLayer:
+    first: int
+    last: int
+    range_span: Span
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ResolvedBlock:
+    kind: str
+    name: str
+    span: Span
+    kind_span: Span
+    name_span: Span
+    fields: dict[str, Any] = field(default_factory=dict)
+    nested: dict[str, "ResolvedBlock"] = field(default_factory=dict)
+    layers: list[ResolvedLayer] = field(default_factory=list)
+    # spans of values and of keys, by path inside this block; nested blocks and layer
+    # overrides live under ("<nested name>", ...) and ("layer", i, ...)
+    value_spans: dict[tuple, Span] = field(default_factory=dict)
+    key_spans: dict[tuple, Span] = field(default_factory=dict)
+
+    def span_of(self, path: tuple, key: bool = False) -> Span:
+        """The span of the longest prefix of `path` we know; the block's name if none."""
+        table = self.key_spans if key else self.value_spans
+        for n in range(len(path), 0, -1):
+            span = table.get(tuple(path[:n])) or (None if key else self.key_spans.get(tuple(path[:n])))
+            if span is not None:
+                return span
+        return self.name_span
+
+
+@dataclass
+class ResolvedSpec:
+    blocks: dict[str, ResolvedBlock]
+    sources: dict[str, str]
+    diagnostics: list[Diagnostic]
+    root: str
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.is_error for d in self.diagnostics)
+
+    def of_kind(self, kind: str) -> list[ResolvedBlock]:
+        return [b for b in self.blocks.values() if b.kind == kind]
+
+
+# Hooks the schema installs, so that resolution can read defaults and derived
+# attributes (`tok.vocab_size`) without this module importing the schema.
+DefaultLookup = Callable[[str, str], tuple[bool, Any]]  # (kind, key) -> (found, value)
+DerivedLookup = Callable[["ResolvedBlock", str, "Resolver"], tuple[bool, Any]]
+
+
+class _Cycle(Exception):
+    pass
+
+
+class _Scope:
+    """Fields visible at one level: a block, a nested block or a layer override."""
+
+    def __init__(self, entries: dict[str, ast.Field], parent: "_Scope | None", kind: str, path: tuple,
+                 block: "_Merged"):
+        self.entries, self.parent, self.kind, self.path, self.block = entries, parent, kind, path, block
+        self.values: dict[str, Any] = {}
+
+
+@dataclass
+class _Merged:
+    """A block after `extends` and before evaluation."""
+
+    block: ast.Block
+    fields: dict[str, ast.Field]
+    nested: dict[str, "_MergedNested"]
+    layers: list[ast.LayerOverride]
+
+
+@dataclass
+class _MergedNested:
+    node: ast.Nested
+    fields: dict[str, ast.Field]
+    nested: dict[str, "_MergedNested"]
+    layers: list[ast.LayerOverride]
+
+
+MAX_IMPORT_DEPTH = 32
+
+
+class Resolver:
+    def __init__(self, defaults: DefaultLookup | None = None, derived: DerivedLookup | None = None):
+        self.defaults = defaults or (lambda kind, key: (False, None))
+        self.derived = derived or (lambda block, attr, resolver: (False, None))
+        self.diagnostics: list[Diagnostic] = []
+        self.sources: dict[str, str] = {}
+        self.files: dict[str, ast.SpecFile] = {}
+        self.blocks: dict[str, ast.Block] = {}
+        self.block_file: dict[str, str] = {}
+        self.merged: dict[str, _Merged] = {}
+        self.resolved: dict[str, ResolvedBlock] = {}
+        self._in_progress: list[tuple[str, tuple, str]] = []
+
+    def error(self, code: str, message: str, span: Span | None, help: str | None = None,
+              labels: list[Label] | None = None) -> None:
+        self.diagnostics.append(Diagnostic("error", code, message, span, labels or [], help))
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self, spec: ast.SpecFile, chain: tuple[str, ...]) -> None:
+        here = Path(spec.path).parent if spec.path not in ("<string>",) else Path.cwd()
+        for imp in spec.imports:
+            target = str((here / imp.path).resolve()) if not Path(imp.path).is_absolute() else imp.path
+            shown = imp.path
+            if target in chain:
+                names = " -> ".join(Path(p).name for p in chain[chain.index(target):]) + f" -> {Path(target).name}"
+                self.error("LMS021", f"import cycle: {names}", imp.span, help="remove one of these imports")
+                continue
+            if target in self.files:
+                continue
+            if len(chain) > MAX_IMPORT_DEPTH:
+                self.error("LMS021", "imports nested too deeply", imp.span)
+                continue
+            display = os.path.relpath(target) if not os.path.relpath(target).startswith("../..") else target
+            tree, text, diags = parse_file(display)
+            if text is None:
+                self.error("LMS020", f"cannot import '{shown}': no such file", imp.span,
+                           help=f"the path is relative to {here}")
+                continue
+            self.sources[display] = text
+            self.diagnostics += diags
+            if tree is None:
+                continue
+            self.files[target] = tree
+            self.add_blocks(tree)
+            self.load(tree, chain + (target,))
+
+    def add_blocks(self, spec: ast.SpecFile) -> None:
+        for block in spec.blocks:
+            name = block.name.name
+            if name in self.blocks:
+                other = self.blocks[name]
+                self.error("LMS022", f"a block named '{name}' is already defined", block.name.span,
+                           help="rename one of them",
+                           labels=[Label(other.name.span, "first defined here")])
+                continue
+            self.blocks[name] = block
+
+    # ------------------------------------------------------------------ extends
+
+    def merge(self, name: str, chain: tuple[str, ...] = ()) -> _Merged | None:
+        if name in self.merged:
+            return self.merged[name]
+        block = self.blocks[name]
+        own_fields, own_nested, own_layers = self._collect(block.entries)
+        if block.extends is None:
+            merged = _Merged(block, own_fields, own_nested, own_layers)
+        else:
+            base_name = block.extends.name
+            if base_name in chain or base_name == name:
+                cycle = " -> ".join(chain + (name, base_name))
+                self.error("LMS025", f"blocks extend each other in a cycle: {cycle}", block.extends.span,
+                           help="remove one `extends`")
+                merged = _Merged(block, own_fields, own_nested, own_layers)
+            elif base_name not in self.blocks:
+                self.error("LMS024", f"'{name}' extends '{base_name}', which is not defined", block.extends.span,
+                           help=did_you_mean(base_name, [n for n, b in self.blocks.items()
+                                                         if b.kind.name == block.kind.name and n != name]))
+                merged = _Merged(block, own_fields, own_nested, own_layers)
+            else:
+                base = self.blocks[base_name]
+                if base.kind.name != block.kind.name:
+                    self.error("LMS024", f"a {block.kind.name} cannot extend the {base.kind.name} '{base_name}'",
+                               block.extends.span, labels=[Label(base.kind.span, f"'{base_name}' is a {base.kind.name}")])
+                    merged = _Merged(block, own_fields, own_nested, own_layers)
+                else:
+                    parent = self.merge(base_name, chain + (name,))
+                    fields = {**parent.fields, **own_fields}
+                    nested = _merge_nested(parent.nested, own_nested)
+                    merged = _Merged(block, fields, nested, parent.layers + own_layers)
+        self.merged[name] = merged
+        return merged
+
+    def _collect(self, entries) -> tuple[dict, dict, list]:
+        fields: dict[str, ast.Field] = {}
+        nested: dict[str, _MergedNested] = {}
+        layers: list[ast.LayerOverride] = []
+        for entry in entries:
+            if isinstance(entry, ast.Field):
+                key = entry.key.name
+                if key in fields or key in nested:
+                    first = fields[key].key.span if key in fields else nested[key].node.name.span
+                    self.error("LMS030", f"'{key}' is given twice", entry.key.span,
+                               help="remove one of them", labels=[Label(first, "first given here")])
+                    continue
+                fields[key] = entry
+            elif isinstance(entry, ast.Nested):
+                key = entry.name.name
+                f, n, l = self._collect(entry.entries)
+                if key in nested:
+                    prev = nested[key]
+                    nested[key] = _MergedNested(entry, {**prev.fields, **f}, _merge_nested(prev.nested, n),
+                                                prev.layers + l)
+                else:
+                    if key in fields:
+                        self.error("LMS030", f"'{key}' is given twice", entry.name.span,
+                                   labels=[Label(fields[key].key.span, "first given here")])
+                        continue
+                    nested[key] = _MergedNested(entry, f, n, l)
+            else:
+                layers.append(entry)
+        return fields, nested, layers
+
+    # ------------------------------------------------------------------ evaluation
+
+    def resolve_block(self, name: str) -> ResolvedBlock:
+        if name in self.resolved:
+            return self.resolved[name]
+        m = self.merged[name]
+        b = m.block
+        out = ResolvedBlock(b.kind.name, name, b.span, b.kind.span, b.name.span)
+        self.resolved[name] = out
+        kind = b.kind.name
+        scope = _Scope(m.fields, None, kind, (), m)
+        self._fill(out, scope, m.fields, m.nested, m.layers, (), kind)
+        return out
+
+    def _fill(self, out: ResolvedBlock, scope: _Scope, fields, nested, layers, path: tuple, kind: str):
+        target = out.fields if not path else _dig(out, path)
+        for key, fld in fields.items():
+            out.key_spans[path + (key,)] = fld.key.span
+            try:
+                target[key] = self.field_value(scope, key)
+            except _Cycle:
+                target[key] = None
+        for key, sub in nested.items():
+            out.key_spans[path + (key,)] = sub.node.name.span
+            child = _Scope(sub.fields, scope, f"{kind}.{key}", path + (key,), scope.block)
+            if not path:
+                nb = ResolvedBlock(f"{kind}.{key}", key, sub.node.span, sub.node.name.span, sub.node.name.span)
+                out.nested[key] = nb
+            else:  # deeper nesting is kept as a dict value
+                target[key] = {}
+            self._fill(out, child, sub.fields, sub.nested, sub.layers, path + (key,), kind)
+        base_index = len(_layers_of(out, path))
+        for i, lo in enumerate(layers):
+            lpath = path + ("layer", base_index + i)
+            out.key_spans[lpath] = lo.range_span
+            entries = {e.key.name: e for e in lo.entries if isinstance(e, ast.Field)}
+            for e in lo.entries:
+                if not isinstance(e, ast.Field):
+                    what = "nested blocks" if isinstance(e, ast.Nested) else "layer overrides"
+                    self.error("LMS049", f"{what} cannot appear inside a layer override", e.span)
+            layer_scope = _Scope(entries, scope, kind, lpath, scope.block)
+            rl = ResolvedLayer(lo.first, lo.last, lo.range_span)
+            _layers_of(out, path).append(rl)
+            for key, fld in entries.items():
+                out.key_spans[lpath + (key,)] = fld.key.span
+                try:
+                    rl.fields[key] = self.field_value(layer_scope, key)
+                except _Cycle:
+                    rl.fields[key] = None
+
+    def field_value(self, scope: _Scope, key: str) -> Any:
+        if key in scope.values:
+            return scope.values[key]
+        marker = (scope.block.block.name.name, scope.path, key)
+        if marker in self._in_progress:
+            start = self._in_progress.index(marker)
+            names = [k for _, _, k in self._in_progress[start:]] + [key]
+            fld = scope.entries[key]
+            self.error("LMS026", f"fields refer to each other in a cycle: {' -> '.join(names)}", fld.value.span,
+                       help="give one of them a value that does not depend on the others")
+            raise _Cycle()
+        self._in_progress.append(marker)
+        try:
+            fld = scope.entries[key]
+            value = self.eval(fld.value, scope, key, scope.path + (key,))
+        finally:
+            self._in_progress.pop()
+        scope.values[key] = value
+        return value
+
+    def eval(self, node, scope: _Scope, key: str, path: tuple) -> Any:
+        block = self._current_block(scope)
+        spans = block.value_spans if block is not None else {}
+        spans.setdefault(path, node.span)
+        if isinstance(node, (ast.Number, ast.String, ast.Bool)):
+            return node.value
+        if isinstance(node, ast.Name):
+            return self.lookup(node, scope, key)
+        if isinstance(node, ast.ListExpr):
+            return [self.eval(item, scope, key, path + (i,)) for i, item in enumerate(node.items)]
+        if isinstance(node, ast.Attr):
+            obj = self.eval(node.obj, scope, key, path)
+            return self.attribute(obj, node.name, node.span)
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name):
+                name, target = node.func.id, None
+            elif isinstance(node.func, ast.Attr):
+                name, target = node.func.name.name, self.eval(node.func.obj, scope, key, path)
+            else:
+                self.error("LMS027", "only a name or `block.method` can be called", node.func.span)
+                return None
+            args = tuple(self.eval(a, scope, key, path + (i,)) for i, a in enumerate(node.args))
+            kwargs = []
+            for k, v in node.kwargs:
+                if any(k.name == seen for seen, _ in kwargs):
+                    self.error("LMS030", f"argument '{k.name}' is given twice", k.span)
+                    continue
+                block and block.key_spans.setdefault(path + (k.name,), k.span)
+                kwargs.append((k.name, self.eval(v, scope, key, path + (k.name,))))
+            return CallValue(name, args, tuple(kwargs), target)
+        if isinstance(node, ast.Neg):
+            value = self.eval(node.operand, scope, key, path)
+            if _is_number(value):
+                return -value
+            if value is not None:
+                self.error("LMS027", f"cannot negate {describe(value)}", node.span)
+            return None
+        if isinstance(node, ast.BinOp):
+            return self.binop(node, self.eval(node.left, scope, key, path), self.eval(node.right, scope, key, path))
+        if isinstance(node, ast.FromStage):
+            value = self.eval(node.value, scope, key, path)
+            stage = self.block_ref(node.stage.name, node.stage.span)
+            return FromStage(value, stage) if stage is not None else None
+        if isinstance(node, ast.WithField):
+            value = self.eval(node.value, scope, key, path)
+            block and block.key_spans.setdefault(path + (node.key.name,), node.key.span)
+            return WithValue(value, node.key.name, self.eval(node.field_value, scope, key, path + (node.key.name,)))
+        raise TypeError(f"unknown node {node!r}")  # pragma: no cover
+
+    def _current_block(self, scope: _Scope) -> ResolvedBlock | None:
+        return self.resolved.get(scope.block.block.name.name)
+
+    def lookup(self, node: ast.Name, scope: _Scope, key: str) -> Any:
+        name = node.id
+        s, skip = scope, key
+        while s is not None:
+            if name in s.entries and name != skip:
+                return self.field_value(s, name)
+            s, skip = s.parent, None
+        found, value = self.defaults(scope.kind, name)
+        if found and name != key:
+            return value
+        if name in self.blocks:
+            return Ref(self.blocks[name].kind.name, name)
+        return Symbol(name)
+
+    def block_ref(self, name: str, span: Span) -> Ref | None:
+        if name in self.blocks:
+            return Ref(self.blocks[name].kind.name, name)
+        self.error("LMS023", f"'{name}' is not defined", span, help=did_you_mean(name, self.blocks))
+        return None
+
+    def attribute(self, obj: Any, name: ast.Ident, span: Span) -> Any:
+        if obj is None:
+            return None
+        if isinstance(obj, Symbol):
+            self.error("LMS023", f"'{obj.name}' is not defined", Span(span.file, span.line, span.col, span.line,
+                       span.col + len(obj.name), span.start, span.start + len(obj.name)),
+                       help=did_you_mean(obj.name, self.blocks) or f"define a block named '{obj.name}'")
+            return None
+        if not isinstance(obj, Ref):
+            self.error("LMS029", f"{describe(obj)} has no attribute '{name.name}'", name.span)
+            return None
+        target = self.resolve_block(obj.name) if obj.name in self.merged else None
+        if target is None:
+            return None
+        merged = self.merged[obj.name]
+        if name.name in merged.fields:
+            scope = _Scope(merged.fields, None, obj.kind, (), merged)
+            if obj.name in self.resolved and name.name in self.resolved[obj.name].fields:
+                return self.resolved[obj.name].fields[name.name]
+            return self.field_value(scope, name.name)
+        found, value = self.derived(target, name.name, self)
+        if found:
+            return value
+        found, value = self.defaults(obj.kind, name.name)
+        if found:
+            return value
+        candidates = list(merged.fields)
+        self.error("LMS029", f"the {obj.kind} '{obj.name}' has no attribute '{name.name}'", name.span,
+                   help=did_you_mean(name.name, candidates + ["vocab_size"]) if obj.kind == "tokenizer"
+                   else did_you_mean(name.name, candidates))
+        return None
+
+    def binop(self, node: ast.BinOp, left: Any, right: Any) -> Any:
+        if left is None or right is None:
+            return None
+        op = node.op
+        if _is_number(left) and _is_number(right):
+            if op == "+":
+                return left + right
+            if op == "-":
+                return left - right
+            if op == "*":
+                return left * right
+            if right == 0:
+                self.error("LMS028", "division by zero", node.right.span)
+                return None
+            if isinstance(left, int) and isinstance(right, int) and left % right == 0:
+                return left // right
+            return left / right
+        # weighted sums of non-numeric terms: objectives such as `mlm + 0.5 * nsp`
+        if op in "+-" and not _is_number(left) and not _is_number(right) and _termable(left) and _termable(right):
+            sign = 1.0 if op == "+" else -1.0
+            return Combination(_terms(left) + tuple((sign * w, t) for w, t in _terms(right)))
+        if op == "*" and _is_number(left) and _termable(right) and not _is_number(right):
+            return Combination(tuple((float(left) * w, t) for w, t in _terms(right)))
+        if op == "*" and _is_number(right) and _termable(left) and not _is_number(left):
+            return Combination(tuple((float(right) * w, t) for w, t in _terms(left)))
+        if isinstance(left, str) and isinstance(right, str) and op == "+":
+            return left + right
+        self.error("LMS027", f"cannot compute {describe(left)} {op} {describe(right)}", node.span,
+                   help="arithmetic works on numbers; objectives combine as `mlm + 0.5 * nsp`")
+        return None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _termable(v: Any) -> bool:
+    return isinstance(v, (Symbol, CallValue, Combination))
+
+
+def _terms(v: Any) -> tuple:
+    return v.terms if isinstance(v, Combination) else ((1.0, v),)
+
+
+def _merge_nested(base: dict, own: dict) -> dict:
+    out = dict(base)
+    for key, sub in own.items():
+        if key in out:
+            prev = out[key]
+            out[key] = _MergedNested(sub.node, {**prev.fields, **sub.fields}, _merge_nested(prev.nested, sub.nested),
+                                     prev.layers + sub.layers)
+        else:
+            out[key] = sub
+    return out
+
+
+def _dig(block: ResolvedBlock, path: tuple) -> dict:
+    target = block.nested[path[0]].fields
+    for p in path[1:]:
+        target = target.setdefault(p, {})
+    return target
+
+
+def _layers_of(block: ResolvedBlock, path: tuple) -> list:
+    if not path:
+        return block.layers
+    return block.nested[path[0]].layers
+
+
+# ---------------------------------------------------------------------- front doors
+
+
+def _resolve(tree: ast.SpecFile | None, text: str | None, path: str, diagnostics: list[Diagnostic],
+             defaults: DefaultLookup | None, derived: DerivedLookup | None) -> ResolvedSpec:
+    r = Resolver(defaults, derived)
+    r.diagnostics += diagnostics
+    if text is not None:
+        r.sources[path] = text
+    if tree is None:
+        return ResolvedSpec({}, r.sources, r.diagnostics, path)
+    root = str(Path(path).resolve()) if path != "<string>" else path
+    r.files[root] = tree
+    r.add_blocks(tree)
+    r.load(tree, (root,))
+    for name in r.blocks:
+        r.merge(name)
+    try:
+        for name in r.blocks:
+            r.resolve_block(name)
+    except RecursionError:
+        r.error("LMS011", "the spec is too deeply nested to resolve", None,
+                help="split long expressions and reference chains into fields")
+    ordered = {name: r.resolved[name] for name in r.blocks if name in r.resolved}
+    return ResolvedSpec(ordered, r.sources, r.diagnostics, path)
+
+
+def resolve_text(text: str, path: str = "<string>", *, defaults: DefaultLookup | None = None,
+                 derived: DerivedLookup | None = None) -> ResolvedSpec:
+    tree, diagnostics = parse(text, path)
+    return _resolve(tree, text, path, diagnostics, defaults, derived)
+
+
+def resolve_file(path: str | Path, *, defaults: DefaultLookup | None = None,
+                 derived: DerivedLookup | None = None) -> ResolvedSpec:
+    tree, text, diagnostics = parse_file(path)
+    return _resolve(tree, text, str(path), diagnostics, defaults, derived)

@@ -1,0 +1,518 @@
+"""The schema: what each block kind accepts — keys, types, ranges, defaults, docs.
+
+One pydantic model per block kind. Variants (`rope(theta: 10_000)`,
+`cosine(warmup: 100)`) are small models with a `kind` tag; a bare name such as
+`learned` is the variant with no arguments. The same models produce the JSON
+Schema (`lmspec schema`) and the key tables in docs/language.md.
+
+`validate_spec` reads a `ResolvedSpec` into these models and turns every
+problem into a located diagnostic with "did you mean".
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lmspec.diagnostics import Diagnostic, Span, did_you_mean
+from lmspec.compiler.resolve import ResolvedBlock, ResolvedSpec
+from lmspec.compiler.values import CallValue, Combination, FromStage, Ref, Symbol, WithValue, describe
+
+__all__ = [
+    "BLOCK_KINDS", "TokenizerSpec", "DataSpec", "ModelSpec", "TrainSpec", "JudgeSpec", "FeedbackSpec", "RLSpec",
+    "validate_spec", "ValidatedSpec", "json_schema", "schema_default", "derived_attribute", "Ref_",
+]
+
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Variant(Schema):
+    """A tagged choice. Positional arguments fill the fields after `kind` in order."""
+
+
+@dataclass(frozen=True)
+class RefTo:
+    """Marks a `str` field as a reference to a top-level block of one of these kinds."""
+
+    kinds: tuple[str, ...]
+
+
+def Ref_(*kinds: str):  # noqa: N802 - reads as a type in annotations
+    return Annotated[str, RefTo(kinds)]
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+class BytesTokenizer(Variant):
+    kind: Literal["bytes"] = "bytes"
+
+
+class BPETokenizer(Variant):
+    kind: Literal["bpe"] = "bpe"
+    vocab: int = Field(4096, ge=260, le=1_000_000, description="vocabulary size, special tokens included")
+    train_on: Ref_("data") | None = Field(None, description="the data block the merges are learned from")
+
+
+class HFTokenizer(Variant):
+    kind: Literal["hf"] = "hf"
+    path: str = Field(description="a local directory with tokenizer.json")
+
+
+TokenizerKind = Annotated[Union[BytesTokenizer, BPETokenizer, HFTokenizer], Field(discriminator="kind")]
+SpecialToken = Literal["pad", "bos", "eos", "mask", "sep", "cls", "unk"]
+
+
+class TokenizerSpec(Schema):
+    """How text becomes token ids."""
+
+    kind: TokenizerKind = Field(description="bytes | bpe(vocab, train_on) | hf(path)")
+    specials: list[SpecialToken] = Field(["pad", "bos", "eos", "mask", "sep", "cls"],
+                                         description="special tokens, in id order after the base vocabulary")
+    sentinels: int = Field(0, ge=0, le=1000, description="sentinel tokens for span corruption (T5's <extra_id_n>)")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class BuiltinSource(Variant):
+    kind: Literal["builtin"] = "builtin"
+    name: Literal["tiny-stories", "tiny-reviews", "tiny-instructions"] = Field(
+        description="a small corpus that ships with lmspec")
+
+
+class TextFileSource(Variant):
+    kind: Literal["text"] = "text"
+    path: str = Field(description="a UTF-8 text file; documents separated by blank lines")
+
+
+class JsonlSource(Variant):
+    kind: Literal["jsonl"] = "jsonl"
+    path: str = Field(description="a JSON-lines file, one example per line")
+
+
+DataSource = Annotated[Union[BuiltinSource, TextFileSource, JsonlSource], Field(discriminator="kind")]
+
+
+class DataSpec(Schema):
+    """A dataset: where examples come from and how they split."""
+
+    source: DataSource = Field(description='builtin("tiny-stories") | text("path") | jsonl("path")')
+    validation: float = Field(0.02, ge=0.0, lt=1.0, description="fraction held out for evaluation")
+    text: str = Field("text", description="the field holding the text (jsonl)")
+    label: str | None = Field(None, description="the field holding a class label, for classify")
+    prompt: str = Field("prompt", description="the field holding the prompt, for sft")
+    response: str = Field("response", description="the field holding the response, for sft")
+    shuffle: bool = Field(True, description="shuffle examples each epoch")
+    seed: int = Field(0, ge=0, description="seed for the split and the shuffle")
+    max_examples: int | None = Field(None, ge=1, description="use only the first N examples")
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class Causal(Variant):
+    kind: Literal["causal"] = "causal"
+
+
+class Bidirectional(Variant):
+    kind: Literal["bidirectional"] = "bidirectional"
+
+
+class Sliding(Variant):
+    kind: Literal["sliding"] = "sliding"
+    window: int = Field(ge=1, description="each token sees itself and the window - 1 tokens before it")
+
+
+class Prefix(Variant):
+    kind: Literal["prefix"] = "prefix"
+
+
+Attention = Annotated[Union[Causal, Bidirectional, Sliding, Prefix], Field(discriminator="kind")]
+
+
+class Learned(Variant):
+    kind: Literal["learned"] = "learned"
+
+
+class Sinusoidal(Variant):
+    kind: Literal["sinusoidal"] = "sinusoidal"
+
+
+class Rope(Variant):
+    kind: Literal["rope"] = "rope"
+    theta: float = Field(10_000.0, gt=0, description="the rotary base")
+
+
+class Alibi(Variant):
+    kind: Literal["alibi"] = "alibi"
+
+
+class Relative(Variant):
+    kind: Literal["relative"] = "relative"
+    buckets: int = Field(32, ge=2, le=1024, description="number of relative-position buckets")
+    max_distance: int = Field(128, ge=2, description="distances beyond this share the last bucket")
+
+
+class NoPosition(Variant):
+    kind: Literal["none"] = "none"
+
+
+Position = Annotated[Union[Learned, Sinusoidal, Rope, Alibi, Relative, NoPosition], Field(discriminator="kind")]
+
+
+class LMHead(Variant):
+    kind: Literal["lm"] = "lm"
+
+
+class MLMHead(Variant):
+    kind: Literal["mlm"] = "mlm"
+    transform: bool = Field(False, description="BERT's dense + activation + norm before the vocabulary projection")
+
+
+class NSPHead(Variant):
+    kind: Literal["nsp"] = "nsp"
+
+
+Pool = Literal["first", "last", "mean"]
+
+
+class ClassifierHead(Variant):
+    kind: Literal["classifier"] = "classifier"
+    classes: int = Field(2, ge=2, description="number of classes")
+    pool: Pool = Field("last", description="first | last | mean: which hidden state(s) the head reads")
+
+
+class ScalarHead(Variant):
+    kind: Literal["scalar"] = "scalar"
+    pool: Pool = Field("last", description="first | last | mean")
+
+
+class NoHead(Variant):
+    kind: Literal["none"] = "none"
+
+
+Head = Annotated[Union[LMHead, MLMHead, NSPHead, ClassifierHead, ScalarHead, NoHead], Field(discriminator="kind")]
+NormName = Literal["layernorm", "rmsnorm"]
+ActivationName = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "reglu"]
+
+
+class LayerFields(Schema):
+    """Keys that may differ per layer: inside `layer a..b { }`, `encoder { }` and `decoder { }`."""
+
+    heads: int | None = Field(None, ge=1, description="attention heads")
+    kv_heads: int | None = Field(None, ge=1, description="key/value heads (grouped-query); 1 = multi-query")
+    head_dim: int | None = Field(None, ge=1, description="width of one head; default d_model / heads")
+    d_ff: int | None = Field(None, ge=1, description="hidden width of the MLP; default 4 * d_model")
+    attention: Attention | None = Field(None, description="causal | bidirectional | sliding(window) | prefix")
+    position: Position | None = Field(None, description="rope/alibi/relative/none per layer")
+    norm: NormName | None = Field(None, description="layernorm | rmsnorm")
+    activation: ActivationName | None = Field(None, description="gelu | gelu_tanh | relu | silu | swiglu | geglu | reglu")
+    bias: bool | None = Field(None, description="biases on the attention and MLP projections")
+    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="dropout probability")
+
+
+class LayerOverrideSpec(LayerFields):
+    first: int = Field(ge=0, description="first layer (inclusive)")
+    last: int = Field(ge=0, description="last layer (inclusive)")
+
+
+class StackSpec(LayerFields):
+    """`encoder { }` / `decoder { }` of an encoder-decoder."""
+
+    layers: int = Field(ge=1, description="number of layers in this stack")
+    layer: list[LayerOverrideSpec] = Field([], description="per-layer overrides inside this stack")
+
+
+class ModelSpec(Schema):
+    """A transformer architecture."""
+
+    arch: Literal["decoder", "encoder", "encoder_decoder"] = Field(
+        "decoder", description="decoder | encoder | encoder_decoder")
+    vocab: int = Field(ge=2, description="vocabulary size (embedding rows)")
+    context: int = Field(ge=1, description="longest sequence the model is built for")
+    layers: int | None = Field(None, ge=1, description="number of layers (decoder or encoder)")
+    d_model: int = Field(ge=1, description="hidden width")
+    heads: int = Field(ge=1, description="attention heads")
+    kv_heads: int | None = Field(None, ge=1, description="key/value heads; default heads; 1 = multi-query")
+    head_dim: int | None = Field(None, ge=1, description="width of one head; default d_model / heads")
+    d_ff: int | None = Field(None, ge=1, description="MLP hidden width; default 4 * d_model")
+    attention: Attention | None = Field(None, description="default causal for decoders, bidirectional for encoders")
+    attention_scale: Literal["inverse_sqrt", "none"] = Field(
+        "inverse_sqrt", description="inverse_sqrt: scores / sqrt(head_dim); none: unscaled (T5)")
+    position: Position = Field(Learned(), description="learned | sinusoidal | rope(theta) | alibi | "
+                                                     "relative(buckets, max_distance) | none")
+    norm: NormName = Field("layernorm", description="layernorm | rmsnorm")
+    norm_eps: float = Field(1e-5, gt=0, lt=1, description="epsilon of every norm")
+    placement: Literal["pre", "post"] = Field("pre", description="pre: norm before each sublayer; post: after the residual add")
+    activation: ActivationName = Field("gelu", description="MLP activation; swiglu/geglu/reglu are gated")
+    bias: bool = Field(True, description="biases on the attention and MLP projections")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability")
+    tie_embeddings: bool = Field(False, description="the output head reuses the token embeddings")
+    segments: int = Field(0, ge=0, description="token-type (segment) embeddings; BERT uses 2")
+    pooler: bool = Field(False, description="BERT's dense + tanh over the first token")
+    embed_norm: bool = Field(False, description="a norm right after the embeddings (BERT)")
+    embed_scale: float = Field(1.0, gt=0, description="token embeddings are multiplied by this")
+    head_scale: float = Field(1.0, gt=0, description="final hidden states are multiplied by this before a tied lm head (T5: d_model ** -0.5)")
+    final_norm: bool | None = Field(None, description="a norm after the last layer; default true for pre-norm")
+    head: list[Head] | None = Field(None, description="lm | mlm(transform) | nsp | classifier(classes, pool) | "
+                                                      "scalar(pool) | none, or a list; default lm (mlm for encoders)")
+    pad_id: int | None = Field(None, ge=0, description="padding token id")
+    mask_id: int | None = Field(None, ge=0, description="mask token id (mlm)")
+    encoder: StackSpec | None = Field(None, description="the encoder stack of an encoder_decoder")
+    decoder: StackSpec | None = Field(None, description="the decoder stack of an encoder_decoder")
+    layer: list[LayerOverrideSpec] = Field([], description="per-layer overrides: `layer 0..3 { ... }`")
+
+
+# ----------------------------------------------------------------------------- train
+
+
+class CLM(Variant):
+    kind: Literal["clm"] = "clm"
+
+
+class MLM(Variant):
+    kind: Literal["mlm"] = "mlm"
+    mask: Fraction = Field(0.15, description="fraction of tokens selected for prediction")
+    replace: list[Fraction] = Field([0.8, 0.1, 0.1], description="of those: [mask token, random token, unchanged]")
+
+
+class NSP(Variant):
+    kind: Literal["nsp"] = "nsp"
+
+
+class SpanCorruption(Variant):
+    kind: Literal["span_corruption"] = "span_corruption"
+    noise: Fraction = Field(0.15, description="fraction of tokens corrupted")
+    mean_span: float = Field(3.0, ge=1.0, description="mean length of a corrupted span")
+
+
+class PrefixLM(Variant):
+    kind: Literal["prefix_lm"] = "prefix_lm"
+    prefix: Fraction = Field(0.5, description="mean fraction of each sequence used as the prefix")
+
+
+class SFT(Variant):
+    kind: Literal["sft"] = "sft"
+
+
+class Classify(Variant):
+    kind: Literal["classify"] = "classify"
+    label: str = Field("label", description="the data field holding the class")
+
+
+class BradleyTerry(Variant):
+    kind: Literal["bradley_terry"] = "bradley_terry"
+
+
+class DPO(Variant):
+    kind: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward")
+
+
+Objective = Annotated[Union[CLM, MLM, NSP, SpanCorruption, PrefixLM, SFT, Classify, BradleyTerry, DPO],
+                      Field(discriminator="kind")]
+
+
+class ObjectiveTerm(Schema):
+    weight: float = Field(1.0, description="weight of this term in the summed loss")
+    objective: Objective
+
+
+class AdamW(Variant):
+    kind: Literal["adamw"] = "adamw"
+    lr: float = Field(3e-4, gt=0, le=10, description="peak learning rate")
+    betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2, description="[beta1, beta2]")
+    eps: float = Field(1e-8, gt=0, description="denominator epsilon")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay")
+
+
+class Adam(Variant):
+    kind: Literal["adam"] = "adam"
+    lr: float = Field(3e-4, gt=0, le=10)
+    betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)
+    eps: float = Field(1e-8, gt=0)
+
+
+class SGD(Variant):
+    kind: Literal["sgd"] = "sgd"
+    lr: float = Field(1e-2, gt=0, le=100)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+Optimizer = Annotated[Union[AdamW, Adam, SGD], Field(discriminator="kind")]
+
+
+class Constant(Variant):
+    kind: Literal["constant"] = "constant"
+    warmup: int = Field(0, ge=0, description="linear warm-up steps")
+
+
+class Cosine(Variant):
+    kind: Literal["cosine"] = "cosine"
+    warmup: int = Field(0, ge=0, description="linear warm-up steps")
+    min_lr: Fraction = Field(0.1, description="final learning rate as a fraction of the peak")
+
+
+class Linear(Variant):
+    kind: Literal["linear"] = "linear"
+    warmup: int = Field(0, ge=0)
+    min_lr: Fraction = Field(0.0)
+
+
+Schedule = Annotated[Union[Constant, Cosine, Linear], Field(discriminator="kind")]
+
+
+class HFInit(Variant):
+    kind: Literal["hf"] = "hf"
+    path: str = Field(description="a local Hugging Face checkpoint directory (config.json + safetensors)")
+
+
+class ModelUse(Schema):
+    """`gpt`, `gpt from pretrain`, `gpt with head scalar`."""
+
+    model: str = Field(description="a model block")
+    stage: str | None = Field(None, description="the stage whose trained weights to use")
+    head: list[Head] | None = Field(None, description="a replacement head")
+
+
+class TrainSpec(Schema):
+    """A training stage."""
+
+    model: ModelUse = Field(description="the model to train: `gpt`, `gpt from stage`, `gpt with head scalar`")
+    init: Ref_("train", "rl") | HFInit | None = Field(None, description="start from a stage's weights or hf(\"dir\")")
+    objective: list[ObjectiveTerm] = Field(description="clm | mlm(mask) | nsp | span_corruption(noise, mean_span) | "
+                                                       "prefix_lm | sft | classify(label) | bradley_terry | dpo(beta), "
+                                                       "or a weighted sum such as `mlm + 0.5 * nsp`")
+    data: Ref_("data", "feedback") = Field(description="a data block, or a feedback block for preference objectives")
+    tokenizer: Ref_("tokenizer") | None = Field(None, description="default: the spec's only tokenizer")
+    steps: int = Field(1000, ge=1, description="optimizer steps")
+    batch: int = Field(32, ge=1, description="sequences per optimizer step")
+    seq_len: int | None = Field(None, ge=1, description="tokens per sequence; default the model's context")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per step (batch is split into them)")
+    optimizer: Optimizer = Field(AdamW(), description="adamw(lr, betas, eps, weight_decay) | adam | sgd(lr, momentum)")
+    schedule: Schedule = Field(Constant(), description="constant | cosine(warmup, min_lr) | linear(warmup, min_lr)")
+    clip_grad: float | None = Field(1.0, gt=0, description="clip the gradient norm to this; none to disable")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at the end")
+    eval_batches: int = Field(4, ge=1, description="batches per evaluation")
+    checkpoint_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
+    log_every: int = Field(10, ge=1, description="log metrics every N steps")
+    seed: int = Field(0, ge=0, description="random seed")
+
+
+# ----------------------------------------------------------------------------- judge / feedback / rl
+
+
+class Probability(Variant):
+    kind: Literal["probability"] = "probability"
+    cls: int = Field(1, ge=0, alias="class", description="the class whose probability is the score")
+
+
+class Logit(Variant):
+    kind: Literal["logit"] = "logit"
+    cls: int = Field(1, ge=0, alias="class", description="the class whose logit is the score")
+
+
+class ScalarScore(Variant):
+    kind: Literal["scalar"] = "scalar"
+
+
+Score = Annotated[Union[Probability, Logit, ScalarScore], Field(discriminator="kind")]
+
+
+class JudgeSpec(Schema):
+    """The AI that gives feedback."""
+
+    model: ModelUse | HFInit = Field(description="`critic from stage`, or hf(\"dir\")")
+    score: Score = Field(Probability(), description="probability(class) | logit(class) | scalar")
+    prompt: str | None = Field(None, description="a template the sample is placed into ({text})")
+    principles: list[str] = Field([], description="constitution-style principles, for generative judges")
+
+
+class Prompts(Variant):
+    """`stories.prefixes(tokens: 8, count: 2k)`."""
+
+    kind: Literal["prefixes"] = "prefixes"
+    data: Ref_("data") = Field(description="the data block prompts are cut from")
+    tokens: int = Field(8, ge=1, description="prompt length in tokens")
+    count: int | None = Field(None, ge=1, description="number of prompts; default all")
+
+
+class FeedbackSpec(Schema):
+    """AI-labelled preference pairs."""
+
+    policy: ModelUse = Field(description="the model that writes samples: `gpt from pretrain`")
+    prompts: Prompts = Field(description="data.prefixes(tokens, count)")
+    samples: int = Field(2, ge=2, le=64, description="samples per prompt")
+    max_new_tokens: int = Field(48, ge=1, description="tokens generated per sample")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature; 0 = greedy")
+    top_k: int | None = Field(None, ge=1, description="sample among the k likeliest tokens")
+    judge: Ref_("judge") = Field(description="the judge that scores samples")
+    debias: Literal["none", "swap"] = Field("none", description="swap: score both orders and average")
+    seed: int = Field(0, ge=0)
+
+
+class PPO(Variant):
+    kind: Literal["ppo"] = "ppo"
+    clip: float = Field(0.2, gt=0, lt=1, description="ratio clip")
+    kl: float = Field(0.05, ge=0, description="KL penalty coefficient")
+    epochs: int = Field(4, ge=1, description="optimisation epochs per batch of rollouts")
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    gamma: float = Field(1.0, ge=0, le=1)
+    value_coef: float = Field(0.5, ge=0)
+
+
+class GRPO(Variant):
+    kind: Literal["grpo"] = "grpo"
+    group: int = Field(8, ge=2, description="samples per prompt; advantages are relative to the group")
+    clip: float = Field(0.2, gt=0, lt=1)
+    kl: float = Field(0.04, ge=0)
+
+
+class RLOO(Variant):
+    kind: Literal["rloo"] = "rloo"
+    k: int = Field(4, ge=2, description="samples per prompt; each baseline is the mean of the others")
+    kl: float = Field(0.05, ge=0)
+
+
+Algorithm = Annotated[Union[PPO, GRPO, RLOO], Field(discriminator="kind")]
+
+
+class RolloutSpec(Schema):
+    prompts: Prompts = Field(description="data.prefixes(tokens, count)")
+    per_step: int = Field(64, ge=1, description="rollouts per optimizer step")
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_k: int | None = Field(None, ge=1)
+
+
+class RLSpec(Schema):
+    """A reinforcement-learning stage."""
+
+    policy: ModelUse = Field(description="the model being optimised: `gpt from pretrain`")
+    reference: Ref_("train", "rl") | None = Field(None, description="frozen stage KL is measured against; default the policy's stage")
+    reward: Ref_("train", "judge") = Field(description="a reward-model stage, or a judge (direct RLAIF)")
+    algorithm: Algorithm = Field(PPO(), description="ppo(clip, kl, epochs, gae_lambda) | grpo(group) | rloo(k)")
+    rollouts: RolloutSpec = Field(description="nested block: prompts, per_step, max_new_tokens, temperature")
+    steps: int = Field(100, ge=1)
+    optimizer: Optimizer = Field(AdamW(lr=1e-5))
+    schedule: Schedule = Field(Constant())
+    clip_grad: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto")
+    log_every: int = Field(10, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+BLOCK_KINDS: dict[str, type[Schema]] = {
+    "tokenizer": TokenizerSpec, "data": DataSpec, "model": ModelSpec, "train": TrainSpec,
+    "judge": JudgeSpec, "feedback": FeedbackSpec, "rl": RLSpec,
+}

@@ -1,0 +1,512 @@
+"""Reading resolved blocks into the schema's typed models, with located errors.
+
+pydantic checks types and ranges; before it runs, `_Reader` walks each model's
+fields to turn language values into pydantic input (a bare `learned` or a call
+`rope(theta: 10k)` into a tagged dict, a block reference into its name) and to
+catch what pydantic would report badly: unknown keys, unknown variants and
+unknown arguments, each with "did you mean". pydantic's own errors are mapped
+back to spans through their `loc`.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+from lmspec.compiler import schema as S
+from lmspec.compiler.resolve import ResolvedBlock, ResolvedSpec
+from lmspec.compiler.values import CallValue, Combination, FromStage, Ref, Symbol, WithValue, describe
+from lmspec.diagnostics import Diagnostic, Span, did_you_mean
+
+__all__ = ["ValidatedSpec", "validate_spec", "schema_default", "derived_attribute", "json_schema", "variants_of"]
+
+
+@dataclass
+class ValidatedSpec:
+    """Every block that passed the schema, typed, beside the resolved spec it came from."""
+
+    resolved: ResolvedSpec
+    blocks: dict[str, BaseModel] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> dict[str, BaseModel]:
+        return {n: b for n, b in self.blocks.items() if self.resolved.blocks[n].kind == kind}
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.is_error for d in self.diagnostics)
+
+
+# ----------------------------------------------------------------------------- type inspection
+
+
+def _unwrap(tp):
+    """Strip Annotated and Optional; return (core type, metadata list, optional?)."""
+    meta, optional = [], False
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            args = typing.get_args(tp)
+            tp, meta = args[0], meta + list(args[1:])
+            continue
+        if origin in (Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(args) < len(typing.get_args(tp)):
+                optional = True
+            if len(args) == 1:
+                tp = args[0]
+                continue
+        return tp, meta, optional
+
+
+def variants_of(tp) -> dict[str, type[S.Variant]] | None:
+    """The tag -> class map if `tp` is a union of Variants (or one Variant)."""
+    core, _, _ = _unwrap(tp)
+    members = typing.get_args(core) if typing.get_origin(core) in (Union, types.UnionType) else (core,)
+    out = {}
+    for m in members:
+        m_core, _, _ = _unwrap(m)
+        if isinstance(m_core, type) and issubclass(m_core, S.Variant):
+            out[m_core.model_fields["kind"].default] = m_core
+    return out or None
+
+
+def _literal_values(tp) -> tuple | None:
+    core, _, _ = _unwrap(tp)
+    if typing.get_origin(core) is Literal:
+        return typing.get_args(core)
+    return None
+
+
+def _ref_kinds(tp) -> tuple[str, ...] | None:
+    core, meta, _ = _unwrap(tp)
+    for m in meta:
+        if isinstance(m, S.RefTo):
+            return m.kinds
+    if typing.get_origin(core) in (Union, types.UnionType):
+        for member in typing.get_args(core):
+            kinds = _ref_kinds(member)
+            if kinds:
+                return kinds
+    return None
+
+
+def _list_item(tp):
+    core, _, _ = _unwrap(tp)
+    if typing.get_origin(core) is list:
+        return typing.get_args(core)[0]
+    return None
+
+
+def _model_class(tp):
+    core, _, _ = _unwrap(tp)
+    if isinstance(core, type) and issubclass(core, BaseModel) and not issubclass(core, S.Variant):
+        return core
+    return None
+
+
+def _annotation(info: FieldInfo):
+    """The field's type with its Annotated metadata, which pydantic moves into `metadata`."""
+    refs = [m for m in info.metadata if isinstance(m, S.RefTo)]
+    return Annotated[(info.annotation, *refs)] if refs else info.annotation
+
+
+def _field_name(model: type[BaseModel], key: str) -> str | None:
+    """The pydantic field for a spec key (fields may have an alias, e.g. `class`)."""
+    for name, info in model.model_fields.items():
+        if (info.alias or name) == key:
+            return name
+    return None
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+class _Problem(Exception):
+    def __init__(self, code: str, message: str, path: tuple, help: str | None = None, key: bool = False):
+        self.code, self.message, self.path, self.help, self.key = code, message, path, help, key
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class _Reader:
+    """Language values -> pydantic input for one block, collecting problems."""
+
+    def __init__(self, block: ResolvedBlock, blocks: dict[str, ResolvedBlock]):
+        self.block, self.blocks = block, blocks
+        self.problems: list[_Problem] = []
+        self.unknown: list[tuple] = []  # paths whose value failed to resolve (already reported)
+
+    def read_model(self, model: type[BaseModel], data: dict, path: tuple) -> dict:
+        out = {}
+        for key, value in data.items():
+            name = _field_name(model, key)
+            if name is None:
+                self.problems.append(_Problem(
+                    "LMS041", f"unknown key '{key}' in {self._where(path)}", path + (key,),
+                    did_you_mean(key, _keys(model)) or f"valid keys: {', '.join(_keys(model))}", key=True))
+                continue
+            info: FieldInfo = model.model_fields[name]
+            if value is None:  # resolution failed and said why; do not pile a type error on top
+                self.unknown.append(path + (key,))
+                continue
+            try:
+                out[key] = self.read(_annotation(info), value, path + (key,), key)
+            except _Problem as p:
+                self.problems.append(p)
+        return out
+
+    def _where(self, path: tuple) -> str:
+        inner = [p for p in path if isinstance(p, str)]
+        if inner and inner[0] == "layer":
+            return f"a layer override of {self.block.kind} '{self.block.name}'"
+        if inner:
+            return f"'{inner[0]}' of {self.block.kind} '{self.block.name}'"
+        return f"{self.block.kind} '{self.block.name}'"
+
+    def read(self, tp, value: Any, path: tuple, key: str) -> Any:
+        if value is None:
+            return None
+        core, meta, optional = _unwrap(tp)
+
+        # `none` is how a spec says "no value" for an optional key
+        if optional and isinstance(value, Symbol) and value.name == "none":
+            variants = variants_of(tp)
+            if not variants or "none" not in variants:
+                return None
+
+        # special structured keys
+        if typing.get_origin(core) is list and _model_class(_list_item(core)) is S.ObjectiveTerm:
+            return self.objective(value, path)
+        if _model_class(core) is S.ModelUse:
+            return self.model_use(value, path)
+        if typing.get_origin(core) in (Union, types.UnionType) and any(
+                _model_class(m) is S.ModelUse for m in typing.get_args(core)):
+            variants = variants_of(tp)
+            name = getattr(value, "name", None) if isinstance(value, (Symbol, CallValue)) else None
+            if variants and name in variants and not (isinstance(value, Symbol) and value.name in self.blocks):
+                return self.variant(variants, value, path, key)
+            return self.model_use(value, path)
+
+        kinds = _ref_kinds(tp)
+        variants = variants_of(tp)
+        if kinds and isinstance(value, Ref):
+            if value.kind not in kinds:
+                raise _Problem("LMS047", f"'{key}' needs a {' or '.join(kinds)} block, but '{value.name}' is a "
+                               f"{value.kind}", path, did_you_mean(value.name, self._names(kinds)))
+            return value.name
+        if kinds and isinstance(value, Symbol) and not (variants and value.name in variants):
+            raise _Problem("LMS023", f"'{value.name}' is not defined", path,
+                           did_you_mean(value.name, self._names(kinds)) or
+                           f"define a {' or '.join(kinds)} block named '{value.name}'")
+
+        if variants:
+            return self.variant(variants, value, path, key)
+
+        literals = _literal_values(tp)
+        if literals is not None:
+            name = value.name if isinstance(value, Symbol) else value if isinstance(value, str) else None
+            if name is None:
+                raise _Problem("LMS042", f"'{key}' must be one of {_choices(literals)}, found {describe(value)}", path)
+            if name not in literals:
+                raise _Problem("LMS044", f"unknown {key} '{name}'", path,
+                               did_you_mean(name, literals) or f"choose one of {_choices(literals)}")
+            return name
+
+        item = _list_item(tp)
+        if item is not None:
+            if variants_of(item) and not isinstance(value, list):
+                value = [value]  # `head: scalar` is a one-element list of heads
+            if not isinstance(value, list):
+                raise _Problem("LMS042", f"'{key}' must be a list, found {describe(value)}", path,
+                               f"write `{key}: [...]`")
+            return [self.read(item, v, path + (i,), key) for i, v in enumerate(value)]
+
+        model = _model_class(tp)
+        if model is not None:
+            if not isinstance(value, dict):
+                raise _Problem("LMS042", f"'{key}' is a nested block, found {describe(value)}", path,
+                               f"write `{key} {{ ... }}`")
+            return self.read_model(model, value, path)
+
+        if isinstance(value, (Symbol, Ref, CallValue, Combination, FromStage, WithValue)):
+            expected = _expected(tp)
+            hint = None
+            if isinstance(value, Symbol):
+                hint = did_you_mean(value.name, list(self.block.fields) + list(self.blocks))
+            raise _Problem("LMS042", f"'{key}' must be {expected}, found {describe(value)}", path, hint)
+        return value
+
+    def _names(self, kinds) -> list[str]:
+        return [n for n, b in self.blocks.items() if b.kind in kinds]
+
+    def variant(self, variants: dict, value: Any, path: tuple, key: str) -> dict:
+        if isinstance(value, Symbol):
+            name, args, kwargs, target = value.name, (), {}, None
+        elif isinstance(value, CallValue):
+            name, args, kwargs, target = value.name, value.args, dict(value.kwargs), value.target
+        elif isinstance(value, str) and len(variants) == 1 and "builtin" not in variants:
+            name, args, kwargs, target = next(iter(variants)), (), {}, None
+        else:
+            raise _Problem("LMS042", f"'{key}' must be one of {_choices(variants)}, found {describe(value)}", path,
+                           f"e.g. `{key}: {next(iter(variants))}`")
+        if name not in variants:
+            raise _Problem("LMS044", f"unknown {key} '{name}'", path,
+                           did_you_mean(name, variants) or f"choose one of {_choices(variants)}")
+        cls = variants[name]
+        params = [n for n in cls.model_fields if n != "kind"]
+        data: dict[str, Any] = {"kind": name}
+        ref_fields = [n for n in params if _ref_kinds(_annotation(cls.model_fields[n])) or n == "data"]
+        if target is not None:
+            if not ref_fields:
+                raise _Problem("LMS042", f"'{name}' is not a method of {describe(target)}", path)
+            data[ref_fields[0]] = target.name if isinstance(target, Ref) else target
+            params = [p for p in params if p != ref_fields[0]]
+        if len(args) > len(params):
+            raise _Problem("LMS046", f"{name}(...) takes at most {len(params)} positional argument"
+                           f"{'s' * (len(params) != 1)}, found {len(args)}", path,
+                           f"arguments: {', '.join(_keys_of(cls, params)) or 'none'}")
+        for i, (p, a) in enumerate(zip(params, args)):
+            spec_key = cls.model_fields[p].alias or p
+            self._alias_span(path + (i,), path + (spec_key,))
+            data[spec_key] = a
+        for k, v in kwargs.items():
+            if _field_name(cls, k) is None or k == "kind":
+                choices = _keys_of(cls, [n for n in cls.model_fields if n != "kind"])
+                raise _Problem("LMS046", f"{name}(...) has no argument '{k}'", path + (k,),
+                               did_you_mean(k, choices) or (f"arguments: {', '.join(choices)}" if choices
+                                                            else f"{name} takes no arguments"), key=True)
+            if k in data:
+                raise _Problem("LMS046", f"argument '{k}' of {name}(...) is given twice", path + (k,))
+            data[k] = v
+        out = {}
+        for k, v in data.items():
+            fname = _field_name(cls, k) or k
+            out[k] = v if k == "kind" else self.read(_annotation(cls.model_fields[fname]), v, path + (k,), k)
+        return out
+
+    def _alias_span(self, src: tuple, dst: tuple) -> None:
+        full_src, full_dst = src, dst
+        if full_src in self.block.value_spans:
+            self.block.value_spans.setdefault(full_dst, self.block.value_spans[full_src])
+
+    def objective(self, value: Any, path: tuple) -> list:
+        terms = value.terms if isinstance(value, Combination) else ((1.0, value),)
+        variants = variants_of(S.Objective)
+        spans = self.block.value_spans
+        for i, (_, term) in enumerate(terms):  # pydantic reports ("objective", i, "objective", arg)
+            for p, span in list(spans.items()):
+                if p[:len(path)] == path and len(p) > len(path):
+                    spans.setdefault(path + (i, "objective") + p[len(path):], span)
+        return [{"weight": w, "objective": self.variant(variants, t, path, "objective")} for w, t in terms]
+
+    def model_use(self, value: Any, path: tuple) -> dict:
+        out: dict[str, Any] = {}
+        while True:
+            if isinstance(value, WithValue):
+                if value.key != "head":
+                    raise _Problem("LMS046", f"`with {value.key}` is not supported; only `with head ...`", path)
+                out.setdefault("head", self.read(S.ModelSpec.model_fields["head"].annotation, value.field_value,
+                                                 path + ("head",), "head"))
+                value = value.value
+            elif isinstance(value, FromStage):
+                if value.stage.kind not in ("train", "rl"):
+                    raise _Problem("LMS047", f"'from' needs a train or rl stage, but '{value.stage.name}' is a "
+                                   f"{value.stage.kind}", path)
+                out.setdefault("stage", value.stage.name)
+                value = value.value
+            else:
+                break
+        if isinstance(value, Ref):
+            if value.kind != "model":
+                raise _Problem("LMS047", f"expected a model, but '{value.name}' is a {value.kind}", path,
+                               did_you_mean(value.name, self._names(("model",))))
+            out["model"] = value.name
+            return out
+        if isinstance(value, Symbol):
+            raise _Problem("LMS023", f"'{value.name}' is not defined", path,
+                           did_you_mean(value.name, self._names(("model",))) or
+                           f"define a model block named '{value.name}'")
+        raise _Problem("LMS042", f"expected a model, found {describe(value)}", path)
+
+
+def _keys_of(cls, names) -> list[str]:
+    return [cls.model_fields[n].alias or n for n in names]
+
+
+def _choices(values) -> str:
+    values = list(values)
+    return ", ".join(values[:-1]) + (" or " if len(values) > 1 else "") + values[-1] if values else "nothing"
+
+
+def _expected(tp) -> str:
+    core, _, optional = _unwrap(tp)
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if core in names:
+        return names[core]
+    if typing.get_origin(core) in (Union, types.UnionType):
+        return " or ".join(names.get(_unwrap(a)[0], "a value") for a in typing.get_args(core))
+    return "a value of another type"
+
+
+# ----------------------------------------------------------------------------- pydantic errors
+
+
+_TYPE_MESSAGES = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "a whole number",
+    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+    "bool_parsing": "true or false", "string_type": "a string", "list_type": "a list",
+}
+_RANGE = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _pydantic_diagnostics(err: ValidationError, block: ResolvedBlock, data: dict) -> list[Diagnostic]:
+    out = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        path = tuple(p for p in loc if not (isinstance(p, str) and _is_tag(p)))
+        key = next((p for p in reversed(path) if isinstance(p, str)), block.name)
+        kind, ctx, found = e["type"], e.get("ctx", {}), e.get("input")
+        if kind == "missing":
+            span = block.span_of(path[:-1]) if len(path) > 1 else block.name_span
+            out.append(Diagnostic("error", "LMS045", f"{block.kind} '{block.name}' needs '{key}'", span,
+                                  help=f"add `{key}: ...`"))
+            continue
+        span = block.span_of(path)
+        if kind in _RANGE:
+            limit = next(iter(ctx.values()), "?")
+            out.append(Diagnostic("error", "LMS043", f"'{key}' must be {_RANGE[kind]} {_show(limit)}, "
+                                  f"found {_show(found)}", span))
+        elif kind in ("too_short", "too_long"):
+            out.append(Diagnostic("error", "LMS043", f"'{key}' must have {ctx.get('min_length', ctx.get('max_length'))} "
+                                  f"items, found {ctx.get('actual_length')}", span))
+        elif kind in _TYPE_MESSAGES:
+            out.append(Diagnostic("error", "LMS042", f"'{key}' must be {_TYPE_MESSAGES[kind]}, found {describe(found)}",
+                                  span))
+        else:
+            out.append(Diagnostic("error", "LMS042", f"'{key}': {e['msg']}", span))
+    return out
+
+
+def _is_tag(p: str) -> bool:
+    return p in _ALL_TAGS
+
+
+def _show(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+_ALL_TAGS: set[str] = set()
+
+
+def _collect_tags() -> None:
+    for cls in S.Variant.__subclasses__():
+        _ALL_TAGS.add(cls.model_fields["kind"].default)
+
+
+# ----------------------------------------------------------------------------- block data
+
+
+def block_data(block: ResolvedBlock) -> dict:
+    """A resolved block as the nested dict the schema reads."""
+    data = dict(block.fields)
+    for name, sub in block.nested.items():
+        inner = dict(sub.fields)
+        if sub.layers:
+            inner["layer"] = [{"first": l.first, "last": l.last, **l.fields} for l in sub.layers]
+        data[name] = inner
+    if block.layers:
+        data["layer"] = [{"first": l.first, "last": l.last, **l.fields} for l in block.layers]
+    return data
+
+
+def validate_block(block: ResolvedBlock, blocks: dict[str, ResolvedBlock]) -> tuple[BaseModel | None, list[Diagnostic]]:
+    model = S.BLOCK_KINDS.get(block.kind)
+    if model is None:
+        return None, [Diagnostic("error", "LMS040", f"unknown block kind '{block.kind}'", block.kind_span,
+                                 help=did_you_mean(block.kind, S.BLOCK_KINDS) or
+                                 f"block kinds: {', '.join(S.BLOCK_KINDS)}")]
+    reader = _Reader(block, blocks)
+    data = reader.read_model(model, block_data(block), ())
+    diagnostics = [Diagnostic("error", p.code, p.message, block.span_of(p.path, key=p.key), help=p.help)
+                   for p in reader.problems]
+    try:
+        typed = model.model_validate(data)
+    except ValidationError as err:
+        known = {d.span for d in diagnostics}
+        # keys already reported are absent from `data`; pydantic would call them missing
+        reported = {p.path[0] for p in reader.problems if p.path} | {p[0] for p in reader.unknown if p}
+        for d in _pydantic_diagnostics(err, block, data):
+            if d.code == "LMS045" and any(f"needs '{k}'" in d.message for k in reported):
+                continue
+            if d.span not in known or d.code != "LMS042":
+                diagnostics.append(d)
+        return None, diagnostics
+    return (typed if not diagnostics else None), diagnostics
+
+
+def validate_spec(resolved: ResolvedSpec) -> ValidatedSpec:
+    out = ValidatedSpec(resolved, diagnostics=list(resolved.diagnostics))
+    for name, block in resolved.blocks.items():
+        typed, diagnostics = validate_block(block, resolved.blocks)
+        out.diagnostics += diagnostics
+        if typed is not None:
+            out.blocks[name] = typed
+    return out
+
+
+# ----------------------------------------------------------------------------- resolver hooks
+
+
+def schema_default(kind: str, key: str) -> tuple[bool, Any]:
+    """The default of `key` in block kind `kind`, when it is a plain value (for `4 * d_model`-style references)."""
+    model = S.BLOCK_KINDS.get(kind.split(".")[0])
+    if model is None or key not in model.model_fields:
+        return False, None
+    info = model.model_fields[key]
+    if info.is_required():
+        return False, None
+    default = info.get_default(call_default_factory=True)
+    if isinstance(default, (int, float, bool, str)) and default is not None:
+        return True, default
+    return False, None
+
+
+def derived_attribute(block: ResolvedBlock, attr: str, resolver) -> tuple[bool, Any]:
+    """Attributes computed from a block: `tok.vocab_size`."""
+    if block.kind == "tokenizer" and attr == "vocab_size":
+        kind = block.fields.get("kind")
+        specials = block.fields.get("specials", S.TokenizerSpec.model_fields["specials"].default)
+        sentinels = block.fields.get("sentinels", 0)
+        if not isinstance(specials, list) or not isinstance(sentinels, int):
+            return True, None
+        if isinstance(kind, Symbol) and kind.name == "bytes":
+            return True, 256 + len(specials) + sentinels
+        if isinstance(kind, CallValue) and kind.name == "bpe":
+            return True, kind.kw.get("vocab", kind.args[0] if kind.args else 4096)
+        if isinstance(kind, CallValue) and kind.name == "hf":
+            return True, None  # known only once the tokenizer file is read
+        return True, None
+    return False, None
+
+
+def json_schema() -> dict:
+    """The JSON Schema of every block kind."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "lmspec",
+        "description": "The blocks of an .lmspec file, by kind.",
+        "type": "object",
+        "properties": {kind: model.model_json_schema(by_alias=True) for kind, model in S.BLOCK_KINDS.items()},
+    }
+
+
+_collect_tags()

@@ -1,0 +1,1 @@
+"""The runtime: data, tokenizers, objectives, training and RL loops, checkpoints."""
