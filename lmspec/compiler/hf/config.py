@@ -16,6 +16,7 @@ from collections.abc import Collection
 from typing import Any
 
 from ..arch import (
+    GATED_ACTIVATIONS,
     Activation,
     ArchConfig,
     AttentionConfig,
@@ -114,6 +115,12 @@ def _activation(cfg: _Config, key: str, default: str) -> Activation:
 
 # the bare transformers: hidden states out, no head
 _BARE = frozenset({"GPT2Model", "BertModel", "T5Model", "LlamaModel", "MistralModel"})
+
+
+def _head_activation(activation: Activation) -> Activation:
+    # ArchConfig.activation serves the heads' transforms, which are never gated; the lowering
+    # of a model block falls back to gelu for a gated MLP activation, and so does this import
+    return "gelu" if activation in GATED_ACTIVATIONS else activation
 
 
 def _lm_heads(cls: str) -> tuple[HeadConfig, ...]:
@@ -284,7 +291,7 @@ def _t5(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None)
         tied_head_scale=d**-0.5 if (tied and scaled) else 1.0,
         norm="rmsnorm",
         norm_eps=eps,
-        activation=activation,
+        activation=_head_activation(activation),
         dropout=dropout,
         pad_id=cfg.get("pad_token_id"),
     )
@@ -348,7 +355,7 @@ def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | No
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         norm="rmsnorm",
         norm_eps=eps,
-        activation="swiglu",
+        activation=_head_activation("swiglu"),
         dropout=dropout,
         pad_id=cfg.get("pad_token_id"),
     )

@@ -17,7 +17,7 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from ..arch import ArchConfig
+from ..arch import GATED_ACTIVATIONS, ArchConfig
 
 __all__ = ["Rule", "Mapping", "hf_mapping"]
 
@@ -139,7 +139,6 @@ def _bert(arch: ArchConfig) -> Mapping:
 
 
 def _t5(arch: ArchConfig) -> Mapping:
-    gated = arch.activation in ("reglu", "swiglu", "geglu")
     embed = "shared.weight|encoder.embed_tokens.weight|decoder.embed_tokens.weight"
     if arch.tie_embeddings:
         embed += "|lm_head.weight"
@@ -148,6 +147,8 @@ def _t5(arch: ArchConfig) -> Mapping:
         R("lm_head.weight", "lm_head.weight"),
     ]
     for stack, ff in (("encoder", 1), ("decoder", 2)):
+        config = arch.encoder if stack == "encoder" else arch.decoder
+        gated = config is not None and config.layers[0].activation in GATED_ACTIVATIONS
         block = stack + ".block.{i}.layer."
         attn = block + "0.SelfAttention."
         dense = f"{block}{ff}.DenseReluDense."
