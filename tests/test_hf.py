@@ -239,6 +239,31 @@ def test_load_into_a_model_built_from_the_arch(ckpts):
     assert model.lm_head.weight is model.embed.weight
 
 
+def test_new_heads_keep_their_init_and_the_body_loads(ckpts):
+    """`gpt with head scalar, init: hf(...)`: a reward model started from a causal LM."""
+    import dataclasses
+
+    from lmspec.compiler.arch import HeadConfig
+
+    arch = arch_from_hf_config(read_hf_config(ckpts["llama"]), "reward")
+    arch = dataclasses.replace(arch, heads=(HeadConfig("scalar"),))
+    model = build_model(arch)
+    with pytest.raises(HFWeightsError) as info:
+        load_hf_weights(model, ckpts["llama"])
+    assert [m.split()[0] for m in info.value.missing] == ["score.weight", "score.bias"]
+    assert info.value.unexpected == ["lm_head.weight"]
+
+    score = model.score.weight.clone()
+    load_hf_weights(model, ckpts["llama"], new_heads=True)
+    assert torch.equal(model.score.weight, score)
+    ids, _ = _inputs()
+    with torch.no_grad():
+        ours = model.eval()(ids)
+        theirs = _hf(ckpts["llama"]).model(ids).last_hidden_state
+    torch.testing.assert_close(ours.hidden, theirs, atol=TOL, rtol=0)
+    assert ours.scores.shape == (2,)
+
+
 def test_load_in_bfloat16(ckpts):
     _, model = load_hf_model(ckpts["llama"], dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

@@ -39,6 +39,7 @@ class Mapping:
     prefix: str = ""  # the candidate `{p}`: used when some tensor name starts with it
     ignored: tuple[str, ...] = ()  # regexes of HF tensors that are buffers, not weights
     renames: tuple[tuple[str, str], ...] = ()  # (regex, replacement): legacy names -> current ones
+    head_tensors: str = r"^lm_head\."  # regex of the HF tensors that belong to output heads
 
     def resolve_prefix(self, names: Collection[str]) -> str:
         return self.prefix if self.prefix and any(n.startswith(self.prefix) for n in names) else ""
@@ -132,6 +133,7 @@ def _bert(arch: ArchConfig) -> Mapping:
             R("nsp_head.{wb}", "cls.seq_relationship.{wb}"),
         ),
         prefix="bert.",
+        head_tensors=r"^cls\.",
         ignored=(r"(^|\.)embeddings\.(position_ids|token_type_ids)$",),
         # Google's TF-converted checkpoints name LayerNorm parameters gamma and beta
         renames=((r"LayerNorm\.gamma$", "LayerNorm.weight"), (r"LayerNorm\.beta$", "LayerNorm.bias")),

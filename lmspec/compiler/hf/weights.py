@@ -10,6 +10,7 @@ Pickle files are never opened.
 
 from __future__ import annotations
 
+import re
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,19 @@ class _Copy:
     sources: list[str]  # HF tensor names, concatenated along dim 0 in this order
 
 
-def load_hf_weights(model: nn.Module, directory: str | Path) -> None:
+# the lmspec modules that are output heads (a `with head ...` model may replace them)
+HEAD_MODULES = ("lm_head", "mlm_head", "nsp_head", "classifier", "score")
+
+
+def load_hf_weights(model: nn.Module, directory: str | Path, *, new_heads: bool = False) -> None:
     """Fill `model` (built from the checkpoint's ArchConfig) with the checkpoint's tensors.
 
     Raises `HFWeightsError` naming every missing, unexpected and misshapen tensor before
     copying anything. Parameters shared by several modules (tied embeddings) are filled once.
+
+    new_heads: the model's output heads differ from the checkpoint's (`gpt with head scalar`
+    initialised from a causal LM): head parameters with no tensor keep their initialisation
+    and the checkpoint's own head tensors are left unused. The body must still match exactly.
     """
     config = read_hf_config(directory)
     with ExitStack() as stack:
@@ -49,7 +58,7 @@ def load_hf_weights(model: nn.Module, directory: str | Path) -> None:
             f = stack.enter_context(safe_open(str(path), framework="pt"))
             handles.update(dict.fromkeys(f.keys(), f))
         arch = arch_from_hf_config(config, "checkpoint", tensor_names=handles.keys())
-        plan = _plan(model, str(directory), config["model_type"], arch, handles)
+        plan = _plan(model, str(directory), config["model_type"], arch, handles, new_heads)
         with torch.no_grad():
             for copy in plan:
                 tensors = [handles[s].get_tensor(s) for s in copy.sources]
@@ -59,7 +68,9 @@ def load_hf_weights(model: nn.Module, directory: str | Path) -> None:
                 copy.param.copy_(value)
 
 
-def _plan(model: nn.Module, directory: str, model_type: str, arch: ArchConfig, handles: dict) -> list[_Copy]:
+def _plan(
+    model: nn.Module, directory: str, model_type: str, arch: ArchConfig, handles: dict, new_heads: bool
+) -> list[_Copy]:
     mapping = hf_mapping(model_type, arch)
     available: dict[str, str] = {}  # normalised HF name -> name in the file
     for name in handles:
@@ -87,12 +98,16 @@ def _plan(model: nn.Module, directory: str, model_type: str, arch: ArchConfig, h
             present = [alt for slot in slots for alt in slot if alt in available]
             candidates.append((name, rule, slots, chosen, present))
         if not candidates:
+            if new_heads and names[0].split(".")[0] in HEAD_MODULES:
+                continue  # a new head: keeps its initialisation
             missing.append(f"{names[0]} (no source: lmspec has no mapping for it)")
             continue
         # of several names for one tied parameter, take the one whose tensors are on disk
         name, rule, slots, chosen, present = next((c for c in candidates if None not in c[3]), candidates[0])
         used.update(present)  # alternatives not chosen are tied copies of the chosen one
         if None in chosen:
+            if new_heads and name.split(".")[0] in HEAD_MODULES:
+                continue  # a new head: keeps its initialisation
             absent = [" | ".join(slot) for slot, c in zip(slots, chosen) if c is None]
             missing.append(f"{name} (from {', '.join(absent)})")
             continue
@@ -107,6 +122,8 @@ def _plan(model: nn.Module, directory: str, model_type: str, arch: ArchConfig, h
         plan.append(_Copy(param, name, rule, sources))
 
     unexpected = sorted(available[n] for n in set(available) - used)
+    if new_heads:
+        unexpected = [n for n in unexpected if not re.search(mapping.head_tensors, mapping.normalize(n))]
     if missing or unexpected or mismatched:
         raise HFWeightsError(directory, missing=missing, unexpected=unexpected, mismatched=mismatched)
     return plan
