@@ -73,6 +73,18 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_graph(args) -> int:
+    from lmspec.compiler.graphs import graph_main
+
+    return graph_main(args.rest)
+
+
+def cmd_import_hf(args) -> int:
+    from lmspec.compiler.hf import import_hf_main
+
+    return import_hf_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lmspec", description="A declarative experiment language for language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -82,10 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("schema", help="print the JSON Schema of every block kind")
     p.set_defaults(func=cmd_schema)
+    # these two parse their own arguments (see their --help)
+    p = sub.add_parser("graph", help="print the experiment graph, or a model's architecture graph (dot|mermaid)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_graph)
+    p = sub.add_parser("import-hf", help="write the .lmspec of a local Hugging Face checkpoint", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_import_hf)
     return parser
 
 
+_OWN_ARGUMENTS = {"graph": cmd_graph, "import-hf": cmd_import_hf}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _OWN_ARGUMENTS:  # subcommands that parse their own arguments
+        return _OWN_ARGUMENTS[argv[0]](argparse.Namespace(rest=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
