@@ -54,17 +54,20 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
         vocab_size=VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
         num_key_value_heads=2, max_position_embeddings=64,
     )
-    return {
-        "gpt2": _save(root, "gpt2", T.GPT2LMHeadModel(T.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4))),
-        "bert_pretraining": _save(root, "bert_pretraining", T.BertForPreTraining(T.BertConfig(**bert))),
-        "bert_model": _save(root, "bert_model", T.BertModel(T.BertConfig(**bert))),
-        "t5": _save(root, "t5", T.T5ForConditionalGeneration(T.T5Config(**t5, feed_forward_proj="relu", tie_word_embeddings=True))),
-        "t5_gated": _save(
-            root, "t5_gated", T.T5ForConditionalGeneration(T.T5Config(**t5, feed_forward_proj="gated-silu", tie_word_embeddings=False))
+    models = {
+        "gpt2": T.GPT2LMHeadModel(T.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4)),
+        "bert_pretraining": T.BertForPreTraining(T.BertConfig(**bert)),
+        "bert_model": T.BertModel(T.BertConfig(**bert)),
+        # T5 v1.0: relu, tied head scaled by d_model**-0.5
+        "t5": T.T5ForConditionalGeneration(T.T5Config(**t5, feed_forward_proj="relu", tie_word_embeddings=True)),
+        # v1.1-like: gated feed-forward (wi_0, wi_1), no head scaling
+        "t5_gated": T.T5ForConditionalGeneration(
+            T.T5Config(**t5, feed_forward_proj="gated-silu", tie_word_embeddings=False)
         ),
-        "llama": _save(root, "llama", T.LlamaForCausalLM(T.LlamaConfig(**llama, rope_theta=500_000.0))),
-        "mistral": _save(root, "mistral", T.MistralForCausalLM(T.MistralConfig(**llama, sliding_window=5))),
+        "llama": T.LlamaForCausalLM(T.LlamaConfig(**llama, rope_theta=500_000.0)),  # GQA: 6 heads, 2 kv heads
+        "mistral": T.MistralForCausalLM(T.MistralConfig(**llama, sliding_window=5)),
     }
+    return {name: _save(root, name, model) for name, model in models.items()}
 
 
 def _hf(path: Path):
@@ -220,7 +223,10 @@ def test_legacy_names_gpt2_without_prefix_and_bert_gamma_beta(ckpts, tmp_path):
 
     bert = _copy(ckpts["bert_pretraining"], tmp_path / "bert_legacy")
     tensors = load_file(bert / "model.safetensors")
-    renamed = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in tensors.items()}
+    renamed = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in tensors.items()
+    }
     assert renamed.keys() != tensors.keys()
     save_file(renamed, bert / "model.safetensors")
     _, model = load_hf_model(bert)
@@ -385,6 +391,37 @@ def test_spec_round_trips_to_the_same_arch(ckpts, family):
     parsed = load_arch(spec_from_hf(path, family), family)
     assert isinstance(parsed, ArchConfig)
     assert parsed == expected
+
+
+HETEROGENEOUS = """lmspec 1
+model g {
+  arch: decoder, vocab: 300, context: 128, layers: 5, d_model: 64, heads: 4, kv_heads: 2
+  position: rope(theta: 1M), norm: rmsnorm, activation: swiglu, bias: false
+  layer 0..1 { attention: sliding(window: 64) }
+  layer 3..3 { d_ff: 512 }
+}
+model s {
+  arch: encoder_decoder, vocab: 300, context: 128, d_model: 64, heads: 4, norm: rmsnorm
+  position: relative(buckets: 16, max_distance: 64), attention_scale: none, tie_embeddings: true, head_scale: 0.125
+  encoder { layers: 2 }
+  decoder { layers: 3, d_ff: 128, layer 2..2 { dropout: 0.5 } }
+}
+"""
+
+
+@pytest.mark.parametrize("name", ["g", "s"])
+def test_spec_from_arch_round_trips_per_layer_overrides(name):
+    from lmspec.compiler.hf import spec_from_arch
+
+    load_arch = _load_arch()
+    arch = load_arch(HETEROGENEOUS, name)
+    text = spec_from_arch(arch, comment="round trip")
+    assert load_arch(text, name) == arch
+    if name == "g":  # the model-level value is the common one; overrides name the exceptions
+        assert "  attention: causal\n" in text and "layer 0..1 { attention: sliding(window: 64) }" in text
+        assert "layer 3..3 { d_ff: 512 }" in text and "theta: 1_000_000" in text
+    else:
+        assert "decoder {\n    layers: 3\n    attention: causal\n    d_ff: 128\n    layer 2..2 { dropout: 0.5 }" in text
 
 
 def test_import_hf_command(ckpts, tmp_path, capsys):

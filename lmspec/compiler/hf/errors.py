@@ -8,6 +8,8 @@ Its message lists every problem at once, so one read of it is enough to fix a ch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = ["HFError", "HFImportError", "HFWeightsError"]
 
 
@@ -31,9 +33,9 @@ class HFWeightsError(HFError):
         self,
         directory: str,
         *,
-        missing: list[str] = (),  # type: ignore[assignment]
-        unexpected: list[str] = (),  # type: ignore[assignment]
-        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[str, ...]]] = (),  # type: ignore[assignment]
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        mismatched: Sequence[tuple[str, tuple[int, ...], tuple[int, ...], tuple[str, ...]]] = (),
     ):
         self.directory = directory
         self.missing = list(missing)

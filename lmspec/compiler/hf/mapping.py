@@ -156,7 +156,10 @@ def _t5(arch: ArchConfig) -> Mapping:
         dense = f"{block}{ff}.DenseReluDense."
         rules += [
             # T5 keeps one bias table per stack, in block 0, and reuses it in every layer
-            R(f"{stack}.rel_bias.embed.weight", f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+            R(
+                f"{stack}.rel_bias.embed.weight",
+                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            ),
             R(f"{stack}.layers.{{i}}.attn_norm.weight", block + "0.layer_norm.weight"),
             R(f"{stack}.layers.{{i}}.attn.qkv_proj.weight", attn + "q.weight", attn + "k.weight", attn + "v.weight"),
             R(f"{stack}.layers.{{i}}.attn.o_proj.weight", attn + "o.weight"),
@@ -192,7 +195,12 @@ def _llama(arch: ArchConfig) -> Mapping:
         rules=(
             R("embed.weight", "{p}embed_tokens.weight" + ("|lm_head.weight" if arch.tie_embeddings else "")),
             R("decoder.layers.{i}.attn_norm.weight", layer + "input_layernorm.weight"),
-            R("decoder.layers.{i}.attn.qkv_proj.{wb}", attn + "q_proj.{wb}", attn + "k_proj.{wb}", attn + "v_proj.{wb}"),
+            R(
+                "decoder.layers.{i}.attn.qkv_proj.{wb}",
+                attn + "q_proj.{wb}",
+                attn + "k_proj.{wb}",
+                attn + "v_proj.{wb}",
+            ),
             R("decoder.layers.{i}.attn.o_proj.{wb}", attn + "o_proj.{wb}"),
             R("decoder.layers.{i}.mlp_norm.weight", layer + "post_attention_layernorm.weight"),
             R("decoder.layers.{i}.mlp.gate_proj.{wb}", layer + "mlp.gate_proj.{wb}"),

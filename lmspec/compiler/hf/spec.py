@@ -94,6 +94,13 @@ def _layer_values(layer: LayerConfig) -> dict[str, str]:
     return {key: show(layer) for key, show in _LAYER_KEYS.items()}
 
 
+def _common(stack: StackConfig) -> dict[str, str]:
+    """Each per-layer key's most frequent value in the stack (the first layer's on a tie), so
+    that the overrides name the exceptions: `layer 0..1 { attention: sliding(...) }`."""
+    rows = [_layer_values(L) for L in stack.layers]
+    return {key: max(dict.fromkeys(r[key] for r in rows), key=[r[key] for r in rows].count) for key in _LAYER_KEYS}
+
+
 def _overrides(stack: StackConfig, base: dict[str, str], indent: str) -> list[str]:
     """`layer a..b { ... }` lines for runs of consecutive layers that differ from `base`."""
     lines: list[str] = []
@@ -104,7 +111,7 @@ def _overrides(stack: StackConfig, base: dict[str, str], indent: str) -> list[st
         while end + 1 < len(diffs) and diffs[end + 1] == diffs[start]:
             end += 1
         if diffs[start]:
-            span = str(start) if start == end else f"{start}..{end}"
+            span = f"{start}..{end}"  # also for one layer: the parser rejects a bare `layer 3` today
             body = ", ".join(f"{k}: {v}" for k, v in diffs[start].items())
             lines.append(f"{indent}layer {span} {{ {body} }}")
         start = end + 1
@@ -123,11 +130,16 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
     for field in _UNIFORM:
         values = {getattr(L, field) for s in stacks for L in s.layers}
         if len(values) > 1:
-            raise ValueError(f"model {arch.name}: layers differ in {field} ({sorted(values)}), which lmspec cannot express")
+            raise ValueError(
+                f"model {arch.name}: layers differ in {field} ({sorted(values)}), which lmspec cannot express"
+            )
     if len({s.final_norm for s in stacks}) > 1:
         raise ValueError(f"model {arch.name}: the stacks differ in final_norm, which lmspec cannot express")
 
-    base = _layer_values(first)
+    # the model-level keys: what most layers of the (first) stack use; `position`, `norm` and
+    # `dropout` also set ArchConfig fields of their own, so those are taken from the arch
+    base = _common(stacks[0])
+    base.update(position=_position(arch.position), norm=arch.norm, dropout=_float(arch.dropout))
     lines = [f"  arch: {arch.arch}", f"  vocab: {_int(arch.vocab)}", f"  context: {_int(arch.context)}"]
     if arch.arch != "encoder_decoder":
         lines.append(f"  layers: {stacks[0].n_layers}")
@@ -142,13 +154,13 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
         lines.append(f"  attention: {base['attention']}")
     lines += [
         f"  attention_scale: {first.attention.scale}",
-        f"  position: {_position(arch.position)}",
-        f"  norm: {arch.norm}",
+        f"  position: {base['position']}",
+        f"  norm: {base['norm']}",
         f"  norm_eps: {_float(first.norm_eps)}",
         f"  placement: {first.placement}",
         f"  activation: {base['activation']}",
         f"  bias: {base['bias']}",
-        f"  dropout: {_float(arch.dropout)}",
+        f"  dropout: {base['dropout']}",
         f"  tie_embeddings: {_bool(arch.tie_embeddings)}",
         f"  segments: {arch.segments}",
         f"  pooler: {_bool(arch.pooler)}",
@@ -168,7 +180,7 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
     if arch.arch == "encoder_decoder":
         for label, stack in (("encoder", arch.encoder), ("decoder", arch.decoder)):
             assert stack is not None
-            own = _layer_values(stack.layers[0])
+            own = _common(stack)
             keys = [f"layers: {stack.n_layers}", f"attention: {own['attention']}"]
             keys += [f"{k}: {v}" for k, v in own.items() if k != "attention" and v != base[k]]
             overrides = _overrides(stack, own, "    ")
