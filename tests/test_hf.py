@@ -270,6 +270,12 @@ def test_new_heads_keep_their_init_and_the_body_loads(ckpts):
     assert ours.scores.shape == (2,)
 
 
+def test_a_meta_model_cannot_be_filled(ckpts):
+    model = build_model(arch_from_hf_config(read_hf_config(ckpts["gpt2"]), "gpt2"), device="meta")
+    with pytest.raises(ValueError, match="meta device"):
+        load_hf_weights(model, ckpts["gpt2"])
+
+
 def test_load_in_bfloat16(ckpts):
     _, model = load_hf_model(ckpts["llama"], dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

@@ -8,6 +8,7 @@ can never silently change what the file means.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ def _int(n: int) -> str:
 
 def _float(x: float) -> str:
     """Shortest text that reads back as the same float: 1e-05 -> 1e-5, 500000.0 -> 500_000."""
+    if not math.isfinite(x):
+        raise ValueError(f"{x} cannot be written in a spec")
     if x == int(x) and abs(x) >= 10:
         return _int(int(x))
     return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m[1] == "-" else "") + m[2], repr(float(x)))

@@ -51,6 +51,8 @@ def load_hf_weights(model: nn.Module, directory: str | Path, *, new_heads: bool 
     initialised from a causal LM): head parameters with no tensor keep their initialisation
     and the checkpoint's own head tensors are left unused. The body must still match exactly.
     """
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("the model is on the meta device, which holds no values: build it on a real device")
     config = read_hf_config(directory)
     with ExitStack() as stack:
         handles = {}  # HF tensor name -> the open safetensors file that holds it
