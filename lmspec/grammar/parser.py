@@ -95,6 +95,7 @@ class _ToAst(Transformer_NonRecursive):
     def __init__(self, offsets: _Offsets):
         super().__init__()
         self.o = offsets
+        self.problems: list[Diagnostic] = []  # the few lexical checks the grammar is too loose for
 
     def _ident(self, tok: Token) -> ast.Ident:
         return ast.Ident(str(tok), self.o.of_token(tok))
@@ -141,9 +142,20 @@ class _ToAst(Transformer_NonRecursive):
         return ast.LayerOverride(first, last, range_span, tuple(entries), self.o.of_meta(meta))
 
     def layer_range(self, c, meta):
-        first = number_value(str(c[0]))
-        last = number_value(str(c[1])) if c[1] is not None else first
+        first = self._layer_number(c[0])
+        last = self._layer_number(c[1]) if c[1] is not None else first
         return first, last, self.o.of_meta(meta)
+
+    def _layer_number(self, tok: Token) -> int:
+        # NUMBER also matches `0.1` or `50%`; a layer index must be whole. Reported here because
+        # the grammar reads `layer 0.1` (a typo for `0..1`) as one number.
+        value = number_value(str(tok))
+        if isinstance(value, int):
+            return value
+        self.problems.append(Diagnostic(
+            "error", "LMS001", f"a layer number must be a whole number, found '{tok}'", self.o.of_token(tok),
+            help="write `layer 3 { ... }` or `layer 0..5 { ... }` (both ends inclusive)"))
+        return int(value)
 
     # expressions
     def number(self, c, meta):
@@ -244,16 +256,18 @@ def _scan(text: str, path: str) -> tuple[list[tuple[int, int]], list[Diagnostic]
     return segments, diagnostics
 
 
-def _parse_fragment(text: str, offsets: _Offsets) -> tuple[ast.SpecFile | None, Diagnostic | None]:
+def _parse_fragment(text: str, offsets: _Offsets) -> tuple[ast.SpecFile | None, list[Diagnostic]]:
+    """The tree of `text` and its diagnostics; no tree when it does not parse (one diagnostic)."""
     try:
         tree = lark_parser().parse(text)
     except UnexpectedInput as err:
-        return None, syntax_diagnostic(err, text, offsets)
+        return None, [syntax_diagnostic(err, text, offsets)]
+    to_ast = _ToAst(offsets)
     try:
-        return _ToAst(offsets).transform(tree), None
+        return to_ast.transform(tree), to_ast.problems
     except (VisitError, RecursionError) as err:
         span = offsets.span(1, 1, 1, 2, 0, 1)
-        return None, Diagnostic("error", "LMS011", f"the spec is too complex to process ({type(err).__name__})", span)
+        return None, [Diagnostic("error", "LMS011", f"the spec is too complex to process ({type(err).__name__})", span)]
 
 
 def _expression_sizes_ok(spec: ast.SpecFile) -> list[Diagnostic]:
@@ -292,8 +306,9 @@ def parse(text: str, path: str = "<string>") -> tuple[ast.SpecFile | None, list[
     segments, diagnostics = _scan(text, path)
     if diagnostics:
         return None, diagnostics
-    spec, error = _parse_fragment(text, _Offsets(path))
-    if error is None:
+    spec, first_errors = _parse_fragment(text, _Offsets(path))
+    if spec is not None:
+        diagnostics += first_errors
         diagnostics += _expression_sizes_ok(spec)
         diagnostics += _check_header(spec, path)
         return spec, diagnostics
@@ -301,16 +316,20 @@ def parse(text: str, path: str = "<string>") -> tuple[ast.SpecFile | None, list[
     header, imports, blocks, errors = None, [], [], []
     for start, end in segments:
         line = text.count("\n", 0, start)
-        part, err = _parse_fragment(text[start:end], _Offsets(path, line, start))
-        if err is not None:
-            errors.append(err)
+        part, errs = _parse_fragment(text[start:end], _Offsets(path, line, start))
+        errors += errs
+        if part is None:
             continue
         header = header or part.header
         imports += part.imports
         blocks += part.blocks
-    if not errors:  # the segments parse alone but not together (should not happen): keep the first error
-        errors.append(error)
+    if not any(d.is_error for d in errors):  # the segments parse alone but not together: keep the first error
+        errors += first_errors
     spec = ast.SpecFile(path, header, tuple(imports), tuple(blocks))
+    # the recovered blocks get the same checks as a whole file (a missing header is not worth
+    # a warning beside syntax errors: it may be the header line that failed to parse)
+    errors += _expression_sizes_ok(spec)
+    errors += [d for d in _check_header(spec, path) if d.is_error]
     return spec, errors
 
 
