@@ -165,8 +165,9 @@ class Import:
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    version: int
+    version: int  # -1 when the text is not a whole number
     span: Span
+    raw: str = ""  # as written, for messages: "1.5"
 
 
 @dataclass(frozen=True, slots=True)

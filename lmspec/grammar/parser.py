@@ -119,7 +119,8 @@ class _ToAst(Transformer_NonRecursive):
         return ast.SpecFile(self.o.path, header, imports, blocks)
 
     def header(self, c, meta):
-        return ast.Header(int(number_value(str(c[0]))) if str(c[0]).isdigit() else -1, self.o.of_meta(meta))
+        raw = str(c[0])
+        return ast.Header(int(raw) if raw.isdigit() else -1, self.o.of_meta(meta), raw)
 
     def import_stmt(self, c, meta):
         return ast.Import(_unescape(str(c[0])), self.o.of_meta(meta))
@@ -339,7 +340,7 @@ def _check_header(spec: ast.SpecFile, path: str) -> list[Diagnostic]:
         return [Diagnostic("warning", "LMS010", "the file does not start with a version header", span,
                            help=f"add `lmspec {LANGUAGE_VERSION}` as the first line")]
     if spec.header.version != LANGUAGE_VERSION:
-        return [Diagnostic("error", "LMS010", f"unsupported language version {spec.header.version}",
+        return [Diagnostic("error", "LMS010", f"unsupported language version {spec.header.raw or spec.header.version}",
                            spec.header.span, help=f"this lmspec reads version {LANGUAGE_VERSION}: write `lmspec {LANGUAGE_VERSION}`")]
     return []
 
