@@ -127,6 +127,11 @@ def _lm_heads(cls: str) -> tuple[HeadConfig, ...]:
     return () if cls in _BARE else (HeadConfig("lm"),)
 
 
+def _tied(cfg: _Config, default: bool, heads: tuple[HeadConfig, ...]) -> bool:
+    # a bare model has no vocabulary head to tie: say so, rather than carry a flag that means nothing
+    return bool(cfg.get("tie_word_embeddings", default)) and any(h.kind in ("lm", "mlm") for h in heads)
+
+
 def _gpt2(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
     cfg.require("scale_attn_weights", {True}, True, "lmspec always scales attention by 1/sqrt(head_dim)")
     cfg.require("scale_attn_by_inverse_layer_idx", {False}, False, "lmspec has no per-layer attention scaling")
@@ -159,7 +164,7 @@ def _gpt2(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | Non
         position=PositionConfig("learned"),
         decoder=StackConfig((layer,) * cfg["n_layer"], final_norm=True),
         heads=_lm_heads(cls),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        tie_embeddings=_tied(cfg, True, _lm_heads(cls)),
         norm="layernorm",
         norm_eps=eps,
         activation=activation,
@@ -209,7 +214,7 @@ def _bert(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | Non
         position=PositionConfig("learned"),
         encoder=StackConfig((layer,) * cfg["num_hidden_layers"], final_norm=False),
         heads=heads_,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        tie_embeddings=_tied(cfg, True, heads_),
         segments=int(cfg.get("type_vocab_size", 2)),
         pooler=pooler,
         embed_norm=True,
@@ -271,7 +276,7 @@ def _t5(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None)
             cross_attention=cross,
         )
 
-    tied = bool(cfg.get("tie_word_embeddings", True))
+    tied = _tied(cfg, True, _lm_heads(cls))
     # Original T5 scales the decoder output by d_model**-0.5 before its tied head; v1.1 does not.
     # transformers 5 always ties and records the choice as scale_decoder_outputs instead.
     scaled = bool(cfg.get("scale_decoder_outputs", tied))
@@ -352,7 +357,7 @@ def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | No
         position=position,
         decoder=StackConfig((layer,) * cfg["num_hidden_layers"], final_norm=True),
         heads=_lm_heads(cls),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_embeddings=_tied(cfg, False, _lm_heads(cls)),
         norm="rmsnorm",
         norm_eps=eps,
         activation=_head_activation("swiglu"),
