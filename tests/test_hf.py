@@ -404,13 +404,13 @@ model g {
   arch: decoder, vocab: 300, context: 128, layers: 5, d_model: 64, heads: 4, kv_heads: 2
   position: rope(theta: 1M), norm: rmsnorm, activation: swiglu, bias: false
   layer 0..1 { attention: sliding(window: 64) }
-  layer 3..3 { d_ff: 512 }
+  layer 3 { d_ff: 512 }
 }
 model s {
   arch: encoder_decoder, vocab: 300, context: 128, d_model: 64, heads: 4, norm: rmsnorm
   position: relative(buckets: 16, max_distance: 64), attention_scale: none, tie_embeddings: true, head_scale: 0.125
   encoder { layers: 2 }
-  decoder { layers: 3, d_ff: 128, layer 2..2 { dropout: 0.5 } }
+  decoder { layers: 3, d_ff: 128, layer 2 { dropout: 0.5 } }
 }
 """
 
@@ -425,9 +425,9 @@ def test_spec_from_arch_round_trips_per_layer_overrides(name):
     assert load_arch(text, name) == arch
     if name == "g":  # the model-level value is the common one; overrides name the exceptions
         assert "  attention: causal\n" in text and "layer 0..1 { attention: sliding(window: 64) }" in text
-        assert "layer 3..3 { d_ff: 512 }" in text and "theta: 1_000_000" in text
+        assert "layer 3 { d_ff: 512 }" in text and "theta: 1_000_000" in text
     else:
-        assert "decoder {\n    layers: 3\n    attention: causal\n    d_ff: 128\n    layer 2..2 { dropout: 0.5 }" in text
+        assert "decoder {\n    layers: 3\n    attention: causal\n    d_ff: 128\n    layer 2 { dropout: 0.5 }" in text
 
 
 def test_import_hf_command(ckpts, tmp_path, capsys):

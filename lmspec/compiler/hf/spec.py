@@ -114,7 +114,7 @@ def _overrides(stack: StackConfig, base: dict[str, str], indent: str) -> list[st
         while end + 1 < len(diffs) and diffs[end + 1] == diffs[start]:
             end += 1
         if diffs[start]:
-            span = f"{start}..{end}"  # also for one layer: the parser rejects a bare `layer 3` today
+            span = str(start) if start == end else f"{start}..{end}"
             body = ", ".join(f"{k}: {v}" for k, v in diffs[start].items())
             lines.append(f"{indent}layer {span} {{ {body} }}")
         start = end + 1
