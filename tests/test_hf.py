@@ -14,6 +14,7 @@ import torch
 transformers = pytest.importorskip("transformers")  # a test extra: pip install lmspec[test]
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from lmspec.compiler.api import load_arch  # noqa: E402
 from lmspec.compiler.arch import ArchConfig  # noqa: E402
 from lmspec.compiler.build import build_model  # noqa: E402
 from lmspec.compiler.hf import (  # noqa: E402
@@ -384,14 +385,8 @@ def test_spec_from_hf_sets_every_key(ckpts):
     assert "head: [none]" in spec_from_hf(ckpts["bert_model"])
 
 
-def _load_arch():
-    api = pytest.importorskip("lmspec.compiler.api", reason="waiting on the lead's lmspec.compiler.api.load_arch")
-    return api.load_arch
-
-
 @pytest.mark.parametrize("family", ["gpt2", "bert_pretraining", "bert_model", "t5", "t5_gated", "llama", "mistral"])
 def test_spec_round_trips_to_the_same_arch(ckpts, family):
-    load_arch = _load_arch()
     path = ckpts[family]
     expected = arch_from_hf_config(read_hf_config(path), family, tensor_names=load_file(path / "model.safetensors"))
     parsed = load_arch(spec_from_hf(path, family), family)
@@ -419,7 +414,6 @@ model s {
 def test_spec_from_arch_round_trips_per_layer_overrides(name):
     from lmspec.compiler.hf import spec_from_arch
 
-    load_arch = _load_arch()
     arch = load_arch(HETEROGENEOUS, name)
     text = spec_from_arch(arch, comment="round trip")
     assert load_arch(text, name) == arch
