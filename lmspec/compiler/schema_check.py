@@ -179,8 +179,9 @@ class _Reader:
 
         # `none` is how a spec says "no value" for an optional key
         if optional and isinstance(value, Symbol) and value.name == "none":
-            variants = variants_of(tp)
-            if not variants or "none" not in variants:
+            item = _list_item(core)
+            variants = variants_of(item if item is not None else tp)
+            if not variants or "none" not in variants:  # else `none` is a variant, e.g. `head: none`
                 return None
 
         # special structured keys
