@@ -382,7 +382,7 @@ def test_spec_from_hf_sets_every_key(ckpts):
     assert "encoder { layers: 2, attention: bidirectional }" in t5
     assert "decoder { layers: 2, attention: causal }" in t5
     assert "head: [mlm(transform: true), nsp]" in spec_from_hf(ckpts["bert_pretraining"])
-    assert "head: [none]" in spec_from_hf(ckpts["bert_model"])
+    assert "head: none" in spec_from_hf(ckpts["bert_model"])
 
 
 @pytest.mark.parametrize("family", ["gpt2", "bert_pretraining", "bert_model", "t5", "t5_gated", "llama", "mistral"])

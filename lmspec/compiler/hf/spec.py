@@ -66,9 +66,7 @@ def _head(h: HeadConfig) -> str:
 
 def _heads(heads: tuple[HeadConfig, ...]) -> str:
     if not heads:
-        # `[none]`, not a bare `none`: the schema reads a bare `none` as "key not set", which
-        # for `head` means the default head
-        return "[none]"
+        return "none"
     if len(heads) == 1:
         return _head(heads[0])
     return "[" + ", ".join(_head(h) for h in heads) + "]"
