@@ -386,8 +386,11 @@ def test_check_buildable_reports_every_problem_at_once():
 
 def test_learned_positions_beyond_context_raise():
     model = tiny(context=8)
-    with pytest.raises(ValueError, match="beyond the learned position table"):
+    with pytest.raises(ValueError, match="9 positions do not fit the learned position table"):
         model(ids(1, 9))
+    with pytest.raises(ValueError, match="10 positions do not fit"):
+        model.generate(ids(1, 4), max_new_tokens=7)
+    assert model.generate(ids(1, 4), max_new_tokens=5).shape == (1, 9)  # 8 tokens fed, 9 returned
 
 
 # ---- positions --------------------------------------------------------------------------------

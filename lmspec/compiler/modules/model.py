@@ -225,7 +225,10 @@ class Transformer(nn.Module):
         B, T = ids.shape
         if position_ids is None:
             start = 0 if cache is None else cache.length
+            self._check_positions(start + T)
             position_ids = torch.arange(start, start + T, device=ids.device)[None]  # (1, T)
+        elif self.pos_embed is not None and position_ids.numel():
+            self._check_positions(int(position_ids.max()) + 1)
         x = self._embed(ids, position_ids, segment_ids)  # (B, T, d)
         return stack(
             x,
@@ -237,16 +240,19 @@ class Transformer(nn.Module):
             memory_mask=memory_mask,
         )
 
+    def _check_positions(self, n: int) -> None:
+        """Learned positions stop at the context; other kinds extrapolate (well or badly)."""
+        if self.pos_embed is not None and n > self.pos_embed.num_embeddings:
+            raise ValueError(
+                f"{n} positions do not fit the learned position table "
+                f"({self.pos_embed.num_embeddings} positions, the model's context)"
+            )
+
     def _embed(self, ids: torch.Tensor, positions: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor:
         x = self.embed(ids)  # (B, T, d)
         if self.embed_scale != 1.0:
             x = x * self.embed_scale
         if self.pos_embed is not None:
-            if positions.numel() and int(positions.max()) >= self.pos_embed.num_embeddings:
-                raise ValueError(
-                    f"position {int(positions.max())} is beyond the learned position table "
-                    f"({self.pos_embed.num_embeddings} positions, the model's context)"
-                )
             x = x + self.pos_embed(positions)  # (B|1, T, d) broadcast over the batch
         elif self.sinusoidal:
             x = x + sinusoidal_positions(positions, x.shape[-1], x.dtype)
@@ -329,6 +335,9 @@ class Transformer(nn.Module):
                     if bool((real[:, 1:] < real[:, :-1]).any()):
                         raise ValueError("generate needs prompts padded on the left (padding before the prompt)")
                     positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)  # real tokens count from 0
+                # fail now rather than after generating: the last new token is never fed back
+                last = T if positions is None else int(positions[:, -1].max()) + 1
+                self._check_positions(last + max_new_tokens - 1)
                 if prefix_lengths is None and any(layer.attn.kind == "prefix" for layer in self.decoder.layers):
                     prefix_lengths = torch.full((B,), T, dtype=torch.long, device=input_ids.device)
                 cache = self.new_cache(B, T + max_new_tokens)
