@@ -44,14 +44,21 @@ def cmd_check(args) -> int:
         for p in missing:
             print(f"lmspec: error: no such file: {p}", file=sys.stderr)
         return 2
+    from lmspec.compiler.costs import render_figures, spec_figures
+
     status = 0
     results = []
     for path in args.specs:
         report = check_file(path)
+        figures = None
+        if report.ok:
+            figures, meta_problems = spec_figures(report, meta=not args.no_meta)
+            report.diagnostics += meta_problems
         status = status or (0 if report.ok else 1)
         if args.json:
             results.append({"file": path, "ok": report.ok,
                             "blocks": {n: b.kind for n, b in report.spec.resolved.blocks.items()} if report.spec else {},
+                            "figures": figures.to_json() if figures is not None and report.ok else None,
                             "diagnostics": json.loads(render_json(report.diagnostics))})
             continue
         if report.diagnostics:
@@ -61,6 +68,8 @@ def cmd_check(args) -> int:
             summary = _summary(report)
             if summary:
                 print(summary)
+            if figures is not None and (figures.models or figures.stages):
+                print(render_figures(figures))
     if args.json:
         print(json.dumps(results if len(results) != 1 else results[0], indent=2))
     return status
@@ -91,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="parse, resolve and validate specs; print what they cost")
     p.add_argument("specs", nargs="+", metavar="SPEC")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-meta", action="store_true",
+                   help="skip the forward/backward pass of each model on the meta device")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("schema", help="print the JSON Schema of every block kind")
     p.set_defaults(func=cmd_schema)

@@ -1,0 +1,203 @@
+"""The figures `lmspec check` prints: what each model and each stage costs.
+
+Per model: exact parameters, FLOPs per token, KV-cache memory. Per stage: tokens, FLOPs and
+training memory at the stage's batch, sequence length, precision and optimizer. Every model is
+also run forward and backward on the meta device at its stage's shapes (`analysis.meta_check`),
+so wiring errors surface without allocating anything. Formulas: docs/analysis.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from lmspec.compiler import analysis as A
+from lmspec.compiler.arch import ArchConfig
+from lmspec.compiler.lower import lower_model
+from lmspec.diagnostics import CODES, Diagnostic, Label
+
+__all__ = ["ModelFigures", "StageFigures", "Figures", "spec_figures", "stage_arch", "render_figures"]
+
+CODES.setdefault("LMS090", "a model failed its forward/backward pass on the meta device")
+
+_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+@dataclass
+class ModelFigures:
+    name: str
+    arch: str
+    layers: int
+    params: A.ParamCount
+    flops: A.FlopCount  # at the model's context
+    kv_cache: A.KVCacheEstimate  # one sequence of `context` tokens, bf16
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "arch": self.arch, "layers": self.layers,
+            "params": {"total": self.params.total, "non_embedding": self.params.non_embedding,
+                       "breakdown": self.params.breakdown},
+            "flops_per_token": {"seq_len": self.flops.seq_len, "forward": self.flops.forward,
+                                "training": self.flops.training, "breakdown": self.flops.breakdown},
+            "kv_cache_bytes": {"batch": 1, "seq_len": self.flops.seq_len, "dtype": "bf16",
+                               **asdict(self.kv_cache)},
+        }
+
+
+@dataclass
+class StageFigures:
+    name: str
+    kind: str  # train | rl
+    model: str
+    batch: int
+    seq_len: int
+    steps: int
+    tokens: int
+    flops: int
+    precision: str
+    optimizer: str
+    memory: A.MemoryEstimate
+    note: str = ""
+
+    def to_json(self) -> dict:
+        memory = asdict(self.memory)
+        return {"name": self.name, "kind": self.kind, "model": self.model, "batch": self.batch,
+                "seq_len": self.seq_len, "steps": self.steps, "tokens": self.tokens, "flops": self.flops,
+                "precision": self.precision, "optimizer": self.optimizer, "memory_bytes": memory,
+                "note": self.note}
+
+
+@dataclass
+class Figures:
+    models: dict[str, ModelFigures] = field(default_factory=dict)
+    stages: dict[str, StageFigures] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"models": {n: m.to_json() for n, m in self.models.items()},
+                "stages": {n: s.to_json() for n, s in self.stages.items()}}
+
+
+def stage_arch(report, stage: str) -> tuple[str, ArchConfig] | None:
+    """The model a train/rl stage trains, with its `with head ...` applied; None if it did not lower."""
+    spec = report.spec.blocks.get(stage)
+    use = getattr(spec, "model", None) or getattr(spec, "policy", None)
+    if use is None or use.model not in report.models:
+        return None
+    if use.head is None:
+        return use.model, report.models[use.model]
+    return use.model, lower_model(use.model, report.spec.blocks[use.model], head_override=use.head)
+
+
+def _precision(p: str) -> str:
+    return "bf16" if p == "auto" else p  # auto trains in bf16 on a GPU, the device the figure is for
+
+
+def _decoder_len(arch: ArchConfig, spec, seq_len: int) -> int | None:
+    if arch.arch != "encoder_decoder":
+        return None
+    for term in getattr(spec, "objective", []):
+        o = term.objective
+        if o.kind == "span_corruption":  # targets: the corrupted tokens plus one sentinel per span, plus eos
+            corrupted = round(seq_len * o.noise)
+            return max(1, corrupted + round(corrupted / o.mean_span) + 1)
+    return seq_len
+
+
+def spec_figures(report, *, meta: bool = True) -> tuple[Figures, list[Diagnostic]]:
+    """Figures for every lowered model and every train/rl stage, and meta-check diagnostics."""
+    figures, diagnostics = Figures(), []
+    for name, arch in report.models.items():
+        figures.models[name] = ModelFigures(
+            name, arch.arch, sum(s.n_layers for s in arch.stacks), A.count_parameters(arch),
+            A.flops_per_token(arch, arch.context), A.kv_cache_memory(arch, batch=1, seq_len=arch.context))
+    checked: set[str] = set()
+    for stage, spec in report.spec.blocks.items():
+        kind = report.spec.resolved.blocks[stage].kind
+        if kind not in ("train", "rl"):
+            continue
+        found = stage_arch(report, stage)
+        if found is None:
+            continue
+        model, arch = found
+        if kind == "train":
+            batch, steps = spec.batch, spec.steps
+            seq_len = min(spec.seq_len or arch.context, arch.context)
+            dec = _decoder_len(arch, spec, seq_len)
+            cost = A.stage_cost(arch, steps=steps, batch=batch, seq_len=seq_len, decoder_seq_len=dec)
+            tokens, flops, note = cost.tokens, cost.flops, ""
+            micro = max(1, batch // spec.grad_accum)
+        else:  # rl: tokens are the rollouts; FLOPs count generation, the reference pass and training
+            r = spec.rollouts
+            batch, steps, dec = r.per_step, spec.steps, None
+            seq_len = min(r.prompts.tokens + r.max_new_tokens, arch.context)
+            epochs = getattr(spec.algorithm, "epochs", 1)
+            per_token = A.flops_per_token(arch, seq_len)
+            tokens = steps * batch * seq_len
+            flops = int(tokens * (per_token.forward * 2 + per_token.training * epochs))
+            note = f"rollouts + reference forward + {epochs} training epoch{'s' * (epochs != 1)}"
+            micro = batch
+        precision = _precision(spec.precision)
+        memory = A.training_memory(arch, batch=micro, seq_len=seq_len, precision=precision,
+                                   optimizer=spec.optimizer.kind, decoder_seq_len=dec)
+        figures.stages[stage] = StageFigures(stage, kind, model, batch, seq_len, steps, tokens, flops, precision,
+                                             spec.optimizer.kind, memory, note)
+        key = f"{model}:{micro}:{seq_len}:{dec}:{arch.heads}"
+        if meta and key not in checked:
+            checked.add(key)
+            problems = A.meta_check(arch, batch=micro, seq_len=seq_len, decoder_seq_len=dec)
+            block = report.spec.resolved.blocks[model]
+            for p in problems:
+                diagnostics.append(Diagnostic(
+                    "error", "LMS090", f"model '{model}' fails on the meta device at stage '{stage}': {p}",
+                    block.name_span, [Label(report.spec.resolved.blocks[stage].name_span, "at this stage's shapes")],
+                    help="this is a bug in lmspec if the spec passed every other check; please report it"))
+    if meta:  # models no stage trains still get a pass at batch 1 x context
+        used = {s.model for s in figures.stages.values()}
+        for name, arch in report.models.items():
+            if name not in used:
+                for p in A.meta_check(arch, batch=1, seq_len=arch.context):
+                    diagnostics.append(Diagnostic("error", "LMS090", f"model '{name}' fails on the meta device: {p}",
+                                                  report.spec.resolved.blocks[name].name_span))
+    return figures, diagnostics
+
+
+# ---------------------------------------------------------------------------- text
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'."""
+    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix}{unit}"
+    return f"{n:.3g}{unit}" if isinstance(n, float) and not float(n).is_integer() else f"{int(n)}{unit}"
+
+
+def human_bytes(n: float) -> str:
+    for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= scale:
+            return f"{n / scale:.3g} {suffix}"
+    return f"{int(n)} B"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    fmt = lambda r: "  " + "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return [fmt(header)] + [fmt(r) for r in rows]
+
+
+def render_figures(f: Figures) -> str:
+    out = []
+    if f.models:
+        out.append("models")
+        rows = [[m.name, m.arch, str(m.layers), f"{m.params.total:,}", human(m.params.non_embedding),
+                 human(m.flops.forward, "FLOP"), human(m.flops.training, "FLOP"), human_bytes(m.kv_cache.total)]
+                for m in f.models.values()]
+        out += _table(["model", "arch", "layers", "params", "non-emb", "fwd/token", "train/token", "kv-cache@ctx"], rows)
+    if f.stages:
+        out.append("stages")
+        rows = [[s.name, s.model, f"{s.batch}x{s.seq_len}", str(s.steps), human(s.tokens), human(s.flops, "FLOP"),
+                 f"{s.precision}/{s.optimizer}", human_bytes(s.memory.weights + s.memory.weight_copies),
+                 human_bytes(s.memory.gradients), human_bytes(s.memory.optimizer), human_bytes(s.memory.activations),
+                 human_bytes(s.memory.total)] for s in f.stages.values()]
+        out += _table(["stage", "model", "batch", "steps", "tokens", "FLOPs", "precision", "weights", "grads",
+                       "optim", "activ.", "memory"], rows)
+    return "\n".join(out)
