@@ -1,0 +1,79 @@
+"""Compiling a spec: the schedule of stages, and each stage's model with its initial weights."""
+
+import pytest
+import torch
+from safetensors.torch import save_model
+
+from lmspec.compiler.api import check_file, check_text
+from lmspec.compiler.compile import build_stage_model, compile_spec
+
+TINY = """
+lmspec 1
+tokenizer tok { kind: bytes }
+data stories { source: builtin("tiny-stories") }
+model gpt { vocab: tok.vocab_size, context: 32, layers: 2, d_model: 32, heads: 4, position: rope,
+            norm: rmsnorm, activation: swiglu, bias: false }
+train pretrain { model: gpt, objective: clm, data: stories, steps: 2, batch: 2 }
+train reward { model: gpt with head scalar, init: pretrain, objective: bradley_terry, data: prefs }
+model critic { arch: encoder, vocab: tok.vocab_size, context: 32, layers: 1, d_model: 32, heads: 4,
+               head: classifier(classes: 2) }
+data reviews { source: builtin("tiny-reviews"), label: "sentiment" }
+train judge_fit { model: critic, objective: classify(label: "sentiment"), data: reviews, steps: 2 }
+judge j { model: critic from judge_fit }
+feedback prefs { policy: gpt from pretrain, prompts: stories.prefixes(tokens: 4, count: 8), judge: j }
+"""
+
+
+def test_the_schedule_follows_the_experiment_graph():
+    schedule = compile_spec(check_text(TINY))
+    assert schedule.names() == ["pretrain", "judge_fit", "prefs", "reward"]
+    reward = schedule["reward"]
+    assert reward.init.stage == "pretrain" and reward.new_head
+    assert [h.kind for h in reward.arch.heads] == ["scalar"]
+    assert set(reward.after) == {"pretrain", "judge_fit", "prefs"}
+    assert schedule["prefs"].init.stage == "pretrain"
+
+
+def test_the_design_examples_compile():
+    for path, first in (("specs/gpt.lmspec", "pretrain"), ("specs/rlaif.lmspec", "pretrain"),
+                        ("specs/bert_t5.lmspec", "bert_pretrain")):
+        assert compile_spec(check_file(path)).names()[0] == first
+
+
+def test_a_stage_starts_from_the_weights_of_the_stage_it_names(tmp_path):
+    schedule = compile_spec(check_text(TINY))
+    torch.manual_seed(0)
+    pretrained = build_stage_model(schedule["pretrain"])
+    save_model(pretrained, str(tmp_path / "pretrain.safetensors"))  # shared (tied) tensors stored once
+    reward = build_stage_model(schedule["reward"], artifacts={"pretrain": tmp_path / "pretrain.safetensors"})
+    body = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("lm_head")}
+    for key, value in body.items():
+        assert torch.equal(reward.state_dict()[key], value), key
+    assert reward.score is not None  # the fresh scalar head
+
+
+def test_a_stage_without_its_source_weights_says_which_stage_to_run_first():
+    schedule = compile_spec(check_text(TINY))
+    with pytest.raises(FileNotFoundError, match="run 'pretrain' first"):
+        build_stage_model(schedule["reward"], artifacts={})
+
+
+def test_init_hf_loads_a_local_hugging_face_checkpoint(tmp_path):
+    import transformers
+    from lmspec.compiler.hf import spec_from_hf
+
+    config = transformers.GPT2Config(vocab_size=320, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+    torch.manual_seed(0)
+    reference = transformers.GPT2LMHeadModel(config).eval()
+    reference.save_pretrained(tmp_path, safe_serialization=True)
+    text = spec_from_hf(tmp_path, name="small") + f"""
+data d {{ source: builtin("tiny-stories") }}
+tokenizer tok {{ kind: bpe(vocab: 300, train_on: d) }}
+train finetune {{ model: small, init: hf("{tmp_path}"), objective: clm, data: d, steps: 1, batch: 1 }}
+"""
+    plan = compile_spec(check_text(text))["finetune"]
+    assert plan.init.hf == str(tmp_path)
+    model = build_stage_model(plan).eval()
+    ids = torch.randint(0, 320, (2, 10))
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-4)
