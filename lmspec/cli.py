@@ -33,6 +33,12 @@ def _summary(report) -> str:
         by_kind.setdefault(block.kind, []).append(name)
     for kind, names in by_kind.items():
         lines.append(f"  {kind:<10} {', '.join(names)}")
+    if report.ok:
+        from lmspec.compiler.compile import compile_spec
+
+        order = compile_spec(report).names()
+        if order:
+            lines.append(f"  {'schedule':<10} {' -> '.join(order)}")
     return "\n".join(lines)
 
 
@@ -133,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmspec: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lmspec check ... | head`: the reader left; that is not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
