@@ -165,7 +165,8 @@ def spec_figures(report, *, meta: bool = True) -> tuple[Figures, list[Diagnostic
 
 def human(n: float, unit: str = "") -> str:
     """1234567 -> '1.23M'."""
-    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "k")):
+    for scale, suffix in ((1e24, "Y"), (1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"),
+                          (1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:
             return f"{n / scale:.3g}{suffix}{unit}"
     return f"{n:.3g}{unit}" if isinstance(n, float) and not float(n).is_integer() else f"{int(n)}{unit}"
