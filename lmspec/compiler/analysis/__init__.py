@@ -8,13 +8,15 @@ from __future__ import annotations
 from .flops import FlopCount, StageCost, flops_per_token, forward_flops, stage_cost
 from .memory import (
     OPTIMIZERS,
+    PRECISIONS,
     KVCacheEstimate,
     MemoryEstimate,
+    activation_bytes,
     kv_cache_memory,
     optimizer_state_bytes,
     training_memory,
 )
-from .meta import MetaCheckError, meta_check
+from .meta import meta_check, representative_arch
 from .params import ParamCount, ParamShape, count_parameters, parameter_shapes
 
 __all__ = [
@@ -28,11 +30,13 @@ __all__ = [
     "flops_per_token",
     "stage_cost",
     "OPTIMIZERS",
+    "PRECISIONS",
     "MemoryEstimate",
     "KVCacheEstimate",
     "optimizer_state_bytes",
+    "activation_bytes",
     "training_memory",
     "kv_cache_memory",
-    "MetaCheckError",
     "meta_check",
+    "representative_arch",
 ]

@@ -1,0 +1,443 @@
+"""Training and inference memory from an `ArchConfig`.
+
+Training memory = weights + gradients + optimizer state + activations (+ the half-precision
+weight copies mixed precision makes). Conventions, written out in docs/analysis.md:
+
+- **Mixed precision ("bf16", "fp16") is torch autocast.** Parameters stay fp32 (they are the
+  master weights), so do their gradients and the optimizer state; autocast casts each matmul
+  weight to half precision on use and keeps the copy until backward (`weight_copies`, 2 bytes
+  per matmul parameter). Matmul inputs and outputs are half precision; norms, their inputs (the
+  residual stream), softmax statistics and the loss stay fp32.
+- **Activations are the tensors autograd saves for backward** during one forward pass of a
+  batch, counted once per storage (a view shares its base's bytes), parameters excluded, and
+  the loss (log-softmax over the vocabulary) included. Attention is assumed to run in a fused
+  kernel (flash / memory-efficient, as `F.scaled_dot_product_attention` picks on GPUs): it saves
+  q, k, v, its output and a log-sum-exp per query and head, plus the mask or bias tensor it was
+  given, never the T x S probabilities.
+- Not counted: temporaries that live only inside one op, the allocator's caching and
+  fragmentation, kernel workspaces, and the logits tensor itself once the loss has been taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Literal
+
+from lmspec.compiler.arch import GATED_ACTIVATIONS, ArchConfig, LayerConfig, StackConfig
+
+from .params import ParamShape, count_parameters, parameter_shapes, relative_bias_layer
+
+__all__ = [
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "DEVICES",
+    "MemoryEstimate",
+    "KVCacheEstimate",
+    "optimizer_state_bytes",
+    "activation_bytes",
+    "training_memory",
+    "kv_cache_memory",
+]
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+Device = Literal["cuda", "cpu"]
+DEVICES: tuple[str, ...] = ("cuda", "cpu")
+
+#: optimizer -> (fp32 values kept per parameter element, whether torch keeps a `step` tensor
+#: per parameter). Adafactor is special-cased: it factors the second moment of a matrix into
+#: a row and a column vector.
+_STATE: dict[str, tuple[int, bool]] = {
+    "adamw": (2, True),  # exp_avg, exp_avg_sq
+    "adam": (2, True),
+    "adamw_amsgrad": (3, True),  # + max_exp_avg_sq
+    "adam_amsgrad": (3, True),
+    "sgd": (0, False),  # plain SGD (momentum 0) keeps nothing
+    "sgd_momentum": (1, False),  # momentum_buffer
+    "adagrad": (1, True),  # sum
+    "rmsprop": (1, True),  # square_avg (momentum 0, not centered)
+    "lion": (1, False),  # exp_avg (not in torch; as the paper's reference implementation)
+    "adafactor": (0, True),  # see _adafactor_elements
+}
+OPTIMIZERS: tuple[str, ...] = tuple(_STATE)
+
+FP32, INDEX = 4, 8  # bytes of an fp32 element and of an int64 index
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes needed to train: see the module docstring for the conventions.
+    `activation_breakdown` splits `activations` by component."""
+
+    weights: int
+    weight_copies: int
+    gradients: int
+    optimizer: int
+    activations: int
+    total: int
+    activation_breakdown: dict[str, int]
+    precision: str
+    optimizer_name: str
+
+
+@dataclass(frozen=True)
+class KVCacheEstimate:
+    """Bytes of keys and values kept for generation: decoder self-attention, and for an
+    encoder-decoder the cross-attention keys/values of the encoder output."""
+
+    self_attention: int
+    cross_attention: int
+    total: int
+
+
+# ---- weights, gradients, optimizer state ---------------------------------------------------
+
+
+def _adafactor_elements(shape: tuple[int, ...]) -> int:
+    """torch.optim.Adafactor: a (..., rows, 1) and a (..., 1, cols) variance for tensors of two
+    or more dimensions, a full variance for vectors."""
+    if len(shape) < 2:
+        return prod(shape)
+    batch = prod(shape[:-2])
+    return batch * shape[-2] + batch * shape[-1]
+
+
+def optimizer_state_bytes(arch: ArchConfig, optimizer: str = "adamw") -> int:
+    """Bytes of optimizer state after the first step: fp32 states, plus torch's 4-byte `step`
+    tensor per parameter tensor for the optimizers that keep one."""
+    key = optimizer.lower()
+    if key not in _STATE:
+        raise ValueError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    per_element, step = _STATE[key]
+    shapes = parameter_shapes(arch)
+    if key == "adafactor":
+        elements = sum(_adafactor_elements(p.shape) for p in shapes)
+    else:
+        elements = per_element * sum(p.numel for p in shapes)
+    return FP32 * elements + (FP32 * len(shapes) if step else 0)
+
+
+def _matmul_parameters(arch: ArchConfig, shapes: list[ParamShape]) -> int:
+    """Parameters autocast casts on every forward: the linear maps' weights and biases, and the
+    token embedding when a tied head multiplies by it."""
+    n = sum(p.numel for p in shapes if p.matmul)
+    if arch.tie_embeddings and (arch.head("lm") or arch.head("mlm")):
+        n += arch.vocab * arch.d_model
+    return n
+
+
+# ---- activations ---------------------------------------------------------------------------
+
+
+def _norm_bytes(kind: str, d: int, input_bytes: int = FP32) -> int:
+    """Per position, what a norm keeps: its input (fp32 on the residual stream, which autocast
+    keeps in fp32) and fp32 statistics (LayerNorm: mean and 1/std; RMSNorm: 1/rms), and for
+    RMSNorm the fp32 normalised input before the weight, which torch's composite rms_norm keeps
+    for the weight's gradient."""
+    if kind == "layernorm":
+        return input_bytes * d + FP32 * 2
+    return input_bytes * d + FP32 * (d + 1)
+
+
+def _mlp_elements(layer: LayerConfig) -> int:
+    """Per position: what the feed-forward network's element-wise ops and down_proj keep.
+    gelu/silu keep their input and down_proj the output (2 x d_ff); relu keeps only its output,
+    which is down_proj's input too (1); a gate keeps the gate projection, its activation, the up
+    projection and their product (4; reglu 3: relu's output is what the product reads)."""
+    if layer.activation in GATED_ACTIVATIONS:
+        return layer.d_ff * (3 if layer.activation == "reglu" else 4)
+    return layer.d_ff * (1 if layer.activation == "relu" else 2)
+
+
+@dataclass(frozen=True)
+class _Kernels:
+    """What decides which tensors are kept: the device's kernels and the precision."""
+
+    device: str
+    act: int  # bytes of an activation element: 4 in fp32, 2 under autocast
+
+    @property
+    def half(self) -> bool:
+        return self.act == 2
+
+    def dropout_mask(self, element: int) -> int:
+        """Bytes per element of a dropout mask over `element`-byte values: CUDA's fused dropout
+        keeps a bool mask, CPU's multiplies by a noise tensor it keeps in the values' dtype."""
+        return 1 if self.device == "cuda" else element
+
+    @property
+    def math_element(self) -> int:
+        """Bytes of what the math attention kernel keeps: CPU upcasts half precision to fp32."""
+        return FP32 if self.device == "cpu" else self.act
+
+    def attention(self, layer: LayerConfig, *, masked: bool, trained_bias: bool) -> str:
+        """"fused" or "math": which SDPA kernel torch picks for this layer's attention.
+
+        CPU: its flash kernel, unless attention dropout is on or the mask is trained (T5's
+        bias), which need the math kernel. CUDA: flash (half precision, no mask; grouped-query
+        heads allowed), else memory-efficient (any mask, fp32, but no grouped-query heads),
+        else math."""
+        if self.device == "cpu":
+            return "math" if layer.dropout > 0 or trained_bias else "fused"
+        flash = self.half and not masked
+        efficient = layer.kv_heads == layer.heads
+        return "fused" if flash or efficient else "math"
+
+
+def _self_attention_masked(layer: LayerConfig, T: int) -> tuple[str, bool]:
+    """The layer's effective attention kind, and whether SDPA gets a mask tensor at all
+    (causal and bidirectional attention without a bias use is_causal / no mask)."""
+    kind, window = layer.attention.kind, layer.attention.window
+    if kind == "sliding" and window is not None and T <= window:
+        kind = "causal"  # every key inside the window: plain causal attention
+    biased = layer.position.kind in ("alibi", "relative")
+    return kind, biased or kind in ("sliding", "prefix")
+
+
+def _attention_bytes(layer: LayerConfig, B: int, T: int, S: int, kernel: str, k: _Kernels, *, cross: bool) -> int:
+    """What one attention branch keeps beyond its norm, over T queries and S keys.
+
+    Both kernels: the input projection's input (d per query). A fused kernel keeps q, k, v
+    (views of the projection outputs, or the rotated copies under rope), its output (o_proj's
+    input is a view of it) and a fp32 log-sum-exp per query and head. The math kernel keeps
+    scaled copies of q, k and v with k and v expanded to every query head, the (T x S)
+    probabilities per head (and under dropout its mask and the dropped probabilities), and
+    o_proj's input, a contiguous copy of its output."""
+    q, kv, H = layer.heads * layer.head_dim, layer.kv_heads * layer.head_dim, layer.heads
+    act = k.act
+    if kernel == "fused":
+        per_query = layer.d_model + 2 * q  # projection input, q, attention output
+        if not cross and layer.position.kind == "rope":
+            per_query += q  # rotated q; the unrotated q is a view of the projection output
+            per_key = 2 * kv + kv  # the projection output holds k and v; rotated k
+        else:
+            per_key = 2 * kv
+        if not cross:
+            per_query, per_key = per_query + per_key, 0  # self-attention: keys are the queries
+        return B * (T * (act * per_query + FP32 * H) + S * act * per_key)
+    m = k.math_element
+    probs = H * S * (m + (k.dropout_mask(m) + m if layer.dropout > 0 else 0))
+    return B * (T * (act * (layer.d_model + q) + m * q + probs) + S * m * 2 * q)
+
+
+def _mask_bytes(layer: LayerConfig, B: int, T: int, kernel: str, k: _Kernels) -> tuple[tuple, int, int]:
+    """What a layer's attention mask costs: (key under which the layers of a stack share it,
+    bytes shared by the layers with that key, bytes of this layer alone).
+
+    A fused kernel keeps what it was given: SDPA turns a boolean structure (a sliding window
+    shorter than T, a prefix) into an additive mask in q's dtype, (1|B, 1, T, T), one per
+    layer; ALiBi's and T5's (1|B, heads, T, T) fp32 biases are one tensor the stack's layers
+    share. The math kernel adds the mask to the scores and keeps nothing of it. T5's bias is
+    trained, so the masked_fill that hides future keys from it keeps its boolean structure."""
+    kind, masked = _self_attention_masked(layer, T)
+    alibi, relative = layer.position.kind == "alibi", layer.position.kind == "relative"
+    rows = B if kind == "prefix" else 1
+    structured = kind in ("sliding", "prefix") or (kind == "causal" and (alibi or relative))
+    key = (kind, layer.attention.window, layer.heads if alibi else None, relative, kernel)
+    shared = rows * T * T if relative and structured else 0
+    if kernel == "math" or not masked:
+        return key, shared, 0
+    if alibi or relative:
+        return key, shared + FP32 * rows * layer.heads * T * T, 0
+    return key, shared, k.act * rows * T * T
+
+
+def _stack_activations(
+    name: str, stack: StackConfig, B: int, T: int, S: int, k: _Kernels, into: dict[str, int]
+) -> None:
+    """Activations of one stack over T positions (S: encoder positions for cross-attention)."""
+
+    def add(component: str, n: int) -> None:
+        into[f"{name}.{component}"] = into.get(f"{name}.{component}", 0) + n
+
+    masks: dict[tuple, int] = {}
+    rope: set[tuple] = set()
+    for layer in stack.layers:
+        d = layer.d_model
+        _, masked = _self_attention_masked(layer, T)
+        kernel = k.attention(layer, masked=masked, trained_bias=layer.position.kind == "relative")
+        add("norms", 2 * B * T * _norm_bytes(layer.norm, d))  # attn_norm, mlp_norm
+        add("attention", _attention_bytes(layer, B, T, T, kernel, k, cross=False))
+        # up_proj's input, and under autocast gate_proj's own half-precision copy of it
+        inputs = 2 if k.half and layer.activation in GATED_ACTIVATIONS else 1
+        add("mlp", B * T * k.act * (inputs * d + _mlp_elements(layer)))
+        key, shared, own = _mask_bytes(layer, B, T, kernel, k)
+        masks[key] = shared
+        add("masks", own)
+        if layer.position.kind == "rope":
+            rope.add((layer.head_dim, layer.position.theta))
+        if layer.cross_attention:
+            cross_kernel = k.attention(layer, masked=False, trained_bias=False)
+            add("norms", B * T * _norm_bytes(layer.norm, d))  # cross_norm
+            add("cross_attention", _attention_bytes(layer, B, T, S, cross_kernel, k, cross=True))
+            if k.half:  # kv_proj's half-precision copy of the encoder output, one per layer
+                add("cross_attention", k.act * B * S * d)
+        if layer.dropout > 0:  # one mask per residual branch, over its half-or-fp32 output
+            add("dropout", B * T * d * k.dropout_mask(k.act) * (3 if layer.cross_attention else 2))
+    # layers that agree share one mask tensor and one rope table
+    add("masks", sum(masks.values()))
+    add("rope", sum(FP32 * 2 * T * hd for hd, _ in rope))
+    if relative_bias_layer(stack) is not None:
+        add("relative_bias", INDEX * T * T)  # the bucket of every (query, key) pair
+    if stack.final_norm:
+        add("final_norm", B * T * _norm_bytes(stack.layers[-1].norm, stack.layers[-1].d_model))
+
+
+def activation_bytes(
+    arch: ArchConfig,
+    *,
+    batch: int,
+    seq_len: int,
+    decoder_seq_len: int | None = None,
+    precision: Precision = "fp32",
+    device: Device = "cuda",
+) -> dict[str, int]:
+    """Bytes autograd saves for backward during one training forward pass and the loss,
+    by component; see the module docstring."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
+    if batch < 1 or seq_len < 1:
+        raise ValueError(f"batch and seq_len must be positive, got batch={batch}, seq_len={seq_len}")
+    act = FP32 if precision == "fp32" else 2
+    kernels = _Kernels(device, act)
+    B, T, d, V = batch, seq_len, arch.d_model, arch.vocab
+    out: dict[str, int] = {}
+
+    def add(component: str, n: int) -> None:
+        out[component] = out.get(component, 0) + n
+
+    # embeddings keep the ids they looked up; the encoder-decoder's decoder embeds its own ids
+    def embed(T_stack: int) -> None:
+        add("embeddings", INDEX * B * T_stack)
+        if arch.position.kind == "learned":
+            add("embeddings", INDEX * T_stack)  # position ids (1, T)
+        if arch.segments:
+            add("embeddings", INDEX * B * T_stack)
+        if arch.embed_norm:
+            add("embeddings", B * T_stack * _norm_bytes(arch.norm, d))
+        if arch.dropout > 0:
+            add("embeddings", B * T_stack * d * kernels.dropout_mask(FP32))  # over fp32 embeddings
+
+    T_out = T
+    if arch.arch == "encoder_decoder":
+        assert arch.encoder is not None and arch.decoder is not None
+        T_out = T if decoder_seq_len is None else decoder_seq_len
+        embed(T)
+        _stack_activations("encoder", arch.encoder, B, T, T, kernels, out)
+        if not kernels.half:  # the memory every cross-attention reads (autocast: per-layer copies)
+            add("encoder.output", FP32 * B * T * d)
+        embed(T_out)
+        _stack_activations("decoder", arch.decoder, B, T_out, T, kernels, out)
+    else:
+        if decoder_seq_len is not None:
+            raise ValueError("decoder_seq_len applies to encoder_decoder models only")
+        for name, stack in (("encoder", arch.encoder), ("decoder", arch.decoder)):
+            if stack is not None:
+                embed(T)
+                _stack_activations(name, stack, B, T, T, kernels, out)
+
+    # The heads. In fp32 the last stack's hidden states (B, T_out, d) are kept once if any head
+    # reads them whole or through a view (the first or the last token); mean pooling keeps
+    # nothing of them. Under autocast each linear head keeps its own half-precision copy of
+    # what it reads instead: all positions for a vocabulary head, one vector for the others.
+    token_heads = any(h.kind in ("lm", "mlm") for h in arch.heads)
+    pooled_reader = lambda h: h.kind == "nsp" or h.pool == "first"  # noqa: E731
+    if kernels.half:
+        if token_heads:
+            add("heads", act * B * T_out * d)
+    elif token_heads or arch.pooler or any(pooled_reader(h) or h.pool == "last" for h in arch.heads):
+        add("heads", FP32 * B * T_out * d)
+    if arch.pooler:  # tanh's output, and under autocast the dense layer's copy of the first token
+        add("heads", act * B * d * (2 if kernels.half else 1))
+    for head in arch.heads:
+        if head.kind in ("lm", "mlm"):
+            if head.kind == "mlm" and head.transform:
+                # the dense output (the activation's input), the norm (its input is the
+                # activation's output) and the norm's output (the decoder's input)
+                add("heads", act * B * T_out * 2 * d + B * T_out * _norm_bytes(arch.norm, d, act))
+            # cross-entropy: fp32 log-probabilities over the vocabulary and the int64 targets
+            add("loss", FP32 * B * T_out * V + INDEX * B * T_out + FP32)
+            continue
+        reads_pooler = arch.pooler and pooled_reader(head)
+        if head.pool == "mean" and head.kind != "nsp":
+            add("heads", act * B * d)  # the mean is a new (B, d) tensor
+        elif kernels.half and not reads_pooler:
+            add("heads", act * B * d)  # a half-precision copy of the token it reads
+        if head.kind == "scalar":
+            add("loss", FP32 * 2 * B)  # a logistic loss on the (B,) scores
+        else:
+            classes = 2 if head.kind == "nsp" else head.classes
+            add("loss", FP32 * B * classes + INDEX * B + FP32)  # cross-entropy
+    return out
+
+
+# ---- totals ------------------------------------------------------------------------------
+
+
+def training_memory(
+    arch: ArchConfig,
+    *,
+    batch: int,
+    seq_len: int,
+    precision: Precision = "fp32",
+    optimizer: str = "adamw",
+    decoder_seq_len: int | None = None,
+    device: Device = "cuda",
+) -> MemoryEstimate:
+    """Bytes to train `arch` on batches of `batch` x `seq_len` tokens (one device, no sharding,
+    no activation checkpointing, no gradient accumulation across micro-batches)."""
+    shapes = parameter_shapes(arch)
+    n = count_parameters(arch).total
+    weights = FP32 * n
+    copies = 0 if precision == "fp32" else 2 * _matmul_parameters(arch, shapes)
+    gradients = FP32 * n
+    state = optimizer_state_bytes(arch, optimizer)
+    acts = activation_bytes(
+        arch, batch=batch, seq_len=seq_len, decoder_seq_len=decoder_seq_len, precision=precision, device=device
+    )
+    activations = sum(acts.values())
+    return MemoryEstimate(
+        weights=weights,
+        weight_copies=copies,
+        gradients=gradients,
+        optimizer=state,
+        activations=activations,
+        total=weights + copies + gradients + state + activations,
+        activation_breakdown=acts,
+        precision=precision,
+        optimizer_name=optimizer,
+    )
+
+
+def kv_cache_memory(
+    arch: ArchConfig,
+    *,
+    batch: int,
+    seq_len: int,
+    dtype_bytes: int = 2,
+    encoder_seq_len: int | None = None,
+    evict_sliding: bool = True,
+) -> KVCacheEstimate:
+    """Bytes of the KV cache for generating `seq_len` tokens (prompt included) per sequence.
+
+    Each decoder layer keeps keys and values of kv_heads x head_dim per token; a sliding-window
+    layer needs only its last `window` tokens when `evict_sliding` (lmspec's own `KVCache`
+    keeps every token and masks old ones: pass False for what it allocates). An encoder-decoder
+    also keeps each cross-attention layer's keys and values over `encoder_seq_len` (default
+    `seq_len`) encoder positions. An encoder-only model has no cache: all zeros."""
+    if arch.decoder is None:
+        return KVCacheEstimate(0, 0, 0)
+    S = seq_len if encoder_seq_len is None else encoder_seq_len
+    self_bytes = cross_bytes = 0
+    for layer in arch.decoder.layers:
+        per_token = 2 * layer.kv_heads * layer.head_dim * dtype_bytes * batch
+        kept = seq_len
+        if evict_sliding and layer.attention.kind == "sliding" and layer.attention.window:
+            kept = min(seq_len, layer.attention.window)
+        self_bytes += per_token * kept
+        if layer.cross_attention:
+            cross_bytes += per_token * S
+    return KVCacheEstimate(self_bytes, cross_bytes, self_bytes + cross_bytes)

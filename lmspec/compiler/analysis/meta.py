@@ -1,0 +1,239 @@
+"""The wiring check: build a model on torch's "meta" device (shapes, no storage) and run one
+training step's forward and backward, so that shape and wiring errors surface before any
+memory is spent, even for a 400B-parameter design.
+
+Running every layer on meta would cost ~25 ms a layer (torch's meta kernels for element-wise
+ops and norms are Python), so the forward and backward run a *representative* model: each
+stack keeps the first two layers of every distinct layer configuration, in their original
+order. Every layer maps (B, T, d) to (B, T, d), so identical layers chain identically and the
+representatives exercise every layer kind and every transition between kinds. The full model
+is still built, and its parameters compared one by one with `parameter_shapes`.
+
+torch is imported here only, and only when `meta_check` runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from typing import TYPE_CHECKING
+
+from lmspec.compiler.arch import ArchConfig, LayerConfig, StackConfig
+
+from .params import parameter_shapes
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["meta_check", "representative_arch"]
+
+_MAX_LISTED = 6  # names listed in one message before "... and N more"
+
+
+def representative_arch(arch: ArchConfig) -> tuple[ArchConfig, dict[str, list[int]]]:
+    """`arch` with each stack cut to the first two layers of every distinct layer config, and
+    for each stack the original index of every kept layer."""
+    kept: dict[str, list[int]] = {}
+    replaced: dict[str, StackConfig] = {}
+    for name in ("encoder", "decoder"):
+        stack: StackConfig | None = getattr(arch, name)
+        if stack is None:
+            continue
+        seen: dict[LayerConfig, int] = {}
+        indices = []
+        for i, layer in enumerate(stack.layers):
+            if seen.get(layer, 0) < 2:
+                seen[layer] = seen.get(layer, 0) + 1
+                indices.append(i)
+        kept[name] = indices
+        replaced[name] = dataclasses.replace(stack, layers=tuple(stack.layers[i] for i in indices))
+    return dataclasses.replace(arch, **replaced), kept
+
+
+def _listed(names: list[str]) -> str:
+    head = ", ".join(names[:_MAX_LISTED])
+    return head + (f" ... and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _where(exc: BaseException, names: dict[int, str]) -> str:
+    """The innermost module of the model whose code was running when `exc` was raised."""
+    where = ""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if owner is not None and id(owner) in names:
+            where = names[id(owner)]
+    return where
+
+
+def _original_name(name: str, kept: dict[str, list[int]]) -> str:
+    """decoder.layers.1.mlp.up_proj.weight in the representative model -> the full model's."""
+    parts = name.split(".")
+    if len(parts) > 2 and parts[0] in kept and parts[1] == "layers":
+        parts[2] = str(kept[parts[0]][int(parts[2])])
+    return ".".join(parts)
+
+
+def _compare_parameters(arch: ArchConfig, model: torch.nn.Module) -> list[str]:
+    """The built model against the analytic parameter list: a difference means the figures
+    `lmspec check` prints (parameters, memory) are wrong for this model."""
+    expected = {p.name: p.shape for p in parameter_shapes(arch)}
+    built = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    problems = []
+    missing = [n for n in expected if n not in built]
+    extra = [n for n in built if n not in expected]
+    wrong = [f"{n} {built[n]} (expected {expected[n]})" for n in expected if n in built and built[n] != expected[n]]
+    if missing:
+        problems.append(f"analysis expects parameters the built model lacks: {_listed(missing)}")
+    if extra:
+        problems.append(f"the built model has parameters the analysis does not count: {_listed(extra)}")
+    if wrong:
+        problems.append(f"parameter shapes differ from the analysis: {_listed(wrong)}")
+    return problems
+
+
+def _inputs(arch: ArchConfig, batch: int, seq_len: int, decoder_seq_len: int) -> dict:
+    import torch
+
+    def ids(T: int) -> torch.Tensor:
+        return torch.empty(batch, T, dtype=torch.long, device="meta")
+
+    inputs: dict = {"input_ids": ids(seq_len)}
+    if arch.segments:
+        inputs["segment_ids"] = ids(seq_len)
+    if arch.arch == "encoder_decoder":
+        inputs["decoder_input_ids"] = ids(decoder_seq_len)
+    first = arch.encoder if arch.arch == "encoder_decoder" else arch.stacks[0]
+    if first is not None and any(layer.attention.kind == "prefix" for layer in first.layers):
+        inputs["prefix_lengths"] = torch.empty(batch, dtype=torch.long, device="meta")
+    return inputs
+
+
+def _check_outputs(arch: ArchConfig, out, batch: int, T: int) -> tuple[list[str], list]:
+    """Each declared head's output, its shape checked; returns (problems, tensors for a loss)."""
+    problems, outputs = [], []
+    d, V = arch.d_model, arch.vocab
+    expected = {"hidden": (batch, T, d)}
+    if arch.head("lm") or arch.head("mlm"):
+        expected["logits"] = (batch, T, V)
+    if arch.head("nsp"):
+        expected["nsp_logits"] = (batch, 2)
+    classifier = arch.head("classifier")
+    if classifier:
+        expected["class_logits"] = (batch, classifier.classes)
+    if arch.head("scalar"):
+        expected["scores"] = (batch,)
+    for field, shape in expected.items():
+        value = getattr(out, field, None)
+        if value is None:
+            problems.append(f"the model returned no {field}, expected shape {shape}")
+        elif tuple(value.shape) != shape:
+            problems.append(f"{field} has shape {tuple(value.shape)}, expected {shape}")
+        elif field != "hidden" or len(expected) == 1:
+            outputs.append(value)
+    return problems, outputs
+
+
+def meta_check(
+    arch: ArchConfig,
+    *,
+    batch: int = 2,
+    seq_len: int | None = None,
+    decoder_seq_len: int | None = None,
+    check_unused: bool = True,
+) -> list[str]:
+    """Problems found by building `arch` on the meta device and running a forward and a
+    backward pass of `batch` x `seq_len` tokens (default: the model's context); empty: none.
+
+    Reported: build errors; any difference between the built parameters and
+    `parameter_shapes(arch)`; errors in the forward or backward pass, with the module they
+    happened in; heads whose outputs are missing or misshapen; and, if `check_unused`,
+    parameters no head's loss reaches (they would never train). Never raises for a bad model.
+    """
+    try:
+        import torch
+
+        from lmspec.compiler.build import build_model
+    except Exception as exc:  # pragma: no cover - torch is a dependency
+        return [f"cannot import torch for the meta check: {_describe(exc)}"]
+
+    T = arch.context if seq_len is None else seq_len
+    T_dec = T if decoder_seq_len is None else decoder_seq_len
+    if batch < 1 or T < 1 or T_dec < 1:
+        return [f"batch and sequence lengths must be positive, got batch={batch}, seq_len={T}"]
+    problems: list[str] = []
+    if arch.position.kind == "learned" and max(T, T_dec) > arch.context:
+        problems.append(f"seq_len {max(T, T_dec)} exceeds the learned position table ({arch.context} positions)")
+        T, T_dec = min(T, arch.context), min(T_dec, arch.context)
+
+    try:
+        full = build_model(arch, device="meta")
+    except Exception as exc:
+        return problems + [f"building the model failed: {_describe(exc)}"]
+    problems += _compare_parameters(arch, full)
+    del full
+
+    small, kept = representative_arch(arch)
+    try:
+        model = build_model(small, device="meta")
+    except Exception as exc:
+        return problems + [f"building the model failed: {_describe(exc)}"]
+    model.train()
+    names = {id(m): (name or type(m).__name__) for name, m in model.named_modules()}
+    names = {k: _original_name(v, kept) for k, v in names.items()}
+
+    try:
+        with _ScalarsOnMeta():
+            out = model(**_inputs(arch, batch, T, T_dec))
+    except Exception as exc:
+        where = _where(exc, names)
+        return problems + [f"forward pass failed{' in ' + where if where else ''}: {_describe(exc)}"]
+
+    shape_problems, outputs = _check_outputs(arch, out, batch, T_dec if arch.arch == "encoder_decoder" else T)
+    problems += shape_problems
+    if not outputs:
+        return problems
+    try:
+        loss = sum(o.float().mean() for o in outputs)
+        loss.backward()
+    except Exception as exc:
+        where = _where(exc, names)
+        return problems + [f"backward pass failed{' in ' + where if where else ''}: {_describe(exc)}"]
+
+    if check_unused:
+        unused = [_original_name(n, kept) for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        if unused:
+            problems.append(f"parameters no head's loss reaches (they would never train): {_listed(unused)}")
+    return problems
+
+
+def _scalars_on_meta_mode():
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ScalarsOnMeta(TorchDispatchMode):
+        """Data-dependent Python scalars (`int(t.max())`, `bool(mask.all())`) cannot be read
+        from meta tensors; read them as 0 / False so that value checks (a position beyond the
+        table, any padding) take their quiet branch. Shapes never depend on them."""
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default and args[0].is_meta:
+                return False if args[0].dtype == torch.bool else 0
+            return func(*args, **(kwargs or {}))
+
+    return ScalarsOnMeta()
+
+
+class _ScalarsOnMeta:
+    """Context manager wrapper so the dispatch mode class is created only when torch is."""
+
+    def __enter__(self):
+        self._mode = _scalars_on_meta_mode()
+        return self._mode.__enter__()
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
