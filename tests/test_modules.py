@@ -384,6 +384,33 @@ def test_check_buildable_reports_every_problem_at_once():
         build_model(arch)
 
 
+def test_relative_buckets_too_few_for_t5_bucketing_are_refused():
+    arch = make_arch("encoder", layers=[dataclasses.replace(layer(attention="bidirectional"),
+                                                             position=PositionConfig("relative", buckets=2))])
+    assert any("2 buckets leave 0 exact distances" in p for p in check_buildable(arch))
+
+
+def test_meta_build_runs_no_init_work():
+    """nn.Embedding's own init on meta imports torch._dynamo (seconds); build_model skips it."""
+    code = (
+        "import sys, torch\n"
+        "from lmspec.compiler.arch import *\n"
+        "from lmspec.compiler.build import build_model\n"
+        "L = LayerConfig(d_model=64, heads=4, kv_heads=4, head_dim=16, d_ff=128, position=PositionConfig('relative'))\n"
+        "arch = ArchConfig(name='m', arch='encoder_decoder', vocab=100, context=32, d_model=64, segments=2,\n"
+        "                  position=PositionConfig('learned'), encoder=StackConfig((L,)), decoder=StackConfig((L,)))\n"
+        "build_model(arch, device='meta')\n"
+        "print(any(name.startswith('torch._dynamo') for name in sys.modules))\n"
+    )
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    assert result.stdout.strip() == "False"
+
+
 def test_learned_positions_beyond_context_raise():
     model = tiny(context=8)
     with pytest.raises(ValueError, match="9 positions do not fit the learned position table"):

@@ -79,6 +79,13 @@ def check_buildable(arch: ArchConfig) -> list[str]:
         if len(relative) > 1:
             problems.append(f"relative-position layers of the {stack_name} share one bias table, so they need "
                             f"the same heads, buckets and max_distance; got {sorted(relative)}")
+        for buckets, max_distance in {(b, m) for _, b, m in relative}:
+            # T5 keeps half its buckets (per direction, in an encoder) for exact distances
+            exact = (buckets // 2 if stack_name == "encoder" else buckets) // 2
+            if exact < 1 or max_distance <= exact:
+                problems.append(f"the {stack_name}'s relative positions need more buckets or a larger "
+                                f"max_distance: {buckets} buckets leave {exact} exact distances, "
+                                f"max_distance {max_distance} must exceed that")
         for i, layer in enumerate(stack.layers):
             where = f"{stack_name} layer {i}"
             if layer.d_model != arch.d_model:
@@ -127,6 +134,12 @@ def build_cross_attention(layer: LayerConfig) -> CrossAttention:
     )
 
 
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """An embedding table left uninitialised: `init_weights` sets every weight anyway, and
+    nn.Embedding's own init on the meta device imports torch._dynamo (seconds, once)."""
+    return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+
+
 def _scale(layer: LayerConfig) -> float | None:
     return 1.0 if layer.attention.scale == "none" else None  # None: SDPA's 1/sqrt(head_dim)
 
@@ -168,9 +181,8 @@ def build_stack(stack: StackConfig, *, bidirectional: bool) -> Stack:
         rel_bias=None
         if relative is None
         else RelativePositionBias(
-            buckets=relative.position.buckets,
+            embedding(relative.position.buckets, relative.heads),
             max_distance=relative.position.max_distance,
-            heads=relative.heads,
             bidirectional=bidirectional,
         ),
     )
@@ -181,11 +193,11 @@ def _build_transformer(arch: ArchConfig) -> Transformer:
     lm, mlm = arch.head("lm"), arch.head("mlm")
     nsp, classifier, scalar = arch.head("nsp"), arch.head("classifier"), arch.head("scalar")
     return Transformer(
-        embed=nn.Embedding(arch.vocab, d),
+        embed=embedding(arch.vocab, d),
         context=arch.context,
-        pos_embed=nn.Embedding(arch.context, d) if arch.position.kind == "learned" else None,
+        pos_embed=embedding(arch.context, d) if arch.position.kind == "learned" else None,
         sinusoidal=arch.position.kind == "sinusoidal",
-        segment_embed=nn.Embedding(arch.segments, d) if arch.segments > 0 else None,
+        segment_embed=embedding(arch.segments, d) if arch.segments > 0 else None,
         embed_norm=make_norm(arch.norm, d, arch.norm_eps) if arch.embed_norm else None,
         embed_scale=arch.embed_scale,
         dropout=arch.dropout,

@@ -104,12 +104,12 @@ class RelativePositionBias(nn.Module):
     """T5's learned bias per (distance bucket, head), computed once per forward pass of a
     stack and added to the attention scores of every layer in it."""
 
-    def __init__(self, *, buckets: int, max_distance: int, heads: int, bidirectional: bool):
+    def __init__(self, embed: nn.Embedding, *, max_distance: int, bidirectional: bool):
         super().__init__()
-        self.buckets = buckets
+        self.embed = embed  # (buckets, heads)
+        self.buckets = embed.num_embeddings
         self.max_distance = max_distance
         self.bidirectional = bidirectional
-        self.embed = nn.Embedding(buckets, heads)
 
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         relative = k_pos[:, None, :] - q_pos[:, :, None]  # (B, T, S): key minus query
