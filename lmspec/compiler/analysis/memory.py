@@ -6,16 +6,17 @@ weight copies mixed precision makes). Conventions, written out in docs/analysis.
 - **Mixed precision ("bf16", "fp16") is torch autocast.** Parameters stay fp32 (they are the
   master weights), so do their gradients and the optimizer state; autocast casts each matmul
   weight to half precision on use and keeps the copy until backward (`weight_copies`, 2 bytes
-  per matmul parameter). Matmul inputs and outputs are half precision; norms, their inputs (the
-  residual stream), softmax statistics and the loss stay fp32.
+  per matmul parameter). Matmul inputs and outputs are half precision; the residual stream,
+  norms' inputs and statistics, log-sum-exps and the loss stay fp32.
 - **Activations are the tensors autograd saves for backward** during one forward pass of a
-  batch, counted once per storage (a view shares its base's bytes), parameters excluded, and
-  the loss (log-softmax over the vocabulary) included. Attention is assumed to run in a fused
-  kernel (flash / memory-efficient, as `F.scaled_dot_product_attention` picks on GPUs): it saves
-  q, k, v, its output and a log-sum-exp per query and head, plus the mask or bias tensor it was
-  given, never the T x S probabilities.
+  batch and its loss, counted once per storage (a view shares its base's bytes), parameters
+  and their autocast copies excluded, the loss's log-softmax over the vocabulary included.
+  The formula follows torch 2.13's kernels module by module; where kernels differ by device
+  (which attention kernel SDPA picks, what dropout and RMSNorm keep), `device` says whose:
+  "cuda" (default) or "cpu". The CPU figures are checked byte for byte against
+  `saved_tensors_hooks` in tests/test_analysis.py, in fp32 and under bf16 autocast.
 - Not counted: temporaries that live only inside one op, the allocator's caching and
-  fragmentation, kernel workspaces, and the logits tensor itself once the loss has been taken.
+  fragmentation, kernel workspaces, and the logits tensor itself.
 """
 
 from __future__ import annotations
@@ -103,12 +104,15 @@ def _adafactor_elements(shape: tuple[int, ...]) -> int:
     return batch * shape[-2] + batch * shape[-1]
 
 
-def optimizer_state_bytes(arch: ArchConfig, optimizer: str = "adamw") -> int:
+def optimizer_state_bytes(arch: ArchConfig, optimizer: str = "adamw", *, momentum: float = 0.0) -> int:
     """Bytes of optimizer state after the first step: fp32 states, plus torch's 4-byte `step`
-    tensor per parameter tensor for the optimizers that keep one."""
+    tensor per parameter tensor for the optimizers that keep one. `momentum` > 0 gives "sgd"
+    its momentum buffer (the same as "sgd_momentum")."""
     key = optimizer.lower()
     if key not in _STATE:
         raise ValueError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    if key == "sgd" and momentum > 0:
+        key = "sgd_momentum"
     per_element, step = _STATE[key]
     shapes = parameter_shapes(arch)
     if key == "adafactor":
@@ -128,16 +132,6 @@ def _matmul_parameters(arch: ArchConfig, shapes: list[ParamShape]) -> int:
 
 
 # ---- activations ---------------------------------------------------------------------------
-
-
-def _norm_bytes(kind: str, d: int, input_bytes: int = FP32) -> int:
-    """Per position, what a norm keeps: its input (fp32 on the residual stream, which autocast
-    keeps in fp32) and fp32 statistics (LayerNorm: mean and 1/std; RMSNorm: 1/rms), and for
-    RMSNorm the fp32 normalised input before the weight, which torch's composite rms_norm keeps
-    for the weight's gradient."""
-    if kind == "layernorm":
-        return input_bytes * d + FP32 * 2
-    return input_bytes * d + FP32 * (d + 1)
 
 
 def _mlp_elements(layer: LayerConfig) -> int:
@@ -170,6 +164,15 @@ class _Kernels:
     def math_element(self) -> int:
         """Bytes of what the math attention kernel keeps: CPU upcasts half precision to fp32."""
         return FP32 if self.device == "cpu" else self.act
+
+    def norm(self, kind: str, d: int, input_bytes: int = FP32) -> int:
+        """Per position, what a norm keeps: its input (fp32 on the residual stream, which
+        autocast keeps in fp32) and fp32 statistics (LayerNorm: mean and 1/std; RMSNorm:
+        1/rms). On CPU torch's rms_norm is a composite that also keeps the fp32 normalised
+        input for the weight's gradient; CUDA's fused kernel does not."""
+        if kind == "layernorm":
+            return input_bytes * d + FP32 * 2
+        return input_bytes * d + FP32 * (1 + (d if self.device == "cpu" else 0))
 
     def attention(self, layer: LayerConfig, *, masked: bool, trained_bias: bool) -> str:
         """"fused" or "math": which SDPA kernel torch picks for this layer's attention.
@@ -249,7 +252,8 @@ def _stack_activations(
     """Activations of one stack over T positions (S: encoder positions for cross-attention)."""
 
     def add(component: str, n: int) -> None:
-        into[f"{name}.{component}"] = into.get(f"{name}.{component}", 0) + n
+        if n:
+            into[f"{name}.{component}"] = into.get(f"{name}.{component}", 0) + n
 
     masks: dict[tuple, int] = {}
     rope: set[tuple] = set()
@@ -257,7 +261,7 @@ def _stack_activations(
         d = layer.d_model
         _, masked = _self_attention_masked(layer, T)
         kernel = k.attention(layer, masked=masked, trained_bias=layer.position.kind == "relative")
-        add("norms", 2 * B * T * _norm_bytes(layer.norm, d))  # attn_norm, mlp_norm
+        add("norms", 2 * B * T * k.norm(layer.norm, d))  # attn_norm, mlp_norm
         add("attention", _attention_bytes(layer, B, T, T, kernel, k, cross=False))
         # up_proj's input, and under autocast gate_proj's own half-precision copy of it
         inputs = 2 if k.half and layer.activation in GATED_ACTIVATIONS else 1
@@ -269,7 +273,7 @@ def _stack_activations(
             rope.add((layer.head_dim, layer.position.theta))
         if layer.cross_attention:
             cross_kernel = k.attention(layer, masked=False, trained_bias=False)
-            add("norms", B * T * _norm_bytes(layer.norm, d))  # cross_norm
+            add("norms", B * T * k.norm(layer.norm, d))  # cross_norm
             add("cross_attention", _attention_bytes(layer, B, T, S, cross_kernel, k, cross=True))
             if k.half:  # kv_proj's half-precision copy of the encoder output, one per layer
                 add("cross_attention", k.act * B * S * d)
@@ -281,7 +285,7 @@ def _stack_activations(
     if relative_bias_layer(stack) is not None:
         add("relative_bias", INDEX * T * T)  # the bucket of every (query, key) pair
     if stack.final_norm:
-        add("final_norm", B * T * _norm_bytes(stack.layers[-1].norm, stack.layers[-1].d_model))
+        add("final_norm", B * T * k.norm(stack.layers[-1].norm, stack.layers[-1].d_model))
 
 
 def activation_bytes(
@@ -317,7 +321,7 @@ def activation_bytes(
         if arch.segments:
             add("embeddings", INDEX * B * T_stack)
         if arch.embed_norm:
-            add("embeddings", B * T_stack * _norm_bytes(arch.norm, d))
+            add("embeddings", B * T_stack * kernels.norm(arch.norm, d))
         if arch.dropout > 0:
             add("embeddings", B * T_stack * d * kernels.dropout_mask(FP32))  # over fp32 embeddings
 
@@ -357,7 +361,7 @@ def activation_bytes(
             if head.kind == "mlm" and head.transform:
                 # the dense output (the activation's input), the norm (its input is the
                 # activation's output) and the norm's output (the decoder's input)
-                add("heads", act * B * T_out * 2 * d + B * T_out * _norm_bytes(arch.norm, d, act))
+                add("heads", act * B * T_out * 2 * d + B * T_out * kernels.norm(arch.norm, d, act))
             # cross-entropy: fp32 log-probabilities over the vocabulary and the int64 targets
             add("loss", FP32 * B * T_out * V + INDEX * B * T_out + FP32)
             continue
@@ -386,15 +390,21 @@ def training_memory(
     optimizer: str = "adamw",
     decoder_seq_len: int | None = None,
     device: Device = "cuda",
+    momentum: float = 0.0,
 ) -> MemoryEstimate:
-    """Bytes to train `arch` on batches of `batch` x `seq_len` tokens (one device, no sharding,
-    no activation checkpointing, no gradient accumulation across micro-batches)."""
+    """Bytes to train `arch` on batches of `batch` x `seq_len` tokens: one device, no
+    sharding, no activation checkpointing; `batch` is the micro-batch one forward pass sees.
+
+    precision: "fp32", or "bf16"/"fp16" autocast (fp32 master weights, gradients and optimizer
+    state; half-precision copies of the matmul weights). optimizer: one of `OPTIMIZERS`
+    (`momentum` > 0 turns "sgd" into SGD with a momentum buffer). device: whose attention and
+    dropout kernels decide what is kept for backward, "cuda" (the default) or "cpu"."""
     shapes = parameter_shapes(arch)
     n = count_parameters(arch).total
     weights = FP32 * n
     copies = 0 if precision == "fp32" else 2 * _matmul_parameters(arch, shapes)
     gradients = FP32 * n
-    state = optimizer_state_bytes(arch, optimizer)
+    state = optimizer_state_bytes(arch, optimizer, momentum=momentum)
     acts = activation_bytes(
         arch, batch=batch, seq_len=seq_len, decoder_seq_len=decoder_seq_len, precision=precision, device=device
     )
