@@ -1,0 +1,686 @@
+"""The design rules, one test each: a spec snippet in, the exact diagnostic out.
+
+Every snippet is appended to the same three lines, so its first line is line 4:
+
+    1  lmspec 1
+    2  tokenizer tok { kind: bytes }
+    3  data text { source: builtin("tiny-stories") }
+
+`problems(...)` lists each diagnostic as "line:col severity[CODE] message", sorted.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lmspec.compiler.api import check_file, check_text
+from lmspec.compiler.build import build_model
+from lmspec.diagnostics import CODES
+
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+
+PRELUDE = 'lmspec 1\ntokenizer tok { kind: bytes }\ndata text { source: builtin("tiny-stories") }\n'
+
+
+def report(body: str):
+    return check_text(PRELUDE + textwrap.dedent(body).lstrip("\n"), "t.lmspec")
+
+
+def problems(body: str) -> list[str]:
+    found = sorted(report(body).diagnostics, key=lambda d: (d.span.line, d.span.col, d.code) if d.span else (0, 0, d.code))
+    return [f"{d.span.line}:{d.span.col} {d.severity}[{d.code}] {d.message}" for d in found]
+
+
+def only(body: str, code: str):
+    """The one diagnostic with `code` (its labels and help are checked too)."""
+    matching = [d for d in report(body).diagnostics if d.code == code]
+    assert len(matching) == 1, [f"{d.code} {d.message}" for d in report(body).diagnostics]
+    return matching[0]
+
+
+GPT = "model gpt { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }"
+
+
+# ------------------------------------------------------------------------------ the examples
+
+
+@pytest.mark.parametrize("name", ["gpt.lmspec", "bert_t5.lmspec", "rlaif.lmspec"])
+def test_the_example_specs_pass_every_rule(name):
+    report = check_file(SPECS / name)
+    # none of the three examples draws a warning either
+    assert [f"{d.code} {d.message}" for d in report.diagnostics] == []
+    assert report.ok and report.models
+
+
+def test_every_rule_code_is_catalogued():
+    for code in ["LMS067", "LMS068", "LMS069", "LMS084", "LMS085", "LMS070", "LMS071", "LMS072", "LMS073", "LMS074", "LMS075",
+                 "LMS076", "LMS077", "LMS078", "LMS079", "LMS080", "LMS081", "LMS082", "LMS083"]:
+        assert CODES[code]
+
+
+# ------------------------------------------------------------------------------ model rules (existing)
+
+
+def test_heads_must_divide_d_model():
+    assert problems("model m { vocab: 262, context: 64, layers: 2, d_model: 100, heads: 8 }") == [
+        "4:56 error[LMS060] heads (8) must divide d_model (100)"]
+
+
+def test_kv_heads_must_divide_heads():
+    assert problems("model m { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, kv_heads: 3 }") == [
+        "4:80 error[LMS061] kv_heads (3) must divide heads (4)"]
+
+
+def test_rope_needs_an_even_head_dim():
+    assert problems("model m { vocab: 262, context: 64, layers: 2, d_model: 60, heads: 4, head_dim: 15, "
+                    "position: rope }") == [
+        "4:94 error[LMS062] RoPE rotates pairs of dimensions, but head_dim is 15 (odd)"]
+
+
+def test_a_sliding_window_fits_in_the_context():
+    assert problems("model m { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, "
+                    "layer 1 { attention: sliding(window: 100) } }") == [
+        "4:91 error[LMS063] sliding window (100) is longer than the context (64)"]
+
+
+# ------------------------------------------------------------------------------ model rules (new)
+
+
+def test_relative_position_layers_of_a_stack_share_one_bias_table():
+    d = only("""
+        model m { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, position: relative
+                  layer 1 { heads: 2 } }
+    """, "LMS068")
+    assert (d.span.line, d.span.col) == (5, 28)  # the `2` of `heads: 2`
+    assert d.message == ("the relative-position layers of the decoder share one bias table, but layer 0 has 4 heads, "
+                         "32 buckets, max_distance 128 and layer 1 has 2 heads, 32 buckets, max_distance 128")
+    assert [(l.span.line, l.span.col, l.message) for l in d.labels] == [(4, 80, "layer 0 is set here")]
+
+
+def test_a_head_kind_may_appear_once():
+    assert problems("model m { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, head: [lm, scalar, lm] }") \
+        == ["4:76 error[LMS069] head 'lm' is listed twice in model 'm'"]
+
+
+def test_a_head_kind_may_appear_once_in_a_stage_override_too():
+    assert problems(f"""
+        {GPT}
+        train t {{ model: gpt with head [scalar, scalar], objective: bradley_terry, data: text }}
+    """) == ["5:32 error[LMS069] head 'scalar' is listed twice in train 't'"]
+
+
+def test_relative_buckets_leave_room_for_exact_distances():
+    # T5 keeps half the buckets for exact distances; an encoder splits them again by direction
+    assert problems("model m { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, "
+                    "position: relative(buckets: 2) }") == [
+        "4:95 error[LMS084] relative positions in the encoder split 2 buckets between keys before and after the "
+        "query, which leaves no bucket for exact distances"]
+    assert problems("model m { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, "
+                    "position: relative(buckets: 32, max_distance: 16) }") == [
+        "4:80 error[LMS084] max_distance (16) must be larger than the 16 distances the decoder's 32 buckets keep "
+        "exact"]
+
+
+def test_the_decoder_of_an_encoder_decoder_has_no_prefix_attention():
+    d = only("""
+        model t5 { arch: encoder_decoder, vocab: 262, context: 64, d_model: 64, heads: 4
+                   encoder { layers: 2 }
+                   decoder { layers: 2, layer 1 { attention: prefix } } }
+    """, "LMS085")
+    assert (d.span.line, d.span.col) == (6, 54)
+    assert d.message == ("layer 1 of the decoder of encoder-decoder 't5' has prefix attention, but its prefix is "
+                         "the encoder's input")
+
+
+def test_tie_embeddings_without_a_vocabulary_head_is_a_warning():
+    d = only("model m { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, head: scalar, "
+             "tie_embeddings: true }", "LMS067")
+    assert (d.severity, d.span.line, d.span.col) == ("warning", 4, 100)
+    assert d.message == "tie_embeddings has nothing to tie: model 'm' has no lm or mlm head (heads: scalar)"
+    assert d.help == "remove `tie_embeddings: true`, or add an lm or mlm head"
+
+
+def test_tie_embeddings_with_an_lm_or_mlm_head_is_fine():
+    assert problems("model m { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, tie_embeddings: true }") == []
+    assert problems("model m { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, "
+                    "tie_embeddings: true }") == []
+
+
+def test_a_large_vocab_should_be_a_multiple_of_64():
+    d = only("model m { vocab: 50_257, context: 64, layers: 2, d_model: 64, heads: 4 }", "LMS081")
+    assert (d.severity, d.span.line, d.span.col) == ("warning", 4, 18)
+    assert d.message == "vocab 50257 is not a multiple of 64; 50304 is faster on GPUs"
+    assert d.help == "write `vocab: 50304`: the extra rows are never produced by the tokenizer"
+
+
+def test_a_large_d_ff_should_be_a_multiple_of_64_and_small_sizes_are_exempt():
+    assert problems("model m { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, d_ff: 1500 }") == [
+        "4:76 warning[LMS081] d_ff 1500 is not a multiple of 64; 1536 is faster on GPUs"]
+    # 262 and 100 are below 1024: their matmuls are too small for padding to pay
+    assert problems("model m { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, d_ff: 100 }") == []
+
+
+# ------------------------------------------------------------------------------ objective fit: LMS070
+
+
+def test_clm_needs_a_decoder():
+    d = only("""
+        model bert { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, head: [mlm, lm] }
+        train t { model: bert, objective: clm, data: text }
+    """, "LMS070")
+    assert (d.span.line, d.span.col) == (5, 35)
+    assert d.message == "objective 'clm' needs a decoder, but model 'bert' is an encoder"
+    assert [(l.span.line, l.span.col, l.message) for l in d.labels] == [(4, 20, "'bert' is an encoder")]
+    assert d.help == "train an encoder with mlm, an encoder-decoder with span_corruption, or use `arch: decoder`"
+
+
+def test_clm_needs_causal_attention_in_every_layer():
+    d = only("""
+        model gpt { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, layer 1 { attention: bidirectional } }
+        train t { model: gpt, objective: clm, data: text }
+    """, "LMS070")
+    assert (d.span.line, d.span.col) == (5, 34)
+    assert d.message == ("objective 'clm' needs causal attention, but layer 1 of 'gpt' has bidirectional attention "
+                         "(it would see the tokens it predicts)")
+    assert [(l.span.line, l.span.col) for l in d.labels] == [(4, 93)]
+
+
+def test_sliding_attention_counts_as_causal_and_prefix_needs_prefix_lm():
+    assert problems("""
+        model gpt { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, attention: sliding(window: 16) }
+        train t { model: gpt, objective: clm, data: text }
+    """) == []
+    assert problems("""
+        model gpt { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, attention: prefix }
+        train t { model: gpt, objective: clm, data: text }
+        train u { model: gpt, objective: clm + prefix_lm, data: text }
+    """) == ["5:34 error[LMS070] objective 'clm' needs causal attention, but layer 0 of 'gpt' has prefix attention "
+             "(prefix attention is for prefix_lm)"]
+
+
+def test_clm_needs_an_lm_head():
+    d = only(f"""
+        {GPT}
+        train t {{ model: gpt with head scalar, objective: clm, data: text }}
+    """, "LMS070")
+    assert d.message == "objective 'clm' needs an lm head, but 'gpt' with head scalar has heads: scalar"
+    # the label points at the stage's `with head`, which replaced the model's lm head
+    assert [(l.span.line, l.span.col, l.message) for l in d.labels] == [(5, 32, "the stage replaces the heads here")]
+
+
+def test_mlm_needs_bidirectional_attention_and_an_mlm_head():
+    assert problems(f"""
+        {GPT}
+        train t {{ model: gpt, objective: mlm, data: text }}
+    """) == ["5:34 error[LMS070] objective 'mlm' needs bidirectional attention (an encoder), but model 'gpt' is "
+             "a decoder",
+             "5:34 error[LMS070] objective 'mlm' needs an mlm head, but model 'gpt' has heads: lm"]
+    assert problems("""
+        model bert { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, attention: causal }
+        train t { model: bert, objective: mlm, data: text }
+    """) == ["5:35 error[LMS070] objective 'mlm' needs bidirectional attention, but layer 0 of 'bert' has causal "
+             "attention"]
+
+
+def test_nsp_needs_segments_a_pooler_and_an_nsp_head():
+    assert problems("""
+        model bert { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }
+        train t { model: bert, objective: mlm + nsp, data: text }
+    """) == ["5:35 error[LMS070] objective 'nsp' needs 2 segments (token types), but model 'bert' has 0",
+             "5:35 error[LMS070] objective 'nsp' needs a pooler, but model 'bert' has none",
+             "5:35 error[LMS070] objective 'nsp' needs an nsp head, but model 'bert' has heads: mlm"]
+
+
+def test_span_corruption_needs_an_encoder_decoder_or_a_prefix_decoder():
+    assert problems("""
+        tokenizer t5tok { kind: bytes, sentinels: 100 }
+        model bert { arch: encoder, vocab: 400, context: 64, layers: 2, d_model: 64, heads: 4, head: lm }
+        model prefix_gpt { vocab: 400, context: 64, layers: 2, d_model: 64, heads: 4, attention: prefix }
+        train t { model: bert, tokenizer: t5tok, objective: span_corruption, data: text }
+        train u { model: prefix_gpt, tokenizer: t5tok, objective: span_corruption, data: text }
+    """)[-1:] == ["7:53 error[LMS070] objective 'span_corruption' needs an encoder-decoder or a decoder with prefix "
+                  "attention, but model 'bert' is an encoder"]
+
+
+def test_span_corruption_needs_a_causal_decoder_in_an_encoder_decoder():
+    assert problems("""
+        tokenizer t5tok { kind: bytes, sentinels: 100 }
+        model t5 { arch: encoder_decoder, vocab: 400, context: 64, d_model: 64, heads: 4
+                   encoder { layers: 1 }, decoder { layers: 1, attention: bidirectional } }
+        train t { model: t5, tokenizer: t5tok, objective: span_corruption, data: text }
+    """)[-1:] == ["7:51 error[LMS070] objective 'span_corruption' needs a causal decoder, but layer 0 of the decoder "
+                  "of 't5' has bidirectional attention (it would see the tokens it predicts)"]
+
+
+def test_prefix_lm_needs_a_decoder_with_prefix_attention():
+    assert problems(f"""
+        {GPT}
+        train t {{ model: gpt, objective: prefix_lm, data: text }}
+    """) == ["5:34 error[LMS070] objective 'prefix_lm' needs a decoder with prefix attention, but model 'gpt' is "
+             "a decoder without it"]
+
+
+def test_classify_needs_a_classifier_head():
+    d = only("""
+        data reviews { source: builtin("tiny-reviews"), label: "sentiment" }
+        model critic { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }
+        train t { model: critic, objective: classify, data: reviews }
+    """, "LMS070")
+    assert (d.span.line, d.span.col) == (6, 37)
+    assert d.message == "objective 'classify' needs a classifier head, but model 'critic' has heads: mlm"
+    assert d.labels[0].message == "'critic' has the default head (mlm)"
+    assert d.help == ("add classifier(classes: N) to the model's `head:`, or write "
+                      "`model: critic with head classifier`")
+    # `with head classifier(...)` on the stage is the other way to give it one
+    assert problems("""
+        data reviews { source: builtin("tiny-reviews"), label: "sentiment" }
+        model critic { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }
+        train t { model: critic with head classifier(classes: 2), objective: classify, data: reviews }
+    """) == ["3:6 warning[LMS080] data 'text' is not used by any stage"]
+
+
+def test_bradley_terry_needs_a_scalar_head_and_dpo_a_decoder():
+    assert problems(f"""
+        {GPT}
+        model bert {{ arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }}
+        train p {{ model: gpt, objective: clm, data: text }}
+        judge j {{ model: hf("judge") }}
+        feedback f {{ policy: gpt from p, prompts: text.prefixes(tokens: 8), judge: j }}
+        train r {{ model: gpt from p, objective: bradley_terry, data: f }}
+        train d {{ model: bert, objective: dpo, data: f }}
+    """) == ["9:41 error[LMS070] objective 'bradley_terry' needs a scalar head, but model 'gpt' has heads: lm",
+             "10:35 error[LMS070] objective 'dpo' needs a decoder, but model 'bert' is an encoder",
+             "10:35 error[LMS070] objective 'dpo' needs an lm head, but model 'bert' has heads: mlm"]
+
+
+def test_sft_needs_a_decoder():
+    assert problems("""
+        model bert { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, head: lm }
+        train t { model: bert, objective: sft, data: text }
+    """) == ["5:35 error[LMS070] objective 'sft' needs a decoder, but model 'bert' is an encoder"]
+
+
+# ------------------------------------------------------------------------------ tokens: LMS071
+
+
+def test_mlm_needs_a_mask_token():
+    d = only("""
+        tokenizer plain { kind: bytes, specials: [pad, bos, eos] }
+        model bert { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }
+        train t { model: bert, tokenizer: plain, objective: mlm, data: text }
+    """, "LMS071")
+    assert (d.span.line, d.span.col) == (6, 53)
+    assert d.message == "objective 'mlm' needs a mask token, but tokenizer 'plain' has none"
+    assert [(l.span.line, l.span.col, l.message) for l in d.labels] == [(4, 42, "specials of 'plain'")]
+    assert d.help == "add mask to `specials:` of tokenizer 'plain'"
+
+
+def test_span_corruption_needs_enough_sentinel_tokens():
+    t5 = ("model t5 { arch: encoder_decoder, encoder { layers: 1 }, decoder { layers: 1 }, vocab: 400, "
+          "context: 128, d_model: 64, heads: 4 }")
+    assert problems(f"""
+        {t5}
+        train t {{ model: t5, objective: span_corruption, data: text }}
+    """) == ["5:33 error[LMS071] objective 'span_corruption' needs sentinel tokens, but tokenizer 'tok' has none"]
+    # 128 tokens * 15% noise = 19 noise tokens in spans of 3: about 6 spans, one sentinel each
+    assert problems(f"""
+        tokenizer few {{ kind: bytes, sentinels: 4 }}
+        {t5}
+        train t {{ model: t5, tokenizer: few, objective: span_corruption, data: text }}
+    """) == ["2:11 warning[LMS080] tokenizer 'tok' is not used by any stage",
+             "6:49 error[LMS071] objective 'span_corruption' cuts about 6 spans from 128 tokens, but tokenizer "
+             "'few' has 4 sentinels"]
+
+
+# ------------------------------------------------------------------------------ data: LMS072
+
+
+def test_classify_needs_to_know_the_label_field():
+    assert problems("""
+        data reviews { source: builtin("tiny-reviews") }
+        model critic { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, head: classifier }
+        train t { model: critic, objective: classify, data: reviews }
+        train u { model: critic, objective: classify(label: "sentiment"), data: reviews }
+    """) == ["3:6 warning[LMS080] data 'text' is not used by any stage",
+             "6:37 error[LMS072] objective 'classify' needs to know which field holds the label, but data 'reviews' "
+             "names none"]
+
+
+def test_classify_label_fields_must_agree():
+    assert problems("""
+        data reviews { source: builtin("tiny-reviews"), label: "sentiment" }
+        model critic { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, head: classifier }
+        train t { model: critic, objective: classify(label: "stars"), data: reviews }
+    """) == ["3:6 warning[LMS080] data 'text' is not used by any stage",
+             "6:37 error[LMS072] objective 'classify' reads label field 'stars', but data 'reviews' names its label "
+             "'sentiment'"]
+
+
+def test_preference_objectives_read_feedback_and_text_objectives_read_data():
+    d = only(f"""
+        {GPT}
+        train t {{ model: gpt with head scalar, objective: bradley_terry, data: text }}
+    """, "LMS072")
+    assert (d.span.line, d.span.col) == (5, 51)
+    assert d.message == "objective 'bradley_terry' learns from preference pairs, but 'text' is a data block"
+    assert [(l.span.line, l.span.col, l.message) for l in d.labels] == [(5, 72, "'text' is read here")]
+    assert problems(f"""
+        {GPT}
+        train p {{ model: gpt, objective: clm, data: text }}
+        judge j {{ model: hf("judge") }}
+        feedback f {{ policy: gpt from p, prompts: text.prefixes(tokens: 8), judge: j }}
+        train s {{ model: gpt from p, objective: sft, data: f }}
+    """) == ["8:41 error[LMS072] objective 'sft' reads text, but 'f' is a feedback block (preference pairs)"]
+
+
+# ------------------------------------------------------------------------------ vocabulary: LMS073, LMS074
+
+
+def test_the_vocab_covers_the_tokenizer():
+    d = only("""
+        model gpt { vocab: 256, context: 64, layers: 2, d_model: 64, heads: 4 }
+        train t { model: gpt, objective: clm, data: text }
+        train u { model: gpt, objective: clm, data: text }
+    """, "LMS073")  # reported once, though two stages pair them
+    assert (d.span.line, d.span.col) == (4, 20)
+    assert d.message == "model 'gpt' has vocab 256, but tokenizer 'tok' produces 262 ids"
+    assert d.help == "write `vocab: tok.vocab_size` (or any number >= 262)"
+    assert [(l.span.line, l.span.col, l.message) for l in d.labels] == [(5, 18, "train 't' pairs them here")]
+
+
+def test_the_vocab_covers_a_bpe_tokenizer():
+    assert problems("""
+        tokenizer bpe { kind: bpe(vocab: 4096, train_on: text) }
+        model gpt { vocab: 4032, context: 64, layers: 2, d_model: 64, heads: 4 }
+        train t { model: gpt, tokenizer: bpe, objective: clm, data: text }
+    """) == ["2:11 warning[LMS080] tokenizer 'tok' is not used by any stage",
+             "5:20 error[LMS073] model 'gpt' has vocab 4032, but tokenizer 'bpe' produces 4096 ids"]
+
+
+def test_with_several_tokenizers_a_stage_names_one():
+    d = only(f"""
+        tokenizer other {{ kind: bpe(vocab: 4096, train_on: text) }}
+        {GPT}
+        train t {{ model: gpt, objective: clm, data: text }}
+    """, "LMS074")
+    assert (d.span.line, d.span.col) == (6, 7)
+    assert d.message == "train 't' does not say which tokenizer it uses; the spec has 2: tok, other"
+    assert d.help == "add `tokenizer: tok` (or another) to 't'"
+
+
+# ------------------------------------------------------------------------------ stage references: LMS075-LMS078
+
+
+def test_from_names_a_stage_that_trained_a_model_of_the_same_shapes():
+    d = only("""
+        model a { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }
+        model b { vocab: 262, context: 64, layers: 2, d_model: 128, heads: 4 }
+        train t { model: a, objective: clm, data: text }
+        train v { model: b from t, objective: clm, data: text }
+    """, "LMS075")
+    assert (d.span.line, d.span.col) == (7, 18)
+    assert d.message == ("'b from t' needs weights for 'b', but train 't' trains 'a', whose shapes differ "
+                         "(d_model: 64 vs 128)")
+    assert [(l.span.line, l.span.col, l.message) for l in d.labels] == [(6, 18, "'t' trains 'a' here")]
+
+
+def test_init_names_a_stage_that_trained_a_model_of_the_same_shapes():
+    assert problems("""
+        model base { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }
+        model deep extends base { layers: 3 }
+        model calm extends base { dropout: 0.1 }
+        train t { model: base, objective: clm, data: text }
+        train u { model: calm, init: t, objective: clm, data: text }
+        train v { model: deep, init: t, objective: clm, data: text }
+    """) == ["9:30 error[LMS075] init: t needs weights for 'deep', but train 't' trains 'base', whose shapes differ "
+             "(decoder layers: 2 vs 3)"]
+
+
+def test_an_rl_reference_is_a_stage_that_trained_the_policy():
+    assert problems(f"""
+        {GPT}
+        model bert {{ arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }}
+        train p {{ model: gpt, objective: clm, data: text }}
+        train m {{ model: bert, objective: mlm, data: text }}
+        judge j {{ model: hf("judge") }}
+        rl r {{ policy: gpt from p, reference: m, reward: j, rollouts {{ prompts: text.prefixes(tokens: 8) }} }}
+    """) == ["9:39 error[LMS075] reference: m needs weights for 'gpt', but train 'm' trains 'bert', whose shapes "
+             "differ (arch: encoder vs decoder)"]
+
+
+def test_an_rl_reward_is_a_reward_model_or_a_judge():
+    d = only(f"""
+        {GPT}
+        train p {{ model: gpt, objective: clm, data: text }}
+        rl r {{ policy: gpt from p, reward: p, rollouts {{ prompts: text.prefixes(tokens: 8) }} }}
+    """, "LMS076")
+    assert (d.span.line, d.span.col) == (6, 36)
+    assert d.message == "reward 'p' is not a reward model: it trains 'gpt' with heads: lm"
+    assert d.help.startswith("a reward stage trains a scalar head")
+
+
+def test_a_judge_score_reads_a_head_its_model_has():
+    assert problems(f"""
+        {GPT}
+        model critic {{ arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4,
+                        head: classifier(classes: 2) }}
+        judge a {{ model: gpt, score: scalar }}
+        judge b {{ model: critic, score: probability(class: 2) }}
+        feedback f {{ policy: gpt, prompts: text.prefixes(tokens: 8), judge: a }}
+        feedback g {{ policy: gpt, prompts: text.prefixes(tokens: 8), judge: b }}
+    """)[:2] == ["7:30 error[LMS077] judge 'a' scores with scalar, which reads a scalar head, but model 'gpt' has "
+                 "heads: lm",
+                 "8:33 error[LMS077] judge 'b' reads class 2, but the classifier of 'critic' has 2 classes (0..1)"]
+
+
+def test_a_judge_comes_from_a_stage_that_trained_its_head():
+    assert problems("""
+        model critic { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, head: [mlm] }
+        train m { model: critic, objective: mlm, data: text }
+        judge j { model: critic with head classifier from m }
+        rl r { policy: critic with head lm from m, reward: j, rollouts { prompts: text.prefixes(tokens: 8) } }
+    """)[:1] == ["6:18 error[LMS077] judge 'j' reads a classifier head, but 'm' trains 'critic' with heads: mlm, "
+                 "so that head would be untrained"]
+
+
+def test_a_policy_generates_text():
+    assert problems("""
+        model critic { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }
+        model scorer { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, head: scalar }
+        train m { model: critic, objective: mlm, data: text }
+        train s { model: scorer with head lm, objective: clm, data: text }
+        judge j { model: hf("judge") }
+        feedback f { policy: critic from m, prompts: text.prefixes(tokens: 8), judge: j }
+        rl r { policy: scorer from s, reward: j, rollouts { prompts: text.prefixes(tokens: 8) } }
+    """) == ["9:22 error[LMS078] the policy of feedback 'f' must generate text, but 'critic' is an encoder",
+             "10:16 error[LMS078] the policy of rl 'r' must generate text, but 'scorer' has no lm head "
+             "(heads: scalar)"]
+
+
+# ------------------------------------------------------------------------------ cycles: LMS079
+
+
+def test_stages_that_depend_on_each_other_are_a_cycle():
+    d = only(f"""
+        {GPT}
+        train a {{ model: gpt, init: b, objective: clm, data: text }}
+        train b {{ model: gpt from a, objective: clm, data: text }}
+    """, "LMS079")
+    assert (d.span.line, d.span.col) == (5, 29)  # `init: b` closes the cycle a -> b -> a
+    assert d.message == "stages depend on each other in a cycle: a -> b -> a"
+    assert [(l.span.line, l.span.col, l.message) for l in d.labels] == [(6, 18, "'b' reads 'a' here")]
+    assert d.notes == ["'b' reads 'a' (from)", "'a' reads 'b' (init)"]
+
+
+def test_a_cycle_through_feedback_and_a_judge():
+    assert problems(f"""
+        {GPT}
+        train p {{ model: gpt, objective: clm, data: text }}
+        judge j {{ model: gpt with head scalar from r, score: scalar }}
+        feedback f {{ policy: gpt from p, prompts: text.prefixes(tokens: 8), judge: j }}
+        train r {{ model: gpt with head scalar, init: p, objective: bradley_terry, data: f }}
+    """) == ["6:18 error[LMS079] stages depend on each other in a cycle: j -> f -> r -> j"]
+
+
+def test_a_stage_from_itself_is_a_cycle():
+    assert problems(f"""
+        {GPT}
+        train t {{ model: gpt from t, objective: clm, data: text }}
+    """) == ["5:18 error[LMS079] stages depend on each other in a cycle: t -> t"]
+
+
+# ------------------------------------------------------------------------------ warnings
+
+
+def test_blocks_no_stage_uses():
+    assert problems(f"""
+        data spare {{ source: builtin("tiny-reviews") }}
+        {GPT}
+        model base {{ vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }}
+        model big extends base {{ layers: 3 }}
+        model spare_model {{ vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }}
+        judge spare_judge {{ model: hf("judge") }}
+        train t {{ model: gpt, objective: clm, data: text }}
+        train u {{ model: big, objective: clm, data: text }}
+    """) == ["4:6 warning[LMS080] data 'spare' is not used by any stage",
+             "8:7 warning[LMS080] model 'spare_model' is not used by any stage",
+             "9:7 warning[LMS080] judge 'spare_judge' is not used by any stage"]
+    # a file without stages is a library of definitions: nothing is "unused"
+    assert problems(GPT) == []
+
+
+def test_dropout_in_an_rl_policy_is_a_warning():
+    d = only("""
+        model gpt { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, dropout: 0.1 }
+        train p { model: gpt, objective: clm, data: text }
+        judge j { model: hf("judge") }
+        rl r { policy: gpt from p, reward: j, rollouts { prompts: text.prefixes(tokens: 8) } }
+    """, "LMS082")
+    assert (d.severity, d.span.line, d.span.col) == ("warning", 7, 16)
+    assert d.message.startswith("the policy of rl 'r' has dropout 0.1: ")
+    assert d.help == "use a copy without dropout: `model gpt_rl extends gpt { dropout: 0 }`"
+    assert [(l.span.line, l.span.col) for l in d.labels] == [(4, 81)]
+
+
+def test_an_untrained_policy_or_judge_is_a_warning():
+    assert problems("""
+        model gpt { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }
+        model critic { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, head: classifier }
+        judge j { model: critic }
+        feedback f { policy: gpt, prompts: text.prefixes(tokens: 8), judge: j }
+    """) == ["6:18 warning[LMS083] judge 'j' uses model 'critic' without trained weights: its scores are noise",
+             "7:22 warning[LMS083] the policy of feedback 'f' has no trained weights: 'gpt' samples random tokens"]
+
+
+# ------------------------------------------------------------------------------ passed check => builds
+#
+# Random model blocks, many of them wrong on purpose. Whatever `check` accepts must lower,
+# build and run a forward pass: the rules are complete with respect to the torch code.
+# (Without LMS068 and LMS069 this test finds models that pass check and fail to build.)
+
+_ATTENTION = st.one_of(st.sampled_from(["causal", "bidirectional", "prefix"]),
+                       st.integers(1, 40).map(lambda w: f"sliding(window: {w})"))
+_POSITION = st.one_of(
+    st.sampled_from(["learned", "sinusoidal", "alibi", "none", "rope", "rope(theta: 500)"]),
+    st.tuples(st.integers(2, 16), st.integers(2, 64)).map(lambda b: f"relative(buckets: {b[0]}, max_distance: {b[1]})"))
+_HEAD = st.sampled_from(["lm", "mlm", "mlm(transform: true)", "nsp", "classifier(classes: 3)", "scalar(pool: mean)",
+                         "classifier(pool: first)", "none"])
+
+
+@st.composite
+def _layer_keys(draw) -> dict:
+    keys = {}
+    if draw(st.booleans()):
+        keys["heads"] = draw(st.integers(1, 8))
+    if draw(st.booleans()):
+        keys["kv_heads"] = draw(st.integers(1, 8))
+    if draw(st.integers(0, 3)) == 0:
+        keys["head_dim"] = draw(st.integers(1, 12))
+    if draw(st.integers(0, 2)) == 0:
+        keys["d_ff"] = draw(st.integers(1, 80))
+    if draw(st.booleans()):
+        keys["attention"] = draw(_ATTENTION)
+    if draw(st.integers(0, 2)) == 0:
+        keys["position"] = draw(_POSITION)
+    if draw(st.integers(0, 3)) == 0:
+        keys["activation"] = draw(st.sampled_from(["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "reglu"]))
+    if draw(st.integers(0, 3)) == 0:
+        keys["norm"] = draw(st.sampled_from(["layernorm", "rmsnorm"]))
+    if draw(st.integers(0, 3)) == 0:
+        keys["bias"] = draw(st.sampled_from(["true", "false"]))
+    return keys
+
+
+def _fields(keys: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in keys.items())
+
+
+@st.composite
+def _overrides(draw, n: int) -> list[str]:
+    out = []
+    for _ in range(draw(st.integers(0, 2))):
+        first = draw(st.integers(0, n))  # n itself is outside the stack: LMS048
+        last = draw(st.integers(first, n))
+        keys = draw(_layer_keys())
+        if keys:
+            out.append(f"layer {first}..{last} {{ {_fields(keys)} }}")
+    return out
+
+
+@st.composite
+def random_model(draw) -> str:
+    arch = draw(st.sampled_from(["decoder", "encoder", "encoder_decoder"]))
+    top = {"arch": arch, "vocab": draw(st.integers(2, 300)), "context": draw(st.integers(4, 32)),
+           "d_model": draw(st.sampled_from([8, 12, 16, 24, 32])), "heads": draw(st.integers(1, 8))}
+    top.update(draw(_layer_keys()))
+    for key, values in [("placement", ["pre", "post"]), ("tie_embeddings", ["true"]), ("segments", [0, 2, 3]),
+                        ("pooler", ["true"]), ("embed_norm", ["true"]), ("final_norm", ["true", "false"]),
+                        ("attention_scale", ["none"]), ("embed_scale", [2.0])]:
+        if draw(st.booleans()):
+            top[key] = draw(st.sampled_from(values))
+    if draw(st.booleans()):
+        top["head"] = "[" + ", ".join(draw(st.lists(_HEAD, min_size=1, max_size=3))) + "]"
+    lines = [_fields(top)]
+    if arch == "encoder_decoder":
+        for part in ("encoder", "decoder"):
+            n = draw(st.integers(1, 3))
+            inner = [f"layers: {n}", _fields(draw(_layer_keys()))] + draw(_overrides(n))
+            lines.append(f"{part} {{ " + "\n".join(x for x in inner if x) + " }")
+    else:
+        n = draw(st.integers(1, 3))
+        lines += [f"layers: {n}"] + draw(_overrides(n))
+    return "lmspec 1\nmodel m {\n" + "\n".join(lines) + "\n}\n"
+
+
+def _forward(arch) -> None:
+    model = build_model(arch, device="meta")
+    device = "meta"
+    if arch.position.kind == "learned":
+        # the learned-position bound check reads a value, which meta tensors do not have:
+        # these models run for real, on the CPU (they are tiny)
+        model, device = build_model(arch, device="cpu"), "cpu"
+    model.eval()
+    T = min(arch.context, 6)
+    ids = torch.randint(0, arch.vocab, (2, T)).to(device)
+    kwargs = {}
+    if any(layer.attention.kind == "prefix" for stack in arch.stacks for layer in stack.layers):
+        kwargs["prefix_lengths"] = torch.tensor([2, 3], device=device)
+    if arch.arch == "encoder_decoder":
+        kwargs["decoder_input_ids"] = ids
+    with torch.no_grad():
+        out = model(ids, **kwargs)
+    assert out.hidden.shape == (2, T, arch.d_model)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_model())
+def test_a_model_that_passes_check_always_builds_and_runs(text):
+    report = check_text(text)
+    if report.ok:
+        _forward(report.models["m"])
