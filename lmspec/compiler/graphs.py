@@ -65,7 +65,7 @@ def _link(g: nx.DiGraph, src: Any, dst: str, label: str, span: Span | None, *, i
         data["label"] = ", ".join(lbl for lbl, _ in data["uses"])
         data["implicit"] = data["implicit"] and implicit
     else:
-        g.add_edge(src, dst, label=label, span=span, uses=[use], implicit=implicit)
+        g.add_edge(src, dst, label=label, span=span, uses=[use], implicit=implicit, order=g.number_of_edges())
 
 
 def _objective_text(terms) -> str:
@@ -91,7 +91,7 @@ def _detail(kind: str, spec) -> str:
             enc = spec.encoder.layers if spec.encoder else layers
             dec = spec.decoder.layers if spec.decoder else layers
             layers = f"{enc}+{dec}"
-        return f"{spec.arch}, {layers} layers, d_model {spec.d_model}"
+        return f"{spec.arch}, {layers} layer{'s' * (layers != 1)}, d_model {spec.d_model}"
     if kind == "train":
         return f"{_objective_text(spec.objective)}, {spec.steps} steps"
     if kind == "judge":
@@ -310,7 +310,7 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
         return nid
 
     def edge(src: str, dst: str, shape: str, **attrs) -> None:
-        g.add_edge(src, dst, shape=shape, label=shape, **attrs)
+        g.add_edge(src, dst, shape=shape, label=shape, order=g.number_of_edges(), **attrs)
 
     enc_dec = arch.arch == "encoder_decoder"
     # sequence-length names: an encoder-decoder reads S source tokens and writes T target tokens
@@ -330,9 +330,9 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
             edge(ids, emb, _shape("B", length))
     sources = [(emb, _shape("B", shared, d))]
     if arch.position.kind == "learned":
+        node("position_ids", "input", "position_ids", "embeddings", where.model("position"))
         pos = node("position_embedding", "embedding", f"learned positions\n{arch.context} x {d}", "embeddings",
                    where.model("position"), rows=arch.context)
-        node("position_ids", "input", "position_ids", "embeddings", where.model("position"))
         edge("position_ids", pos, _shape(1, shared))
         sources.append((pos, _shape(1, shared, d)))
     elif arch.position.kind == "sinusoidal":
@@ -348,9 +348,9 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
         node("positions", "note", notes[arch.position.kind], "embeddings", where.model("position"),
              position=arch.position.kind)
     if arch.segments > 0:
+        node("segment_ids", "input", "segment_ids", "embeddings", where.model("segments"))
         seg = node("segment_embedding", "embedding", f"segment embedding\n{arch.segments} x {d}", "embeddings",
                    where.model("segments"), rows=arch.segments)
-        node("segment_ids", "input", "segment_ids", "embeddings", where.model("segments"))
         edge("segment_ids", seg, _shape("B", seq["encoder"] if enc_dec else shared))
         sources.append((seg, _shape("B", seq["encoder"] if enc_dec else shared, d)))
     out = emb
@@ -457,7 +457,7 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
                       head=h.kind, tied=arch.tie_embeddings)
             edge(top, hn, hidden)
             if arch.tie_embeddings:
-                g.add_edge(emb, hn, shape=_shape(V, d), label="tied", tied=True)
+                g.add_edge(emb, hn, shape=_shape(V, d), label="tied", tied=True, order=g.number_of_edges())
             # with both vocabulary heads the lm head writes `logits` (Transformer._heads)
             if h.kind == "lm" or arch.head("lm") is None:
                 if not vocab_logits_taken:
@@ -522,6 +522,12 @@ def _edge_label(data: dict) -> str:
     return str(data.get("label") or "")
 
 
+def _edges(g: nx.DiGraph) -> list[tuple]:
+    """Edges in the order they were added (networkx groups them by source node)."""
+    edges = list(g.edges(data=True))
+    return sorted(edges, key=lambda e: e[2].get("order", 0)) if all("order" in e[2] for e in edges) else edges
+
+
 def to_dot(g: nx.DiGraph) -> str:
     """Graphviz text. Deterministic: nodes and edges in the order the graph was built;
     architecture nodes are grouped in clusters (embeddings, encoder, decoder, heads)."""
@@ -547,7 +553,7 @@ def to_dot(g: nx.DiGraph) -> str:
             lines.append("  }")
         else:
             lines += [node_line(n, g.nodes[n], "  ") for n in nodes]
-    for u, v, data in g.edges(data=True):
+    for u, v, data in _edges(g):
         attrs = []
         label = _edge_label(data)
         if label:
@@ -601,7 +607,7 @@ def to_mermaid(g: nx.DiGraph) -> str:
             lines.append("  end")
         else:
             lines += [node_line(n, g.nodes[n], "  ") for n in nodes]
-    for u, v, data in g.edges(data=True):
+    for u, v, data in _edges(g):
         arrow = "-.->" if data.get("residual") or data.get("implicit") or data.get("tied") else "-->"
         label = _edge_label(data)
         lines.append(f"  {ids[u]} {arrow}|{_mermaid_text(label)}| {ids[v]}" if label else f"  {ids[u]} {arrow} {ids[v]}")
