@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 
 from lmspec.compiler.api import check_file, check_text
 from lmspec.compiler.build import build_model
-from lmspec.diagnostics import CODES
+from lmspec.diagnostics import CODES, render_text
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
+VALIDATION_DOC = Path(__file__).resolve().parents[1] / "docs" / "validation.md"
 
 PRELUDE = 'lmspec 1\ntokenizer tok { kind: bytes }\ndata text { source: builtin("tiny-stories") }\n'
 
@@ -62,6 +63,31 @@ def test_every_rule_code_is_catalogued():
     for code in ["LMS067", "LMS068", "LMS069", "LMS084", "LMS085", "LMS070", "LMS071", "LMS072", "LMS073", "LMS074", "LMS075",
                  "LMS076", "LMS077", "LMS078", "LMS079", "LMS080", "LMS081", "LMS082", "LMS083"]:
         assert CODES[code]
+
+
+def _doc_examples() -> list[tuple[str, str, str]]:
+    """(code, spec, rendered diagnostic) of every rule in docs/validation.md."""
+    sections = VALIDATION_DOC.read_text().split("\n### `")[1:]
+    out = []
+    for section in sections:
+        code = section[:6]
+        spec_text = section.split("```lmspec\n", 1)[1].split("```", 1)[0]
+        shown = section.split("```text\n", 1)[1].split("\n```", 1)[0]
+        out.append((code, spec_text, shown))
+    return out
+
+
+def test_the_validation_doc_explains_every_design_rule():
+    documented = [code for code, _, _ in _doc_examples()]
+    rule_codes = [c for c in CODES if "LMS060" <= c <= "LMS089"] + ["LMS048"]
+    assert sorted(documented) == sorted(rule_codes)
+
+
+@pytest.mark.parametrize("code, spec_text, shown", _doc_examples(), ids=lambda v: v if str(v).startswith("LMS") else "")
+def test_each_example_in_the_validation_doc_prints_what_the_doc_shows(code, spec_text, shown):
+    report = check_text(spec_text, "example.lmspec")
+    first = next(d for d in report.diagnostics if d.code == code)
+    assert render_text([first], report.sources, colour=False).rsplit("\n\n", 1)[0] == shown
 
 
 # ------------------------------------------------------------------------------ model rules (existing)
