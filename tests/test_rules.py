@@ -14,6 +14,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import networkx as nx
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from lmspec.compiler.api import check_file, check_text
 from lmspec.compiler.build import build_model
+from lmspec.compiler.graphs import architecture_graph
 from lmspec.diagnostics import CODES, render_text
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -594,6 +596,17 @@ def test_dropout_in_an_rl_policy_is_a_warning():
     assert [(l.span.line, l.span.col) for l in d.labels] == [(4, 81)]
 
 
+def test_dropout_set_in_a_layer_override_is_labelled_there():
+    d = only("""
+        model gpt { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, layer 1 { dropout: 0.2 } }
+        train p { model: gpt, objective: clm, data: text }
+        judge j { model: hf("judge") }
+        rl r { policy: gpt from p, reward: j, rollouts { prompts: text.prefixes(tokens: 8) } }
+    """, "LMS082")
+    assert d.message.startswith("the policy of rl 'r' has dropout 0.2: ")
+    assert [(l.span.line, l.span.col, l.message) for l in d.labels] == [(4, 91, "dropout is set here")]
+
+
 def test_an_untrained_policy_or_judge_is_a_warning():
     assert problems("""
         model gpt { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4 }
@@ -706,7 +719,12 @@ def _forward(arch) -> None:
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_model())
-def test_a_model_that_passes_check_always_builds_and_runs(text):
+def test_a_model_that_passes_check_always_builds_runs_and_draws(text):
     report = check_text(text)
     if report.ok:
-        _forward(report.models["m"])
+        arch = report.models["m"]
+        _forward(arch)
+        g = architecture_graph(arch, report.spec)
+        assert nx.is_directed_acyclic_graph(g)
+        assert sum(d["kind"] == "attention" for _, d in g.nodes(data=True)) == sum(s.n_layers for s in arch.stacks)
+        assert all(d["span"] is not None for _, d in g.nodes(data=True))

@@ -318,16 +318,15 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
     shared = "S|T" if enc_dec else "T"
 
     # ---- inputs and embeddings (shared by both stacks of an encoder-decoder)
-    for stack_name, ids, length in (("encoder", "input_ids", seq["encoder"]),
-                                    ("decoder", "decoder_input_ids" if enc_dec else "input_ids", "T")):
-        if getattr(arch, stack_name) is not None:
-            node(ids, "input", ids, "embeddings", where.model("vocab"))
+    inputs = [(ids, length) for stack_name, ids, length in (
+        ("encoder", "input_ids", seq["encoder"]), ("decoder", "decoder_input_ids" if enc_dec else "input_ids", "T"))
+        if getattr(arch, stack_name) is not None]
+    for ids, _ in inputs:
+        node(ids, "input", ids, "embeddings", where.model("vocab"))
     emb = node("token_embedding", "embedding", f"token embedding\n{V} x {d}", "embeddings",
                where.model("vocab", "d_model"), vocab=V, d_model=d)
-    for stack_name, ids, length in (("encoder", "input_ids", seq["encoder"]),
-                                    ("decoder", "decoder_input_ids" if enc_dec else "input_ids", "T")):
-        if getattr(arch, stack_name) is not None:
-            edge(ids, emb, _shape("B", length))
+    for ids, length in inputs:
+        edge(ids, emb, _shape("B", length))
     sources = [(emb, _shape("B", shared, d))]
     if arch.position.kind == "learned":
         node("position_ids", "input", "position_ids", "embeddings", where.model("position"))
@@ -373,20 +372,20 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
         T = seq[stack_name]
         hidden = _shape("B", T, d)
         prev = embedded
-        relative = next((l for l in stack.layers if l.position.kind == "relative"), None)
+        first_relative = next((i for i, l in enumerate(stack.layers) if l.position.kind == "relative"), None)
         rel_node = None
-        if relative is not None:
+        if first_relative is not None:  # one table per stack, shared by its relative layers (LMS068)
+            relative = stack.layers[first_relative]
             rel_node = node(f"{stack_name}.relative_bias", "embedding",
                             f"relative position bias\n{relative.position.buckets} buckets x {relative.heads} heads",
-                            stack_name, where.layer(stack_name, 0, "position"),
+                            stack_name, where.layer(stack_name, first_relative, "position"),
                             buckets=relative.position.buckets, max_distance=relative.position.max_distance)
         for i, layer in enumerate(stack.layers):
             p = f"{stack_name}.{i}"
-            span_of = lambda *keys: where.layer(stack_name, i, *keys)  # noqa: E731
-            norm_span = span_of("norm")
+            norm_span = where.layer(stack_name, i, "norm")
             parts: list[tuple[str, str]] = []  # (sublayer, its norm) in order
             attn = node(f"{p}.attn", "attention", f"{p}: " + _attention_text(layer), stack_name,
-                        span_of("attention", "heads", "kv_heads", "head_dim", "position"),
+                        where.layer(stack_name, i, "attention", "heads", "kv_heads", "head_dim", "position"),
                         layer=i, heads=layer.heads, kv_heads=layer.kv_heads, head_dim=layer.head_dim,
                         attention=layer.attention.kind, window=layer.attention.window,
                         position=layer.position.kind)
@@ -397,13 +396,14 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
             if layer.cross_attention:
                 cross = node(f"{p}.cross_attn", "cross_attention",
                              f"{p}: cross-attention\n{layer.heads} heads x {layer.head_dim}", stack_name,
-                             span_of("heads", "kv_heads", "head_dim"), layer=i, heads=layer.heads,
+                             where.layer(stack_name, i, "heads", "kv_heads", "head_dim"), layer=i, heads=layer.heads,
                              kv_heads=layer.kv_heads, head_dim=layer.head_dim)
                 parts.append((cross, node(f"{p}.cross_norm", "norm", f"{p}: {layer.norm}", stack_name, norm_span,
                                           norm=layer.norm)))
             gated = layer.activation in GATED_ACTIVATIONS
             mlp = node(f"{p}.mlp", "mlp", f"{p}: MLP {d} -> {layer.d_ff} -> {d}\n{layer.activation}", stack_name,
-                       span_of("d_ff", "activation"), layer=i, d_ff=layer.d_ff, activation=layer.activation,
+                       where.layer(stack_name, i, "d_ff", "activation"), layer=i, d_ff=layer.d_ff,
+                       activation=layer.activation,
                        gated=gated)
             parts.append((mlp, node(f"{p}.mlp_norm", "norm", f"{p}: {layer.norm}", stack_name, norm_span,
                                     norm=layer.norm)))
@@ -448,7 +448,6 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
             return pooled, _shape("B", d)
         return top, hidden + f" -> {how} token" if how != "mean" else hidden + " -> mean"
 
-    vocab_logits_taken = False
     for h in arch.heads:
         if h.kind in ("lm", "mlm"):
             tied = " (tied to the token embedding)" if arch.tie_embeddings else ""
@@ -460,9 +459,7 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
                 g.add_edge(emb, hn, shape=_shape(V, d), label="tied", tied=True, order=g.number_of_edges())
             # with both vocabulary heads the lm head writes `logits` (Transformer._heads)
             if h.kind == "lm" or arch.head("lm") is None:
-                if not vocab_logits_taken:
-                    node("logits", "output", "logits", "heads", head_span)
-                    vocab_logits_taken = True
+                node("logits", "output", "logits", "heads", head_span)
                 edge(hn, "logits", _shape("B", T, V))
         elif h.kind == "nsp":
             hn = node("nsp_head", "head", f"nsp head\n{d} -> 2", "heads", head_span, head="nsp")

@@ -634,21 +634,36 @@ def _show(v) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def _references(x: Experiment) -> Iterator[tuple[str, str, str, S.ModelUse | None, tuple]]:
-    """Every (block, source stage, label, model it must fit, value path) of the spec."""
+def _model_uses(x: Experiment) -> Iterator[tuple[str, str, S.ModelUse]]:
+    """Every (block, key, model use) of the spec: `model:` of train stages and judges,
+    `policy:` of feedback and rl blocks."""
     for name, spec in x.validated.blocks.items():
         kind = x.block(name).kind
-        uses = {"train": [("model", spec.model)] if kind == "train" else [],
-                "judge": [("model", spec.model)] if kind == "judge" and isinstance(spec.model, S.ModelUse) else [],
-                "feedback": [("policy", spec.policy)] if kind == "feedback" else [],
-                "rl": [("policy", spec.policy)] if kind == "rl" else []}.get(kind, [])
-        for key, use in uses:
-            if use.stage is not None:
-                yield name, use.stage, "from", use, (key,)
-        if kind == "train" and isinstance(spec.init, str):
+        if kind in ("train", "judge") and isinstance(spec.model, S.ModelUse):
+            yield name, "model", spec.model
+        elif kind in ("feedback", "rl"):
+            yield name, "policy", spec.policy
+
+
+def _references(x: Experiment) -> Iterator[tuple[str, str, str, S.ModelUse, tuple]]:
+    """Every (block, source stage, label, model it must fit, value path) of the spec."""
+    for name, key, use in _model_uses(x):
+        if use.stage is not None:
+            yield name, use.stage, "from", use, (key,)
+    for name, spec in x.of_kind("train").items():
+        if isinstance(spec.init, str):
             yield name, spec.init, "init", spec.model, ("init",)
-        if kind == "rl" and spec.reference is not None:
+    for name, spec in x.of_kind("rl").items():
+        if spec.reference is not None:
             yield name, spec.reference, "reference", spec.policy, ("reference",)
+
+
+def stage_heads_rule(x: Experiment) -> Iterator[Diagnostic]:
+    """LMS069 for `with head [...]` on a stage, a judge or a policy."""
+    for name, key, use in _model_uses(x):
+        if use.head is not None:
+            kind = x.block(name).kind
+            yield from _duplicate_heads(use.head, x.block(name).span_of((key, "head")), f"{kind} '{name}'")
 
 
 def stage_reference_rule(x: Experiment) -> Iterator[Diagnostic]:
@@ -656,7 +671,7 @@ def stage_reference_rule(x: Experiment) -> Iterator[Diagnostic]:
     with M's shapes), so its weights load."""
     for name, source, label, use, path in _references(x):
         produced = x.produced(source)
-        target = x.arch_of(S.ModelUse(model=use.model)) if use is not None else None
+        target = x.models.get(use.model)  # the body: heads do not matter
         if produced is None or produced[1] is None or target is None:
             continue
         trained, arch = produced
@@ -711,7 +726,7 @@ def judge_rule(x: Experiment) -> Iterator[Diagnostic]:
             yield _err("LMS077", f"judge '{name}' scores with {score.kind}, which reads {_a_head(need)}, but model "
                        f"'{model}' has heads: {_heads_text(arch)}", span,
                        help=f"give '{model}' a {need} head, or {other}",
-                       labels=[Label(block.span_of(("model",)), f"the judge's model")])
+                       labels=[Label(block.span_of(("model",)), "the judge's model")])
             continue
         if need == "classifier" and score.cls >= head.classes:
             yield _err("LMS077", f"judge '{name}' reads class {score.cls}, but the classifier of '{model}' has "
@@ -759,13 +774,16 @@ def policy_rule(x: Experiment) -> Iterator[Diagnostic]:
                             "random tokens", span, help=f"write `{use.model} from STAGE`, naming the stage that "
                             f"pretrains it")
             if kind == "rl":
-                rates = [arch.dropout] + [l.dropout for _, s in _stacks(arch) for l in s.layers]
-                if max(rates) > 0:
-                    yield _warn("LMS082", f"the policy of rl '{name}' has dropout {max(rates):g}: the log-probabilities "
+                dropped = [(l.dropout, spans.layer(s, i, "dropout")) for s, stack in _stacks(arch)
+                           for i, l in enumerate(stack.layers) if l.dropout > 0]
+                if arch.dropout > 0:  # the embeddings' dropout
+                    dropped.insert(0, (arch.dropout, spans.model("dropout")))
+                if dropped:
+                    rate, where = max(dropped, key=lambda d: d[0])
+                    yield _warn("LMS082", f"the policy of rl '{name}' has dropout {rate:g}: the log-probabilities "
                                 "of a rollout and of its update then disagree, which biases the policy ratio and the KL",
                                 span, help=f"use a copy without dropout: `model {use.model}_rl extends {use.model} "
-                                "{ dropout: 0 }`",
-                                labels=[Label(spans.model("dropout"), "dropout is set here")])
+                                "{ dropout: 0 }`", labels=[Label(where, "dropout is set here")])
 
 
 # ------------------------------------------------------------------------------- unused blocks
@@ -809,7 +827,8 @@ def unused_rule(x: Experiment) -> Iterator[Diagnostic]:
 
 #: rules on the whole experiment
 EXPERIMENT_RULES: list[Callable[[Experiment], Iterator[Diagnostic]]] = [
-    objective_rule, vocab_rule, stage_reference_rule, reward_rule, judge_rule, policy_rule, unused_rule,
+    stage_heads_rule, objective_rule, vocab_rule, stage_reference_rule, reward_rule, judge_rule, policy_rule,
+    unused_rule,
 ]
 
 
@@ -832,10 +851,6 @@ def check(validated: ValidatedSpec) -> tuple[list[Diagnostic], dict[str, ArchCon
     graph = experiment_graph(validated)
     diagnostics += stage_cycles(graph)
     x = Experiment(validated, models, graph)
-    for stage_name, stage in validated.of_kind("train").items():  # `with head [...]` on a stage
-        if stage.model.head is not None:
-            diagnostics += _duplicate_heads(stage.model.head, x.block(stage_name).span_of(("model", "head")),
-                                            f"train '{stage_name}'")
     for rule in EXPERIMENT_RULES:
         diagnostics += rule(x)
     return diagnostics, models
