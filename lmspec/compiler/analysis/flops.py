@@ -100,7 +100,7 @@ def forward_flops(arch: ArchConfig, seq_len: int, *, decoder_seq_len: int | None
     for head in arch.heads:
         if head.kind == "lm":
             out["lm_head"] = 2 * T_out * d * V
-        elif head.kind == "mlm":
+        elif head.kind == "mlm" and arch.head("lm") is None:  # the model runs one vocabulary head: lm first
             out["mlm_head"] = 2 * T_out * d * V + (2 * T_out * d * d if head.transform else 0)
         elif head.kind == "nsp":
             out["nsp"] = 2 * d * 2

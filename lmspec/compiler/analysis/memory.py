@@ -221,7 +221,13 @@ def _attention_bytes(layer: LayerConfig, B: int, T: int, S: int, kernel: str, k:
         return B * (T * (act * per_query + FP32 * H) + S * act * per_key)
     m = k.math_element
     probs = H * S * (m + (k.dropout_mask(m) + m if layer.dropout > 0 else 0))
-    return B * (T * (act * (layer.d_model + q) + m * q + probs) + S * m * 2 * q)
+    per_key = m * 2 * q
+    if H == 1 and m == act:
+        # one head and no upcast: v needs no copy, and what it keeps is a view of the whole
+        # projection output (q, k and v for self-attention, k and v for cross-attention)
+        per_key = m * q + act * (2 * kv if cross else 0)
+        probs += 0 if cross else act * (q + 2 * kv)  # per query = per key in self-attention
+    return B * (T * (act * (layer.d_model + q) + m * q + probs) + S * per_key)
 
 
 def _mask_bytes(layer: LayerConfig, B: int, T: int, kernel: str, k: _Kernels) -> tuple[tuple, int, int]:
@@ -231,7 +237,7 @@ def _mask_bytes(layer: LayerConfig, B: int, T: int, kernel: str, k: _Kernels) ->
     A fused kernel keeps what it was given: SDPA turns a boolean structure (a sliding window
     shorter than T, a prefix) into an additive mask in q's dtype, (1|B, 1, T, T), one per
     layer; ALiBi's and T5's (1|B, heads, T, T) fp32 biases are one tensor the stack's layers
-    share. The math kernel adds the mask to the scores and keeps nothing of it. T5's bias is
+    share (under autocast, SDPA's half-precision copy of it, one per layer). The math kernel adds the mask to the scores and keeps nothing of it. T5's bias is
     trained, so the masked_fill that hides future keys from it keeps its boolean structure."""
     kind, masked = _self_attention_masked(layer, T)
     alibi, relative = layer.position.kind == "alibi", layer.position.kind == "relative"
@@ -242,6 +248,8 @@ def _mask_bytes(layer: LayerConfig, B: int, T: int, kernel: str, k: _Kernels) ->
     if kernel == "math" or not masked:
         return key, shared, 0
     if alibi or relative:
+        if k.half:  # SDPA casts the fp32 bias to q's dtype, a copy per layer
+            return key, shared, k.act * rows * layer.heads * T * T
         return key, shared + FP32 * rows * layer.heads * T * T, 0
     return key, shared, k.act * rows * T * T
 
@@ -286,6 +294,22 @@ def _stack_activations(
         add("relative_bias", INDEX * T * T)  # the bucket of every (query, key) pair
     if stack.final_norm:
         add("final_norm", B * T * k.norm(stack.layers[-1].norm, stack.layers[-1].d_model))
+
+
+def _mlm_transform_bytes(arch: ArchConfig, k: _Kernels) -> int:
+    """Per position, what BERT's dense + activation + norm before the vocabulary keeps: the
+    dense output (gelu's input) or relu's output; the norm's input, which is the activation's
+    output in fp32 and for a LayerNorm under autocast (relu's output is that same tensor), but a
+    fp32 copy for an RMSNorm under autocast; the norm's statistics; and its output (the
+    decoder's input)."""
+    d, relu = arch.d_model, arch.activation in ("relu", "reglu")
+    if not k.half:
+        return FP32 * d * (0 if relu else 1) + k.norm(arch.norm, d) + FP32 * d
+    if arch.norm == "layernorm":
+        norm = k.norm("layernorm", d, k.act) - (k.act * d if relu else 0)
+    else:
+        norm = k.norm("rmsnorm", d, FP32)
+    return k.act * d + norm + k.act * d
 
 
 def activation_bytes(
@@ -347,21 +371,28 @@ def activation_bytes(
     # reads them whole or through a view (the first or the last token); mean pooling keeps
     # nothing of them. Under autocast each linear head keeps its own half-precision copy of
     # what it reads instead: all positions for a vocabulary head, one vector for the others.
+    # T5's tied head reads a scaled copy of the hidden states (the scale applies to lm only).
     token_heads = any(h.kind in ("lm", "mlm") for h in arch.heads)
+    scaled_lm = arch.head("lm") is not None and arch.tied_head_scale != 1.0
     pooled_reader = lambda h: h.kind == "nsp" or h.pool == "first"  # noqa: E731
     if kernels.half:
         if token_heads:
             add("heads", act * B * T_out * d)
-    elif token_heads or arch.pooler or any(pooled_reader(h) or h.pool == "last" for h in arch.heads):
-        add("heads", FP32 * B * T_out * d)
+    else:
+        if scaled_lm:
+            add("heads", FP32 * B * T_out * d)
+        if (token_heads and not scaled_lm) or arch.pooler or any(
+            h.kind in ("nsp", "classifier", "scalar") and (pooled_reader(h) or h.pool == "last") for h in arch.heads
+        ):
+            add("heads", FP32 * B * T_out * d)
     if arch.pooler:  # tanh's output, and under autocast the dense layer's copy of the first token
         add("heads", act * B * d * (2 if kernels.half else 1))
     for head in arch.heads:
         if head.kind in ("lm", "mlm"):
+            if head.kind == "mlm" and arch.head("lm") is not None:
+                continue  # the model runs one vocabulary head: lm when both are declared
             if head.kind == "mlm" and head.transform:
-                # the dense output (the activation's input), the norm (its input is the
-                # activation's output) and the norm's output (the decoder's input)
-                add("heads", act * B * T_out * 2 * d + B * T_out * kernels.norm(arch.norm, d, act))
+                add("heads", B * T_out * _mlm_transform_bytes(arch, kernels))
             # cross-entropy: fp32 log-probabilities over the vocabulary and the int64 targets
             add("loss", FP32 * B * T_out * V + INDEX * B * T_out + FP32)
             continue
