@@ -29,7 +29,7 @@ from lmspec.compiler.resolve import ResolvedBlock
 from lmspec.compiler.schema_check import ValidatedSpec
 from lmspec.diagnostics import CODES, Diagnostic, Label, Span
 
-__all__ = ["check", "MODEL_RULES", "ARCH_RULES", "EXPERIMENT_RULES", "tokenizer_vocab_size", "Experiment"]
+__all__ = ["check", "MODEL_RULES", "ARCH_RULES", "EXPERIMENT_RULES", "tokenizer_vocab_size", "shape_difference", "Experiment"]
 
 CODES.update({
     # one model block
