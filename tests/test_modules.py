@@ -503,6 +503,13 @@ def test_kv_cache_with_left_padding_matches_unpadded_rows():
     cache = model.new_cache(1, 9)
     got = model(padded, attention_mask=mask, position_ids=positions, cache=cache).logits[:, 3:]
     assert torch.allclose(got, model(x).logits, atol=1e-5)
+    # a mask spanning cached and new tokens (Hugging Face style) is read for the new ones only
+    step = ids(1, 1, seed=7)
+    cache = model.new_cache(1, 10)
+    model(padded, attention_mask=mask, position_ids=positions, cache=cache)
+    full_mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], dim=1)
+    got = model(step, attention_mask=full_mask, position_ids=positions[:, -1:] + 1, cache=cache).logits
+    assert torch.allclose(got, model(torch.cat([x, step], dim=1)).logits[:, -1:], atol=1e-5)
 
 
 def test_kv_cache_encoder_decoder_computes_cross_kv_once():

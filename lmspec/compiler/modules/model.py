@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .block import Block
@@ -167,8 +166,9 @@ class Transformer(nn.Module):
 
         input_ids (B, T) go to the decoder of a decoder-only model, to the encoder otherwise;
         attention_mask, segment_ids, prefix_lengths and position_ids describe input_ids.
-        attention_mask (B, T): True/1 = real token. With a cache it may also span the cached
-        tokens too, (B, past + T); only its last T columns are read, the cache remembers the rest.
+        attention_mask (B, T): True/1 = real token. With a cache it may instead span the cached
+        tokens as well, (B, past + T): only its last T columns are read (the cache remembers
+        which past tokens were padding).
         position_ids (B|1, T): default past + arange(T); `generate` passes them for left padding.
         decoder_input_ids / decoder_attention_mask: the decoder side of an encoder-decoder.
         cache: a `KVCache` from `new_cache`; this call's tokens are appended to it. An
