@@ -667,3 +667,10 @@ def test_docs_worked_example_quotes_the_computed_figures():
     ]  # fmt: skip
     for n in figures:
         assert f"{n:,}" in text, n
+
+
+def test_meta_check_survives_its_own_bugs(monkeypatch):
+    import lmspec.compiler.analysis.meta as meta
+
+    monkeypatch.setattr(meta, "representative_arch", lambda arch: 1 / 0)
+    assert meta_check(decoder(), batch=1, seq_len=8) == ["the meta check itself failed: ZeroDivisionError: division by zero"]

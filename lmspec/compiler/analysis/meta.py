@@ -155,6 +155,15 @@ def meta_check(
     parameters no head's loss reaches (they would never train). Never raises for a bad model.
     """
     try:
+        return _meta_check(arch, batch, seq_len, decoder_seq_len, check_unused)
+    except Exception as exc:  # a bug here must not take `lmspec check` down with it
+        return [f"the meta check itself failed: {_describe(exc)}"]
+
+
+def _meta_check(
+    arch: ArchConfig, batch: int, seq_len: int | None, decoder_seq_len: int | None, check_unused: bool
+) -> list[str]:
+    try:
         import torch
 
         from lmspec.compiler.build import build_model
