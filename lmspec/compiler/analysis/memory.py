@@ -237,8 +237,9 @@ def _mask_bytes(layer: LayerConfig, B: int, T: int, kernel: str, k: _Kernels) ->
     A fused kernel keeps what it was given: SDPA turns a boolean structure (a sliding window
     shorter than T, a prefix) into an additive mask in q's dtype, (1|B, 1, T, T), one per
     layer; ALiBi's and T5's (1|B, heads, T, T) fp32 biases are one tensor the stack's layers
-    share (under autocast, SDPA's half-precision copy of it, one per layer). The math kernel adds the mask to the scores and keeps nothing of it. T5's bias is
-    trained, so the masked_fill that hides future keys from it keeps its boolean structure."""
+    share (under autocast, SDPA's half-precision copy of it, one per layer). The math kernel
+    adds the mask to the scores and keeps nothing of it. T5's bias is trained, so the
+    masked_fill that hides future keys from it keeps its boolean structure."""
     kind, masked = _self_attention_masked(layer, T)
     alibi, relative = layer.position.kind == "alibi", layer.position.kind == "relative"
     rows = B if kind == "prefix" else 1

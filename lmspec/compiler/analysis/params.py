@@ -100,7 +100,8 @@ def _stack(name: str, stack: StackConfig, arch: ArchConfig) -> list[ParamShape]:
     rel = relative_bias_layer(stack)
     if rel is not None:
         # T5: one (buckets, heads) table per stack, shared by all its layers
-        shapes.append(ParamShape(f"{name}.rel_bias.embed.weight", (rel.position.buckets, rel.heads), f"{name}.relative_bias"))
+        table = (rel.position.buckets, rel.heads)
+        shapes.append(ParamShape(f"{name}.rel_bias.embed.weight", table, f"{name}.relative_bias"))
     if stack.final_norm:
         last = stack.layers[-1] if stack.layers else None
         kind = last.norm if last else arch.norm
