@@ -77,3 +77,14 @@ train finetune {{ model: small, init: hf("{tmp_path}"), objective: clm, data: d,
     ids = torch.randint(0, 320, (2, 10))
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-4)
+
+
+def test_check_figures_count_sgd_momentum_state():
+    from lmspec.compiler.costs import spec_figures
+
+    base = TINY.replace("steps: 2, batch: 2 }", "steps: 2, batch: 2, optimizer: sgd(lr: 0.1, momentum: MOM) }", 1)
+    plain, _ = spec_figures(check_text(base.replace("MOM", "0.0")), meta=False)
+    heavy, _ = spec_figures(check_text(base.replace("MOM", "0.9")), meta=False)
+    assert plain.stages["pretrain"].memory.optimizer == 0
+    # one fp32 momentum buffer per parameter
+    assert heavy.stages["pretrain"].memory.optimizer == 4 * heavy.models["gpt"].params.total

@@ -136,8 +136,9 @@ def spec_figures(report, *, meta: bool = True) -> tuple[Figures, list[Diagnostic
             note = f"rollouts + reference forward + {epochs} training epoch{'s' * (epochs != 1)}"
             micro = batch
         precision = _precision(spec.precision)
+        momentum = getattr(spec.optimizer, "momentum", 0.0)  # sgd keeps a buffer only with momentum
         memory = A.training_memory(arch, batch=micro, seq_len=seq_len, precision=precision,
-                                   optimizer=spec.optimizer.kind, decoder_seq_len=dec)
+                                   optimizer=spec.optimizer.kind, decoder_seq_len=dec, momentum=momentum)
         figures.stages[stage] = StageFigures(stage, kind, model, batch, seq_len, steps, tokens, flops, precision,
                                              spec.optimizer.kind, memory, note)
         key = f"{model}:{micro}:{seq_len}:{dec}:{arch.heads}"
