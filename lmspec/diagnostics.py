@@ -128,6 +128,7 @@ CODES: dict[str, str] = {
     "LMS029": "a block has no such attribute",
     "LMS030": "a key is given twice in one block",
     "LMS031": "an input file cannot be read",
+    "LMS032": "a number too large to represent (a literal or the result of arithmetic)",
     # schema
     "LMS040": "an unknown block kind",
     "LMS041": "an unknown key",

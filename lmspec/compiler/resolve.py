@@ -14,6 +14,7 @@ schema default of that key; then top-level block names; anything else is a
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Callable
 
 from lmspec.diagnostics import Diagnostic, Label, Span, did_you_mean
 from lmspec.grammar import ast
-from lmspec.grammar.parser import parse, parse_file
+from lmspec.grammar.parser import MAX_NUMBER, parse, parse_file
 from lmspec.compiler.values import CallValue, Combination, FromStage, Ref, Symbol, WithValue, describe
 
 __all__ = ["ResolvedBlock", "ResolvedLayer", "ResolvedSpec", "resolve_file", "resolve_text", "Path_"]
@@ -316,6 +317,8 @@ class Resolver:
         spans.setdefault(path, node.span)
         if isinstance(node, (ast.Number, ast.String, ast.Bool)):
             return node.value
+        if isinstance(node, ast.Invalid):  # the parser refused it and said why
+            return None
         if isinstance(node, ast.Name):
             return self.lookup(node, scope, key)
         if isinstance(node, ast.ListExpr):
@@ -419,30 +422,46 @@ class Resolver:
             return None
         op = node.op
         if _is_number(left) and _is_number(right):
-            if op == "+":
-                return left + right
-            if op == "-":
-                return left - right
-            if op == "*":
-                return left * right
-            if right == 0:
+            if op == "/" and right == 0:
                 self.error("LMS028", "division by zero", node.right.span)
                 return None
-            if isinstance(left, int) and isinstance(right, int) and left % right == 0:
-                return left // right
-            return left / right
+            try:
+                if op == "+":
+                    result = left + right
+                elif op == "-":
+                    result = left - right
+                elif op == "*":
+                    result = left * right
+                elif isinstance(left, int) and isinstance(right, int) and left % right == 0:
+                    result = left // right
+                else:
+                    result = left / right
+            except OverflowError:  # int / int beyond a float's range
+                result = math.inf
+            return self._finite(result, node)
         # weighted sums of non-numeric terms: objectives such as `mlm + 0.5 * nsp`
         if op in "+-" and not _is_number(left) and not _is_number(right) and _termable(left) and _termable(right):
             sign = 1.0 if op == "+" else -1.0
             return Combination(_terms(left) + tuple((sign * w, t) for w, t in _terms(right)))
         if op == "*" and _is_number(left) and _termable(right) and not _is_number(right):
-            return Combination(tuple((float(left) * w, t) for w, t in _terms(right)))
+            weights = tuple((float(left) * w, t) for w, t in _terms(right))
+            return Combination(weights) if all(self._finite(w, node) is not None for w, _ in weights) else None
         if op == "*" and _is_number(right) and _termable(left) and not _is_number(left):
-            return Combination(tuple((float(right) * w, t) for w, t in _terms(left)))
+            weights = tuple((float(right) * w, t) for w, t in _terms(left))
+            return Combination(weights) if all(self._finite(w, node) is not None for w, _ in weights) else None
         if isinstance(left, str) and isinstance(right, str) and op == "+":
             return left + right
         self.error("LMS027", f"cannot compute {describe(left)} {op} {describe(right)}", node.span,
                    help="arithmetic works on numbers; objectives combine as `mlm + 0.5 * nsp`")
+        return None
+
+
+    def _finite(self, value, node: ast.BinOp):
+        """The value, or None (reported) when arithmetic left the range a spec can hold."""
+        if abs(value) <= MAX_NUMBER:  # False for inf and nan too
+            return value
+        self.error("LMS032", "the result of this arithmetic is too large", node.span,
+                   help=f"numbers in a spec are at most {MAX_NUMBER:.3g}")
         return None
 
 

@@ -13,7 +13,7 @@ from lmspec.diagnostics import Span
 
 __all__ = [
     "Ident", "Number", "String", "Bool", "Name", "Attr", "Call", "ListExpr", "BinOp", "Neg",
-    "FromStage", "WithField", "Expr", "Field", "Nested", "LayerOverride", "Entry", "Block",
+    "FromStage", "WithField", "Invalid", "Expr", "Field", "Nested", "LayerOverride", "Entry", "Block",
     "Import", "Header", "SpecFile",
 ]
 
@@ -112,7 +112,15 @@ class WithField:
     span: Span
 
 
-Expr = Union[Number, String, Bool, Name, Attr, Call, ListExpr, BinOp, Neg, FromStage, WithField]
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A value the parser refused and already reported (a number out of range, an expression
+    nested too deeply). It resolves to no value, so later stages add no errors of their own."""
+
+    span: Span
+
+
+Expr = Union[Number, String, Bool, Name, Attr, Call, ListExpr, BinOp, Neg, FromStage, WithField, Invalid]
 
 
 # ----------------------------------------------------------------------------- structure

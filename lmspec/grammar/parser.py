@@ -9,6 +9,7 @@ does not hide the errors of the blocks after it.
 from __future__ import annotations
 
 import functools
+from decimal import Decimal
 from pathlib import Path
 
 from lark import Lark, Token, Transformer_NonRecursive, Tree
@@ -18,11 +19,18 @@ from lmspec.diagnostics import Diagnostic, Span
 from lmspec.grammar import ast
 from lmspec.grammar.errors import syntax_diagnostic
 
-__all__ = ["parse", "parse_file", "lark_parser", "number_value", "MAX_NESTING", "LANGUAGE_VERSION"]
+__all__ = ["parse", "parse_file", "lark_parser", "number_value", "MAX_NESTING", "MAX_EXPRESSION_DEPTH",
+           "MAX_EXPRESSION_NODES", "MAX_NUMBER", "LANGUAGE_VERSION"]
 
 LANGUAGE_VERSION = 1
 MAX_NESTING = 64  # brackets and braces; deeper specs are refused with LMS011
-MAX_EXPRESSION_NODES = 2_000  # operators/operands in one expression (keeps resolution shallow)
+MAX_EXPRESSION_NODES = 2_000  # operators/operands in one value
+# Resolution evaluates expressions recursively (one Python frame per level), so `1 + 1 + ...`
+# with thousands of terms would exhaust the interpreter's stack; no real value is this deep.
+MAX_EXPRESSION_DEPTH = 100
+# Numbers beyond a float's range cannot be compared, converted or printed safely (CPython
+# refuses to print ints of more than 4300 digits); a spec has no use for them.
+MAX_NUMBER = 1.7976931348623157e308
 
 _SUFFIX = {"k": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 
@@ -40,7 +48,9 @@ def lark_parser() -> Lark:
 
 
 def number_value(raw: str) -> int | float:
-    """`50_257` -> 50257, `2k` -> 2000, `1.5M` -> 1500000, `15%` -> 0.15, `3e-4` -> 0.0003."""
+    """`50_257` -> 50257, `2k` -> 2000, `1.5M` -> 1500000, `15%` -> 0.15, `3e-4` -> 0.0003.
+
+    Raises OverflowError for a number beyond MAX_NUMBER (`1e999`, a thousand digits)."""
     text = raw.replace("_", "")
     scale: int | None = None
     percent = False
@@ -48,14 +58,20 @@ def number_value(raw: str) -> int | float:
         percent, text = True, text[:-1]
     elif text[-1] in _SUFFIX:
         scale, text = _SUFFIX[text[-1]], text[:-1]
+    if len(text) > 400:  # int() refuses more than 4300 digits; anything this long is out of range
+        raise OverflowError(raw)
     is_int = all(ch.isdigit() for ch in text)
-    value: int | float = int(text) if is_int else float(text)
+    value: int | float
     if percent:
-        return value / 100
-    if scale is not None:
-        value = value * scale
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
+        value = float(Decimal(text) / 100)
+    elif scale is not None:
+        # exact decimal scaling: `0.1k` is 100, not 100.00000000000001
+        exact = Decimal(text) * scale
+        value = int(exact) if exact == exact.to_integral_value() else float(exact)
+    else:
+        value = int(text) if is_int else float(text)
+    if abs(value) > MAX_NUMBER:
+        raise OverflowError(raw)
     return value
 
 
@@ -120,7 +136,7 @@ class _ToAst(Transformer_NonRecursive):
 
     def header(self, c, meta):
         raw = str(c[0])
-        return ast.Header(int(raw) if raw.isdigit() else -1, self.o.of_meta(meta), raw)
+        return ast.Header(int(raw) if raw.isdigit() and len(raw) < 10 else -1, self.o.of_meta(meta), raw[:40])
 
     def import_stmt(self, c, meta):
         return ast.Import(_unescape(str(c[0])), self.o.of_meta(meta))
@@ -150,7 +166,10 @@ class _ToAst(Transformer_NonRecursive):
     def _layer_number(self, tok: Token) -> int:
         # NUMBER also matches `0.1` or `50%`; a layer index must be whole. Reported here because
         # the grammar reads `layer 0.1` (a typo for `0..1`) as one number.
-        value = number_value(str(tok))
+        try:
+            value = number_value(str(tok))
+        except OverflowError:
+            value = 0.5  # not a usable layer either; reported below
         if isinstance(value, int):
             return value
         self.problems.append(Diagnostic(
@@ -160,7 +179,14 @@ class _ToAst(Transformer_NonRecursive):
 
     # expressions
     def number(self, c, meta):
-        return ast.Number(number_value(str(c[0])), str(c[0]), self.o.of_meta(meta))
+        raw, span = str(c[0]), self.o.of_meta(meta)
+        try:
+            return ast.Number(number_value(raw), raw, span)
+        except OverflowError:
+            shown = raw if len(raw) <= 40 else raw[:20] + "..." + raw[-10:]
+            self.problems.append(Diagnostic("error", "LMS032", f"the number '{shown}' is too large", span,
+                                            help=f"numbers in a spec are at most {MAX_NUMBER:.3g}"))
+            return ast.Invalid(span)
 
     def string(self, c, meta):
         return ast.String(_unescape(str(c[0])), self.o.of_meta(meta))
