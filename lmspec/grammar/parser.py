@@ -149,7 +149,15 @@ class _ToAst(Transformer_NonRecursive):
         return self._ident(c[0])
 
     def field(self, c, meta):
-        return ast.Field(self._ident(c[0]), c[1], self.o.of_meta(meta))
+        key, value = self._ident(c[0]), c[1]
+        depth, size = _expression_shape(value)
+        if depth > MAX_EXPRESSION_DEPTH or size > MAX_EXPRESSION_NODES:
+            what = (f"is nested more than {MAX_EXPRESSION_DEPTH} levels deep" if depth > MAX_EXPRESSION_DEPTH
+                    else f"has more than {MAX_EXPRESSION_NODES} terms")
+            self.problems.append(Diagnostic("error", "LMS011", f"the value of '{key.name}' {what}", key.span,
+                                            help="split it into several fields"))
+            value = ast.Invalid(value.span)
+        return ast.Field(key, value, self.o.of_meta(meta))
 
     def nested(self, c, meta):
         return ast.Nested(self._ident(c[0]), tuple(c[1:]), self.o.of_meta(meta))
@@ -297,35 +305,24 @@ def _parse_fragment(text: str, offsets: _Offsets) -> tuple[ast.SpecFile | None, 
         return None, [Diagnostic("error", "LMS011", f"the spec is too complex to process ({type(err).__name__})", span)]
 
 
-def _expression_sizes_ok(spec: ast.SpecFile) -> list[Diagnostic]:
-    """Very long expressions (thousands of operators) would make resolution recurse deeply."""
-    out = []
-    for block in spec.blocks:
-        stack = list(block.entries)
-        while stack:
-            entry = stack.pop()
-            if isinstance(entry, ast.Field):
-                count, todo = 0, [entry.value]
-                while todo and count <= MAX_EXPRESSION_NODES:
-                    node = todo.pop()
-                    count += 1
-                    for name in node.__slots__:
-                        child = getattr(node, name)
-                        if isinstance(child, tuple):
-                            for item in child:
-                                if isinstance(item, tuple):
-                                    todo.extend(x for x in item if not isinstance(x, ast.Ident))
-                                elif not isinstance(item, ast.Ident):
-                                    todo.append(item)
-                        elif hasattr(child, "__slots__") and not isinstance(child, (ast.Ident, Span)):
-                            todo.append(child)
-                if count > MAX_EXPRESSION_NODES:
-                    out.append(Diagnostic("error", "LMS011", f"the value of '{entry.key.name}' has more than "
-                                          f"{MAX_EXPRESSION_NODES} terms", entry.key.span,
-                                          help="split it into several fields"))
-            else:
-                stack.extend(entry.entries)
-    return out
+def _expression_shape(root) -> tuple[int, int]:
+    """(depth, number of nodes) of an expression, without recursion."""
+    depth, size, todo = 0, 0, [(root, 1)]
+    while todo:
+        node, d = todo.pop()
+        size += 1
+        depth = max(depth, d)
+        if size > MAX_EXPRESSION_NODES:
+            break
+        for name in node.__slots__:
+            child = getattr(node, name)
+            if isinstance(child, tuple):  # list items, call arguments, (Ident, Expr) keyword pairs
+                for item in child:
+                    item = item[1] if isinstance(item, tuple) else item
+                    todo.append((item, d + 1))
+            elif not isinstance(child, (ast.Ident, Span, str, int, float, bool)) and child is not None:
+                todo.append((child, d + 1))
+    return depth, size
 
 
 def parse(text: str, path: str = "<string>") -> tuple[ast.SpecFile | None, list[Diagnostic]]:
@@ -336,7 +333,6 @@ def parse(text: str, path: str = "<string>") -> tuple[ast.SpecFile | None, list[
     spec, first_errors = _parse_fragment(text, _Offsets(path))
     if spec is not None:
         diagnostics += first_errors
-        diagnostics += _expression_sizes_ok(spec)
         diagnostics += _check_header(spec, path)
         return spec, diagnostics
     # Recovery: parse each top-level segment alone and keep every error.
@@ -353,9 +349,8 @@ def parse(text: str, path: str = "<string>") -> tuple[ast.SpecFile | None, list[
     if not any(d.is_error for d in errors):  # the segments parse alone but not together: keep the first error
         errors += first_errors
     spec = ast.SpecFile(path, header, tuple(imports), tuple(blocks))
-    # the recovered blocks get the same checks as a whole file (a missing header is not worth
-    # a warning beside syntax errors: it may be the header line that failed to parse)
-    errors += _expression_sizes_ok(spec)
+    # a missing header is not worth a warning beside syntax errors: it may be the header
+    # line that failed to parse; a wrong version is still an error
     errors += [d for d in _check_header(spec, path) if d.is_error]
     return spec, errors
 
