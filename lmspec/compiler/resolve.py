@@ -322,7 +322,9 @@ class Resolver:
         if isinstance(node, ast.Name):
             return self.lookup(node, scope, key)
         if isinstance(node, ast.ListExpr):
-            return [self.eval(item, scope, key, path + (i,)) for i, item in enumerate(node.items)]
+            items = [self.eval(item, scope, key, path + (i,)) for i, item in enumerate(node.items)]
+            # an item that failed to resolve was reported; the list as a whole has no value
+            return None if any(item is None for item in items) else items
         if isinstance(node, ast.Attr):
             obj = self.eval(node.obj, scope, key, path)
             return self.attribute(obj, node.name, node.span)
@@ -342,6 +344,9 @@ class Resolver:
                     continue
                 block and block.key_spans.setdefault(path + (k.name,), k.span)
                 kwargs.append((k.name, self.eval(v, scope, key, path + (k.name,))))
+            if any(a is None for a in args) or any(v is None for _, v in kwargs) or (
+                    isinstance(node.func, ast.Attr) and target is None):
+                return None  # an argument failed to resolve and was reported
             return CallValue(name, args, tuple(kwargs), target)
         if isinstance(node, ast.Neg):
             value = self.eval(node.operand, scope, key, path)
@@ -355,11 +360,12 @@ class Resolver:
         if isinstance(node, ast.FromStage):
             value = self.eval(node.value, scope, key, path)
             stage = self.block_ref(node.stage.name, node.stage.span)
-            return FromStage(value, stage) if stage is not None else None
+            return FromStage(value, stage) if stage is not None and value is not None else None
         if isinstance(node, ast.WithField):
             value = self.eval(node.value, scope, key, path)
             block and block.key_spans.setdefault(path + (node.key.name,), node.key.span)
-            return WithValue(value, node.key.name, self.eval(node.field_value, scope, key, path + (node.key.name,)))
+            replacement = self.eval(node.field_value, scope, key, path + (node.key.name,))
+            return WithValue(value, node.key.name, replacement) if value is not None and replacement is not None else None
         raise TypeError(f"unknown node {node!r}")  # pragma: no cover
 
     def _current_block(self, scope: _Scope) -> ResolvedBlock | None:
