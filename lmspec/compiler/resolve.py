@@ -276,9 +276,15 @@ class Resolver:
         for i, lo in enumerate(layers):
             lpath = path + ("layer", base_index + i)
             out.key_spans[lpath] = lo.range_span
-            entries = {e.key.name: e for e in lo.entries if isinstance(e, ast.Field)}
+            entries: dict[str, ast.Field] = {}
             for e in lo.entries:
-                if not isinstance(e, ast.Field):
+                if isinstance(e, ast.Field):
+                    if e.key.name in entries:
+                        self.error("LMS030", f"'{e.key.name}' is given twice", e.key.span, help="remove one of them",
+                                   labels=[Label(entries[e.key.name].key.span, "first given here")])
+                    else:
+                        entries[e.key.name] = e
+                else:
                     what = "nested blocks" if isinstance(e, ast.Nested) else "layer overrides"
                     self.error("LMS049", f"{what} cannot appear inside a layer override", e.span)
             layer_scope = _Scope(entries, scope, kind, lpath, scope.block)
