@@ -116,6 +116,7 @@ class _MergedNested:
 
 
 MAX_IMPORT_DEPTH = 32
+MAX_EXTENDS_DEPTH = 64  # `merge` recurses once per link of an extends chain
 
 
 class Resolver:
@@ -129,7 +130,8 @@ class Resolver:
         self.block_file: dict[str, str] = {}
         self.merged: dict[str, _Merged] = {}
         self.resolved: dict[str, ResolvedBlock] = {}
-        self._in_progress: list[tuple[str, tuple, str]] = []
+        self._in_progress: dict[tuple[str, tuple, str], None] = {}  # fields being evaluated, in order
+        self._too_deep: set[str] = set()  # blocks already told their references are too deep
 
     def error(self, code: str, message: str, span: Span | None, help: str | None = None,
               labels: list[Label] | None = None) -> None:
@@ -187,7 +189,11 @@ class Resolver:
             merged = _Merged(block, own_fields, own_nested, own_layers)
         else:
             base_name = block.extends.name
-            if base_name in chain or base_name == name:
+            if len(chain) >= MAX_EXTENDS_DEPTH:
+                self.error("LMS011", f"more than {MAX_EXTENDS_DEPTH} blocks extend one another in a chain",
+                           block.extends.span, help="extend a block nearer the root of the chain")
+                merged = _Merged(block, own_fields, own_nested, own_layers)
+            elif base_name in chain or base_name == name:
                 cycle = " -> ".join(chain + (name, base_name))
                 self.error("LMS025", f"blocks extend each other in a cycle: {cycle}", block.extends.span,
                            help="remove one `extends`")
@@ -259,10 +265,7 @@ class Resolver:
         target = out.fields if not path else _dig(out, path)
         for key, fld in fields.items():
             out.key_spans[path + (key,)] = fld.key.span
-            try:
-                target[key] = self.field_value(scope, key)
-            except _Cycle:
-                target[key] = None
+            target[key] = self._value_or_none(scope, key, fld, out)
         for key, sub in nested.items():
             out.key_spans[path + (key,)] = sub.node.name.span
             child = _Scope(sub.fields, scope, f"{kind}.{key}", path + (key,), scope.block)
@@ -292,28 +295,48 @@ class Resolver:
             _layers_of(out, path).append(rl)
             for key, fld in entries.items():
                 out.key_spans[lpath + (key,)] = fld.key.span
-                try:
-                    rl.fields[key] = self.field_value(layer_scope, key)
-                except _Cycle:
-                    rl.fields[key] = None
+                rl.fields[key] = self._value_or_none(layer_scope, key, fld, out)
+
+    def _value_or_none(self, scope: _Scope, key: str, fld: ast.Field, out: ResolvedBlock) -> Any:
+        """A field's value; None when it cannot be computed (the reason is reported)."""
+        try:
+            return self.field_value(scope, key)
+        except _Cycle:
+            return None
+        except RecursionError:
+            # a chain of references (fields, blocks) too long for the interpreter's stack;
+            # every field along the chain fails here, so say it once per block
+            if out.name not in self._too_deep:
+                self._too_deep.add(out.name)
+                self.error("LMS011", f"'{key}' depends on a chain of references too long to evaluate", fld.key.span,
+                           help="shorten the chain: give some field in it a value of its own")
+            return None
 
     def field_value(self, scope: _Scope, key: str) -> Any:
         if key in scope.values:
             return scope.values[key]
         marker = (scope.block.block.name.name, scope.path, key)
         if marker in self._in_progress:
-            start = self._in_progress.index(marker)
-            names = [k for _, _, k in self._in_progress[start:]] + [key]
+            cycle = list(self._in_progress)
+            cycle = cycle[cycle.index(marker):] + [marker]
+            # `a -> b -> a` inside one block; `x.vocab -> y.vocab -> x.vocab` across blocks
+            across = len({b for b, _, _ in cycle}) > 1
+            names = [".".join(([b] if across else []) + [str(p) for p in path if p != "layer"] + [k])
+                     for b, path, k in cycle]
             fld = scope.entries[key]
             self.error("LMS026", f"fields refer to each other in a cycle: {' -> '.join(names)}", fld.value.span,
                        help="give one of them a value that does not depend on the others")
             raise _Cycle()
-        self._in_progress.append(marker)
+        self._in_progress[marker] = None
         try:
             fld = scope.entries[key]
             value = self.eval(fld.value, scope, key, scope.path + (key,))
+        except (_Cycle, RecursionError):
+            # every field on a failed chain has no value: computed once, reported once
+            scope.values[key] = None
+            raise
         finally:
-            self._in_progress.pop()
+            del self._in_progress[marker]
         scope.values[key] = value
         return value
 
