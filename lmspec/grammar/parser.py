@@ -374,6 +374,8 @@ def parse_file(path: str | Path) -> tuple[ast.SpecFile | None, str | None, list[
     except OSError as err:
         return None, None, [Diagnostic("error", "LMS031", f"cannot read '{p}': {err.strerror or err}", None,
                                        help="check the path")]
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some Windows editors write
+        data = data[3:]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
