@@ -379,9 +379,12 @@ def parse_file(path: str | Path) -> tuple[ast.SpecFile | None, str | None, list[
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
+        # spans count characters of the text shown (bad bytes replaced by U+FFFD), not bytes
         line = data.count(b"\n", 0, err.start) + 1
-        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        span = Span(str(path), line, col, line, col + 1, err.start, err.start + 1)
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        col = len(data[line_start:err.start].decode("utf-8", errors="replace")) + 1
+        start = len(data[:err.start].decode("utf-8", errors="replace"))
+        span = Span(str(path), line, col, line, col + 1, start, start + 1)
         text = data.decode("utf-8", errors="replace")
         return None, text, [Diagnostic("error", "LMS009", f"byte 0x{data[err.start]:02x} is not valid UTF-8", span,
                                        help="save the file as UTF-8")]
