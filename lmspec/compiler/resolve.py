@@ -381,11 +381,12 @@ class Resolver:
             value = self.eval(node.operand, scope, key, path)
             if _is_number(value):
                 return -value
-            if value is not None:
+            if value is not None and not self._undefined_name([(node.operand, value)], scope):
                 self.error("LMS027", f"cannot negate {describe(value)}", node.span)
             return None
         if isinstance(node, ast.BinOp):
-            return self.binop(node, self.eval(node.left, scope, key, path), self.eval(node.right, scope, key, path))
+            return self.binop(node, self.eval(node.left, scope, key, path), self.eval(node.right, scope, key, path),
+                              scope)
         if isinstance(node, ast.FromStage):
             value = self.eval(node.value, scope, key, path)
             stage = self.block_ref(node.stage.name, node.stage.span)
@@ -452,7 +453,7 @@ class Resolver:
                    else did_you_mean(name.name, candidates))
         return None
 
-    def binop(self, node: ast.BinOp, left: Any, right: Any) -> Any:
+    def binop(self, node: ast.BinOp, left: Any, right: Any, scope: _Scope | None = None) -> Any:
         if left is None or right is None:
             return None
         op = node.op
@@ -486,10 +487,32 @@ class Resolver:
             return Combination(weights) if all(self._finite(w, node) is not None for w, _ in weights) else None
         if isinstance(left, str) and isinstance(right, str) and op == "+":
             return left + right
+        if self._undefined_name([(node.left, left), (node.right, right)], scope):
+            return None
         self.error("LMS027", f"cannot compute {describe(left)} {op} {describe(right)}", node.span,
                    help="arithmetic works on numbers; objectives combine as `mlm + 0.5 * nsp`")
         return None
 
+    def _undefined_name(self, operands: list[tuple[Any, Any]], scope: _Scope | None) -> bool:
+        """Arithmetic that fails on a bare name which is no field and no block: the name is a
+        typo (`d_model / hedas`), not an enum value. Report it as undefined, at the name."""
+        for node, value in operands:
+            if isinstance(value, Symbol):
+                names = [value.name]
+            elif isinstance(value, Combination):
+                names = [t.name for _, t in value.terms if isinstance(t, Symbol)]
+            else:
+                continue
+            for name in names:
+                visible = set(self.blocks)
+                s = scope
+                while s is not None:
+                    visible.update(s.entries)
+                    s = s.parent
+                self.error("LMS023", f"'{name}' is not defined", _name_span(node, name) or node.span,
+                           help=did_you_mean(name, visible) or f"define '{name}' as a field or a block")
+                return True
+        return False
 
     def _finite(self, value, node: ast.BinOp):
         """The value, or None (reported) when arithmetic left the range a spec can hold."""
@@ -498,6 +521,21 @@ class Resolver:
         self.error("LMS032", "the result of this arithmetic is too large", node.span,
                    help=f"numbers in a spec are at most {MAX_NUMBER:.3g}")
         return None
+
+
+def _name_span(node: Any, name: str) -> Span | None:
+    """The span of the first bare `name` inside an expression."""
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, ast.Name):
+            if n.id == name:
+                return n.span
+        elif isinstance(n, ast.BinOp):
+            todo += [n.right, n.left]
+        elif isinstance(n, ast.Neg):
+            todo.append(n.operand)
+    return None
 
 
 def _is_number(v: Any) -> bool:
