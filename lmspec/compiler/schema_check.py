@@ -240,9 +240,16 @@ class _Reader:
 
         if isinstance(value, (Symbol, Ref, CallValue, Combination, FromStage, WithValue)):
             expected = _expected(tp)
-            hint = None
-            if isinstance(value, Symbol):
-                hint = did_you_mean(value.name, list(self.block.fields) + list(self.blocks))
+            names = list(self.block.fields) + list(self.blocks)
+            # a bare name where a number belongs (`kv_heads: hedas`, `d_ff: 4 * d_modle`) can
+            # only have been meant as a reference: it names nothing
+            symbols = ([value] if isinstance(value, Symbol) else
+                       [t for _, t in value.terms if isinstance(t, Symbol)] if isinstance(value, Combination) else [])
+            if symbols and core in (int, float):
+                name = symbols[0].name
+                raise _Problem("LMS023", f"'{name}' is not defined", path,
+                               did_you_mean(name, names) or f"'{key}' must be {expected}")
+            hint = did_you_mean(value.name, names) if isinstance(value, Symbol) else None
             raise _Problem("LMS042", f"'{key}' must be {expected}, found {describe(value)}", path, hint)
         return value
 
