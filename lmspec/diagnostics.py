@@ -146,25 +146,36 @@ CODES: dict[str, str] = {
 # --------------------------------------------------------------------------- did you mean
 
 
-def _levenshtein(a: str, b: str, limit: int) -> int:
+def _edit_distance(a: str, b: str, limit: int) -> int:
+    """Edits (insert, delete, substitute, swap two neighbours) from a to b; limit+1 if more."""
     if abs(len(a) - len(b)) > limit:
         return limit + 1
-    prev = list(range(len(b) + 1))
+    before, prev = None, list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         cur = [i]
         for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
+            d = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if before is not None and i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                d = min(d, before[j - 2] + 1)  # `bais` -> `bias` is one slip, not two
+            cur.append(d)
+        before, prev = prev, cur
     return prev[-1]
 
 
 def closest(word: str, candidates: Iterable[str], max_distance: int = 3) -> str | None:
-    """The candidate nearest to `word` by edit distance (CPython's cap of 3), if any is near."""
+    """The candidate nearest to `word` by edit distance, if it is near enough to be a typo.
+
+    As in CPython's suggestions, the allowance grows with the lengths of both words, about
+    one edit per three letters of each, capped at `max_distance` (3): `bais` finds `bias`, but
+    `zz` does not find `a`, nor `rope` find `none`."""
     best, best_d = None, max_distance + 1
-    limit = min(max_distance, max(1, len(word) // 2 + 1))
+    low = word.lower()
     for cand in sorted(set(candidates)):
-        d = _levenshtein(word.lower(), cand.lower(), limit)
-        if d < best_d and d <= limit:
+        limit = min(max_distance, (len(word) + len(cand) + 3) // 6)
+        if limit == 0:
+            continue
+        d = _edit_distance(low, cand.lower(), limit)
+        if d <= limit and d < best_d:
             best, best_d = cand, d
     return best
 
