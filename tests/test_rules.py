@@ -199,7 +199,7 @@ def test_a_large_d_ff_should_be_a_multiple_of_64_and_small_sizes_are_exempt():
 
 def test_clm_needs_a_decoder():
     d = only("""
-        model bert { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, head: [mlm, lm] }
+        model bert { arch: encoder, vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, head: lm }
         train t { model: bert, objective: clm, data: text }
     """, "LMS070")
     assert (d.span.line, d.span.col) == (5, 35)
@@ -728,3 +728,8 @@ def test_a_model_that_passes_check_always_builds_runs_and_draws(text):
         assert nx.is_directed_acyclic_graph(g)
         assert sum(d["kind"] == "attention" for _, d in g.nodes(data=True)) == sum(s.n_layers for s in arch.stacks)
         assert all(d["span"] is not None for _, d in g.nodes(data=True))
+
+
+def test_a_model_has_one_vocabulary_head():
+    assert problems("model m { vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, head: [lm, mlm] }") \
+        == ["4:76 error[LMS086] model 'm' has both an lm and an mlm head"]

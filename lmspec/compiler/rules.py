@@ -43,6 +43,7 @@ CODES.update({
     "LMS067": "tie_embeddings without a vocabulary head to tie (warning)",
     "LMS068": "relative-position layers of one stack disagree on heads, buckets or max_distance",
     "LMS069": "a head kind listed twice",
+    "LMS086": "a model with both an lm and an mlm head",
     "LMS084": "relative-position buckets or max_distance too small for T5's bucketing",
     "LMS085": "prefix attention in the decoder of an encoder-decoder",
     # stages and the blocks they read
@@ -135,6 +136,9 @@ def _duplicate_heads(heads: list | None, span: Span, whose: str) -> Iterator[Dia
     for kind in dict.fromkeys(k for k in kinds if kinds.count(k) > 1):
         yield _err("LMS069", f"head '{kind}' is listed twice in {whose}", span,
                    help="each kind of head may appear once; one head serves every objective that reads it")
+    if "lm" in kinds and "mlm" in kinds:  # both project to the vocabulary; the model's logits come from one
+        yield _err("LMS086", f"{whose} has both an lm and an mlm head", span,
+                   help="keep one vocabulary head: lm for causal/prefix/seq2seq objectives, mlm for masked LM")
 
 
 def model_rules(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[Diagnostic]:
