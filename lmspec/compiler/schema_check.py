@@ -380,13 +380,21 @@ def _pydantic_diagnostics(err: ValidationError, block: ResolvedBlock, data: dict
     out = []
     for e in err.errors(include_url=False):
         loc = tuple(e["loc"])
-        path = tuple(p for p in loc if not (isinstance(p, str) and _is_tag(p)))
+        path, variant = _strip_tags(loc, data)
         key = next((p for p in reversed(path) if isinstance(p, str)), block.name)
         kind, ctx, found = e["type"], e.get("ctx", {}), e.get("input")
         if kind == "missing":
             span = block.span_of(path[:-1]) if len(path) > 1 else block.name_span
-            out.append(Diagnostic("error", "LMS045", f"{block.kind} '{block.name}' needs '{key}'", span,
-                                  help=f"add `{key}: ...`"))
+            if variant is not None:  # `attention: sliding` without its window
+                out.append(Diagnostic("error", "LMS046", f"{variant}(...) needs '{key}'", span,
+                                      help=f"write `{variant}({key}: ...)`"))
+                continue
+            owner = f"'{path[0]}' of " if len(path) > 1 and isinstance(path[0], str) else ""
+            model = S.BLOCK_KINDS.get(block.kind)
+            info = model.model_fields.get(key) if model is not None and len(path) == 1 else None
+            nested = info is not None and _model_class(info.annotation) is not None
+            out.append(Diagnostic("error", "LMS045", f"{owner}{block.kind} '{block.name}' needs '{key}'", span,
+                                  help=f"add `{key} {{ ... }}`" if nested else f"add `{key}: ...`"))
             continue
         span = block.span_of(path)
         if kind in _RANGE:
@@ -404,20 +412,28 @@ def _pydantic_diagnostics(err: ValidationError, block: ResolvedBlock, data: dict
     return out
 
 
-def _is_tag(p: str) -> bool:
-    return p in _ALL_TAGS
+def _strip_tags(loc: tuple, data: Any) -> tuple[tuple, str | None]:
+    """pydantic's error location without the variant tags it inserts, e.g.
+    ('attention', 'sliding', 'window') -> ('attention', 'window'), and the tag just before
+    the last element, if any. A tag is told from a key by walking the data: it is the `kind`
+    of the dict reached, not one of its keys (DataSpec has a key `text`, and `text` is also
+    the tag of a source)."""
+    path, tag_before_last, cur = [], None, data
+    for i, p in enumerate(loc):
+        if isinstance(cur, dict) and p not in cur and cur.get("kind") == p:
+            if i == len(loc) - 2:
+                tag_before_last = p
+            continue
+        path.append(p)
+        try:
+            cur = cur[p]
+        except (KeyError, IndexError, TypeError):
+            cur = None
+    return tuple(path), tag_before_last
 
 
 def _show(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-_ALL_TAGS: set[str] = set()
-
-
-def _collect_tags() -> None:
-    for cls in S.Variant.__subclasses__():
-        _ALL_TAGS.add(cls.model_fields["kind"].default)
 
 
 # ----------------------------------------------------------------------------- block data
@@ -516,5 +532,3 @@ def json_schema() -> dict:
         "properties": {kind: model.model_json_schema(by_alias=True) for kind, model in S.BLOCK_KINDS.items()},
     }
 
-
-_collect_tags()
