@@ -251,6 +251,10 @@ class _Reader:
                                did_you_mean(name, names) or f"'{key}' must be {expected}")
             hint = did_you_mean(value.name, names) if isinstance(value, Symbol) else None
             raise _Problem("LMS042", f"'{key}' must be {expected}, found {describe(value)}", path, hint)
+        # pydantic's lax mode reads true as 1 and 1 as true; in a spec they are different things
+        if (core in (int, float) and isinstance(value, bool)) or (
+                core is bool and isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise _Problem("LMS042", f"'{key}' must be {_expected(tp)}, found {describe(value)}", path)
         return value
 
     def _names(self, kinds) -> list[str]:
