@@ -156,8 +156,11 @@ class Resolver:
             display = os.path.relpath(target) if not os.path.relpath(target).startswith("../..") else target
             tree, text, diags = parse_file(display)
             if text is None:
-                self.error("LMS020", f"cannot import '{shown}': no such file", imp.span,
-                           help=f"the path is relative to {here}")
+                exists = Path(target).exists()
+                reason = ("it is a directory" if Path(target).is_dir() else
+                          diags[0].message.rsplit(": ", 1)[-1] if exists and diags else "no such file")
+                self.error("LMS020", f"cannot import '{shown}': {reason}", imp.span,
+                           help=f"the path is relative to {here}" if not exists else None)
                 continue
             self.sources[display] = text
             self.diagnostics += diags
