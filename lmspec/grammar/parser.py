@@ -9,6 +9,7 @@ does not hide the errors of the blocks after it.
 from __future__ import annotations
 
 import functools
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -33,6 +34,7 @@ MAX_EXPRESSION_DEPTH = 100
 MAX_NUMBER = 1.7976931348623157e308
 
 _SUFFIX = {"k": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+_BAD_UNDERSCORE = re.compile(r"_(?![0-9])")  # `1_`, `1__0`, `1_.5`, `1_k`
 
 
 @functools.lru_cache(maxsize=1)
@@ -188,6 +190,10 @@ class _ToAst(Transformer_NonRecursive):
     # expressions
     def number(self, c, meta):
         raw, span = str(c[0]), self.o.of_meta(meta)
+        if _BAD_UNDERSCORE.search(raw):  # the token's pattern lets `1_` and `1__0` through
+            self.problems.append(Diagnostic("error", "LMS008", f"malformed number '{raw[:40]}'", span,
+                                            help="an underscore goes between two digits: 50_257"))
+            return ast.Invalid(span)
         try:
             return ast.Number(number_value(raw), raw, span)
         except OverflowError:
