@@ -71,7 +71,7 @@ CATALOGUE: dict[str, SyntaxMistake] = {
         "two values in a row",
         "separate fields with a newline or a comma, or join the values with an operator (+ - * /)",
         ("model m { a: 1 2 }", "model m { a: x 2 }", 'model m { a: "x" "y" }', "model m { a: [1 2] }",
-         "model m { a: f(1 2) }"),
+         "model m { a: f(1 2) }", "model m { a: [x y] }", "model m { a: f(x y) }"),
     ),
     "bad_layer_range": SyntaxMistake(
         "LMS001",
@@ -163,6 +163,41 @@ def _unclosed(text: str, offsets) -> Label | None:
     return Label(offsets.span(line, col, line, col + 1, pos, pos + 1), f"this '{text[pos]}' is never closed")
 
 
+_HEADER_START = re.compile(r"\s*lmspec\b\s*")
+_CLOSERS = {"}": "{", "]": "[", ")": "("}
+
+
+def _mismatched(text: str, pos: int, closer: str, offsets) -> tuple[Label, str] | None:
+    """`[1, 2 }`: the closer at `pos` belongs to an outer bracket, so an inner one was never
+    closed. Returns a label at the inner opening bracket and the closer it needs. A closer that
+    matches no open bracket at all is a stray (the catalogue's LMS013), not this."""
+    stack, i = [], 0
+    while i < pos:
+        ch = text[i]
+        if ch == "#":
+            j = text.find("\n", i)
+            i = pos if j < 0 else j
+            continue
+        if ch == '"':
+            j = i + 1
+            while j < pos and text[j] not in '"\n':
+                j += 2 if text[j] == "\\" else 1
+            i = j + 1
+            continue
+        if ch in "{[(":
+            stack.append(i)
+        elif ch in _CLOSERS and stack and text[stack[-1]] == _CLOSERS[ch]:
+            stack.pop()
+        i += 1
+    if not stack or text[stack[-1]] == _CLOSERS[closer] or not any(text[j] == _CLOSERS[closer] for j in stack):
+        return None
+    inner = stack[-1]
+    line = text.count("\n", 0, inner) + 1
+    col = inner - (text.rfind("\n", 0, inner) + 1) + 1
+    needed = {"{": "'}'", "[": "']'", "(": "')'"}[text[inner]]
+    return Label(offsets.span(line, col, line, col + 1, inner, inner + 1), f"this '{text[inner]}' is never closed"), needed
+
+
 def syntax_diagnostic(err: UnexpectedInput, text: str, offsets) -> Diagnostic:
     """Turn a lark exception into one diagnostic with the most helpful message we know."""
     line = getattr(err, "line", 1) or 1
@@ -212,6 +247,18 @@ def syntax_diagnostic(err: UnexpectedInput, text: str, offsets) -> Diagnostic:
 
         tok = err.token
         length = max(1, len(str(tok)))
+        if _HEADER_START.fullmatch(text, 0, pos):  # `lmspec x`, `lmspec` alone
+            return Diagnostic("error", "LMS010", f"the version header needs a version number, found {_token_text(tok)}",
+                              at(length), help="the first line of a spec is `lmspec 1`")
+        if tok.type == "DOT" and text[pos + 1:pos + 2].isdigit():  # `.5`
+            end = _NUMBER.match(text, pos + 1).end()
+            return Diagnostic("error", "LMS008", f"malformed number '{text[pos:end][:40]}'", at(end - pos),
+                              help="write a digit before the point: 0.5")
+        if str(tok) in _CLOSERS:
+            mismatch = _mismatched(text, pos, str(tok), offsets)
+            if mismatch is not None:
+                return Diagnostic("error", "LMS003", f"expected {mismatch[1]} before {_token_text(tok)}", at(length),
+                                  [mismatch[0]], help=f"add the missing {mismatch[1]}")
         try:
             kind = err.match_examples(lark_parser().parse, {k: v.examples for k, v in CATALOGUE.items()},
                                       use_accepts=True)
