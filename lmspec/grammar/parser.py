@@ -253,48 +253,57 @@ class _ToAst(Transformer_NonRecursive):
 # ----------------------------------------------------------------------------- scanning
 
 
+_SCAN = re.compile(r'[{}\[\]()]|"(?:[^"\\\n]|\\[^\n])*"?|#[^\n]*')  # brackets, strings, comments
+_NON_SPACE = re.compile(r"\S")
+# `KIND NAME [extends BASE] {` at the start of a line: a block header, which cannot occur inside
+# a block (a nested block is `NAME {`, a layer override `layer 0..3 {`)
+_BLOCK_HEAD = re.compile(r"(?!layer\b)[A-Za-z_]\w*[ \t]+[A-Za-z_]\w*(?:[ \t]+extends[ \t]+[A-Za-z_]\w*)?[ \t]*")
+
+
 def _scan(text: str, path: str) -> tuple[list[tuple[int, int]], list[Diagnostic]]:
     """One linear pass over the text: nesting depth (refuse absurd depth before lark
     or the transformer can recurse), and the top-level segments (header, imports, and
-    each block up to its closing brace) used to recover after a syntax error."""
-    diagnostics: list[Diagnostic] = []
+    each block up to its closing brace) used to recover after a syntax error.
+
+    A segment starts at the line of its first character outside any bracket (so header,
+    import lines and stray text join the block that follows, and columns stay right) and
+    ends where its block closes, or where a block header begins a line while the block
+    is still open (a forgotten `}`): the blocks after it are still checked."""
     segments: list[tuple[int, int]] = []
-    depth, i, n, seg_start = 0, 0, len(text), None
-    line = 1
-    while i < n:
-        ch = text[i]
-        if ch == "\n":
-            line += 1
-        elif ch == "#":
-            j = text.find("\n", i)
-            i = n if j < 0 else j
+    depth, seg_start, free_from = 0, None, 0  # free_from: where text outside any segment begins
+    for m in _SCAN.finditer(text):
+        i, ch = m.start(), text[m.start()]
+        if seg_start is None and depth == 0:
+            first = _NON_SPACE.search(text, free_from, i + 1)
+            if first is not None:
+                seg_start = text.rfind("\n", 0, first.start()) + 1
+        if ch in '"#':
             continue
-        elif ch == '"':
-            j = i + 1
-            while j < n and text[j] not in '"\n':
-                j += 2 if text[j] == "\\" else 1
-            i = j + 1 if j < n and text[j] == '"' else j
-            continue
-        elif ch in "{[(":
+        if ch in "{[(":
+            if ch == "{" and depth > 0:
+                line_start = text.rfind("\n", 0, i) + 1
+                if line_start > seg_start and _BLOCK_HEAD.fullmatch(text, line_start, i):
+                    segments.append((seg_start, line_start))
+                    seg_start, depth = line_start, 0
             depth += 1
             if depth > MAX_NESTING:
+                line = text.count("\n", 0, i) + 1
                 col = i - (text.rfind("\n", 0, i) + 1) + 1
                 span = Span(path, line, col, line, col + 1, i, i + 1)
                 return [], [Diagnostic("error", "LMS011", f"brackets nested deeper than {MAX_NESTING} levels", span,
                                        help="flatten the expression or split it into fields")]
-        elif ch in "}])":
+        else:
             depth = max(0, depth - 1)
             if depth == 0 and ch == "}" and seg_start is not None:
                 segments.append((seg_start, i + 1))
-                seg_start = None
-        elif depth == 0 and seg_start is None and not ch.isspace():
-            seg_start = text.rfind("\n", 0, i) + 1  # segments start at a line start: columns stay right
-        i += 1
+                seg_start, free_from = None, i + 1
+    if seg_start is None and depth == 0:
+        first = _NON_SPACE.search(text, free_from)
+        if first is not None:
+            seg_start = text.rfind("\n", 0, first.start()) + 1
     if seg_start is not None:
-        segments.append((seg_start, n))
-    # Merge header/import lines and stray text into the segment that follows, so segments
-    # only split where a block has closed.
-    return segments, diagnostics
+        segments.append((seg_start, len(text)))
+    return segments, []
 
 
 def _parse_fragment(text: str, offsets: _Offsets) -> tuple[ast.SpecFile | None, list[Diagnostic]]:
@@ -346,6 +355,10 @@ def parse(text: str, path: str = "<string>") -> tuple[ast.SpecFile | None, list[
     for start, end in segments:
         line = text.count("\n", 0, start)
         part, errs = _parse_fragment(text[start:end], _Offsets(path, line, start))
+        if end < len(text):  # the segment was cut where the next block begins, not at the file's end
+            for d in errs:
+                if d.code == "LMS003" and d.message.startswith("the file ends"):
+                    d.message = "the block is not closed before the next one begins"
         errors += errs
         if part is None:
             continue
