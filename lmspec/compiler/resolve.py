@@ -167,8 +167,10 @@ class Resolver:
             if tree is None:
                 continue
             self.files[target] = tree
-            self.add_blocks(tree)
+            # an imported file's blocks come before the importer's, as its text does: a name
+            # defined twice is reported in the importing file, where it is being redefined
             self.load(tree, chain + (target,))
+            self.add_blocks(tree)
 
     def add_blocks(self, spec: ast.SpecFile) -> None:
         for block in spec.blocks:
@@ -591,8 +593,8 @@ def _resolve(tree: ast.SpecFile | None, text: str | None, path: str, diagnostics
         return ResolvedSpec({}, r.sources, r.diagnostics, path)
     root = str(Path(path).resolve()) if path != "<string>" else path
     r.files[root] = tree
-    r.add_blocks(tree)
     r.load(tree, (root,))
+    r.add_blocks(tree)
     for name in r.blocks:
         r.merge(name)
     try:
