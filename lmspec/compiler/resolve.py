@@ -132,6 +132,7 @@ class Resolver:
         self.resolved: dict[str, ResolvedBlock] = {}
         self._in_progress: dict[tuple[str, tuple, str], None] = {}  # fields being evaluated, in order
         self._too_deep: set[str] = set()  # blocks already told their references are too deep
+        self._chain_too_long = False  # an extends chain beyond MAX_EXTENDS_DEPTH was reported
 
     def error(self, code: str, message: str, span: Span | None, help: str | None = None,
               labels: list[Label] | None = None) -> None:
@@ -195,8 +196,10 @@ class Resolver:
         else:
             base_name = block.extends.name
             if len(chain) >= MAX_EXTENDS_DEPTH:
-                self.error("LMS011", f"more than {MAX_EXTENDS_DEPTH} blocks extend one another in a chain",
-                           block.extends.span, help="extend a block nearer the root of the chain")
+                if not self._chain_too_long:  # every MAX_EXTENDS_DEPTH links of it would say so again
+                    self._chain_too_long = True
+                    self.error("LMS011", f"more than {MAX_EXTENDS_DEPTH} blocks extend one another in a chain",
+                               block.extends.span, help="extend a block nearer the root of the chain")
                 merged = _Merged(block, own_fields, own_nested, own_layers)
             elif base_name in chain or base_name == name:
                 cycle = " -> ".join(chain + (name, base_name))
@@ -244,7 +247,7 @@ class Resolver:
                                                 prev.layers + l)
                 else:
                     if key in fields:
-                        self.error("LMS030", f"'{key}' is given twice", entry.name.span,
+                        self.error("LMS030", f"'{key}' is given twice", entry.name.span, help="remove one of them",
                                    labels=[Label(fields[key].key.span, "first given here")])
                         continue
                     nested[key] = _MergedNested(entry, f, n, l)
