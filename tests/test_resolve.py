@@ -1,0 +1,366 @@
+"""Resolution: imports, extends, references, arithmetic and units, and what goes wrong with them.
+
+Values are read from `lmspec.compiler.api.resolve` (a `ResolvedSpec`: plain values, before the
+schema); diagnostics from the full check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import diagnose, errors, only, where
+from lmspec.compiler.api import check_file, resolve
+from lmspec.compiler.values import CallValue, Combination, Ref, Symbol
+
+
+def resolved(text: str):
+    spec = resolve("r.lmspec", text="lmspec 1\n" + text)
+    assert [d for d in spec.diagnostics if d.is_error] == [], [f"{d.span}: {d.message}" for d in spec.diagnostics]
+    return spec
+
+
+def fields(text: str, block: str) -> dict:
+    return resolved(text).blocks[block].fields
+
+
+# ----------------------------------------------------------------------------- imports
+
+
+def test_imports_are_relative_to_the_importing_file(write, monkeypatch, tmp_path):
+    write("lib/tokenizers.lmspec", "lmspec 1\ntokenizer tok { kind: bytes }\n")
+    write("base.lmspec", 'lmspec 1\nimport "lib/tokenizers.lmspec"\n'
+                         "model base { vocab: tok.vocab_size, context: 64, layers: 2, d_model: 64, heads: 4 }\n")
+    main = write("exp/main.lmspec", 'lmspec 1\nimport "../base.lmspec"\nmodel big extends base { layers: 4 }\n')
+    monkeypatch.chdir(tmp_path / "exp")  # where the command runs does not matter
+    report = check_file(main)
+    assert report.ok, [d.message for d in report.diagnostics]
+    assert report.spec.resolved.blocks["big"].fields == {
+        "vocab": 262, "context": 64, "layers": 4, "d_model": 64, "heads": 4}
+    assert set(report.models) == {"base", "big"}
+    assert len(report.sources) == 3  # every file read, for rendering diagnostics
+
+
+def test_a_problem_in_an_imported_file_points_into_that_file(write):
+    write("base.lmspec", "lmspec 1\ntokenizer tok { kind: bites }\n")
+    main = write("main.lmspec", 'lmspec 1\nimport "base.lmspec"\n')
+    (d,) = check_file(main).errors
+    assert (d.code, d.span.file.endswith("base.lmspec"), d.span.line, d.span.col) == ("LMS044", True, 2, 23)
+    assert d.help == "did you mean 'bytes'?"
+
+
+def test_a_file_imported_twice_is_read_once(write):
+    write("d.lmspec", "lmspec 1\ntokenizer tok { kind: bytes }\n")
+    write("b.lmspec", 'lmspec 1\nimport "d.lmspec"\n')
+    write("c.lmspec", 'lmspec 1\nimport "d.lmspec"\n')
+    main = write("a.lmspec", 'lmspec 1\nimport "b.lmspec"\nimport "c.lmspec"\n')
+    report = check_file(main)
+    assert report.ok and list(report.spec.resolved.blocks) == ["tok"]
+
+
+def test_a_missing_import(write, tmp_path):
+    main = write("main.lmspec", 'lmspec 1\nimport "nowhere.lmspec"\n')
+    (d,) = check_file(main).errors
+    assert (d.code, d.message) == ("LMS020", "cannot import 'nowhere.lmspec': no such file")
+    assert (d.span.line, d.span.col, d.span.end_col) == (2, 1, 24)  # the whole import line
+    assert d.help == f"the path is relative to {tmp_path}"
+
+
+def test_importing_a_directory(write, tmp_path):
+    (tmp_path / "folder").mkdir()
+    main = write("main.lmspec", 'lmspec 1\nimport "folder"\n')
+    (d,) = check_file(main).errors
+    assert (d.code, d.message) == ("LMS020", "cannot import 'folder': it is a directory")
+
+
+def test_an_import_cycle_names_the_cycle(write):
+    write("b.lmspec", 'lmspec 1\nimport "c.lmspec"\n')
+    write("c.lmspec", 'lmspec 1\nimport "a.lmspec"\n')
+    main = write("a.lmspec", 'lmspec 1\nimport "b.lmspec"\n')
+    (d,) = check_file(main).errors
+    assert (d.code, d.message) == ("LMS021", "import cycle: a.lmspec -> b.lmspec -> c.lmspec -> a.lmspec")
+    assert Path(d.span.file).name == "c.lmspec" and d.span.line == 2  # the import that closes it
+    assert d.help == "remove one of these imports"
+
+
+def test_a_file_importing_itself(write):
+    main = write("a.lmspec", 'lmspec 1\nimport "a.lmspec"\n')
+    (d,) = check_file(main).errors
+    assert d.message == "import cycle: a.lmspec -> a.lmspec"
+
+
+# ----------------------------------------------------------------------------- block names
+
+
+def test_duplicate_block_names_label_the_first():
+    d = only("lmspec 1\ntokenizer tok { kind: bytes }\ndata tok { source: text(\"x\") }\n", "LMS022")
+    assert (str(d.span), d.message, d.help) == ("spec.lmspec:3:6", "a block named 'tok' is already defined",
+                                                "rename one of them")
+    assert [(str(l.span), l.message) for l in d.labels] == [("spec.lmspec:2:11", "first defined here")]
+
+
+def test_duplicate_block_names_across_files(write):
+    write("base.lmspec", "lmspec 1\ntokenizer tok { kind: bytes }\n")
+    main = write("main.lmspec", 'lmspec 1\nimport "base.lmspec"\ntokenizer tok { kind: bytes }\n')
+    (d,) = check_file(main).errors  # reported where the name is redefined, not in the library
+    assert (d.code, Path(d.span.file).name, d.span.line) == ("LMS022", "main.lmspec", 3)
+    assert Path(d.labels[0].span.file).name == "base.lmspec"
+
+
+# ----------------------------------------------------------------------------- extends
+
+FAMILY = """\
+model base {
+  vocab: 1000, context: 64, layers: 4, d_model: 64, heads: 4
+  d_ff: 4 * d_model
+  encoder { layers: 2, heads: 2 }
+  layer 0 { heads: heads / 2 }
+}
+model wide extends base {
+  d_model: 128
+  encoder { d_ff: 32 }
+  layer 1..2 { d_ff: d_ff / 2 }
+}
+model wider extends wide { heads: 8 }
+"""
+
+
+def test_extends_overrides_fields_and_re_evaluates_expressions_with_the_heirs_values():
+    spec = resolved(FAMILY)
+    assert spec.blocks["base"].fields["d_ff"] == 256
+    wide = spec.blocks["wide"]
+    assert wide.fields == {"vocab": 1000, "context": 64, "layers": 4, "d_model": 128, "heads": 4, "d_ff": 512}
+
+
+def test_extends_merges_nested_blocks():
+    spec = resolved(FAMILY)
+    assert spec.blocks["base"].nested["encoder"].fields == {"layers": 2, "heads": 2}
+    assert spec.blocks["wide"].nested["encoder"].fields == {"layers": 2, "heads": 2, "d_ff": 32}
+
+
+def test_extends_accumulates_layer_overrides_evaluated_in_the_heir():
+    layers = lambda name: [(l.first, l.last, l.fields) for l in resolved(FAMILY).blocks[name].layers]
+    assert layers("base") == [(0, 0, {"heads": 2})]
+    assert layers("wide") == [(0, 0, {"heads": 2}), (1, 2, {"d_ff": 256})]
+    assert layers("wider") == [(0, 0, {"heads": 4}), (1, 2, {"d_ff": 256})]  # heads / 2 with wider's heads
+
+
+def test_an_heir_lowers_to_its_own_architecture():
+    report = diagnose("lmspec 1\n" + FAMILY.replace("  encoder { layers: 2, heads: 2 }\n", "")
+                      .replace("  encoder { d_ff: 32 }\n", ""))
+    assert report.ok, [d.message for d in report.diagnostics]
+    wider = report.models["wider"].decoder.layers
+    assert [(l.heads, l.d_ff) for l in wider] == [(4, 512), (8, 256), (8, 256), (8, 512)]
+
+
+def test_extends_an_undefined_block_suggests_a_name():
+    d = only("lmspec 1\nmodel base { }\nmodel m extends bsae { }\n", "LMS024")
+    assert (where(d), d.message, d.help) == ("3:17-21", "'m' extends 'bsae', which is not defined",
+                                             "did you mean 'base'?")
+
+
+def test_extends_a_block_of_another_kind():
+    d = only("lmspec 1\ntokenizer tok { kind: bytes }\nmodel m extends tok { }\n", "LMS024")
+    assert (where(d), d.message) == ("3:17-20", "a model cannot extend the tokenizer 'tok'")
+    assert [(str(l.span), l.message) for l in d.labels] == [("spec.lmspec:2:1", "'tok' is a tokenizer")]
+
+
+def test_an_extends_cycle_names_the_cycle():
+    d = only("lmspec 1\nmodel a extends b { }\nmodel b extends c { }\nmodel c extends a { }\n", "LMS025")
+    assert (where(d), d.message, d.help) == ("4:17-18", "blocks extend each other in a cycle: a -> b -> c -> a",
+                                             "remove one `extends`")
+    assert only("lmspec 1\nmodel a extends a { }\n", "LMS025").message == \
+        "blocks extend each other in a cycle: a -> a"
+
+
+def test_an_absurdly_long_extends_chain_is_refused_not_a_crash():
+    text = "lmspec 1\n" + "".join(f"model m{i} extends m{i + 1} {{ }}\n" for i in range(200)) + "model m200 { }\n"
+    d = only(text, "LMS011")  # once, though every 64 links of the chain exceed the limit
+    assert (d.message, d.span.line) == ("more than 64 blocks extend one another in a chain", 66)
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def test_a_tokenizer_vocab_size():
+    f = fields("tokenizer tok { kind: bytes }\ntokenizer t5 { kind: bytes, sentinels: 100 }\n"
+               "tokenizer bpe { kind: bpe(vocab: 8k) }\n"
+               "model m { a: tok.vocab_size, b: t5.vocab_size, c: bpe.vocab_size }", "m")
+    assert f == {"a": 262, "b": 362, "c": 8000}  # 256 bytes + 6 specials (+ sentinels)
+
+
+def test_sibling_fields_in_any_order():
+    assert fields("model m { d_ff: 4 * d_model, d_model: 64, head_dim: d_model / heads, heads: 8 }", "m") == {
+        "d_ff": 256, "d_model": 64, "head_dim": 8, "heads": 8}
+
+
+def test_nested_blocks_see_the_fields_of_their_parent():
+    spec = resolved("model m { d_model: 64, heads: 4, decoder { d_ff: 2 * d_model, heads: heads * 2 } }")
+    assert spec.blocks["m"].nested["decoder"].fields == {"d_ff": 128, "heads": 8}
+
+
+def test_a_layer_override_reads_the_blocks_value_of_its_own_key():
+    layer = resolved("model m { heads: 8, layer 0 { heads: heads / 2 } }").blocks["m"].layers[0]
+    assert (layer.first, layer.last, layer.fields) == (0, 0, {"heads": 4})
+
+
+def test_fields_of_other_blocks():
+    f = fields("model a { d_model: 96 }\nmodel b { d_model: a.d_model * 2, dropout: a.dropout }", "b")
+    assert f == {"d_model": 192, "dropout": 0.0}  # a.dropout: the schema's default
+
+
+def test_schema_defaults_can_be_referenced():
+    assert fields("model m { embed_scale: 2 * head_scale, x: norm_eps * 10 }", "m") == {
+        "embed_scale": 2.0, "x": 1e-4}
+
+
+def test_names_that_are_not_fields_are_symbols_and_blocks_are_references():
+    f = fields("tokenizer tok { kind: bytes }\ntrain t { model: gpt, tokenizer: tok, objective: mlm + 0.5 * nsp,"
+               " optimizer: adamw(lr: 1e-3) }", "t")
+    assert f["model"] == Symbol("gpt")
+    assert f["tokenizer"] == Ref("tokenizer", "tok")
+    assert f["objective"] == Combination(((1.0, Symbol("mlm")), (0.5, Symbol("nsp"))))
+    assert f["optimizer"] == CallValue("adamw", (), (("lr", 0.001),))
+
+
+def test_a_reference_cycle_names_its_fields():
+    d = only("model m { a: b + 1, b: c * 2, c: a }", "LMS026")
+    assert (where(d), d.message) == ("1:14-19", "fields refer to each other in a cycle: a -> b -> c -> a")
+    assert d.help == "give one of them a value that does not depend on the others"
+
+
+def test_a_reference_cycle_across_blocks_names_the_blocks():
+    d = only("model x { vocab: y.vocab }\nmodel y { vocab: x.vocab }", "LMS026")
+    assert d.message == "fields refer to each other in a cycle: x.vocab -> y.vocab -> x.vocab"
+
+
+def test_a_long_chain_of_references_is_one_error_not_a_crash():
+    chain = "\n".join(f"a{i}: a{i + 1}" for i in range(3000))
+    report = diagnose(f"lmspec 1\nmodel m {{\n{chain}\na3000: 1\n}}")
+    (d,) = [d for d in report.diagnostics if d.code == "LMS011"]
+    assert (d.span.line, d.message) == (3, "'a0' depends on a chain of references too long to evaluate")
+
+
+# ----------------------------------------------------------------------------- undefined names
+
+
+def test_an_undefined_block_suggests_a_name():
+    d = only("lmspec 1\ntokenizer tok { kind: bytes }\nmodel m { vocab: tokk.vocab_size }", "LMS023")
+    assert (where(d), d.message, d.help) == ("3:18-22", "'tokk' is not defined", "did you mean 'tok'?")
+
+
+def test_an_undefined_name_in_arithmetic_is_reported_at_the_name():
+    d = only("model m { d_model: 64, heads: 4, head_dim: d_modle / heads }", "LMS023")
+    assert (where(d), d.message, d.help) == ("1:44-51", "'d_modle' is not defined", "did you mean 'd_model'?")
+    d = only("model m { d_model: 64, norm_eps: -dmodel }", "LMS023")
+    assert (where(d), d.help) == ("1:35-41", "did you mean 'd_model'?")
+
+
+def test_an_undefined_attribute():
+    d = only("lmspec 1\ntokenizer tok { kind: bytes }\nmodel m { vocab: tok.vocab_sise }", "LMS029")
+    assert (where(d), d.message, d.help) == (
+        "3:22-32", "the tokenizer 'tok' has no attribute 'vocab_sise'", "did you mean 'vocab_size'?")
+    d = only("model m { d_model: 64, x: d_model.size }", "LMS029")
+    assert (where(d), d.message) == ("1:35-39", "the integer 64 has no attribute 'size'")
+
+
+def test_from_an_undefined_stage():
+    d = only("model m { }\ntrain t { model: m from pretrian }\ntrain pretrain { }", "LMS023")
+    assert (where(d), d.message, d.help) == ("2:25-33", "'pretrian' is not defined", "did you mean 'pretrain'?")
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+
+@pytest.mark.parametrize("expr, value", [
+    ("1 + 2 * 3", 7),
+    ("(1 + 2) * 3", 9),
+    ("8 / 2", 4),             # exact division stays an int
+    ("7 / 2", 3.5),
+    ("10 - 2 - 3", 5),
+    ("-2 * -3", 6),
+    ("2.0 * 3", 6.0),
+    ("10k + 2M", 2_010_000),
+    ("1.5B / 1k", 1_500_000),
+    ("15% * 2", 0.3),
+    ('"ab" + "cd"', "abcd"),
+])
+def test_arithmetic(expr, value):
+    got = fields(f"model m {{ x: {expr} }}", "m")["x"]
+    assert got == pytest.approx(value) and type(got) is type(value)
+
+
+@pytest.mark.parametrize("written, value", [
+    ("steps: 2k", ("train", "steps", 2000)),
+    ("validation: 2%", ("data", "validation", 0.02)),
+    ("vocab: 50_257", ("model", "vocab", 50257)),
+    ("theta: 1M", ("model", "theta", 1_000_000)),
+])
+def test_unit_suffixes(written, value):
+    kind, key, number = value
+    assert fields(f"{kind} b {{ {written} }}", "b")[key] == number
+
+
+def test_division_by_zero_points_at_the_divisor():
+    d = only("model m { heads: 0, head_dim: 64 / heads }", "LMS028")
+    assert (where(d), d.message) == ("1:36-41", "division by zero")
+
+
+@pytest.mark.parametrize("expr, message, span", [
+    ('"a" + 1', 'cannot compute the string "a" + the integer 1', "1:14-21"),
+    ("[1] * 2", "cannot compute a list * the integer 2", "1:14-21"),
+    ("true + 1", "cannot compute the boolean true + the integer 1", "1:14-22"),
+    ('-"x"', 'cannot negate the string "x"', "1:14-18"),
+])
+def test_type_errors_in_arithmetic(expr, message, span):
+    d = only(f"model m {{ x: {expr} }}", "LMS027")
+    assert (d.message, where(d)) == (message, span)
+    if "compute" in message:
+        assert d.help == "arithmetic works on numbers; objectives combine as `mlm + 0.5 * nsp`"
+
+
+def test_numbers_too_large():
+    d = only("model m { vocab: 1e999 }", "LMS032")
+    assert (where(d), d.message, d.help) == ("1:18-23", "the number '1e999' is too large",
+                                             "numbers in a spec are at most 1.8e+308")
+    d = only("model m { vocab: 1e308 * 10 }", "LMS032")
+    assert (where(d), d.message) == ("1:18-28", "the result of this arithmetic is too large")
+    assert only("model m { vocab: " + "9" * 5000 + " }", "LMS032").message.startswith("the number '99999")
+    assert only("model m { vocab: " + "9" * 400 + " / 7 }", "LMS032")  # int / int beyond a float
+
+
+# ----------------------------------------------------------------------------- duplicates
+
+
+@pytest.mark.parametrize("body, second, first", [
+    ("layers: 2, layers: 3", "1:22-28", "spec.lmspec:1:11"),
+    ("encoder { layers: 2, layers: 3 }", "1:32-38", "spec.lmspec:1:21"),
+    ("layer 0 { heads: 1, heads: 2 }", "1:31-36", "spec.lmspec:1:21"),
+    ("layers: 2, layers { }", "1:22-28", "spec.lmspec:1:11"),
+])
+def test_a_key_given_twice(body, second, first):
+    d = only(f"model m {{ {body} }}", "LMS030")
+    assert (where(d), d.help) == (second, "remove one of them")
+    assert d.message in ("'layers' is given twice", "'heads' is given twice")
+    assert [(str(l.span), l.message) for l in d.labels] == [(first, "first given here")]
+
+
+def test_an_argument_given_twice():
+    d = only("model m { position: rope(theta: 1, theta: 2) }", "LMS030")
+    assert (where(d), d.message) == ("1:36-41", "argument 'theta' is given twice")
+
+
+def test_repeated_nested_blocks_merge():
+    spec = resolved("model m { encoder { layers: 2 }, encoder { heads: 4 } }")
+    assert spec.blocks["m"].nested["encoder"].fields == {"layers": 2, "heads": 4}
+
+
+def test_one_failed_value_gives_one_error():
+    # a call or list holding an unresolvable value is itself unresolved: no second error
+    assert errors("model m { vocab: 9, context: 8, layers: 1, d_model: 8, heads: 1,"
+                  " position: rope(theta: nope.x) }") == ["1:88 LMS023 'nope' is not defined"]
+    assert [e.split(" ", 2)[1] for e in errors(
+        "model m { }\ndata d { }\ntrain t { model: m, data: d, objective: clm,"
+        " optimizer: adamw(betas: [0.9, nope.y]) }")] == ["LMS045", "LMS045", "LMS045", "LMS045", "LMS045",
+                                                         "LMS023"]
