@@ -147,12 +147,17 @@ class _Reader:
 
     def read_model(self, model: type[BaseModel], data: dict, path: tuple) -> dict:
         out = {}
+        keys = _keys(model)
+        if _LAYER_RANGE in data:  # a layer override: its range comes from `layer a..b`, not from keys
+            data = dict(data)
+            out["first"], out["last"] = data.pop(_LAYER_RANGE)
+            keys = [k for k in keys if k not in out]
         for key, value in data.items():
             name = _field_name(model, key)
-            if name is None:
+            if name is None or key not in keys:
                 self.problems.append(_Problem(
                     "LMS041", f"unknown key '{key}' in {self._where(path)}", path + (key,),
-                    did_you_mean(key, _keys(model)) or f"valid keys: {', '.join(_keys(model))}", key=True))
+                    did_you_mean(key, keys) or f"valid keys: {', '.join(keys)}", key=True))
                 continue
             info: FieldInfo = model.model_fields[name]
             if value is None:  # resolution failed and said why; do not pile a type error on top
@@ -443,16 +448,21 @@ def _show(v) -> str:
 # ----------------------------------------------------------------------------- block data
 
 
+# The range of a layer override travels under a key no spec can write, so that `layer 0 { last: 5 }`
+# is an unknown key and not a silent change of the range.
+_LAYER_RANGE = "layer a..b"
+
+
 def block_data(block: ResolvedBlock) -> dict:
     """A resolved block as the nested dict the schema reads."""
     data = dict(block.fields)
     for name, sub in block.nested.items():
         inner = dict(sub.fields)
         if sub.layers:
-            inner["layer"] = [{"first": l.first, "last": l.last, **l.fields} for l in sub.layers]
+            inner["layer"] = [{**l.fields, _LAYER_RANGE: (l.first, l.last)} for l in sub.layers]
         data[name] = inner
     if block.layers:
-        data["layer"] = [{"first": l.first, "last": l.last, **l.fields} for l in block.layers]
+        data["layer"] = [{**l.fields, _LAYER_RANGE: (l.first, l.last)} for l in block.layers]
     return data
 
 
