@@ -171,11 +171,12 @@ class _Reader:
 
     def _where(self, path: tuple) -> str:
         inner = [p for p in path if isinstance(p, str)]
-        if inner and inner[0] == "layer":
-            return f"a layer override of {self.block.kind} '{self.block.name}'"
-        if inner:
-            return f"'{inner[0]}' of {self.block.kind} '{self.block.name}'"
-        return f"{self.block.kind} '{self.block.name}'"
+        where = f"{self.block.kind} '{self.block.name}'"
+        if inner and inner[0] != "layer":  # a nested block: `encoder { }`
+            where = f"'{inner[0]}' of {where}"
+        if "layer" in inner:
+            where = f"a layer override of {where}"
+        return where
 
     def read(self, tp, value: Any, path: tuple, key: str) -> Any:
         if value is None:
