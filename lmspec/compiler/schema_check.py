@@ -232,6 +232,11 @@ class _Reader:
         if item is not None:
             if variants_of(item) and not isinstance(value, list):
                 value = [value]  # `head: scalar` is a one-element list of heads
+                # ... whose errors pydantic places under item 0: give those paths the spans
+                for table in (self.block.value_spans, self.block.key_spans):
+                    for p, span in list(table.items()):
+                        if p[:len(path)] == path and len(p) > len(path):
+                            table.setdefault(path + (0,) + p[len(path):], span)
             if not isinstance(value, list):
                 raise _Problem("LMS042", f"'{key}' must be a list, found {describe(value)}", path,
                                f"write `{key}: [...]`")
