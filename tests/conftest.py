@@ -42,6 +42,17 @@ def where(d: Diagnostic) -> str:
     return f"{d.span.line}:{d.span.col}-{d.span.end_col}"
 
 
+def at(text: str, fragment: str, nth: int = 1) -> str:
+    """`line:col-end_col` of the nth occurrence of `fragment` in `text`: what `where` says
+    the carets of a diagnostic underline."""
+    start = -1
+    for _ in range(nth):
+        start = text.index(fragment, start + 1)
+    line = text.count("\n", 0, start) + 1
+    col = start - (text.rfind("\n", 0, start) + 1) + 1
+    return f"{line}:{col}-{col + len(fragment)}"
+
+
 @pytest.fixture
 def write(tmp_path):
     """write("a.lmspec", text) -> its path under tmp_path (folders created)."""

@@ -1,0 +1,273 @@
+"""The schema: what each block kind accepts, and a located diagnostic for everything else.
+
+Each test writes one mistake into an otherwise valid block and checks the code, the message,
+the help line and the text the carets underline.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import GOOD_MODEL, at, diagnose, errors, only, where
+from lmspec.compiler import schema as S
+
+
+def model(extra: str) -> str:
+    return f"model m {{ {GOOD_MODEL}, {extra} }}"
+
+
+def value_in(text: str, written: str) -> str:
+    """Where the value of `written` ("key: value", found once in `text`) is: `line:col-end_col`."""
+    key, value = written.split(": ", 1)
+    start = text.index(written) + len(key) + 2
+    line = text.count("\n", 0, start) + 1
+    col = start - (text.rfind("\n", 0, start) + 1) + 1
+    return f"{line}:{col}-{col + len(value)}"
+
+
+STAGES = """\
+tokenizer tok { kind: bytes }
+data d { source: builtin("tiny-stories") }
+model m { vocab: tok.vocab_size, context: 16, layers: 2, d_model: 32, heads: 4 }
+"""
+
+
+def test_the_good_model_is_good():
+    report = diagnose(f"lmspec 1\nmodel m {{ {GOOD_MODEL} }}")
+    assert report.ok and report.diagnostics == []
+
+
+# ----------------------------------------------------------------------------- LMS040, LMS041
+
+
+def test_an_unknown_block_kind():
+    d = only("lmspec 1\nmodle m { }", "LMS040")
+    assert (where(d), d.message, d.help) == ("2:1-6", "unknown block kind 'modle'", "did you mean 'model'?")
+    d = only("lmspec 1\nwidget w { }", "LMS040")
+    assert d.help == "block kinds: " + ", ".join(S.BLOCK_KINDS)
+
+
+def test_an_unknown_key_with_did_you_mean():
+    text = model("bais: false")
+    d = only(text, "LMS041")
+    assert (where(d), d.message, d.help) == (at(text, "bais"), "unknown key 'bais' in model 'm'",
+                                             "did you mean 'bias'?")
+
+
+def test_an_unknown_key_without_a_near_one_lists_the_valid_keys():
+    d = only("data d { source: text(\"a\"), colour: 1 }", "LMS041")
+    assert d.help == "valid keys: " + ", ".join(S.DataSpec.model_fields)
+
+
+@pytest.mark.parametrize("extra, message, underlined", [
+    ("encoder { layers: 2, hedas: 3 }", "unknown key 'hedas' in 'encoder' of model 'm'", "hedas"),
+    ("layer 0 { attn: causal }", "unknown key 'attn' in a layer override of model 'm'", "attn"),
+    ("decoder { layers: 1, layer 0 { frist: 1 } }",
+     "unknown key 'frist' in a layer override of 'decoder' of model 'm'", "frist"),
+])
+def test_unknown_keys_in_nested_blocks_and_layer_overrides(extra, message, underlined):
+    d = only(model(extra), "LMS041")
+    assert (d.message, where(d)) == (message, at(model(extra), underlined))
+
+
+def test_a_layer_override_cannot_change_its_own_range():
+    # `last` used to replace the range written after `layer`
+    d = only(model("layer 0 { last: 1 }"), "LMS041")
+    assert d.message == "unknown key 'last' in a layer override of model 'm'"
+    assert "first" not in d.help and "last" not in d.help
+
+
+# ----------------------------------------------------------------------------- LMS042
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('dropout: "x"', """'dropout' must be a number, found the string "x\""""),
+    ("tie_embeddings: 1", "'tie_embeddings' must be true or false, found the integer 1"),
+    ("pad_id: true", "'pad_id' must be an integer, found the boolean true"),
+    ("pad_id: 1.5", "'pad_id' must be a whole number, found the number 1.5"),
+    ("activation: 3", "'activation' must be one of gelu, gelu_tanh, relu, silu, swiglu, geglu or reglu, "
+                      "found the integer 3"),
+    ("encoder: 3", "'encoder' is a nested block, found the integer 3"),
+    ("head: 3", "'head' must be one of lm, mlm, nsp, classifier, scalar or none, found the integer 3"),
+])
+def test_a_value_of_the_wrong_type(extra, message):
+    d = only(model(extra), "LMS042")
+    assert (d.message, where(d)) == (message, value_in(model(extra), extra))
+
+
+def test_a_boolean_is_not_a_number_in_a_list_either():
+    text = STAGES + "train t { model: m, data: d, objective: clm, optimizer: adamw(betas: [true, 0.9]) }"
+    d = only(text, "LMS042")
+    assert (d.message, where(d)) == ("'betas' must be a number, found the boolean true", at(text, "true"))
+
+
+def test_a_misspelt_name_where_a_number_belongs_is_undefined():
+    d = only(model("kv_heads: hedas"), "LMS023")
+    assert (d.message, d.help, where(d)) == ("'hedas' is not defined", "did you mean 'heads'?",
+                                             at(model("kv_heads: hedas"), "hedas"))
+    d = only(model("d_ff: 4 * d_modle"), "LMS023")  # `4 * name` would otherwise be a weighted objective
+    assert (d.message, d.help, where(d)) == ("'d_modle' is not defined", "did you mean 'd_model'?",
+                                             at(model("d_ff: 4 * d_modle"), "4 * d_modle"))
+
+
+def test_an_unquoted_string_is_a_type_error_not_an_undefined_name():
+    d = only('data d { source: text("a"), label: sentiment }', "LMS042")
+    assert d.message == "'label' must be a string, found the name 'sentiment'"
+
+
+# ----------------------------------------------------------------------------- LMS043
+
+
+@pytest.mark.parametrize("text, message, written", [
+    (model("dropout: 1.5"), "'dropout' must be < 1, found 1.5", "dropout: 1.5"),
+    ("model m { vocab: 300, context: 16, layers: 0, d_model: 32, heads: 4 }",
+     "'layers' must be >= 1, found 0", "layers: 0"),
+    (model("head: classifier(classes: 1)"), "'classes' must be >= 2, found 1", "classes: 1"),
+    ('data d { source: text("a"), validation: 100% }', "'validation' must be < 1, found 1", "validation: 100%"),
+    (STAGES + "train t { model: m, data: d, objective: mlm(mask: 150%) }", "'mask' must be <= 1, found 1.5",
+     "mask: 150%"),
+    (STAGES + "train t { model: m, data: d, objective: clm, optimizer: adamw(lr: -1) }",
+     "'lr' must be > 0, found -1", "lr: -1"),
+    (STAGES + "train t { model: m, data: d, objective: clm, optimizer: adamw(betas: [0.9]) }",
+     "'betas' must have 2 items, found 1", "betas: [0.9]"),
+    (STAGES + "train t { model: m, data: d, objective: prefix_lm(prefix: 2) }", "'prefix' must be <= 1, found 2",
+     "prefix: 2"),
+])
+def test_a_value_out_of_range(text, message, written):
+    d = only(text, "LMS043")
+    assert (d.message, where(d)) == (message, value_in(text, written))
+
+
+def test_a_key_named_like_a_variant_is_still_located():
+    # `text` is both a DataSpec key and the tag of a source: the error used to land on the block name
+    d = only('data d { source: text("a"), text: 5 }', "LMS042")
+    assert (d.message, where(d)) == ("'text' must be a string, found the integer 5", "1:35-36")
+
+
+# ----------------------------------------------------------------------------- LMS044
+
+
+@pytest.mark.parametrize("extra, message, help, underlined", [
+    ("norm: rmsnrom", "unknown norm 'rmsnrom'", "did you mean 'rmsnorm'?", "rmsnrom"),
+    ("norm: batchnorm", "unknown norm 'batchnorm'", "choose one of layernorm or rmsnorm", "batchnorm"),
+    ("attention: slidng(window: 4)", "unknown attention 'slidng'", "did you mean 'sliding'?", "slidng(window: 4)"),
+    ("position: spiral", "unknown position 'spiral'",
+     "choose one of learned, sinusoidal, rope, alibi, relative or none", "spiral"),
+    ("head: [mlm, nsp, foo]", "unknown head 'foo'", "choose one of lm, mlm, nsp, classifier, scalar or none",
+     "foo"),
+    ("placement: middle", "unknown placement 'middle'", "choose one of pre or post", "middle"),
+])
+def test_an_unknown_choice_lists_the_valid_ones(extra, message, help, underlined):
+    d = only(model(extra), "LMS044")
+    assert (d.message, d.help, where(d)) == (message, help, at(model(extra), underlined))
+
+
+def test_unknown_objective_and_source():
+    text = STAGES + "train t { model: m, data: d, objective: clmm }"
+    d = only(text, "LMS044")
+    assert (d.message, d.help, where(d)) == ("unknown objective 'clmm'", "did you mean 'clm'?", at(text, "clmm"))
+    d = only('data e { source: builtin("tiny-storie") }', "LMS044")
+    assert (d.message, d.help) == ("unknown name 'tiny-storie'", "did you mean 'tiny-stories'?")
+
+
+# ----------------------------------------------------------------------------- LMS045
+
+
+def test_missing_required_keys_point_at_the_block_name():
+    report = diagnose("lmspec 1\nmodel m { layers: 2 }")
+    assert [(d.code, d.message, where(d), d.help) for d in report.errors] == [
+        ("LMS045", "model 'm' needs 'vocab'", "2:7-8", "add `vocab: ...`"),
+        ("LMS045", "model 'm' needs 'context'", "2:7-8", "add `context: ...`"),
+        ("LMS045", "model 'm' needs 'd_model'", "2:7-8", "add `d_model: ...`"),
+        ("LMS045", "model 'm' needs 'heads'", "2:7-8", "add `heads: ...`"),
+    ]
+
+
+def test_a_missing_nested_block_and_a_key_missing_in_one():
+    d = only(STAGES + "train t { model: m, data: d, objective: clm }\n"
+             "rl r { policy: m from t, reward: t }", "LMS045")
+    assert (d.message, d.help, where(d)) == ("rl 'r' needs 'rollouts'", "add `rollouts { ... }`", "5:4-5")
+    text = ("model m { vocab: 300, context: 16, d_model: 32, heads: 4, arch: encoder_decoder,"
+            " encoder { heads: 2 }, decoder { layers: 1 } }")
+    d = only(text, "LMS045")
+    assert (d.message, where(d)) == ("'encoder' of model 'm' needs 'layers'", at(text, "encoder", nth=2))
+
+
+def test_a_key_that_failed_to_resolve_is_not_also_missing():
+    # `vocab` has an error of its own; "needs 'vocab'" would be noise
+    assert [e.split(" ")[1] for e in errors("model m { vocab: nope.x, context: 16, layers: 2, d_model: 32,"
+                                            " heads: 4 }")] == ["LMS023"]
+
+
+# ----------------------------------------------------------------------------- LMS046
+
+
+@pytest.mark.parametrize("extra, message, help, underlined", [
+    ("position: rope(thetta: 5)", "rope(...) has no argument 'thetta'", "did you mean 'theta'?", "thetta"),
+    ("position: alibi(slope: 2)", "alibi(...) has no argument 'slope'", "alibi takes no arguments", "slope"),
+    ("position: sinusoidal(3)", "sinusoidal(...) takes at most 0 positional arguments, found 1",
+     "arguments: none", "sinusoidal(3)"),
+    ("attention: sliding", "sliding(...) needs 'window'", "write `sliding(window: ...)`", "sliding"),
+    ("position: relative(8, 64, 2)", "relative(...) takes at most 2 positional arguments, found 3",
+     "arguments: buckets, max_distance", "relative(8, 64, 2)"),
+])
+def test_variant_arguments(extra, message, help, underlined):
+    d = only(model(extra), "LMS046")
+    assert (d.message, d.help, where(d)) == (message, help, at(model(extra), underlined))
+
+
+def test_positional_arguments_fill_variant_fields_in_order():
+    report = diagnose("lmspec 1\n" + model("position: relative(16, 64)"))
+    assert report.ok
+    position = report.spec.blocks["m"].position
+    assert (position.kind, position.buckets, position.max_distance) == ("relative", 16, 64)
+
+
+def test_with_accepts_only_head():
+    text = STAGES + "train t { model: m with heads 3, data: d, objective: clm }"
+    d = only(text, "LMS046")
+    assert (d.message, where(d)) == ("`with heads` is not supported; only `with head ...`", at(text, "m with heads 3"))
+
+
+# ----------------------------------------------------------------------------- LMS047
+
+
+@pytest.mark.parametrize("stage, message, written", [
+    ("train t { model: tok, data: d, objective: clm }", "expected a model, but 'tok' is a tokenizer", "model: tok"),
+    ("train t { model: m, data: m, objective: clm }", "'data' needs a data or feedback block, but 'm' is a model",
+     "data: m"),
+    ("train t { model: m, data: d, objective: clm, tokenizer: d }",
+     "'tokenizer' needs a tokenizer block, but 'd' is a data", "tokenizer: d"),
+    ("judge j { model: m from d }", "'from' needs a train or rl stage, but 'd' is a data", "model: m from d"),
+])
+def test_a_reference_to_a_block_of_the_wrong_kind(stage, message, written):
+    d = only(STAGES + stage, "LMS047")
+    assert (d.message, where(d)) == (message, value_in(STAGES + stage, written))
+
+
+def test_a_reference_to_an_undefined_block_suggests_one_of_the_right_kind():
+    text = STAGES + "train t { model: mm, data: d, objective: clm }"
+    d = only(text, "LMS023")
+    assert (d.message, d.help, where(d)) == ("'mm' is not defined", "did you mean 'm'?", value_in(text, "model: mm"))
+    d = only(STAGES + "train t { model: m, data: dd, objective: clm }", "LMS023")
+    assert (d.message, d.help) == ("'dd' is not defined", "did you mean 'd'?")
+
+
+# ----------------------------------------------------------------------------- valid forms
+
+
+def test_forms_the_schema_reads():
+    report = diagnose("lmspec 1\n" + STAGES + """\
+model c { vocab: tok.vocab_size, context: 16, layers: 1, d_model: 32, heads: 4, arch: encoder,
+          head: classifier(classes: 3) }
+train t { model: m, data: d, objective: mlm + 0.5 * nsp, clip_grad: none, init: hf("dir"), steps: 1e3 }
+""")
+    typed = report.spec.blocks
+    assert [h.kind for h in typed["c"].head] == ["classifier"]        # one head is a list of one
+    assert typed["c"].head[0].classes == 3
+    t = typed["t"]
+    assert [(o.weight, o.objective.kind) for o in t.objective] == [(1.0, "mlm"), (0.5, "nsp")]
+    assert t.clip_grad is None                                          # `none` for an optional key
+    assert (t.init.kind, t.init.path) == ("hf", "dir")
+    assert t.steps == 1000
+    assert [d.code for d in report.errors if d.code.startswith("LMS04")] == []
