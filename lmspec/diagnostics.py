@@ -223,7 +223,7 @@ def _excerpt(text: str, col: int, end_col: int) -> tuple[str, int, int]:
     return prefix + cut + suffix, col - shift, max(col - shift + 1, min(end_col - shift, len(prefix + cut) + 1))
 
 
-def _snippet(span: Span, source: str | None, label: str | None, c) -> list[str]:
+def _snippet(span: Span, source: str | None, label: str | None, c, style: str = _STYLE["error"]) -> list[str]:
     if source is None:
         return []
     text = _line_text(source, span.line)
@@ -239,7 +239,7 @@ def _snippet(span: Span, source: str | None, label: str | None, c) -> list[str]:
     return [
         f"{c(_BLUE)}{gutter} |{c(_RESET)}",
         f"{c(_BLUE)}{span.line} |{c(_RESET)} {shown}",
-        f"{c(_BLUE)}{gutter} |{c(_RESET)} {c(_STYLE['error'] if label is None else _BLUE)}{carets}{c(_RESET)}",
+        f"{c(_BLUE)}{gutter} |{c(_RESET)} {c(style if label is None else _BLUE)}{carets}{c(_RESET)}",
     ]
 
 
@@ -250,7 +250,7 @@ def render_one(d: Diagnostic, sources: dict[str, str], colour: bool = False) -> 
     where = f"{d.span}: " if d.span else ""
     out = [f"{c(_BOLD)}{where}{c(_RESET)}{c(_STYLE[d.severity])}{d.severity}[{d.code}]{c(_RESET)}{c(_BOLD)}: {d.message}{c(_RESET)}"]
     if d.span:
-        out += _snippet(d.span, sources.get(d.span.file), None, c)
+        out += _snippet(d.span, sources.get(d.span.file), None, c, _STYLE[d.severity])
     for label in d.labels:
         out.append(f"{c(_BLUE)}  -->{c(_RESET)} {label.span}")
         out += _snippet(label.span, sources.get(label.span.file), label.message, c)
