@@ -210,6 +210,12 @@ class _Reader:
                 raise _Problem("LMS047", f"'{key}' needs a {' or '.join(kinds)} block, but '{value.name}' is a "
                                f"{value.kind}", path, did_you_mean(value.name, self._names(kinds)))
             return value.name
+        if kinds and isinstance(value, str) and not variants:
+            # `data: "reviews"`: pydantic would take any string as a block name, and the design
+            # rules would then look up a block that is missing or of another kind
+            raise _Problem("LMS042", f"'{key}' must name a {' or '.join(kinds)} block, found {describe(value)}", path,
+                           f"write `{key}: {value}`, without quotes" if value in self._names(kinds) else
+                           did_you_mean(value, self._names(kinds)))
         if kinds and isinstance(value, Symbol) and not (variants and value.name in variants):
             raise _Problem("LMS023", f"'{value.name}' is not defined", path,
                            did_you_mean(value.name, self._names(kinds)) or
