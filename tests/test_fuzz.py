@@ -118,14 +118,19 @@ def mutated_specs(draw):
         elif op == "truncate":
             tokens = tokens[:i]
         elif op == "insert":
-            tokens.insert(i, draw(st.text(alphabet=string.printable + "é\u2028\x00", min_size=1, max_size=3)))
+            tokens.insert(i, draw(st.text(alphabet=string.printable + "é\u2028\x00", min_size=1, max_size=3)
+                                  | _SOUP))
         else:
             tokens[i] = draw(st.sampled_from(tokens))
     return "".join(tokens)
 
 
+RLAIF = next(text for text in SPECS if "judge_fit" in text)
+
+
 @FUZZ
 @given(mutated_specs())
+@example(RLAIF.replace('data: reviews, steps: 300', 'data: "sentiment", steps: 300'))  # a quoted block name
 def test_mutations_of_the_example_specs(text):
     checked(text)
 

@@ -6,8 +6,10 @@ a glance: `1 + 2 * 3` is `(+ 1 (* 2 3))`.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -319,5 +321,7 @@ def test_a_layer_number_must_be_whole():
 
 def test_the_grammar_does_not_import_torch():
     code = "import sys, lmspec.grammar; lmspec.grammar.parse('model m { a: 1 }'); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)})
     assert out.stdout.strip() == "False"

@@ -245,6 +245,17 @@ def test_a_reference_to_a_block_of_the_wrong_kind(stage, message, written):
     assert (d.message, where(d)) == (message, value_in(STAGES + stage, written))
 
 
+def test_a_quoted_block_name_is_not_a_reference():
+    # used to pass the schema and crash a design rule looking up the block
+    text = STAGES + 'judge j { model: m }\ntrain t { model: m, data: "j", objective: clm, tokenizer: "tok" }'
+    report = diagnose(text)
+    assert [(d.code, d.message, d.help) for d in report.errors if d.code == "LMS042"] == [
+        ("LMS042", """'data' must name a data or feedback block, found the string "j\"""", None),
+        ("LMS042", """'tokenizer' must name a tokenizer block, found the string "tok\"""",
+         "write `tokenizer: tok`, without quotes"),
+    ]
+
+
 def test_a_reference_to_an_undefined_block_suggests_one_of_the_right_kind():
     text = STAGES + "train t { model: mm, data: d, objective: clm }"
     d = only(text, "LMS023")
