@@ -297,7 +297,7 @@ class _Reader:
         if target is not None:
             if not ref_fields:
                 raise _Problem("LMS042", f"'{name}' is not a method of {describe(target)}", path)
-            data[ref_fields[0]] = target.name if isinstance(target, Ref) else target
+            data[ref_fields[0]] = target  # a Ref (or a Symbol that names nothing): `read` checks its kind
             params = [p for p in params if p != ref_fields[0]]
         if len(args) > len(params):
             raise _Problem("LMS046", f"{name}(...) takes at most {len(params)} positional argument"
