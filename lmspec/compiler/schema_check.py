@@ -405,6 +405,8 @@ def _pydantic_diagnostics(err: ValidationError, block: ResolvedBlock, data: dict
         key = next((p for p in reversed(path) if isinstance(p, str)), block.name)
         kind, ctx, found = e["type"], e.get("ctx", {}), e.get("input")
         if kind == "missing":
+            if any(r[:len(path)] == path for r in reported):
+                continue
             span = block.span_of(path[:-1]) if len(path) > 1 else block.name_span
             if variant is not None:  # `attention: sliding` without its window
                 out.append(Diagnostic("error", "LMS046", f"{variant}(...) needs '{key}'", span,
@@ -413,7 +415,7 @@ def _pydantic_diagnostics(err: ValidationError, block: ResolvedBlock, data: dict
             owner = f"'{path[0]}' of " if len(path) > 1 and isinstance(path[0], str) else ""
             model = S.BLOCK_KINDS.get(block.kind)
             info = model.model_fields.get(key) if model is not None and len(path) == 1 else None
-            nested = info is not None and _model_class(info.annotation) is not None
+            nested = info is not None and _model_class(info.annotation) not in (None, S.ModelUse)
             out.append(Diagnostic("error", "LMS045", f"{owner}{block.kind} '{block.name}' needs '{key}'", span,
                                   help=f"add `{key} {{ ... }}`" if nested else f"add `{key}: ...`"))
             continue
@@ -493,10 +495,8 @@ def validate_block(block: ResolvedBlock, blocks: dict[str, ResolvedBlock]) -> tu
     except ValidationError as err:
         known = {d.span for d in diagnostics}
         # keys already reported are absent from `data`; pydantic would call them missing
-        reported = {p.path[0] for p in reader.problems if p.path} | {p[0] for p in reader.unknown if p}
-        for d in _pydantic_diagnostics(err, block, data):
-            if d.code == "LMS045" and any(f"needs '{k}'" in d.message for k in reported):
-                continue
+        reported = {p.path for p in reader.problems if p.path} | {p for p in reader.unknown if p}
+        for d in _pydantic_diagnostics(err, block, data, reported):
             if d.span not in known or d.code != "LMS042":
                 diagnostics.append(d)
         return None, diagnostics
