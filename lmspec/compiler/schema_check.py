@@ -10,6 +10,7 @@ back to spans through their `loc`.
 
 from __future__ import annotations
 
+import functools
 import json
 import types
 import typing
@@ -46,14 +47,34 @@ class ValidatedSpec:
 # ----------------------------------------------------------------------------- type inspection
 
 
+def _per_type(fn):
+    """Memoise a function of a schema type. The types are fixed; inspecting them again with
+    typing.get_origin/get_args for every value was most of the time spent validating a
+    large spec. Unhashable types are inspected each time."""
+    cache: dict = {}
+
+    @functools.wraps(fn)
+    def cached(tp):
+        try:
+            return cache[tp]
+        except KeyError:
+            cache[tp] = result = fn(tp)
+            return result
+        except TypeError:
+            return fn(tp)
+
+    return cached
+
+
+@_per_type
 def _unwrap(tp):
-    """Strip Annotated and Optional; return (core type, metadata list, optional?)."""
-    meta, optional = [], False
+    """Strip Annotated and Optional; return (core type, metadata tuple, optional?)."""
+    meta, optional = (), False
     while True:
         origin = typing.get_origin(tp)
         if origin is Annotated:
             args = typing.get_args(tp)
-            tp, meta = args[0], meta + list(args[1:])
+            tp, meta = args[0], meta + tuple(args[1:])
             continue
         if origin in (Union, types.UnionType):
             args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -65,6 +86,7 @@ def _unwrap(tp):
         return tp, meta, optional
 
 
+@_per_type
 def variants_of(tp) -> dict[str, type[S.Variant]] | None:
     """The tag -> class map if `tp` is a union of Variants (or one Variant)."""
     core, _, _ = _unwrap(tp)
@@ -77,6 +99,7 @@ def variants_of(tp) -> dict[str, type[S.Variant]] | None:
     return out or None
 
 
+@_per_type
 def _literal_values(tp) -> tuple | None:
     core, _, _ = _unwrap(tp)
     if typing.get_origin(core) is Literal:
@@ -84,6 +107,7 @@ def _literal_values(tp) -> tuple | None:
     return None
 
 
+@_per_type
 def _ref_kinds(tp) -> tuple[str, ...] | None:
     core, meta, _ = _unwrap(tp)
     for m in meta:
@@ -97,6 +121,7 @@ def _ref_kinds(tp) -> tuple[str, ...] | None:
     return None
 
 
+@_per_type
 def _list_item(tp):
     core, _, _ = _unwrap(tp)
     if typing.get_origin(core) is list:
@@ -104,6 +129,7 @@ def _list_item(tp):
     return None
 
 
+@_per_type
 def _model_class(tp):
     core, _, _ = _unwrap(tp)
     if isinstance(core, type) and issubclass(core, BaseModel) and not issubclass(core, S.Variant):
@@ -113,20 +139,31 @@ def _model_class(tp):
 
 def _annotation(info: FieldInfo):
     """The field's type with its Annotated metadata, which pydantic moves into `metadata`."""
-    refs = [m for m in info.metadata if isinstance(m, S.RefTo)]
-    return Annotated[(info.annotation, *refs)] if refs else info.annotation
+    try:
+        return _ANNOTATIONS[id(info)][1]
+    except KeyError:
+        refs = [m for m in info.metadata if isinstance(m, S.RefTo)]
+        tp = Annotated[(info.annotation, *refs)] if refs else info.annotation
+        _ANNOTATIONS[id(info)] = (info, tp)  # the FieldInfo is kept alive, so its id stays its own
+        return tp
+
+
+_ANNOTATIONS: dict[int, tuple] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _spec_keys(model: type[BaseModel]) -> dict[str, str]:
+    """Spec key -> pydantic field name (fields may have an alias, e.g. `class`)."""
+    return {info.alias or name: name for name, info in model.model_fields.items()}
 
 
 def _field_name(model: type[BaseModel], key: str) -> str | None:
-    """The pydantic field for a spec key (fields may have an alias, e.g. `class`)."""
-    for name, info in model.model_fields.items():
-        if (info.alias or name) == key:
-            return name
-    return None
+    """The pydantic field for a spec key."""
+    return _spec_keys(model).get(key)
 
 
 def _keys(model: type[BaseModel]) -> list[str]:
-    return [info.alias or name for name, info in model.model_fields.items()]
+    return list(_spec_keys(model))
 
 
 class _Problem(Exception):
@@ -397,7 +434,10 @@ _TYPE_MESSAGES = {
 _RANGE = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
-def _pydantic_diagnostics(err: ValidationError, block: ResolvedBlock, data: dict) -> list[Diagnostic]:
+def _pydantic_diagnostics(err: ValidationError, block: ResolvedBlock, data: dict,
+                          reported: set[tuple] = frozenset()) -> list[Diagnostic]:
+    """pydantic's errors as located diagnostics. A key under a `reported` path (its problem was
+    already said, and the reader left it out of `data`) is not also called missing."""
     out = []
     for e in err.errors(include_url=False):
         loc = tuple(e["loc"])
