@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from lmspec.diagnostics import Diagnostic, Label, Span, did_you_mean
 from lmspec.grammar import ast
-from lmspec.grammar.parser import MAX_NUMBER, parse, parse_file
+from lmspec.grammar.parser import MAX_NUMBER, gc_paused, parse, parse_file
 from lmspec.compiler.values import CallValue, Combination, FromStage, Ref, Symbol, WithValue, describe
 
 __all__ = ["ResolvedBlock", "ResolvedLayer", "ResolvedSpec", "resolve_file", "resolve_text", "Path_"]
@@ -612,11 +612,13 @@ def _resolve(tree: ast.SpecFile | None, text: str | None, path: str, diagnostics
 
 def resolve_text(text: str, path: str = "<string>", *, defaults: DefaultLookup | None = None,
                  derived: DerivedLookup | None = None) -> ResolvedSpec:
-    tree, diagnostics = parse(text, path)
-    return _resolve(tree, text, path, diagnostics, defaults, derived)
+    with gc_paused():  # see gc_paused: resolution allocates much and builds no cycles
+        tree, diagnostics = parse(text, path)
+        return _resolve(tree, text, path, diagnostics, defaults, derived)
 
 
 def resolve_file(path: str | Path, *, defaults: DefaultLookup | None = None,
                  derived: DerivedLookup | None = None) -> ResolvedSpec:
-    tree, text, diagnostics = parse_file(path)
-    return _resolve(tree, text, str(path), diagnostics, defaults, derived)
+    with gc_paused():
+        tree, text, diagnostics = parse_file(path)
+        return _resolve(tree, text, str(path), diagnostics, defaults, derived)

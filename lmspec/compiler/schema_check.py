@@ -24,6 +24,7 @@ from lmspec.compiler import schema as S
 from lmspec.compiler.resolve import ResolvedBlock, ResolvedSpec
 from lmspec.compiler.values import CallValue, Combination, FromStage, Ref, Symbol, WithValue, describe
 from lmspec.diagnostics import Diagnostic, Span, did_you_mean
+from lmspec.grammar.parser import gc_paused
 
 __all__ = ["ValidatedSpec", "validate_spec", "schema_default", "derived_attribute", "json_schema", "variants_of"]
 
@@ -545,11 +546,12 @@ def validate_block(block: ResolvedBlock, blocks: dict[str, ResolvedBlock]) -> tu
 
 def validate_spec(resolved: ResolvedSpec) -> ValidatedSpec:
     out = ValidatedSpec(resolved, diagnostics=list(resolved.diagnostics))
-    for name, block in resolved.blocks.items():
-        typed, diagnostics = validate_block(block, resolved.blocks)
-        out.diagnostics += diagnostics
-        if typed is not None:
-            out.blocks[name] = typed
+    with gc_paused():  # see gc_paused: one typed model per block, no cycles
+        for name, block in resolved.blocks.items():
+            typed, diagnostics = validate_block(block, resolved.blocks)
+            out.diagnostics += diagnostics
+            if typed is not None:
+                out.blocks[name] = typed
     return out
 
 
