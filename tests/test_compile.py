@@ -88,3 +88,13 @@ def test_check_figures_count_sgd_momentum_state():
     assert plain.stages["pretrain"].memory.optimizer == 0
     # one fp32 momentum buffer per parameter
     assert heavy.stages["pretrain"].memory.optimizer == 4 * heavy.models["gpt"].params.total
+
+
+def test_the_package_front_door_checks_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, lmspec; r = lmspec.check_file('specs/gpt.lmspec'); "
+            "print(r.ok, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
