@@ -35,9 +35,11 @@ def test_the_schedule_follows_the_experiment_graph():
 
 
 def test_the_design_examples_compile():
-    for path, first in (("specs/gpt.lmspec", "pretrain"), ("specs/rlaif.lmspec", "pretrain"),
-                        ("specs/bert_t5.lmspec", "bert_pretrain")):
-        assert compile_spec(check_file(path)).names()[0] == first
+    from pathlib import Path
+
+    specs = Path(__file__).resolve().parents[1] / "specs"
+    for name, first in (("gpt.lmspec", "pretrain"), ("rlaif.lmspec", "pretrain"), ("bert_t5.lmspec", "bert_pretrain")):
+        assert compile_spec(check_file(specs / name)).names()[0] == first
 
 
 def test_a_stage_starts_from_the_weights_of_the_stage_it_names(tmp_path):
@@ -94,7 +96,10 @@ def test_the_package_front_door_checks_without_importing_torch():
     import subprocess
     import sys
 
-    code = ("import sys, lmspec; r = lmspec.check_file('specs/gpt.lmspec'); "
+    from pathlib import Path
+
+    spec = Path(__file__).resolve().parents[1] / "specs" / "gpt.lmspec"
+    code = (f"import sys, lmspec; r = lmspec.check_file({str(spec)!r}); "
             "print(r.ok, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"]
