@@ -101,5 +101,6 @@ def test_the_package_front_door_checks_without_importing_torch():
     spec = Path(__file__).resolve().parents[1] / "specs" / "gpt.lmspec"
     code = (f"import sys, lmspec; r = lmspec.check_file({str(spec)!r}); "
             "print(r.ok, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=spec.parents[1])
     assert out.stdout.split() == ["True", "False"]
