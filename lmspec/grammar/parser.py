@@ -153,7 +153,7 @@ class _ToAst(Transformer_NonRecursive):
         return self._ident(c[0])
 
     def field(self, c, meta):
-        key, value = self._ident(c[0]), c[1]
+        key, value = self._ident(c[0]), self._expr(c[1])
         depth, size = _expression_shape(value)
         if depth > MAX_EXPRESSION_DEPTH or size > MAX_EXPRESSION_NODES:
             what = (f"is nested more than {MAX_EXPRESSION_DEPTH} levels deep" if depth > MAX_EXPRESSION_DEPTH
@@ -190,8 +190,19 @@ class _ToAst(Transformer_NonRecursive):
         return int(value)
 
     # expressions
-    def number(self, c, meta):
-        raw, span = str(c[0]), self.o.of_meta(meta)
+
+    def _expr(self, x):
+        """An expression child: an AST node already, or a NUMBER, STRING or NAME token."""
+        if type(x) is not Token:
+            return x
+        if x.type == "NAME":
+            return ast.Name(str(x), self.o.of_token(x))
+        if x.type == "NUMBER":
+            return self._number(x)
+        return ast.String(_unescape(str(x)), self.o.of_token(x))
+
+    def _number(self, tok: Token):
+        raw, span = str(tok), self.o.of_token(tok)
         if _BAD_UNDERSCORE.search(raw):  # the token's pattern lets `1_` and `1__0` through
             self.problems.append(Diagnostic("error", "LMS008", f"malformed number '{raw[:40]}'", span,
                                             help="an underscore goes between two digits: 50_257"))
@@ -204,52 +215,46 @@ class _ToAst(Transformer_NonRecursive):
                                             help=f"numbers in a spec are at most {MAX_NUMBER:.3g}"))
             return ast.Invalid(span)
 
-    def string(self, c, meta):
-        return ast.String(_unescape(str(c[0])), self.o.of_meta(meta))
-
     def true(self, c, meta):
         return ast.Bool(True, self.o.of_meta(meta))
 
     def false(self, c, meta):
         return ast.Bool(False, self.o.of_meta(meta))
 
-    def name(self, c, meta):
-        return ast.Name(str(c[0]), self.o.of_meta(meta))
-
     def list(self, c, meta):
-        return ast.ListExpr(tuple(x for x in c if x is not None), self.o.of_meta(meta))
+        return ast.ListExpr(tuple(self._expr(x) for x in c if x is not None), self.o.of_meta(meta))
 
     def attr(self, c, meta):
-        return ast.Attr(c[0], self._ident(c[1]), self.o.of_meta(meta))
+        return ast.Attr(self._expr(c[0]), self._ident(c[1]), self.o.of_meta(meta))
 
     def call(self, c, meta):
         func, *args = c
         positional = tuple(a[1] for a in args if a is not None and a[0] is None)
         keywords = tuple(a for a in args if a is not None and a[0] is not None)
-        return ast.Call(func, positional, keywords, self.o.of_meta(meta))
+        return ast.Call(self._expr(func), positional, keywords, self.o.of_meta(meta))
 
     def pos_arg(self, c, meta):
-        return (None, c[0])
+        return (None, self._expr(c[0]))
 
     def kw_arg(self, c, meta):
-        return (self._ident(c[0]), c[1])
+        return (self._ident(c[0]), self._expr(c[1]))
 
     def _binop(op):  # noqa: N805 - a small factory for the four operators
         def method(self, c, meta):
-            return ast.BinOp(op, c[0], c[1], self.o.of_meta(meta))
+            return ast.BinOp(op, self._expr(c[0]), self._expr(c[1]), self.o.of_meta(meta))
 
         return method
 
     add, sub, mul, div = _binop("+"), _binop("-"), _binop("*"), _binop("/")
 
     def neg(self, c, meta):
-        return ast.Neg(c[0], self.o.of_meta(meta))
+        return ast.Neg(self._expr(c[0]), self.o.of_meta(meta))
 
     def from_stage(self, c, meta):
-        return ast.FromStage(c[0], self._ident(c[1]), self.o.of_meta(meta))
+        return ast.FromStage(self._expr(c[0]), self._ident(c[1]), self.o.of_meta(meta))
 
     def with_field(self, c, meta):
-        return ast.WithField(c[0], self._ident(c[1]), c[2], self.o.of_meta(meta))
+        return ast.WithField(self._expr(c[0]), self._ident(c[1]), self._expr(c[2]), self.o.of_meta(meta))
 
 
 # ----------------------------------------------------------------------------- scanning
