@@ -319,6 +319,20 @@ def test_a_layer_number_must_be_whole():
     assert tree is not None
 
 
+def test_parsing_restores_the_garbage_collector_as_it_found_it():
+    import gc
+
+    assert gc.isenabled()
+    parse("model m { a: 1 }")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        parse("model m { a: 1 }")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_the_grammar_does_not_import_torch():
     code = "import sys, lmspec.grammar; lmspec.grammar.parse('model m { a: 1 }'); print('torch' in sys.modules)"
     root = Path(__file__).resolve().parent.parent

@@ -193,6 +193,19 @@ def test_a_missing_nested_block_and_a_key_missing_in_one():
     assert (d.message, where(d)) == ("'encoder' of model 'm' needs 'layers'", at(text, "encoder", nth=2))
 
 
+def test_a_wrong_value_in_a_nested_block_is_not_also_missing():
+    text = STAGES + "train t { model: m, data: d, objective: clm }\nrl r { policy: m from t, reward: t,\n" \
+                    "  rollouts { prompts: m.prefixes(tokens: 8) } }"
+    assert [e.split(" ", 2)[1:] for e in errors(text)] == [
+        ["LMS047", "'data' needs a data block, but 'm' is a model"]]
+
+
+def test_a_missing_model_use_is_helped_as_a_key():
+    d = only(STAGES + "train t { model: m, data: d, objective: clm }\nrl r { reward: t,"
+             " rollouts { prompts: d.prefixes() } }", "LMS045")
+    assert (d.message, d.help) == ("rl 'r' needs 'policy'", "add `policy: ...`")
+
+
 def test_a_key_that_failed_to_resolve_is_not_also_missing():
     # `vocab` has an error of its own; "needs 'vocab'" would be noise
     assert [e.split(" ")[1] for e in errors("model m { vocab: nope.x, context: 16, layers: 2, d_model: 32,"
