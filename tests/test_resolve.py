@@ -160,6 +160,14 @@ def test_extends_an_undefined_block_suggests_a_name():
                                              "did you mean 'base'?")
 
 
+def test_a_block_whose_extends_failed_is_not_also_missing_keys():
+    # the keys are in the block it meant to extend, here one that failed to parse
+    assert errors("lmspec 1\nmodel base { layers = 2 }\nmodel m extends base { }\nmodel n extends m { }\n") == [
+        "2:21 LMS005 '=' is not how lmspec assigns",
+        "3:17 LMS024 'm' extends 'base', which is not defined",
+    ]
+
+
 def test_extends_a_block_of_another_kind():
     d = only("lmspec 1\ntokenizer tok { kind: bytes }\nmodel m extends tok { }\n", "LMS024")
     assert (where(d), d.message) == ("3:17-20", "a model cannot extend the tokenizer 'tok'")

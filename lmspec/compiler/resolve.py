@@ -52,6 +52,9 @@ class ResolvedBlock:
     # overrides live under ("<nested name>", ...) and ("layer", i, ...)
     value_spans: dict[tuple, Span] = field(default_factory=dict)
     key_spans: dict[tuple, Span] = field(default_factory=dict)
+    # its `extends` failed (and was reported): keys it lacks may be in the block it meant to
+    # extend, so the schema does not also call them missing
+    incomplete: bool = False
 
     def span_of(self, path: tuple, key: bool = False) -> Span:
         """The span of the longest prefix of `path` we know; the block's name if none."""
@@ -105,6 +108,7 @@ class _Merged:
     fields: dict[str, ast.Field]
     nested: dict[str, "_MergedNested"]
     layers: list[ast.LayerOverride]
+    incomplete: bool = False  # its `extends` failed (reported), here or up its chain
 
 
 @dataclass
@@ -200,28 +204,28 @@ class Resolver:
                     self._chain_too_long = True
                     self.error("LMS011", f"more than {MAX_EXTENDS_DEPTH} blocks extend one another in a chain",
                                block.extends.span, help="extend a block nearer the root of the chain")
-                merged = _Merged(block, own_fields, own_nested, own_layers)
+                merged = _Merged(block, own_fields, own_nested, own_layers, incomplete=True)
             elif base_name in chain or base_name == name:
                 cycle = " -> ".join(chain + (name, base_name))
                 self.error("LMS025", f"blocks extend each other in a cycle: {cycle}", block.extends.span,
                            help="remove one `extends`")
-                merged = _Merged(block, own_fields, own_nested, own_layers)
+                merged = _Merged(block, own_fields, own_nested, own_layers, incomplete=True)
             elif base_name not in self.blocks:
                 self.error("LMS024", f"'{name}' extends '{base_name}', which is not defined", block.extends.span,
                            help=did_you_mean(base_name, [n for n, b in self.blocks.items()
                                                          if b.kind.name == block.kind.name and n != name]))
-                merged = _Merged(block, own_fields, own_nested, own_layers)
+                merged = _Merged(block, own_fields, own_nested, own_layers, incomplete=True)
             else:
                 base = self.blocks[base_name]
                 if base.kind.name != block.kind.name:
                     self.error("LMS024", f"a {block.kind.name} cannot extend the {base.kind.name} '{base_name}'",
                                block.extends.span, labels=[Label(base.kind.span, f"'{base_name}' is a {base.kind.name}")])
-                    merged = _Merged(block, own_fields, own_nested, own_layers)
+                    merged = _Merged(block, own_fields, own_nested, own_layers, incomplete=True)
                 else:
                     parent = self.merge(base_name, chain + (name,))
                     fields = {**parent.fields, **own_fields}
                     nested = _merge_nested(parent.nested, own_nested)
-                    merged = _Merged(block, fields, nested, parent.layers + own_layers)
+                    merged = _Merged(block, fields, nested, parent.layers + own_layers, parent.incomplete)
         self.merged[name] = merged
         return merged
 
@@ -262,7 +266,7 @@ class Resolver:
             return self.resolved[name]
         m = self.merged[name]
         b = m.block
-        out = ResolvedBlock(b.kind.name, name, b.span, b.kind.span, b.name.span)
+        out = ResolvedBlock(b.kind.name, name, b.span, b.kind.span, b.name.span, incomplete=m.incomplete)
         self.resolved[name] = out
         kind = b.kind.name
         scope = _Scope(m.fields, None, kind, (), m)
