@@ -161,11 +161,20 @@ def test_extends_an_undefined_block_suggests_a_name():
 
 
 def test_a_block_whose_extends_failed_is_not_also_missing_keys():
-    # the keys are in the block it meant to extend, here one that failed to parse
-    assert errors("lmspec 1\nmodel base { layers = 2 }\nmodel m extends base { }\nmodel n extends m { }\n") == [
-        "2:21 LMS005 '=' is not how lmspec assigns",
-        "3:17 LMS024 'm' extends 'base', which is not defined",
+    # the keys are in the block it meant to extend
+    assert errors("lmspec 1\nmodel m extends bsae { }\nmodel n extends m { }\nmodel base { }\n") == [
+        "2:17 LMS024 'm' extends 'bsae', which is not defined",
+        "4:7 LMS045 model 'base' needs 'vocab'", "4:7 LMS045 model 'base' needs 'context'",
+        "4:7 LMS045 model 'base' needs 'd_model'", "4:7 LMS045 model 'base' needs 'heads'",
     ]
+
+
+def test_a_block_that_failed_to_parse_is_not_also_undefined():
+    # one syntax error, not a cascade of "'gpt' is not defined" wherever gpt is used
+    assert errors("lmspec 1\nmodel gpt { layers = 2 }\ndata d { source: text(\"x\") }\n"
+                  "train t { model: gpt from t, data: d, objective: clm }\n"
+                  "model g2 extends gpt { d_model: gpt.d_model }\n") == [
+        "2:20 LMS005 '=' is not how lmspec assigns"]
 
 
 def test_extends_a_block_of_another_kind():

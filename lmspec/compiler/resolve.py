@@ -137,6 +137,8 @@ class Resolver:
         self._in_progress: dict[tuple[str, tuple, str], None] = {}  # fields being evaluated, in order
         self._too_deep: set[str] = set()  # blocks already told their references are too deep
         self._chain_too_long = False  # an extends chain beyond MAX_EXTENDS_DEPTH was reported
+        # blocks that failed to parse: a reference to one has no value, and no error of its own
+        self.broken: set[str] = set()
 
     def error(self, code: str, message: str, span: Span | None, help: str | None = None,
               labels: list[Label] | None = None) -> None:
@@ -178,6 +180,7 @@ class Resolver:
             self.add_blocks(tree)
 
     def add_blocks(self, spec: ast.SpecFile) -> None:
+        self.broken.update(spec.broken)
         for block in spec.blocks:
             name = block.name.name
             if name in self.blocks:
@@ -211,9 +214,10 @@ class Resolver:
                            help="remove one `extends`")
                 merged = _Merged(block, own_fields, own_nested, own_layers, incomplete=True)
             elif base_name not in self.blocks:
-                self.error("LMS024", f"'{name}' extends '{base_name}', which is not defined", block.extends.span,
-                           help=did_you_mean(base_name, [n for n, b in self.blocks.items()
-                                                         if b.kind.name == block.kind.name and n != name]))
+                if base_name not in self.broken:
+                    self.error("LMS024", f"'{name}' extends '{base_name}', which is not defined", block.extends.span,
+                               help=did_you_mean(base_name, [n for n, b in self.blocks.items()
+                                                             if b.kind.name == block.kind.name and n != name]))
                 merged = _Merged(block, own_fields, own_nested, own_layers, incomplete=True)
             else:
                 base = self.blocks[base_name]
@@ -425,12 +429,15 @@ class Resolver:
             return value
         if name in self.blocks:
             return Ref(self.blocks[name].kind.name, name)
+        if name in self.broken:
+            return None
         return Symbol(name)
 
     def block_ref(self, name: str, span: Span) -> Ref | None:
         if name in self.blocks:
             return Ref(self.blocks[name].kind.name, name)
-        self.error("LMS023", f"'{name}' is not defined", span, help=did_you_mean(name, self.blocks))
+        if name not in self.broken:
+            self.error("LMS023", f"'{name}' is not defined", span, help=did_you_mean(name, self.blocks))
         return None
 
     def attribute(self, obj: Any, name: ast.Ident, span: Span) -> Any:

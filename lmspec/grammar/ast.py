@@ -184,3 +184,6 @@ class SpecFile:
     header: Header | None
     imports: tuple[Import, ...]
     blocks: tuple[Block, ...]
+    # names of blocks that did not parse (their syntax errors are reported): references to
+    # them are not also "not defined"
+    broken: tuple[str, ...] = ()

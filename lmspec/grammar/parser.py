@@ -265,6 +265,8 @@ _NON_SPACE = re.compile(r"\S")
 # `KIND NAME [extends BASE] {` at the start of a line: a block header, which cannot occur inside
 # a block (a nested block is `NAME {`, a layer override `layer 0..3 {`)
 _BLOCK_HEAD = re.compile(r"(?!layer\b)[A-Za-z_]\w*[ \t]+[A-Za-z_]\w*(?:[ \t]+extends[ \t]+[A-Za-z_]\w*)?[ \t]*")
+_BLOCK_NAMES = re.compile(r"^(?!layer\b)[A-Za-z_]\w*[ \t]+([A-Za-z_]\w*)(?:[ \t]+extends[ \t]+[A-Za-z_]\w*)?[ \t]*\{",
+                          re.M)
 
 
 def _scan(text: str, path: str) -> tuple[list[tuple[int, int]], list[Diagnostic]]:
@@ -272,10 +274,11 @@ def _scan(text: str, path: str) -> tuple[list[tuple[int, int]], list[Diagnostic]
     or the transformer can recurse), and the top-level segments (header, imports, and
     each block up to its closing brace) used to recover after a syntax error.
 
-    A segment starts at the line of its first character outside any bracket (so header,
-    import lines and stray text join the block that follows, and columns stay right) and
-    ends where its block closes, or where a block header begins a line while the block
-    is still open (a forgotten `}`): the blocks after it are still checked."""
+    A segment starts at the line of its first character outside any bracket (so columns
+    stay right) and ends where its block closes, or where a block header begins a line:
+    the header and import lines are one segment, each block another, and a block left
+    open (a forgotten `}`) ends where the next one begins, so the blocks after it are
+    still checked."""
     segments: list[tuple[int, int]] = []
     depth, seg_start, free_from = 0, None, 0  # free_from: where text outside any segment begins
     for m in _SCAN.finditer(text):
@@ -287,9 +290,11 @@ def _scan(text: str, path: str) -> tuple[list[tuple[int, int]], list[Diagnostic]
         if ch in '"#':
             continue
         if ch in "{[(":
-            if ch == "{" and depth > 0:
+            if ch == "{" and seg_start is not None:
                 line_start = text.rfind("\n", 0, i) + 1
                 if line_start > seg_start and _BLOCK_HEAD.fullmatch(text, line_start, i):
+                    # a block header begins a new segment: the header and import lines before the
+                    # first block are a segment of their own, and an unclosed block ends here
                     segments.append((seg_start, line_start))
                     seg_start, depth = line_start, 0
             depth += 1
@@ -377,7 +382,7 @@ def _parse(text: str, path: str) -> tuple[ast.SpecFile | None, list[Diagnostic]]
         diagnostics += _check_header(spec, path)
         return spec, diagnostics
     # Recovery: parse each top-level segment alone and keep every error.
-    header, imports, blocks, errors = None, [], [], []
+    header, imports, blocks, errors, broken = None, [], [], [], []
     for start, end in segments:
         line = text.count("\n", 0, start)
         part, errs = _parse_fragment(text[start:end], _Offsets(path, line, start))
@@ -385,15 +390,18 @@ def _parse(text: str, path: str) -> tuple[ast.SpecFile | None, list[Diagnostic]]
             for d in errs:
                 if d.code == "LMS003" and d.message.startswith("the file ends"):
                     d.message = "the block is not closed before the next one begins"
+                elif d.message == "the file ends too early":  # `import` with no path, then a block
+                    d.message = "incomplete before the next block begins"
         errors += errs
         if part is None:
+            broken += _BLOCK_NAMES.findall(text, start, end)
             continue
         header = header or part.header
         imports += part.imports
         blocks += part.blocks
     if not any(d.is_error for d in errors):  # the segments parse alone but not together: keep the first error
         errors += first_errors
-    spec = ast.SpecFile(path, header, tuple(imports), tuple(blocks))
+    spec = ast.SpecFile(path, header, tuple(imports), tuple(blocks), tuple(broken))
     # a missing header is not worth a warning beside syntax errors: it may be the header
     # line that failed to parse; a wrong version is still an error
     errors += [d for d in _check_header(spec, path) if d.is_error]
