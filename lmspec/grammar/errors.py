@@ -239,6 +239,14 @@ def syntax_diagnostic(err: UnexpectedInput, text: str, offsets) -> Diagnostic:
             closer = {"{": "}", "[": "]", "(": ")"}[label.message.split("'")[1]]
             return Diagnostic("error", "LMS003", "the file ends before a bracket is closed", span, [label],
                               help=f"add the missing '{closer}'")
+        header = _HEADER_START.fullmatch(text)
+        if header is not None:  # `lmspec` and nothing after it
+            word = text.index("lmspec")
+            line = text.count("\n", 0, word) + 1
+            col = word - (text.rfind("\n", 0, word) + 1) + 1
+            return Diagnostic("error", "LMS010", "the version header needs a version number",
+                              offsets.span(line, col, line, col + 6, word, word + 6),
+                              help="the first line of a spec is `lmspec 1`")
         return Diagnostic("error", "LMS001", "the file ends too early", span,
                           help=_describe(set(getattr(err, "expected", ()) or ())) or None)
 
