@@ -241,6 +241,14 @@ def test_names_that_are_not_fields_are_symbols_and_blocks_are_references():
     assert f["optimizer"] == CallValue("adamw", (), (("lr", 0.001),))
 
 
+def test_objectives_combine_as_weighted_sums():
+    objective = lambda expr: fields(f"train t {{ objective: {expr} }}", "t")["objective"]
+    assert objective("mlm + 0.5 * nsp") == Combination(((1.0, Symbol("mlm")), (0.5, Symbol("nsp"))))
+    assert objective("2 * (mlm - nsp)") == Combination(((2.0, Symbol("mlm")), (-2.0, Symbol("nsp"))))
+    assert objective("mlm + nsp / 4") == Combination(((1.0, Symbol("mlm")), (0.25, Symbol("nsp"))))
+    assert objective("mlm(mask: 20%) * 3").terms[0][0] == 3.0
+
+
 def test_a_reference_cycle_names_its_fields():
     d = only("model m { a: b + 1, b: c * 2, c: a }", "LMS026")
     assert (where(d), d.message) == ("1:14-19", "fields refer to each other in a cycle: a -> b -> c -> a")

@@ -504,6 +504,12 @@ class Resolver:
         if op == "*" and _is_number(right) and _termable(left) and not _is_number(left):
             weights = tuple((float(right) * w, t) for w, t in _terms(left))
             return Combination(weights) if all(self._finite(w, node) is not None for w, _ in weights) else None
+        if op == "/" and _is_number(right) and _termable(left) and not _is_number(left):  # `nsp / 2`
+            if right == 0:
+                self.error("LMS028", "division by zero", node.right.span)
+                return None
+            weights = tuple((w / right, t) for w, t in _terms(left))
+            return Combination(weights) if all(self._finite(w, node) is not None for w, _ in weights) else None
         if isinstance(left, str) and isinstance(right, str) and op == "+":
             return left + right
         if self._undefined_name([(node.left, left), (node.right, right)], scope):
