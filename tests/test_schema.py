@@ -105,9 +105,13 @@ def test_a_misspelt_name_where_a_number_belongs_is_undefined():
     d = only(model("kv_heads: hedas"), "LMS023")
     assert (d.message, d.help, where(d)) == ("'hedas' is not defined", "did you mean 'heads'?",
                                              at(model("kv_heads: hedas"), "hedas"))
-    d = only(model("d_ff: 4 * d_modle"), "LMS023")  # `4 * name` would otherwise be a weighted objective
+    # `4 * name` could be a weighted objective (`0.5 * nsp`); a name close to a field is a typo
+    d = only(model("d_ff: 4 * d_modle"), "LMS023")
     assert (d.message, d.help, where(d)) == ("'d_modle' is not defined", "did you mean 'd_model'?",
-                                             at(model("d_ff: 4 * d_modle"), "4 * d_modle"))
+                                             at(model("d_ff: 4 * d_modle"), "d_modle"))
+    d = only(model("d_ff: 4 * width"), "LMS023")  # near nothing: the schema says so for the value
+    assert (d.message, d.help, where(d)) == ("'width' is not defined", "'d_ff' must be an integer",
+                                             at(model("d_ff: 4 * width"), "4 * width"))
 
 
 def test_an_unquoted_string_is_a_type_error_not_an_undefined_name():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lmspec.diagnostics import Diagnostic, Label, Span, did_you_mean
+from lmspec.diagnostics import Diagnostic, Label, Span, closest, did_you_mean
 from lmspec.grammar import ast
 from lmspec.grammar.parser import MAX_NUMBER, gc_paused, parse, parse_file
 from lmspec.compiler.values import CallValue, Combination, FromStage, Ref, Symbol, WithValue, describe
@@ -494,6 +494,10 @@ class Resolver:
             except OverflowError:  # int / int beyond a float's range
                 result = math.inf
             return self._finite(result, node)
+        # a bare name close to a field in scope is a typo (`4 * d_modle`, `d_modle / heads`),
+        # not a term of a weighted sum
+        if self._undefined_name([(node.left, left), (node.right, right)], scope, only_typos=True):
+            return None
         # weighted sums of non-numeric terms: objectives such as `mlm + 0.5 * nsp`
         if op in "+-" and not _is_number(left) and not _is_number(right) and _termable(left) and _termable(right):
             sign = 1.0 if op == "+" else -1.0
@@ -518,9 +522,16 @@ class Resolver:
                    help="arithmetic works on numbers; objectives combine as `mlm + 0.5 * nsp`")
         return None
 
-    def _undefined_name(self, operands: list[tuple[Any, Any]], scope: _Scope | None) -> bool:
-        """Arithmetic that fails on a bare name which is no field and no block: the name is a
-        typo (`d_model / hedas`), not an enum value. Report it as undefined, at the name."""
+    def _undefined_name(self, operands: list[tuple[Any, Any]], scope: _Scope | None,
+                        only_typos: bool = False) -> bool:
+        """Arithmetic on a bare name which is no field and no block: when the arithmetic fails,
+        or (`only_typos`) when the name is close to a field in scope, the name is a typo
+        (`d_model / hedas`), not an enum value. Report it as undefined, at the name."""
+        visible = set(self.blocks)
+        s = scope
+        while s is not None:
+            visible.update(s.entries)
+            s = s.parent
         for node, value in operands:
             if isinstance(value, Symbol):
                 names = [value.name]
@@ -529,13 +540,11 @@ class Resolver:
             else:
                 continue
             for name in names:
-                visible = set(self.blocks)
-                s = scope
-                while s is not None:
-                    visible.update(s.entries)
-                    s = s.parent
+                near = closest(name, visible)
+                if only_typos and near is None:
+                    continue
                 self.error("LMS023", f"'{name}' is not defined", _name_span(node, name) or node.span,
-                           help=did_you_mean(name, visible) or f"define '{name}' as a field or a block")
+                           help=f"did you mean '{near}'?" if near else f"define '{name}' as a field or a block")
                 return True
         return False
 
