@@ -79,6 +79,15 @@ def test_malformed_numbers(text, word, col):
                                                                col + len(word))
 
 
+def test_a_layer_range_elsewhere_is_not_taken_for_a_malformed_number():
+    # any `0..3` before a syntax error used to be reported as "malformed number '0..3'"
+    d = one_error("model m {\n  layer 0..3 { heads: 1 }\n  a = 1\n}")
+    assert (d.code, str(d.span)) == ("LMS005", "s.lmspec:3:5")
+    assert one_error("model m { layer 0..3 }").code == "LMS001"
+    d = one_error("model m {\n  a: 10kb\n}")  # the parser stumbles on the next line
+    assert (d.code, str(d.span)) == ("LMS008", "s.lmspec:2:6")
+
+
 def test_malformed_number_help():
     assert one_error("model m { a: 10kb }").help == "numbers look like 512, 50_257, 10k, 2M, 1.5B, 3e-4, 0.1 or 15%"
     assert one_error("model m { a: 1_ }").help == "an underscore goes between two digits: 50_257"

@@ -97,6 +97,7 @@ _TOKEN_TEXT = {
 
 _NUMBERISH = re.compile(r"(?<![A-Za-z0-9_.])\d[A-Za-z0-9_.%]*")
 _NUMBER = re.compile(r"\d[\d_]*(\.\d[\d_]*)?([eE][+-]?\d+)?([kMBT%])?")
+_LAYER_RANGE = re.compile(r"\d[\d_]*\.\.\d[\d_]*")
 
 
 def _describe(expected: set[str]) -> str:
@@ -121,11 +122,15 @@ def _token_text(tok) -> str:
     return f"'{value[:40]}{'...' if len(value) > 40 else ''}'"
 
 
-def _malformed_number(text: str, before: int, offsets) -> Diagnostic | None:
-    """`10kb`, `1.2.3`, `3e`: digits run into letters the lexer splits apart."""
-    for m in _NUMBERISH.finditer(text, 0, min(len(text), before + 1)):
+def _malformed_number(text: str, at: int, offsets) -> Diagnostic | None:
+    """`10kb`, `1.2.3`, `3e`: digits run into letters the lexer splits apart, and the parser
+    stumbles at or just after them. Only the line of the error (or of the last word before it)
+    is searched: a number elsewhere in the file is not the problem, nor is a layer range."""
+    last = len(text[:at].rstrip())  # the end of the last word before the error
+    line_start = text.rfind("\n", 0, max(0, last - 1)) + 1
+    for m in _NUMBERISH.finditer(text, line_start, min(len(text), at + 1)):
         word = m.group(0).rstrip(".")
-        if word and not _NUMBER.fullmatch(word):
+        if word and not _NUMBER.fullmatch(word) and not _LAYER_RANGE.fullmatch(word):
             line = text.count("\n", 0, m.start()) + 1
             col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
             span = offsets.span(line, col, line, col + len(word), m.start(), m.start() + len(word))
