@@ -156,6 +156,30 @@ def test_random_bytes_through_parse_file_and_check_file(tmp_path_factory, data):
     well_formed(check_file(path))
 
 
+LIBRARY = "lmspec 1\ntokenizer tok { kind: bytes }\nmodel base { vocab: tok.vocab_size, context: 64, layers: 2,\n" \
+          "  d_model: 64, heads: 4, d_ff: 4 * d_model }\n"
+MAIN = 'lmspec 1\nimport "lib/base.lmspec"\nmodel big extends base { d_model: 128, layer 0 { heads: heads / 2 } }\n'
+
+
+@settings(deadline=None, max_examples=60, derandomize=True)
+@given(st.sampled_from(["main", "library"]), st.data())
+def test_mutated_files_that_import_each_other(tmp_path_factory, which, data):
+    """Diagnostics in an imported file point into that file, which the report can show."""
+    folder = tmp_path_factory.mktemp("imports")
+    (folder / "lib").mkdir()
+    main, library = MAIN, LIBRARY
+    tokens = _TOKEN.findall(main if which == "main" else library)
+    i = data.draw(st.integers(0, len(tokens) - 1))
+    tokens[i:i + data.draw(st.integers(0, 2))] = [data.draw(_SOUP)]
+    if which == "main":
+        main = "".join(tokens)
+    else:
+        library = "".join(tokens)
+    (folder / "lib" / "base.lmspec").write_text(library, encoding="utf-8")
+    (folder / "main.lmspec").write_text(main, encoding="utf-8")
+    well_formed(check_file(folder / "main.lmspec"))
+
+
 def test_a_non_utf8_file_is_one_error_at_the_bad_byte(tmp_path):
     path = tmp_path / "x.lmspec"
     path.write_bytes(b"lmspec 1\nmodel m { a: 1 }\n\x80\x81")
