@@ -1,15 +1,19 @@
-"""Shared fixtures of the front-end tests: spec text in, diagnostics out."""
+"""Shared helpers and fixtures of the front-end tests: spec text in, diagnostics out."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from lmspec.compiler.api import CheckReport, check_text
-from lmspec.diagnostics import Diagnostic
-
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # test this checkout, even where another lmspec is installed
+    sys.path.insert(0, str(ROOT))
+
+from lmspec.compiler.api import CheckReport, check_text  # noqa: E402
+from lmspec.diagnostics import Diagnostic  # noqa: E402
+
 EXAMPLE_SPECS = sorted((ROOT / "specs").glob("*.lmspec"))
 
 # A model block that passes the schema and every rule, for tests about one key.
