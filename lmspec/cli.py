@@ -48,7 +48,8 @@ def cmd_check(args) -> int:
     missing = [p for p in args.specs if not Path(p).is_file()]
     if missing:
         for p in missing:
-            print(f"lmspec: error: no such file: {p}", file=sys.stderr)
+            what = "is a directory, not a spec file" if Path(p).is_dir() else "no such file"
+            print(f"lmspec: error: {p}: {what}", file=sys.stderr)
         return 2
     from lmspec.compiler.costs import render_figures, spec_figures
 

@@ -217,7 +217,7 @@ def test_check_of_a_missing_file_is_one_clear_line(tmp_path, capsys):
     missing = tmp_path / "nope.lmspec"
     assert main(["check", str(missing)]) == 2
     out, err = capsys.readouterr()
-    assert (out, err) == ("", f"lmspec: error: no such file: {missing}\n")
+    assert (out, err) == ("", f"lmspec: error: {missing}: no such file\n")
 
 
 def test_check_without_a_spec_is_a_usage_error(capsys):
@@ -267,3 +267,8 @@ def test_a_report_says_where_every_problem_is():
     with pytest.raises(LmspecError) as err:
         report.raise_for_errors()
     assert "r.lmspec:2:18: error[LMS005]" in str(err.value)
+
+
+def test_check_says_a_directory_is_not_a_spec_file(tmp_path, capsys):
+    assert main(["check", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"lmspec: error: {tmp_path}: is a directory, not a spec file\n"

@@ -299,3 +299,26 @@ train t { model: m, data: d, objective: mlm + 0.5 * nsp, clip_grad: none, init: 
     assert (t.init.kind, t.init.path) == ("hf", "dir")
     assert t.steps == 1000
     assert [d.code for d in report.errors if d.code.startswith("LMS04")] == []
+
+
+def test_every_bad_term_of_a_weighted_objective_is_reported():
+    from lmspec.compiler.api import check_text
+
+    report = check_text('lmspec 1\ndata d { source: builtin("tiny-stories") }\n'
+                        "model m { vocab: 300, context: 8, layers: 1, d_model: 8, heads: 2 }\n"
+                        "train t { model: m, data: d, objective: mlm(mask: 150%) + nsp(1) }\n")
+    assert sorted(d.code for d in report.diagnostics) == ["LMS043", "LMS046"]
+
+
+def test_a_model_cannot_be_deeper_than_the_layer_limit():
+    from lmspec.compiler.api import check_text
+
+    report = check_text("lmspec 1\nmodel m { vocab: 300, context: 8, layers: 1.5B, d_model: 8, heads: 2 }\n")
+    assert [(d.code, d.message) for d in report.diagnostics] == [("LMS043", "'layers' must be <= 4096, found 1500000000")]
+
+
+def test_an_empty_head_list_is_refused():
+    from lmspec.compiler.api import check_text
+
+    report = check_text("lmspec 1\nmodel m { vocab: 300, context: 8, layers: 1, d_model: 8, heads: 2, head: [] }\n")
+    assert [d.code for d in report.diagnostics] == ["LMS043"]

@@ -21,6 +21,7 @@ from lmspec.compiler.resolve import ResolvedSpec, resolve_file, resolve_text
 from lmspec.compiler.schema_check import ValidatedSpec, derived_attribute, schema_default, validate_spec
 from lmspec.diagnostics import Diagnostic, LmspecError
 from lmspec.grammar import parse
+from lmspec.grammar.parser import gc_paused
 
 __all__ = ["parse", "resolve", "validate", "check", "check_text", "check_file", "load_arch", "CheckReport"]
 
@@ -82,11 +83,13 @@ def _check(resolved: ResolvedSpec) -> CheckReport:
 
 
 def check_file(path: str | Path) -> CheckReport:
-    return _check(resolve(path))
+    with gc_paused():  # a check allocates much and builds no cycles: see parser.gc_paused
+        return _check(resolve(path))
 
 
 def check_text(text: str, path: str = "<string>") -> CheckReport:
-    return _check(resolve(path, text=text))
+    with gc_paused():
+        return _check(resolve(path, text=text))
 
 
 def check(source: str | Path) -> CheckReport:

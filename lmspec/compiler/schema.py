@@ -47,6 +47,7 @@ def Ref_(*kinds: str):  # noqa: N802 - reads as a type in annotations
 
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+MAX_LAYERS = 4096  # the deepest published transformers have ~200; checks walk every layer
 
 # ----------------------------------------------------------------------------- tokenizer
 
@@ -227,7 +228,7 @@ class LayerOverrideSpec(LayerFields):
 class StackSpec(LayerFields):
     """`encoder { }` / `decoder { }` of an encoder-decoder."""
 
-    layers: int = Field(ge=1, description="number of layers in this stack")
+    layers: int = Field(ge=1, le=MAX_LAYERS, description="number of layers in this stack")
     layer: list[LayerOverrideSpec] = Field([], description="per-layer overrides inside this stack")
 
 
@@ -238,7 +239,7 @@ class ModelSpec(Schema):
         "decoder", description="decoder | encoder | encoder_decoder")
     vocab: int = Field(ge=2, description="vocabulary size (embedding rows)")
     context: int = Field(ge=1, description="longest sequence the model is built for")
-    layers: int | None = Field(None, ge=1, description="number of layers (decoder or encoder)")
+    layers: int | None = Field(None, ge=1, le=MAX_LAYERS, description="number of layers (decoder or encoder)")
     d_model: int = Field(ge=1, description="hidden width")
     heads: int = Field(ge=1, description="attention heads")
     kv_heads: int | None = Field(None, ge=1, description="key/value heads; default heads; 1 = multi-query")
@@ -262,7 +263,7 @@ class ModelSpec(Schema):
     embed_scale: float = Field(1.0, gt=0, description="token embeddings are multiplied by this")
     head_scale: float = Field(1.0, gt=0, description="final hidden states are multiplied by this before a tied lm head (T5: d_model ** -0.5)")
     final_norm: bool | None = Field(None, description="a norm after the last layer; default true for pre-norm")
-    head: list[Head] | None = Field(None, description="lm | mlm(transform) | nsp | classifier(classes, pool) | "
+    head: list[Head] | None = Field(None, min_length=1, description="lm | mlm(transform) | nsp | classifier(classes, pool) | "
                                                       "scalar(pool) | none, or a list; default lm (mlm for encoders)")
     pad_id: int | None = Field(None, ge=0, description="padding token id")
     mask_id: int | None = Field(None, ge=0, description="mask token id (mlm)")

@@ -373,7 +373,13 @@ class _Reader:
             for p, span in list(spans.items()):
                 if p[:len(path)] == path and len(p) > len(path):
                     spans.setdefault(path + (i, "objective") + p[len(path):], span)
-        return [{"weight": w, "objective": self.variant(variants, t, path, "objective")} for w, t in terms]
+        out = []
+        for w, t in terms:  # read every term, so that one bad term does not hide another's error
+            try:
+                out.append({"weight": w, "objective": self.variant(variants, t, path, "objective")})
+            except _Problem as p:
+                self.problems.append(p)
+        return out  # pydantic still checks the good terms' ranges
 
     def model_use(self, value: Any, path: tuple) -> dict:
         out: dict[str, Any] = {}
