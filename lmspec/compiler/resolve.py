@@ -55,6 +55,7 @@ class ResolvedBlock:
     # its `extends` failed (and was reported): keys it lacks may be in the block it meant to
     # extend, so the schema does not also call them missing
     incomplete: bool = False
+    extends: str | None = None  # the block named after `extends`, as written
 
     def span_of(self, path: tuple, key: bool = False) -> Span:
         """The span of the longest prefix of `path` we know; the block's name if none."""
@@ -270,7 +271,8 @@ class Resolver:
             return self.resolved[name]
         m = self.merged[name]
         b = m.block
-        out = ResolvedBlock(b.kind.name, name, b.span, b.kind.span, b.name.span, incomplete=m.incomplete)
+        out = ResolvedBlock(b.kind.name, name, b.span, b.kind.span, b.name.span, incomplete=m.incomplete,
+                            extends=b.extends.name if b.extends is not None else None)
         self.resolved[name] = out
         kind = b.kind.name
         scope = _Scope(m.fields, None, kind, (), m)

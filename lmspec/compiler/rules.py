@@ -15,7 +15,6 @@ line (docs/validation.md explains every one with an example):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -792,22 +791,11 @@ def policy_rule(x: Experiment) -> Iterator[Diagnostic]:
 
 # ------------------------------------------------------------------------------- unused blocks
 
-_EXTENDS = re.compile(r"\s*extends\s+([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def _extended(x: Experiment) -> set[str]:
     """Blocks some other block extends (a base model is used even if no stage names it)."""
-    out = set()
-    sources = x.validated.resolved.sources
-    for block in x.validated.resolved.blocks.values():
-        base = getattr(block, "extends", None)
-        if base is None:  # read it from the header: KIND NAME [extends OTHER] {
-            text = sources.get(block.name_span.file, "")
-            m = _EXTENDS.match(text, block.name_span.end) if block.name_span.end else None
-            base = m.group(1) if m else None
-        if base:
-            out.add(base)
-    return out
+    return {b.extends for b in x.validated.resolved.blocks.values() if b.extends}
 
 
 def unused_rule(x: Experiment) -> Iterator[Diagnostic]:
