@@ -139,53 +139,22 @@ def _malformed_number(text: str, at: int, offsets) -> Diagnostic | None:
     return None
 
 
-def _unclosed(text: str, offsets) -> Label | None:
-    """The innermost bracket still open at the end of the text."""
-    stack, i, n = [], 0, len(text)
-    pairs = {"}": "{", "]": "[", ")": "("}
-    while i < n:
-        ch = text[i]
-        if ch == "#":
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-            continue
-        if ch == '"':
-            j = i + 1
-            while j < n and text[j] not in '"\n':
-                j += 2 if text[j] == "\\" else 1
-            i = j + 1
-            continue
-        if ch in "{[(":
-            stack.append(i)
-        elif ch in pairs and stack and text[stack[-1]] == pairs[ch]:
-            stack.pop()
-        i += 1
-    if not stack:
-        return None
-    pos = stack[-1]
-    line = text.count("\n", 0, pos) + 1
-    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
-    return Label(offsets.span(line, col, line, col + 1, pos, pos + 1), f"this '{text[pos]}' is never closed")
-
-
 _HEADER_START = re.compile(r"\s*lmspec\b\s*")
 _CLOSERS = {"}": "{", "]": "[", ")": "("}
 
 
-def _mismatched(text: str, pos: int, closer: str, offsets) -> tuple[Label, str] | None:
-    """`[1, 2 }`: the closer at `pos` belongs to an outer bracket, so an inner one was never
-    closed. Returns a label at the inner opening bracket and the closer it needs. A closer that
-    matches no open bracket at all is a stray (the catalogue's LMS013), not this."""
+def _open_brackets(text: str, end: int) -> list[int]:
+    """Positions of the brackets still open at `end`, innermost last; comments and strings skipped."""
     stack, i = [], 0
-    while i < pos:
+    while i < end:
         ch = text[i]
         if ch == "#":
             j = text.find("\n", i)
-            i = pos if j < 0 else j
+            i = end if j < 0 else j
             continue
         if ch == '"':
             j = i + 1
-            while j < pos and text[j] not in '"\n':
+            while j < end and text[j] not in '"\n':
                 j += 2 if text[j] == "\\" else 1
             i = j + 1
             continue
@@ -194,13 +163,31 @@ def _mismatched(text: str, pos: int, closer: str, offsets) -> tuple[Label, str] 
         elif ch in _CLOSERS and stack and text[stack[-1]] == _CLOSERS[ch]:
             stack.pop()
         i += 1
+    return stack
+
+
+def _never_closed(text: str, pos: int, offsets) -> Label:
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return Label(offsets.span(line, col, line, col + 1, pos, pos + 1), f"this '{text[pos]}' is never closed")
+
+
+def _unclosed(text: str, offsets) -> Label | None:
+    """The innermost bracket still open at the end of the text."""
+    stack = _open_brackets(text, len(text))
+    return _never_closed(text, stack[-1], offsets) if stack else None
+
+
+def _mismatched(text: str, pos: int, closer: str, offsets) -> tuple[Label, str] | None:
+    """`[1, 2 }`: the closer at `pos` belongs to an outer bracket, so an inner one was never
+    closed. Returns a label at the inner opening bracket and the closer it needs. A closer that
+    matches no open bracket at all is a stray (the catalogue's LMS013), not this."""
+    stack = _open_brackets(text, pos)
     if not stack or text[stack[-1]] == _CLOSERS[closer] or not any(text[j] == _CLOSERS[closer] for j in stack):
         return None
     inner = stack[-1]
-    line = text.count("\n", 0, inner) + 1
-    col = inner - (text.rfind("\n", 0, inner) + 1) + 1
     needed = {"{": "'}'", "[": "']'", "(": "')'"}[text[inner]]
-    return Label(offsets.span(line, col, line, col + 1, inner, inner + 1), f"this '{text[inner]}' is never closed"), needed
+    return _never_closed(text, inner, offsets), needed
 
 
 def syntax_diagnostic(err: UnexpectedInput, text: str, offsets) -> Diagnostic:
