@@ -51,6 +51,7 @@ def cmd_check(args) -> int:
             what = "is a directory, not a spec file" if Path(p).is_dir() else "no such file"
             print(f"lmspec: error: {p}: {what}", file=sys.stderr)
         return 2
+    from lmspec.compiler.compile import init_diagnostics
     from lmspec.compiler.costs import render_figures, spec_figures
 
     status = 0
@@ -61,6 +62,8 @@ def cmd_check(args) -> int:
         if report.ok:
             figures, meta_problems = spec_figures(report, meta=not args.no_meta)
             report.diagnostics += meta_problems
+            if not args.no_meta:  # both need torch: checkpoints are compared on the meta device
+                report.diagnostics += init_diagnostics(report)
         status = status or (0 if report.ok else 1)
         if args.json:
             results.append({"file": path, "ok": report.ok,
@@ -108,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("specs", nargs="+", metavar="SPEC")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-meta", action="store_true",
-                   help="skip the forward/backward pass of each model on the meta device")
+                   help="skip the forward/backward pass of each model on the meta device, and the "
+                        "comparison of init: hf(...) checkpoints with their models")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("schema", help="print the JSON Schema of every block kind")
     p.set_defaults(func=cmd_schema)

@@ -104,3 +104,42 @@ def test_the_package_front_door_checks_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=spec.parents[1])
     assert out.stdout.split() == ["True", "False"]
+
+
+def _tiny_gpt2_checkpoint(directory):
+    import transformers
+
+    config = transformers.GPT2Config(vocab_size=320, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+    transformers.GPT2LMHeadModel(config).save_pretrained(directory, safe_serialization=True)
+
+
+def test_check_names_the_tensors_of_an_hf_checkpoint_that_does_not_fit(tmp_path, capsys):
+    from lmspec.cli import main
+    from lmspec.compiler.hf import spec_from_hf
+
+    _tiny_gpt2_checkpoint(tmp_path / "ckpt")
+    model = spec_from_hf(tmp_path / "ckpt", name="small").replace("d_ff: 128", "d_ff: 96")
+    spec = tmp_path / "ft.lmspec"
+    spec.write_text(model + '\ndata d { source: builtin("tiny-stories") }\n'
+                    'tokenizer tok { kind: bpe(vocab: 300, train_on: d) }\n'
+                    'train ft { model: small, init: hf("ckpt"), objective: clm, data: d, steps: 1, batch: 1 }\n')
+    assert main(["check", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert "error[LMS087]: init: the tensors in" in err
+    assert "decoder.layers.0.mlp.up_proj.weight: expected (96, 32), found (128, 32)" in err
+    # the path in the spec is relative to the spec file, so check finds the checkpoint from anywhere
+    assert "ckpt" in err and "no such" not in err
+
+
+def test_an_hf_checkpoint_that_fits_passes_check(tmp_path):
+    from lmspec.compiler.compile import init_diagnostics
+    from lmspec.compiler.hf import spec_from_hf
+
+    _tiny_gpt2_checkpoint(tmp_path / "ckpt")
+    spec = tmp_path / "ft.lmspec"
+    spec.write_text(spec_from_hf(tmp_path / "ckpt", name="small") + '\ndata d { source: builtin("tiny-stories") }\n'
+                    'tokenizer tok { kind: bpe(vocab: 300, train_on: d) }\n'
+                    'train ft { model: small, init: hf("ckpt"), objective: clm, data: d, steps: 1, batch: 1 }\n')
+    report = check_file(spec)
+    assert report.ok and init_diagnostics(report) == []
+    assert compile_spec(report)["ft"].init.hf == str(tmp_path / "ckpt")

@@ -18,7 +18,12 @@ from lmspec.compiler.costs import stage_arch
 from lmspec.compiler.graphs import experiment_graph, stage_order
 import networkx as nx
 
-__all__ = ["StagePlan", "Schedule", "compile_spec", "build_stage_model", "InitFrom"]
+from lmspec.diagnostics import CODES, Diagnostic
+
+__all__ = ["StagePlan", "Schedule", "compile_spec", "build_stage_model", "InitFrom", "init_diagnostics",
+           "spec_relative"]
+
+CODES.setdefault("LMS087", "an `init: hf(...)` checkpoint that does not fit the stage's model")
 
 
 @dataclass(frozen=True)
@@ -55,16 +60,24 @@ class Schedule:
         return next(s for s in self.stages if s.name == name)
 
 
-def _init(kind: str, spec) -> InitFrom | None:
+def _init(kind: str, spec, spec_file: str) -> InitFrom | None:
     use = getattr(spec, "model", None) if kind == "train" else getattr(spec, "policy", None)
     init = getattr(spec, "init", None)
     if isinstance(init, str):
         return InitFrom(stage=init)
     if init is not None and getattr(init, "kind", None) == "hf":
-        return InitFrom(hf=init.path)
+        return InitFrom(hf=str(spec_relative(init.path, spec_file)))
     if use is not None and use.stage is not None:
         return InitFrom(stage=use.stage)
     return None
+
+
+def spec_relative(path: str, spec_file: str) -> Path:
+    """A path written in a spec is relative to the spec's own file, as imports are."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or spec_file.startswith("<"):
+        return p
+    return Path(spec_file).parent / p
 
 
 def compile_spec(report) -> Schedule:
@@ -84,7 +97,8 @@ def compile_spec(report) -> Schedule:
             model, arch = found if found is not None else (None, None)
         use = getattr(spec, "model", None) if kinds[name] == "train" else getattr(spec, "policy", None)
         after = tuple(a for a in order if a in nx.ancestors(graph, name))
-        schedule.stages.append(StagePlan(name, kinds[name], spec, model, arch, _init(kinds[name], spec),
+        spec_file = report.spec.resolved.blocks[name].span.file
+        schedule.stages.append(StagePlan(name, kinds[name], spec, model, arch, _init(kinds[name], spec, spec_file),
                                          bool(use is not None and getattr(use, "head", None)), after))
     return schedule
 
@@ -132,6 +146,28 @@ def build_stage_model(plan: StagePlan, *, device=None, dtype=None,
                          f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}, "
                          f"wrong shapes {wrong[:8]}")
     return model
+
+
+def init_diagnostics(report, schedule: Schedule | None = None) -> list[Diagnostic]:
+    """LMS087 for every `init: hf("dir")` whose checkpoint does not fit the stage's model: the
+    tensors are compared by their safetensors headers against a meta-device build, so nothing is
+    read or allocated. Each diagnostic names the missing, unexpected and misshapen tensors."""
+    from lmspec.compiler.hf import HFError, check_hf_weights
+
+    out = []
+    for plan in schedule or compile_spec(report):
+        if plan.init is None or plan.init.hf is None or plan.arch is None:
+            continue
+        block = report.spec.resolved.blocks[plan.name]
+        try:
+            check_hf_weights(plan.arch, plan.init.hf, new_heads=plan.new_head)
+        except (HFError, OSError, ValueError) as err:
+            lines = str(err).splitlines()
+            out.append(Diagnostic("error", "LMS087", f"init: {lines[0]}", block.span_of(("init",)),
+                                  notes=[line.strip() for line in lines[1:]],
+                                  help="describe the checkpoint with `lmspec import-hf DIR` and start from that "
+                                       "model block"))
+    return out
 
 
 _HEADS = ("lm_head", "mlm_head", "nsp_head", "classifier", "score", "pooler")

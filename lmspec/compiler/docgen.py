@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from lmspec.compiler import costs, graphs, rules  # noqa: F401 - they register their diagnostic codes
+from lmspec.compiler import compile as _compile, costs, graphs, rules  # noqa: F401 - they register codes
 from lmspec.compiler import schema as S
 from lmspec.compiler.schema_check import _unwrap, variants_of
 from lmspec.diagnostics import CODES

@@ -21,7 +21,7 @@ from .files import read_hf_config
 from .spec import import_hf_main, spec_from_arch, spec_from_config, spec_from_hf
 
 if TYPE_CHECKING:
-    from .weights import load_hf_model, load_hf_weights
+    from .weights import check_hf_weights, load_hf_model, load_hf_weights
 
 __all__ = [
     "SUPPORTED",
@@ -36,9 +36,10 @@ __all__ = [
     "import_hf_main",
     "load_hf_weights",
     "load_hf_model",
+    "check_hf_weights",
 ]
 
-_LAZY = {"load_hf_weights", "load_hf_model"}  # these need torch and safetensors
+_LAZY = {"load_hf_weights", "load_hf_model", "check_hf_weights"}  # these need torch and safetensors
 
 
 def __getattr__(name: str) -> Any:

@@ -26,7 +26,7 @@ from .files import read_hf_config, safetensors_files, tensor_shapes
 from .mapping import Rule, hf_mapping
 from .spec import default_model_name
 
-__all__ = ["load_hf_weights", "load_hf_model"]
+__all__ = ["load_hf_weights", "load_hf_model", "check_hf_weights"]
 
 
 @dataclass
@@ -68,6 +68,21 @@ def load_hf_weights(model: nn.Module, directory: str | Path, *, new_heads: bool 
                     tensors = [t.t() for t in tensors]
                 value = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
                 copy.param.copy_(value)
+
+
+def check_hf_weights(arch: ArchConfig, directory: str | Path, *, new_heads: bool = False) -> None:
+    """Raise what `load_hf_weights` would raise for a model of `arch`, reading only the config
+    and the safetensors headers: the model is built on the meta device and no tensor is read."""
+    from ..build import build_model
+
+    config = read_hf_config(directory)
+    with ExitStack() as stack:
+        handles = {}
+        for path in safetensors_files(directory):
+            f = stack.enter_context(safe_open(str(path), framework="pt"))
+            handles.update(dict.fromkeys(f.keys(), f))
+        checkpoint = arch_from_hf_config(config, "checkpoint", tensor_names=handles.keys())
+        _plan(build_model(arch, device="meta"), str(directory), config["model_type"], checkpoint, handles, new_heads)
 
 
 def _plan(
