@@ -125,7 +125,7 @@ def test_check_names_the_tensors_of_an_hf_checkpoint_that_does_not_fit(tmp_path,
                     'train ft { model: small, init: hf("ckpt"), objective: clm, data: d, steps: 1, batch: 1 }\n')
     assert main(["check", str(spec)]) == 1
     err = capsys.readouterr().err
-    assert "error[LMS087]: init: the tensors in" in err
+    assert "error[LMS091]: init: the tensors in" in err
     assert "decoder.layers.0.mlp.up_proj.weight: expected (96, 32), found (128, 32)" in err
     # the path in the spec is relative to the spec file, so check finds the checkpoint from anywhere
     assert "ckpt" in err and "no such" not in err

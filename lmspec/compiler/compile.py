@@ -23,7 +23,7 @@ from lmspec.diagnostics import CODES, Diagnostic
 __all__ = ["StagePlan", "Schedule", "compile_spec", "build_stage_model", "InitFrom", "init_diagnostics",
            "spec_relative"]
 
-CODES.setdefault("LMS087", "an `init: hf(...)` checkpoint that does not fit the stage's model")
+CODES.setdefault("LMS091", "an `init: hf(...)` checkpoint that does not fit the stage's model")
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def build_stage_model(plan: StagePlan, *, device=None, dtype=None,
 
 
 def init_diagnostics(report, schedule: Schedule | None = None) -> list[Diagnostic]:
-    """LMS087 for every `init: hf("dir")` whose checkpoint does not fit the stage's model: the
+    """LMS091 for every `init: hf("dir")` whose checkpoint does not fit the stage's model: the
     tensors are compared by their safetensors headers against a meta-device build, so nothing is
     read or allocated. Each diagnostic names the missing, unexpected and misshapen tensors."""
     from lmspec.compiler.hf import HFError, check_hf_weights
@@ -163,7 +163,7 @@ def init_diagnostics(report, schedule: Schedule | None = None) -> list[Diagnosti
             check_hf_weights(plan.arch, plan.init.hf, new_heads=plan.new_head)
         except (HFError, OSError, ValueError) as err:
             lines = str(err).splitlines()
-            out.append(Diagnostic("error", "LMS087", f"init: {lines[0]}", block.span_of(("init",)),
+            out.append(Diagnostic("error", "LMS091", f"init: {lines[0]}", block.span_of(("init",)),
                                   notes=[line.strip() for line in lines[1:]],
                                   help="describe the checkpoint with `lmspec import-hf DIR` and start from that "
                                        "model block"))
