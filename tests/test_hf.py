@@ -65,6 +65,10 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
         "t5_gated": T.T5ForConditionalGeneration(
             T.T5Config(**t5, feed_forward_proj="gated-silu", tie_word_embeddings=False)
         ),
+        # T5 v1.1 / Flan-T5: gated tanh-approximated GELU (gelu_new)
+        "t5_v1_1": T.T5ForConditionalGeneration(
+            T.T5Config(**t5, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+        ),
         "llama": T.LlamaForCausalLM(T.LlamaConfig(**llama, rope_theta=500_000.0)),  # GQA: 6 heads, 2 kv heads
         "mistral": T.MistralForCausalLM(T.MistralConfig(**llama, sliding_window=5)),
     }
@@ -146,7 +150,7 @@ def test_bert_model_hidden_states_and_pooler_match(ckpts):
         torch.testing.assert_close(model.pooler(ours.hidden), theirs.pooler_output, atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["t5", "t5_gated"])
+@pytest.mark.parametrize("family", ["t5", "t5_gated", "t5_v1_1"])
 def test_t5_logits_match_transformers(ckpts, family):
     ids, mask = _inputs()
     decoder_ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(2))
@@ -347,9 +351,14 @@ def test_unsupported_configs_raise_a_clear_error(ckpts, changes, message):
         arch_from_hf_config(config, "m")
 
 
-def test_t5_gated_gelu_is_refused_not_approximated(ckpts):
-    config = {**read_hf_config(ckpts["t5"]), "feed_forward_proj": "gated-gelu"}
-    with pytest.raises(HFImportError, match=r"gated-gelu.*tanh approximation"):
+def test_t5_v1_1_gated_gelu_is_the_tanh_approximation(ckpts):
+    arch = arch_from_hf_config(read_hf_config(ckpts["t5_v1_1"]), "t5")
+    assert {layer.activation for stack in arch.stacks for layer in stack.layers} == {"geglu_tanh"}
+
+
+def test_an_unknown_t5_feed_forward_is_refused(ckpts):
+    config = {**read_hf_config(ckpts["t5"]), "feed_forward_proj": "gated-swish"}
+    with pytest.raises(HFImportError, match=r"gated-swish.*no lmspec activation matches it"):
         arch_from_hf_config(config, "t5")
 
 
@@ -385,7 +394,8 @@ def test_spec_from_hf_sets_every_key(ckpts):
     assert "head: none" in spec_from_hf(ckpts["bert_model"])
 
 
-@pytest.mark.parametrize("family", ["gpt2", "bert_pretraining", "bert_model", "t5", "t5_gated", "llama", "mistral"])
+@pytest.mark.parametrize("family", ["gpt2", "bert_pretraining", "bert_model", "t5", "t5_gated", "t5_v1_1", "llama",
+                                    "mistral"])
 def test_spec_round_trips_to_the_same_arch(ckpts, family):
     path = ckpts[family]
     expected = arch_from_hf_config(read_hf_config(path), family, tensor_names=load_file(path / "model.safetensors"))

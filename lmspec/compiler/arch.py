@@ -21,11 +21,11 @@ AttentionKind = Literal["causal", "bidirectional", "sliding", "prefix"]
 PositionKind = Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"]
 NormKind = Literal["layernorm", "rmsnorm"]
 Placement = Literal["pre", "post"]
-Activation = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "reglu"]
+Activation = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh", "reglu"]
 HeadKind = Literal["lm", "mlm", "nsp", "classifier", "scalar"]
 
 #: activations whose MLP has a gate projection (three matrices instead of two)
-GATED_ACTIVATIONS = frozenset({"swiglu", "geglu", "reglu"})
+GATED_ACTIVATIONS = frozenset({"swiglu", "geglu", "geglu_tanh", "reglu"})
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from lmspec.compiler import schema as S
 from lmspec.compiler.arch import (
-    ArchConfig, AttentionConfig, HeadConfig, LayerConfig, PositionConfig, StackConfig,
+    GATED_ACTIVATIONS, ArchConfig, AttentionConfig, HeadConfig, LayerConfig, PositionConfig, StackConfig,
 )
 
 __all__ = ["lower_model", "attention_config", "position_config", "head_configs"]
@@ -134,7 +134,7 @@ def lower_model(name: str, spec: S.ModelSpec, head_override: list | None = None)
         tied_head_scale=spec.head_scale,
         norm=spec.norm,
         norm_eps=spec.norm_eps,
-        activation=spec.activation if spec.activation not in ("swiglu", "geglu", "reglu") else "gelu",
+        activation=spec.activation if spec.activation not in GATED_ACTIVATIONS else "gelu",  # for head transforms
         dropout=spec.dropout,
         pad_id=spec.pad_id,
         mask_id=spec.mask_id,

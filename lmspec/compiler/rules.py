@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import networkx as nx
 
 from lmspec.compiler import schema as S
-from lmspec.compiler.arch import ArchConfig, StackConfig
+from lmspec.compiler.arch import GATED_ACTIVATIONS, ArchConfig, StackConfig
 from lmspec.compiler.graphs import ModelSpans, experiment_graph, stage_cycles
 from lmspec.compiler.lower import lower_model
 from lmspec.compiler.resolve import ResolvedBlock
@@ -616,7 +616,7 @@ def _shapes(arch: ArchConfig) -> dict[str, object]:
         for i, layer in enumerate(stack.layers):
             for f in _LAYER_FIELDS:
                 out[f"{stack_name} layer {i} {f}"] = getattr(layer, f)
-            out[f"{stack_name} layer {i} gated"] = layer.activation in ("swiglu", "geglu", "reglu")
+            out[f"{stack_name} layer {i} gated"] = layer.activation in GATED_ACTIVATIONS
             if layer.position.kind == "relative":
                 out[f"{stack_name} layer {i} relative"] = (layer.position.buckets, layer.position.max_distance)
     return out

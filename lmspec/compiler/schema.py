@@ -202,7 +202,7 @@ class NoHead(Variant):
 
 Head = Annotated[Union[LMHead, MLMHead, NSPHead, ClassifierHead, ScalarHead, NoHead], Field(discriminator="kind")]
 NormName = Literal["layernorm", "rmsnorm"]
-ActivationName = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "reglu"]
+ActivationName = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh", "reglu"]
 
 
 class LayerFields(Schema):
@@ -215,7 +215,7 @@ class LayerFields(Schema):
     attention: Attention | None = Field(None, description="causal | bidirectional | sliding(window) | prefix")
     position: Position | None = Field(None, description="rope/alibi/relative/none per layer")
     norm: NormName | None = Field(None, description="layernorm | rmsnorm")
-    activation: ActivationName | None = Field(None, description="gelu | gelu_tanh | relu | silu | swiglu | geglu | reglu")
+    activation: ActivationName | None = Field(None, description="gelu | gelu_tanh | relu | silu | swiglu | geglu | geglu_tanh | reglu")
     bias: bool | None = Field(None, description="biases on the attention and MLP projections")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="dropout probability")
 
@@ -253,7 +253,7 @@ class ModelSpec(Schema):
     norm: NormName = Field("layernorm", description="layernorm | rmsnorm")
     norm_eps: float = Field(1e-5, gt=0, lt=1, description="epsilon of every norm")
     placement: Literal["pre", "post"] = Field("pre", description="pre: norm before each sublayer; post: after the residual add")
-    activation: ActivationName = Field("gelu", description="MLP activation; swiglu/geglu/reglu are gated")
+    activation: ActivationName = Field("gelu", description="MLP activation; swiglu/geglu/geglu_tanh/reglu are gated")
     bias: bool = Field(True, description="biases on the attention and MLP projections")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability")
     tie_embeddings: bool = Field(False, description="the output head reuses the token embeddings")

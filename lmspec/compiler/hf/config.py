@@ -233,19 +233,15 @@ _T5_ACTIVATIONS: dict[str, Activation] = {
     "gelu": "gelu",
     "gated-relu": "reglu",
     "gated-silu": "swiglu",
+    "gated-gelu": "geglu_tanh",  # T5 v1.1, Flan-T5: HF's gelu_new, the tanh approximation
 }
 
 
 def _t5(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
     proj = cfg.get("feed_forward_proj", "relu")
     if proj not in _T5_ACTIVATIONS:
-        why = (
-            "its gate uses the tanh approximation of GELU (gelu_new), and lmspec's geglu uses the exact GELU"
-            if proj == "gated-gelu"
-            else "no lmspec activation matches it"
-        )
         raise HFImportError(
-            f"t5 config.json sets feed_forward_proj={proj!r}: {why} "
+            f"t5 config.json sets feed_forward_proj={proj!r}: no lmspec activation matches it "
             f"(supported: {', '.join(_T5_ACTIVATIONS)})"
         )
     activation = _T5_ACTIVATIONS[proj]

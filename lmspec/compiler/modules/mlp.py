@@ -8,7 +8,7 @@ from torch import nn
 __all__ = ["FeedForward", "make_activation"]
 
 # a gated activation is its gate's nonlinearity applied to one projection, times another
-_GATE = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}
+_GATE = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh", "reglu": "relu"}
 
 
 def make_activation(name: str) -> nn.Module:
