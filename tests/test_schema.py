@@ -85,7 +85,7 @@ def test_a_layer_override_cannot_change_its_own_range():
     ("tie_embeddings: 1", "'tie_embeddings' must be true or false, found the integer 1"),
     ("pad_id: true", "'pad_id' must be an integer, found the boolean true"),
     ("pad_id: 1.5", "'pad_id' must be a whole number, found the number 1.5"),
-    ("activation: 3", "'activation' must be one of gelu, gelu_tanh, relu, silu, swiglu, geglu or reglu, "
+    ("activation: 3", "'activation' must be one of gelu, gelu_tanh, relu, silu, swiglu, geglu, geglu_tanh or reglu, "
                       "found the integer 3"),
     ("encoder: 3", "'encoder' is a nested block, found the integer 3"),
     ("head: 3", "'head' must be one of lm, mlm, nsp, classifier, scalar or none, found the integer 3"),
