@@ -11,7 +11,8 @@ Pickle files are never opened.
 from __future__ import annotations
 
 import re
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,14 +54,8 @@ def load_hf_weights(model: nn.Module, directory: str | Path, *, new_heads: bool 
     """
     if any(p.is_meta for p in model.parameters()):
         raise ValueError("the model is on the meta device, which holds no values: build it on a real device")
-    config = read_hf_config(directory)
-    with ExitStack() as stack:
-        handles = {}  # HF tensor name -> the open safetensors file that holds it
-        for path in safetensors_files(directory):
-            f = stack.enter_context(safe_open(str(path), framework="pt"))
-            handles.update(dict.fromkeys(f.keys(), f))
-        arch = arch_from_hf_config(config, "checkpoint", tensor_names=handles.keys())
-        plan = _plan(model, str(directory), config["model_type"], arch, handles, new_heads)
+    with _open_checkpoint(directory) as (model_type, arch, handles):
+        plan = _plan(model, str(directory), model_type, arch, handles, new_heads)
         with torch.no_grad():
             for copy in plan:
                 tensors = [handles[s].get_tensor(s) for s in copy.sources]
@@ -75,14 +70,21 @@ def check_hf_weights(arch: ArchConfig, directory: str | Path, *, new_heads: bool
     and the safetensors headers: the model is built on the meta device and no tensor is read."""
     from ..build import build_model
 
+    with _open_checkpoint(directory) as (model_type, checkpoint, handles):
+        _plan(build_model(arch, device="meta"), str(directory), model_type, checkpoint, handles, new_heads)
+
+
+@contextmanager
+def _open_checkpoint(directory: str | Path) -> Iterator[tuple[str, ArchConfig, dict]]:
+    """The checkpoint's model type, its ArchConfig and its tensors, each HF tensor name mapped
+    to the open safetensors file that holds it (the files stay open inside the `with`)."""
     config = read_hf_config(directory)
     with ExitStack() as stack:
         handles = {}
         for path in safetensors_files(directory):
             f = stack.enter_context(safe_open(str(path), framework="pt"))
             handles.update(dict.fromkeys(f.keys(), f))
-        checkpoint = arch_from_hf_config(config, "checkpoint", tensor_names=handles.keys())
-        _plan(build_model(arch, device="meta"), str(directory), config["model_type"], checkpoint, handles, new_heads)
+        yield config["model_type"], arch_from_hf_config(config, "checkpoint", tensor_names=handles.keys()), handles
 
 
 def _plan(
