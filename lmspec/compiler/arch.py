@@ -75,6 +75,12 @@ class StackConfig:
     def n_layers(self) -> int:
         return len(self.layers)
 
+    @property
+    def relative_layer(self) -> LayerConfig | None:
+        """The layer whose settings size the stack's shared relative-position bias table (the
+        first layer with `position: relative`), or None when no layer of the stack uses one."""
+        return next((layer for layer in self.layers if layer.position.kind == "relative"), None)
+
 
 @dataclass(frozen=True)
 class HeadConfig:

@@ -173,7 +173,7 @@ def build_block(layer: LayerConfig) -> Block:
 def build_stack(stack: StackConfig, *, bidirectional: bool) -> Stack:
     """bidirectional: whether the stack's T5 bias distinguishes keys after the query
     (encoders) or spends every bucket on keys before it (decoders)."""
-    relative = next((l for l in stack.layers if l.position.kind == "relative"), None)
+    relative = stack.relative_layer
     last = stack.layers[-1]
     return Stack(
         [build_block(layer) for layer in stack.layers],

@@ -27,7 +27,7 @@ from typing import Literal
 
 from lmspec.compiler.arch import GATED_ACTIVATIONS, ArchConfig, LayerConfig, StackConfig
 
-from .params import ParamShape, count_parameters, parameter_shapes, relative_bias_layer
+from .params import ParamShape, count_parameters, parameter_shapes
 
 __all__ = [
     "OPTIMIZERS",
@@ -291,7 +291,7 @@ def _stack_activations(
     # layers that agree share one mask tensor and one rope table
     add("masks", sum(masks.values()))
     add("rope", sum(FP32 * 2 * T * hd for hd, _ in rope))
-    if relative_bias_layer(stack) is not None:
+    if stack.relative_layer is not None:
         add("relative_bias", INDEX * T * T)  # the bucket of every (query, key) pair
     if stack.final_norm:
         add("final_norm", B * T * k.norm(stack.layers[-1].norm, stack.layers[-1].d_model))

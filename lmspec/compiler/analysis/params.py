@@ -87,17 +87,11 @@ def _layer(prefix: str, layer: LayerConfig, stack: str) -> list[ParamShape]:
     return shapes
 
 
-def relative_bias_layer(stack: StackConfig) -> LayerConfig | None:
-    """The layer whose settings size a stack's shared relative-position bias table (the
-    first layer with `position: relative`), or None when no layer of the stack uses one."""
-    return next((layer for layer in stack.layers if layer.position.kind == "relative"), None)
-
-
 def _stack(name: str, stack: StackConfig, arch: ArchConfig) -> list[ParamShape]:
     shapes: list[ParamShape] = []
     for i, layer in enumerate(stack.layers):
         shapes += _layer(f"{name}.layers.{i}", layer, name)
-    rel = relative_bias_layer(stack)
+    rel = stack.relative_layer
     if rel is not None:
         # T5: one (buckets, heads) table per stack, shared by all its layers
         table = (rel.position.buckets, rel.heads)
