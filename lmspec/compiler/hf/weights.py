@@ -153,8 +153,8 @@ def _concatenated(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
     when they disagree (the mismatch is then reported against it)."""
     if len(shapes) == 1:
         return shapes[0]
-    if any(len(s) == 0 or s[1:] != shapes[0][1:] for s in shapes):
-        bad = next(s for s in shapes if len(s) == 0 or s[1:] != shapes[0][1:])
+    bad = next((s for s in shapes if len(s) == 0 or s[1:] != shapes[0][1:]), None)
+    if bad is not None:
         return bad
     return (sum(s[0] for s in shapes), *shapes[0][1:])
 
