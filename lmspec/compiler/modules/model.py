@@ -185,26 +185,26 @@ class Transformer(nn.Module):
             else:
                 if input_ids is None:
                     raise ValueError("an encoder-decoder needs input_ids for its encoder")
-                memory_mask = _key_mask(attention_mask, input_ids.shape[1])
+                memory_mask = _key_mask(attention_mask, input_ids.shape[1])  # the encoder's own key mask
                 memory = encoder_hidden = self._run(
-                    self.encoder, input_ids, attention_mask, segment_ids, prefix_lengths, position_ids
+                    self.encoder, input_ids, memory_mask, segment_ids, prefix_lengths, position_ids
                 )
-            mask = decoder_attention_mask
+            mask, T = decoder_attention_mask, decoder_input_ids.shape[1]
             hidden = self._run(
-                self.decoder, decoder_input_ids, mask, cache=cache, memory=memory, memory_mask=memory_mask
+                self.decoder, decoder_input_ids, _key_mask(mask, T), cache=cache, memory=memory, memory_mask=memory_mask
             )
             if cache is not None:
                 cache.encoded, cache.memory_mask = True, memory_mask
-            T = decoder_input_ids.shape[1]
         else:
             if input_ids is None:
                 raise ValueError("input_ids is required")
             if cache is not None and self.decoder is None:
                 raise ValueError("an encoder-only model has no KV cache: it attends to the whole input at once")
             stack = self.decoder if self.decoder is not None else self.encoder
-            mask = attention_mask
-            hidden = self._run(stack, input_ids, mask, segment_ids, prefix_lengths, position_ids, cache=cache)
-            T = input_ids.shape[1]
+            mask, T = attention_mask, input_ids.shape[1]
+            hidden = self._run(
+                stack, input_ids, _key_mask(mask, T), segment_ids, prefix_lengths, position_ids, cache=cache
+            )
         out = self._heads(hidden, None if mask is None else mask[:, -T:], logits_to_keep)
         out.cache, out.encoder_hidden = cache, encoder_hidden
         return out
@@ -213,7 +213,7 @@ class Transformer(nn.Module):
         self,
         stack: Stack,
         ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
+        key_mask: torch.Tensor | None,
         segment_ids: torch.Tensor | None = None,
         prefix_lengths: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -222,7 +222,8 @@ class Transformer(nn.Module):
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        B, T = ids.shape
+        """Embed `ids` (B, T) and run `stack`; key_mask (B, T) from `_key_mask`, or None."""
+        T = ids.shape[1]
         if position_ids is None:
             start = 0 if cache is None else cache.length
             self._check_positions(start + T)
@@ -233,7 +234,7 @@ class Transformer(nn.Module):
         return stack(
             x,
             position_ids,
-            key_mask=_key_mask(attention_mask, T),
+            key_mask=key_mask,
             prefix_lengths=prefix_lengths,
             cache=cache,
             memory=memory,
