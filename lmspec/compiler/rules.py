@@ -79,6 +79,10 @@ def _an(word: str) -> str:
     return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
 
 
+def _heads_text(arch: ArchConfig) -> str:
+    return ", ".join(h.kind for h in arch.heads) or "none"
+
+
 # =============================================================================== model rules
 
 
@@ -231,9 +235,8 @@ def decoder_prefix_rule(arch: ArchConfig, block: ResolvedBlock) -> Iterator[Diag
 
 def tie_rule(arch: ArchConfig, block: ResolvedBlock) -> Iterator[Diagnostic]:
     if arch.tie_embeddings and arch.head("lm") is None and arch.head("mlm") is None:
-        heads = ", ".join(h.kind for h in arch.heads) or "none"
         yield _warn("LMS067", f"tie_embeddings has nothing to tie: model '{arch.name}' has no lm or mlm head "
-                    f"(heads: {heads})", block.span_of(("tie_embeddings",)),
+                    f"(heads: {_heads_text(arch)})", block.span_of(("tie_embeddings",)),
                     help="remove `tie_embeddings: true`, or add an lm or mlm head")
 
 
@@ -336,10 +339,6 @@ class Experiment:
 
 def _first_layer(stack: StackConfig, kinds: set[str]) -> int | None:
     return next((i for i, l in enumerate(stack.layers) if l.attention.kind in kinds), None)
-
-
-def _heads_text(arch: ArchConfig) -> str:
-    return ", ".join(h.kind for h in arch.heads) or "none"
 
 
 _HEAD_ARTICLE = {"lm": "an", "mlm": "an", "nsp": "an", "classifier": "a", "scalar": "a"}
