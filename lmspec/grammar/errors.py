@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from lmspec.diagnostics import Diagnostic, Label
+from lmspec.diagnostics import Diagnostic, Label, Span
 
-__all__ = ["CATALOGUE", "SyntaxMistake", "syntax_diagnostic"]
+__all__ = ["CATALOGUE", "SyntaxMistake", "syntax_diagnostic", "span_at"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,13 @@ def _token_text(tok) -> str:
     return f"'{value[:40]}{'...' if len(value) > 40 else ''}'"
 
 
+def span_at(text: str, pos: int, length: int, offsets) -> Span:
+    """The span of `length` characters of `text` from offset `pos`, all on one line."""
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return offsets.span(line, col, line, col + length, pos, pos + length)
+
+
 def _malformed_number(text: str, at: int, offsets) -> Diagnostic | None:
     """`10kb`, `1.2.3`, `3e`: digits run into letters the lexer splits apart, and the parser
     stumbles at or just after them. Only the line of the error (or of the last word before it)
@@ -131,10 +138,8 @@ def _malformed_number(text: str, at: int, offsets) -> Diagnostic | None:
     for m in _NUMBERISH.finditer(text, line_start, min(len(text), at + 1)):
         word = m.group(0).rstrip(".")
         if word and not _NUMBER.fullmatch(word) and not _LAYER_RANGE.fullmatch(word):
-            line = text.count("\n", 0, m.start()) + 1
-            col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
-            span = offsets.span(line, col, line, col + len(word), m.start(), m.start() + len(word))
-            return Diagnostic("error", "LMS008", f"malformed number '{word[:40]}'", span,
+            return Diagnostic("error", "LMS008", f"malformed number '{word[:40]}'",
+                              span_at(text, m.start(), len(word), offsets),
                               help="numbers look like 512, 50_257, 10k, 2M, 1.5B, 3e-4, 0.1 or 15%")
     return None
 
@@ -167,9 +172,7 @@ def _open_brackets(text: str, end: int) -> list[int]:
 
 
 def _never_closed(text: str, pos: int, offsets) -> Label:
-    line = text.count("\n", 0, pos) + 1
-    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
-    return Label(offsets.span(line, col, line, col + 1, pos, pos + 1), f"this '{text[pos]}' is never closed")
+    return Label(span_at(text, pos, 1, offsets), f"this '{text[pos]}' is never closed")
 
 
 def _unclosed(text: str, offsets) -> Label | None:
@@ -233,11 +236,8 @@ def syntax_diagnostic(err: UnexpectedInput, text: str, offsets) -> Diagnostic:
                               help=f"add the missing '{closer}'")
         header = _HEADER_START.fullmatch(text)
         if header is not None:  # `lmspec` and nothing after it
-            word = text.index("lmspec")
-            line = text.count("\n", 0, word) + 1
-            col = word - (text.rfind("\n", 0, word) + 1) + 1
             return Diagnostic("error", "LMS010", "the version header needs a version number",
-                              offsets.span(line, col, line, col + 6, word, word + 6),
+                              span_at(text, text.index("lmspec"), len("lmspec"), offsets),
                               help="the first line of a spec is `lmspec 1`")
         return Diagnostic("error", "LMS001", "the file ends too early", span,
                           help=_describe(set(getattr(err, "expected", ()) or ())) or None)

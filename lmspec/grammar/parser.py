@@ -20,7 +20,7 @@ from lark.exceptions import UnexpectedInput, VisitError
 
 from lmspec.diagnostics import Diagnostic, Span
 from lmspec.grammar import ast
-from lmspec.grammar.errors import syntax_diagnostic
+from lmspec.grammar.errors import span_at, syntax_diagnostic
 
 __all__ = ["parse", "parse_file", "lark_parser", "number_value", "MAX_NESTING", "MAX_EXPRESSION_DEPTH",
            "MAX_EXPRESSION_NODES", "MAX_NUMBER", "LANGUAGE_VERSION", "gc_paused"]
@@ -299,9 +299,7 @@ def _scan(text: str, path: str) -> tuple[list[tuple[int, int]], list[Diagnostic]
                     seg_start, depth = line_start, 0
             depth += 1
             if depth > MAX_NESTING:
-                line = text.count("\n", 0, i) + 1
-                col = i - (text.rfind("\n", 0, i) + 1) + 1
-                span = Span(path, line, col, line, col + 1, i, i + 1)
+                span = span_at(text, i, 1, _Offsets(path))
                 return [], [Diagnostic("error", "LMS011", f"brackets nested deeper than {MAX_NESTING} levels", span,
                                        help="flatten the expression or split it into fields")]
         else:
