@@ -27,7 +27,7 @@ from typing import Literal
 
 from lmspec.compiler.arch import GATED_ACTIVATIONS, ArchConfig, LayerConfig, StackConfig
 
-from .params import ParamShape, count_parameters, parameter_shapes
+from .params import ParamShape, parameter_shapes
 
 __all__ = [
     "OPTIMIZERS",
@@ -108,13 +108,16 @@ def optimizer_state_bytes(arch: ArchConfig, optimizer: str = "adamw", *, momentu
     """Bytes of optimizer state after the first step: fp32 states, plus torch's 4-byte `step`
     tensor per parameter tensor for the optimizers that keep one. `momentum` > 0 gives "sgd"
     its momentum buffer (the same as "sgd_momentum")."""
+    return _optimizer_state_bytes(parameter_shapes(arch), optimizer, momentum)
+
+
+def _optimizer_state_bytes(shapes: list[ParamShape], optimizer: str, momentum: float) -> int:
     key = optimizer.lower()
     if key not in _STATE:
         raise ValueError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
     if key == "sgd" and momentum > 0:
         key = "sgd_momentum"
     per_element, step = _STATE[key]
-    shapes = parameter_shapes(arch)
     if key == "adafactor":
         elements = sum(_adafactor_elements(p.shape) for p in shapes)
     else:
@@ -431,12 +434,12 @@ def training_memory(
     state; half-precision copies of the matmul weights). optimizer: one of `OPTIMIZERS`
     (`momentum` > 0 turns "sgd" into SGD with a momentum buffer). device: whose attention and
     dropout kernels decide what is kept for backward, "cuda" (the default) or "cpu"."""
-    shapes = parameter_shapes(arch)
-    n = count_parameters(arch).total
+    shapes = parameter_shapes(arch)  # listed once for the weights, their copies and the optimizer
+    n = sum(p.numel for p in shapes)  # == count_parameters(arch).total: a tied weight is listed once
     weights = FP32 * n
     copies = 0 if precision == "fp32" else 2 * _matmul_parameters(arch, shapes)
     gradients = FP32 * n
-    state = optimizer_state_bytes(arch, optimizer, momentum=momentum)
+    state = _optimizer_state_bytes(shapes, optimizer, momentum)
     acts = activation_bytes(
         arch, batch=batch, seq_len=seq_len, decoder_seq_len=decoder_seq_len, precision=precision, device=device
     )
