@@ -22,8 +22,8 @@ __all__ = ["KVCache", "LayerCache"]
 class LayerCache:
     """Keys and values of one attention layer: (B, nkv, max_len, hd) each."""
 
-    def __init__(self, batch: int, max_len: int):
-        self.batch, self.max_len = batch, max_len
+    def __init__(self, max_len: int):
+        self.max_len = max_len  # the batch comes with the first keys written
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # encoder keys/values
@@ -45,7 +45,7 @@ class KVCache:
     def __init__(self, batch: int, max_len: int, n_layers: int):
         self.batch, self.max_len = batch, max_len
         self.length = 0  # tokens cached so far
-        self.layers = [LayerCache(batch, max_len) for _ in range(n_layers)]
+        self.layers = [LayerCache(max_len) for _ in range(n_layers)]
         self.positions: torch.Tensor | None = None  # (B|1, max_len) position ids of cached tokens
         self.key_mask: torch.Tensor | None = None  # (B, max_len) bool; None until padding appears
         self.memory_mask: torch.Tensor | None = None  # (B, S_enc) bool encoder padding, or None
