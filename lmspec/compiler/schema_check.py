@@ -278,9 +278,7 @@ class _Reader:
                 value = [value]  # `head: scalar` is a one-element list of heads
                 # ... whose errors pydantic places under item 0: give those paths the spans
                 for table in (self.block.value_spans, self.block.key_spans):
-                    for p, span in list(table.items()):
-                        if p[:len(path)] == path and len(p) > len(path):
-                            table.setdefault(path + (0,) + p[len(path):], span)
+                    _alias_subtree(table, path, (0,))
             if not isinstance(value, list):
                 raise _Problem("LMS042", f"'{key}' must be a list, found {describe(value)}", path,
                                f"write `{key}: [...]`")
@@ -361,18 +359,14 @@ class _Reader:
         return out
 
     def _alias_span(self, src: tuple, dst: tuple) -> None:
-        full_src, full_dst = src, dst
-        if full_src in self.block.value_spans:
-            self.block.value_spans.setdefault(full_dst, self.block.value_spans[full_src])
+        if src in self.block.value_spans:
+            self.block.value_spans.setdefault(dst, self.block.value_spans[src])
 
     def objective(self, value: Any, path: tuple) -> list:
         terms = value.terms if isinstance(value, Combination) else ((1.0, value),)
         variants = variants_of(S.Objective)
-        spans = self.block.value_spans
-        for i, (_, term) in enumerate(terms):  # pydantic reports ("objective", i, "objective", arg)
-            for p, span in list(spans.items()):
-                if p[:len(path)] == path and len(p) > len(path):
-                    spans.setdefault(path + (i, "objective") + p[len(path):], span)
+        for i in range(len(terms)):  # pydantic reports ("objective", i, "objective", arg)
+            _alias_subtree(self.block.value_spans, path, (i, "objective"))
         out = []
         for w, t in terms:  # read every term, so that one bad term does not hide another's error
             try:
@@ -409,6 +403,15 @@ class _Reader:
                            did_you_mean(value.name, self._names(("model",))) or
                            f"define a model block named '{value.name}'")
         raise _Problem("LMS042", f"expected a model, found {describe(value)}", path)
+
+
+def _alias_subtree(table: dict[tuple, Span], path: tuple, inserted: tuple) -> None:
+    """Give every span below `path` also at `path + inserted + rest`: where pydantic reports the
+    errors of a value the reader wrapped (in a list, in an objective term)."""
+    n = len(path)
+    for p, span in list(table.items()):
+        if p[:n] == path and len(p) > n:
+            table.setdefault(path + inserted + p[n:], span)
 
 
 def _keys_of(cls, names) -> list[str]:
