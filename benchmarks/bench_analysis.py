@@ -16,7 +16,6 @@ Targets: < 1 s and < 500 MB.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from timing import rss_mb, timed  # noqa: E402
 
 from lmspec.compiler import analysis as A  # noqa: E402
 from lmspec.compiler.arch import ArchConfig, LayerConfig, PositionConfig, StackConfig  # noqa: E402
@@ -62,15 +63,6 @@ def full(arch: ArchConfig) -> list[str]:
     return A.meta_check(arch, batch=BATCH, seq_len=SEQ)
 
 
-def timed(fn, arch: ArchConfig, repeat: int) -> list[float]:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn(arch)
-        times.append(time.perf_counter() - t)
-    return times
-
-
 def cold(name: str) -> None:
     """In a fresh interpreter: import torch, then time the first figures + meta_check."""
     t = time.perf_counter()
@@ -80,10 +72,6 @@ def cold(name: str) -> None:
     t = time.perf_counter()
     problems = full(SHAPES[name])
     print(json.dumps({"torch_import_s": imported, "first_call_s": time.perf_counter() - t, "problems": problems}))
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def main() -> None:
@@ -97,9 +85,9 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--cold", name], capture_output=True, text=True, check=True)
         first = json.loads(out.stdout.strip().splitlines()[-1])
         assert not first["problems"], first["problems"]
-        analytic = statistics.median(timed(figures, arch, 20))
+        analytic = statistics.median(timed(lambda: figures(arch), 20))
         full(arch)  # warm-up
-        warm = statistics.median(timed(full, arch, 5))
+        warm = statistics.median(timed(lambda: full(arch), 5))
         tracemalloc.start()
         full(arch)
         peak = tracemalloc.get_traced_memory()[1] / 2**20

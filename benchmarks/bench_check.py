@@ -19,7 +19,6 @@ import pstats
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,19 +31,12 @@ import lmspec.compiler.api as api  # noqa: E402
 assert "torch" not in sys.modules, "importing lmspec.compiler.api imported torch"
 
 from gen_spec import generate  # noqa: E402
+from timing import timed  # noqa: E402
+
 from lmspec.compiler import rules  # noqa: E402
 
 SMALL_TARGET_S = 0.050
 LARGE_TARGET_S = 2.0
-
-
-def timed(fn, runs: int) -> list[float]:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def row(name: str, detail: str, times: list[float], target: float) -> bool:

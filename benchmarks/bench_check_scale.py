@@ -10,7 +10,6 @@ resolve + validate + rules + figures + one forward/backward on the meta device, 
 from __future__ import annotations
 
 import gc
-import resource
 import statistics
 import sys
 import time
@@ -19,16 +18,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import rss_mb  # noqa: E402
+
 import torch  # noqa: E402,F401 - imported before timing on purpose
 
 from lmspec.compiler.api import check_file  # noqa: E402
 from lmspec.compiler.costs import spec_figures  # noqa: E402
 
 SPECS = [ROOT / "specs/reference/llama3_70b.lmspec", ROOT / "specs/scale/llama3_405b.lmspec"]
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def run(path: Path) -> tuple[float, int]:
