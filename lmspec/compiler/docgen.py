@@ -18,7 +18,7 @@ from pydantic_core import PydanticUndefined
 
 from lmspec.compiler import compile as _compile, costs, graphs, rules  # noqa: F401 - they register codes
 from lmspec.compiler import schema as S
-from lmspec.compiler.schema_check import _unwrap, variants_of
+from lmspec.compiler.schema_check import _annotation, _unwrap, variants_of
 from lmspec.diagnostics import CODES
 
 __all__ = ["key_tables", "code_table", "update_docs", "DOCS"]
@@ -86,12 +86,8 @@ def _table(model: type[BaseModel]) -> list[str]:
         if name == "kind" and issubclass(model, S.Variant):
             continue
         key = info.alias or name
-        tp = info.annotation
-        refs = [m for m in info.metadata if isinstance(m, S.RefTo)]
-        if refs:
-            tp = typing.Annotated[(tp, *refs)]
         doc = (info.description or "").replace("|", "\\|")
-        rows.append(f"| `{key}` | {_type_name(tp)} | {_default(info)} | {_range(info)} | {doc} |")
+        rows.append(f"| `{key}` | {_type_name(_annotation(info))} | {_default(info)} | {_range(info)} | {doc} |")
     return rows
 
 
