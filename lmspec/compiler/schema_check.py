@@ -520,11 +520,8 @@ _LAYER_RANGE = "layer a..b"
 def block_data(block: ResolvedBlock) -> dict:
     """A resolved block as the nested dict the schema reads."""
     data = dict(block.fields)
-    for name, sub in block.nested.items():
-        inner = dict(sub.fields)
-        if sub.layers:
-            inner["layer"] = [{**l.fields, _LAYER_RANGE: (l.first, l.last)} for l in sub.layers]
-        data[name] = inner
+    for name, sub in block.nested.items():  # a nested block has no nested blocks of its own
+        data[name] = block_data(sub)
     if block.layers:
         data["layer"] = [{**l.fields, _LAYER_RANGE: (l.first, l.last)} for l in block.layers]
     return data
