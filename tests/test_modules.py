@@ -384,6 +384,25 @@ def test_check_buildable_reports_every_problem_at_once():
         build_model(arch)
 
 
+@pytest.mark.parametrize(
+    "arch, needs",
+    [
+        ("decoder", "arch 'decoder' needs a decoder stack only"),
+        ("encoder", "arch 'encoder' needs an encoder stack only"),
+        ("encoder_decoder", "arch 'encoder_decoder' needs both stacks"),
+    ],
+)
+def test_stacks_must_match_the_arch(arch, needs):
+    # a decoder/encoder given the other stack too; an encoder-decoder without its decoder
+    both = make_arch("encoder_decoder")
+    if arch == "encoder_decoder":
+        wrong = dataclasses.replace(both, decoder=None)
+    else:
+        wrong = dataclasses.replace(both, arch=arch)
+    assert needs in check_buildable(wrong)
+    assert "unknown arch 'gpt'" in check_buildable(dataclasses.replace(both, arch="gpt"))
+
+
 def test_relative_buckets_too_few_for_t5_bucketing_are_refused():
     arch = make_arch("encoder", layers=[dataclasses.replace(layer(attention="bidirectional"),
                                                              position=PositionConfig("relative", buckets=2))])

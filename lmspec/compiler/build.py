@@ -56,12 +56,16 @@ def build_model(
 def check_buildable(arch: ArchConfig) -> list[str]:
     """Everything about `arch` the torch code cannot work with, as messages (empty: fine)."""
     problems: list[str] = []
-    expected = {"decoder": (False, True), "encoder": (True, False), "encoder_decoder": (True, True)}
-    if arch.arch not in expected:
+    # arch -> (has an encoder, has a decoder), and the same in words
+    stacks = {
+        "decoder": ((False, True), "a decoder stack only"),
+        "encoder": ((True, False), "an encoder stack only"),
+        "encoder_decoder": ((True, True), "both stacks"),
+    }
+    if arch.arch not in stacks:
         problems.append(f"unknown arch {arch.arch!r}")
-    elif ((arch.encoder is not None), (arch.decoder is not None)) != expected[arch.arch]:
-        problems.append(f"arch {arch.arch!r} needs " + {"decoder": "a decoder stack only",
-                        "encoder": "an encoder stack only", "encoder_decoder": "both stacks"}[arch.arch])
+    elif (arch.encoder is not None, arch.decoder is not None) != stacks[arch.arch][0]:
+        problems.append(f"arch {arch.arch!r} needs {stacks[arch.arch][1]}")
     if arch.vocab < 1:
         problems.append(f"vocab must be positive, got {arch.vocab}")
     if arch.position.kind == "learned" and arch.context < 1:
