@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import FULL, QUICK, copy_gpt2_weights, gpt2_arch, hf_gpt2, time_alternating  # noqa: E402
-
-from lmspec.compiler.build import build_model  # noqa: E402
+from bench_train_step import gpt2_pair, sync  # noqa: E402
+from timing import time_alternating  # noqa: E402
 
 
 def main() -> None:
@@ -32,25 +31,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    shape = QUICK if args.quick else FULL
-    device = torch.device(args.device)
-
-    torch.manual_seed(0)
-    hf = hf_gpt2(**shape).to(device).eval()
-    ours = build_model(gpt2_arch(**shape), device=device).eval()
-    copy_gpt2_weights(hf, ours)
+    shape, device, hf, ours = gpt2_pair(args)
+    hf.eval()
+    ours.eval()
     prompt = torch.randint(0, shape["vocab"], (args.batch, args.prompt), device=device)
     outputs: dict[str, torch.Tensor] = {}
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     def run_ours() -> None:
         outputs["lmspec"] = ours.generate(prompt, max_new_tokens=args.new, temperature=0)
-        sync()
+        sync(device)
 
     @torch.no_grad()
     def run_hf() -> None:
@@ -63,13 +52,9 @@ def main() -> None:
             use_cache=True,
             pad_token_id=shape["vocab"] - 1,
         )
-        sync()
+        sync(device)
 
-    fns = {"lmspec": run_ours, "hf": run_hf}
-    for fn in fns.values():
-        for _ in range(args.warmup):
-            fn()
-    secs = time_alternating(fns, rounds=args.rounds, iters=1)
+    secs = time_alternating({"lmspec": run_ours, "hf": run_hf}, rounds=args.rounds, iters=1, warmup=args.warmup)
 
     same = torch.equal(outputs["lmspec"], outputs["hf"])
     print(f"model: {shape}, batch {args.batch}, prompt {args.prompt}, {args.new} new tokens (greedy), "

@@ -6,22 +6,21 @@ process, on the same batch. Prints seconds per step, tokens/s and the ratio lmsp
     python benchmarks/bench_train_step.py            # GPT-2 small, B=4, T=256
     python benchmarks/bench_train_step.py --quick    # a 4-layer d=256 model, seconds
 
-The configs, the weight copy and the timer are shared with bench_generate.py.
+The configs, the model pair and its weight copy are shared with bench_generate.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from timing import time_alternating  # noqa: E402
+
 from lmspec.compiler.arch import ArchConfig, AttentionConfig, LayerConfig, PositionConfig, StackConfig  # noqa: E402
 from lmspec.compiler.build import build_model  # noqa: E402
 
@@ -98,17 +97,24 @@ def copy_gpt2_weights(hf, model) -> None:
     model.decoder.final_norm.bias.copy_(t.ln_f.bias)
 
 
-def time_alternating(fns: dict[str, Callable[[], object]], *, rounds: int, iters: int) -> dict[str, float]:
-    """Median seconds per call of each function; the functions take turns round by round, so
-    a slow patch of the machine (another process, thermal drift) hits them all alike."""
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            samples[name].append((time.perf_counter() - start) / iters)
-    return {name: statistics.median(s) for name, s in samples.items()}
+def gpt2_pair(args: argparse.Namespace) -> tuple[dict, torch.device, torch.nn.Module, torch.nn.Module]:
+    """--threads, --quick and --device applied: the shape, the device, and the transformers and
+    lmspec GPT-2s on it, seeded, with the same weights."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = QUICK if args.quick else FULL
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    hf = hf_gpt2(**shape).to(device)
+    ours = build_model(gpt2_arch(**shape), device=device)
+    copy_gpt2_weights(hf, ours)
+    return shape, device, hf, ours
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued kernels, so a timer stops when the work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -122,16 +128,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    shape = QUICK if args.quick else FULL
     T = args.seq or (128 if args.quick else 256)
-    device = torch.device(args.device)
-
-    torch.manual_seed(0)
-    hf = hf_gpt2(**shape).to(device).train()
-    ours = build_model(gpt2_arch(**shape), device=device).train()
-    copy_gpt2_weights(hf, ours)
+    shape, device, hf, ours = gpt2_pair(args)
+    hf.train()
+    ours.train()
 
     ids = torch.randint(0, shape["vocab"], (args.batch, T + 1), device=device)
     inputs, targets = ids[:, :-1], ids[:, 1:]
@@ -144,8 +144,7 @@ def main() -> None:
             model.zero_grad(set_to_none=True)
             logits = logits_of(model)
             F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)).backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
 
         return run
 
@@ -153,10 +152,7 @@ def main() -> None:
         "lmspec": step(ours, lambda m: m(inputs).logits),
         "hf": step(hf, lambda m: m(input_ids=inputs).logits),
     }
-    for fn in fns.values():
-        for _ in range(args.warmup):
-            fn()
-    secs = time_alternating(fns, rounds=args.rounds, iters=args.iters or (3 if args.quick else 1))
+    secs = time_alternating(fns, rounds=args.rounds, iters=args.iters or (3 if args.quick else 1), warmup=args.warmup)
 
     n_params = sum(p.numel() for p in ours.parameters())
     print(f"model: {shape} ({n_params / 1e6:.1f}M parameters), batch {args.batch} x {T} tokens, "

@@ -6,6 +6,7 @@ No torch here: bench_check.py asserts that checking a spec never imports it.
 from __future__ import annotations
 
 import resource
+import statistics
 import time
 from collections.abc import Callable
 
@@ -24,3 +25,21 @@ def timed(fn: Callable[[], object], runs: int) -> list[float]:
         times.append(time.perf_counter() - start)
     return times
 
+
+def time_alternating(
+    fns: dict[str, Callable[[], object]], *, rounds: int, iters: int, warmup: int = 0
+) -> dict[str, float]:
+    """Median seconds per call of each function, after `warmup` untimed calls of each; the
+    functions take turns round by round, so a slow patch of the machine (another process,
+    thermal drift) hits them all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            samples[name].append((time.perf_counter() - start) / iters)
+    return {name: statistics.median(s) for name, s in samples.items()}
