@@ -5,25 +5,20 @@ One pydantic model per block kind. Variants (`rope(theta: 10_000)`,
 `learned` is the variant with no arguments. The same models produce the JSON
 Schema (`lmspec schema`) and the key tables in docs/language.md.
 
-`validate_spec` reads a `ResolvedSpec` into these models and turns every
-problem into a located diagnostic with "did you mean".
+`compiler.schema_check` reads a `ResolvedSpec` into these models and turns
+every problem into a located diagnostic with "did you mean".
 """
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from lmspec.diagnostics import Diagnostic, Span, did_you_mean
-from lmspec.compiler.resolve import ResolvedBlock, ResolvedSpec
-from lmspec.compiler.values import CallValue, Combination, FromStage, Ref, Symbol, WithValue, describe
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "BLOCK_KINDS", "TokenizerSpec", "DataSpec", "ModelSpec", "TrainSpec", "JudgeSpec", "FeedbackSpec", "RLSpec",
-    "validate_spec", "ValidatedSpec", "json_schema", "schema_default", "derived_attribute", "Ref_",
+    "Ref_",
 ]
 
 
