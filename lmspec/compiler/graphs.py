@@ -19,6 +19,7 @@ made it, so a check made on a graph still points at the spec.
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import sys
 from pathlib import Path
@@ -306,13 +307,16 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
     where = ModelSpans(block)
     d, V = arch.d_model, arch.vocab
     g = nx.DiGraph(kind="architecture", name=arch.name)
+    # edge order for the renderers; a counter, since g.number_of_edges() walks every node and
+    # made a deep model's graph quadratic in its layers
+    order = itertools.count()
 
     def node(nid: str, kind: str, label: str, group: str, span: Span | None, **attrs) -> str:
         g.add_node(nid, kind=kind, label=label, group=group, span=span, **attrs)
         return nid
 
     def edge(src: str, dst: str, shape: str, **attrs) -> None:
-        g.add_edge(src, dst, shape=shape, label=shape, order=g.number_of_edges(), **attrs)
+        g.add_edge(src, dst, shape=shape, label=shape, order=next(order), **attrs)
 
     enc_dec = arch.arch == "encoder_decoder"
     # sequence-length names: an encoder-decoder reads S source tokens and writes T target tokens
@@ -458,7 +462,7 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
                       head=h.kind, tied=arch.tie_embeddings)
             edge(top, hn, hidden)
             if arch.tie_embeddings:
-                g.add_edge(emb, hn, shape=_shape(V, d), label="tied", tied=True, order=g.number_of_edges())
+                g.add_edge(emb, hn, shape=_shape(V, d), label="tied", tied=True, order=next(order))
             # with both vocabulary heads the lm head writes `logits` (Transformer._heads)
             if h.kind == "lm" or arch.head("lm") is None:
                 node("logits", "output", "logits", "heads", head_span)
