@@ -110,6 +110,10 @@ def check_buildable(arch: ArchConfig) -> list[str]:
 # ---- builders: one per module, each takes only what it needs ----------------------------------
 
 
+def _scale(layer: LayerConfig) -> float | None:
+    return 1.0 if layer.attention.scale == "none" else None  # None: SDPA's 1/sqrt(head_dim)
+
+
 def build_attention(layer: LayerConfig) -> Attention:
     return Attention(
         d_model=layer.d_model,
@@ -142,10 +146,6 @@ def embedding(num: int, dim: int) -> nn.Embedding:
     """An embedding table left uninitialised: `init_weights` sets every weight anyway, and
     nn.Embedding's own init on the meta device imports torch._dynamo (seconds, once)."""
     return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
-
-
-def _scale(layer: LayerConfig) -> float | None:
-    return 1.0 if layer.attention.scale == "none" else None  # None: SDPA's 1/sqrt(head_dim)
 
 
 def build_feed_forward(layer: LayerConfig) -> FeedForward:
