@@ -16,7 +16,6 @@ from pathlib import Path
 
 from lmspec.compiler import rules
 from lmspec.compiler.arch import ArchConfig
-from lmspec.compiler.lower import lower_model
 from lmspec.compiler.resolve import ResolvedSpec, resolve_file, resolve_text
 from lmspec.compiler.schema_check import ValidatedSpec, derived_attribute, schema_default, validate_spec
 from lmspec.diagnostics import Diagnostic, LmspecError

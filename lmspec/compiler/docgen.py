@@ -14,7 +14,6 @@ import typing
 from pathlib import Path
 
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
 
 from lmspec.compiler import compile as _compile, costs, graphs, rules  # noqa: F401 - they register codes
 from lmspec.compiler import schema as S

@@ -11,7 +11,6 @@ back to spans through their `loc`.
 from __future__ import annotations
 
 import functools
-import json
 import types
 import typing
 from dataclasses import dataclass, field
