@@ -70,6 +70,13 @@ def _where(exc: BaseException, names: dict[int, str]) -> str:
     return where
 
 
+def _failed(what: str, exc: BaseException, names: dict[int, str] | None = None) -> str:
+    """A failed step's message, `<what> failed[ in <module>]: <error>`; the module is looked
+    up in `names` when given."""
+    where = _where(exc, names) if names else ""
+    return f"{what} failed{' in ' + where if where else ''}: {_describe(exc)}"
+
+
 def _original_name(name: str, kept: dict[str, list[int]]) -> str:
     """decoder.layers.1.mlp.up_proj.weight in the representative model -> the full model's."""
     parts = name.split(".")
@@ -182,7 +189,7 @@ def _meta_check(
     try:
         full = build_model(arch, device="meta")
     except Exception as exc:
-        return problems + [f"building the model failed: {_describe(exc)}"]
+        return problems + [_failed("building the model", exc)]
     problems += _compare_parameters(arch, full)
     del full
 
@@ -190,7 +197,7 @@ def _meta_check(
     try:
         model = build_model(small, device="meta")
     except Exception as exc:
-        return problems + [f"building the model failed: {_describe(exc)}"]
+        return problems + [_failed("building the model", exc)]
     model.train()
     names = {id(m): (name or type(m).__name__) for name, m in model.named_modules()}
     names = {k: _original_name(v, kept) for k, v in names.items()}
@@ -199,8 +206,7 @@ def _meta_check(
         with _ScalarsOnMeta():
             out = model(**_inputs(arch, batch, T, T_dec))
     except Exception as exc:
-        where = _where(exc, names)
-        return problems + [f"forward pass failed{' in ' + where if where else ''}: {_describe(exc)}"]
+        return problems + [_failed("forward pass", exc, names)]
 
     shape_problems, outputs = _check_outputs(arch, out, batch, T_dec if arch.arch == "encoder_decoder" else T)
     problems += shape_problems
@@ -210,8 +216,7 @@ def _meta_check(
         loss = sum(o.float().mean() for o in outputs)
         loss.backward()
     except Exception as exc:
-        where = _where(exc, names)
-        return problems + [f"backward pass failed{' in ' + where if where else ''}: {_describe(exc)}"]
+        return problems + [_failed("backward pass", exc, names)]
 
     if check_unused:
         unused = [_original_name(n, kept) for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
