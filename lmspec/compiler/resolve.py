@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -194,45 +194,46 @@ class Resolver:
 
     # ------------------------------------------------------------------ extends
 
-    def merge(self, name: str, chain: tuple[str, ...] = ()) -> _Merged | None:
+    def merge(self, name: str, chain: tuple[str, ...] = ()) -> _Merged:
         if name in self.merged:
             return self.merged[name]
         block = self.blocks[name]
-        own_fields, own_nested, own_layers = self._collect(block.entries)
-        if block.extends is None:
-            merged = _Merged(block, own_fields, own_nested, own_layers)
-        else:
-            base_name = block.extends.name
-            if len(chain) >= MAX_EXTENDS_DEPTH:
-                if not self._chain_too_long:  # every MAX_EXTENDS_DEPTH links of it would say so again
-                    self._chain_too_long = True
-                    self.error("LMS011", f"more than {MAX_EXTENDS_DEPTH} blocks extend one another in a chain",
-                               block.extends.span, help="extend a block nearer the root of the chain")
-                merged = _Merged(block, own_fields, own_nested, own_layers, incomplete=True)
-            elif base_name in chain or base_name == name:
-                cycle = " -> ".join(chain + (name, base_name))
-                self.error("LMS025", f"blocks extend each other in a cycle: {cycle}", block.extends.span,
-                           help="remove one `extends`")
-                merged = _Merged(block, own_fields, own_nested, own_layers, incomplete=True)
-            elif base_name not in self.blocks:
-                if base_name not in self.broken:
-                    self.error("LMS024", f"'{name}' extends '{base_name}', which is not defined", block.extends.span,
-                               help=did_you_mean(base_name, [n for n, b in self.blocks.items()
-                                                             if b.kind.name == block.kind.name and n != name]))
-                merged = _Merged(block, own_fields, own_nested, own_layers, incomplete=True)
+        merged = _Merged(block, *self._collect(block.entries))
+        if block.extends is not None:
+            base = self._base(name, block, chain)
+            if base is None:  # the `extends` failed and was reported
+                merged.incomplete = True
             else:
-                base = self.blocks[base_name]
-                if base.kind.name != block.kind.name:
-                    self.error("LMS024", f"a {block.kind.name} cannot extend the {base.kind.name} '{base_name}'",
-                               block.extends.span, labels=[Label(base.kind.span, f"'{base_name}' is a {base.kind.name}")])
-                    merged = _Merged(block, own_fields, own_nested, own_layers, incomplete=True)
-                else:
-                    parent = self.merge(base_name, chain + (name,))
-                    fields = {**parent.fields, **own_fields}
-                    nested = _merge_nested(parent.nested, own_nested)
-                    merged = _Merged(block, fields, nested, parent.layers + own_layers, parent.incomplete)
+                merged = replace(_overlay(base, merged), incomplete=base.incomplete)
         self.merged[name] = merged
         return merged
+
+    def _base(self, name: str, block: ast.Block, chain: tuple[str, ...]) -> _Merged | None:
+        """The merged block that `block` extends; None (reported) when it cannot extend it."""
+        base_name = block.extends.name
+        if len(chain) >= MAX_EXTENDS_DEPTH:
+            if not self._chain_too_long:  # every MAX_EXTENDS_DEPTH links of it would say so again
+                self._chain_too_long = True
+                self.error("LMS011", f"more than {MAX_EXTENDS_DEPTH} blocks extend one another in a chain",
+                           block.extends.span, help="extend a block nearer the root of the chain")
+            return None
+        if base_name in chain or base_name == name:
+            cycle = " -> ".join(chain + (name, base_name))
+            self.error("LMS025", f"blocks extend each other in a cycle: {cycle}", block.extends.span,
+                       help="remove one `extends`")
+            return None
+        if base_name not in self.blocks:
+            if base_name not in self.broken:
+                self.error("LMS024", f"'{name}' extends '{base_name}', which is not defined", block.extends.span,
+                           help=did_you_mean(base_name, [n for n, b in self.blocks.items()
+                                                         if b.kind.name == block.kind.name and n != name]))
+            return None
+        base = self.blocks[base_name]
+        if base.kind.name != block.kind.name:
+            self.error("LMS024", f"a {block.kind.name} cannot extend the {base.kind.name} '{base_name}'",
+                       block.extends.span, labels=[Label(base.kind.span, f"'{base_name}' is a {base.kind.name}")])
+            return None
+        return self.merge(base_name, chain + (name,))
 
     def _collect(self, entries) -> tuple[dict, dict, list]:
         fields: dict[str, ast.Field] = {}
@@ -249,17 +250,15 @@ class Resolver:
                 fields[key] = entry
             elif isinstance(entry, ast.Nested):
                 key = entry.name.name
-                f, n, l = self._collect(entry.entries)
-                if key in nested:
-                    prev = nested[key]
-                    nested[key] = _MergedNested(entry, {**prev.fields, **f}, _merge_nested(prev.nested, n),
-                                                prev.layers + l)
+                sub = _MergedNested(entry, *self._collect(entry.entries))
+                if key in nested:  # `encoder { ... }` twice: the second adds to the first
+                    nested[key] = _overlay(nested[key], sub)
                 else:
                     if key in fields:
                         self.error("LMS030", f"'{key}' is given twice", entry.name.span, help="remove one of them",
                                    labels=[Label(fields[key].key.span, "first given here")])
                         continue
-                    nested[key] = _MergedNested(entry, f, n, l)
+                    nested[key] = sub
             else:
                 layers.append(entry)
         return fields, nested, layers
@@ -586,15 +585,17 @@ def _terms(v: Any) -> tuple:
     return v.terms if isinstance(v, Combination) else ((1.0, v),)
 
 
+def _overlay(base, own):
+    """`own` over `base` (both _Merged, or both _MergedNested): the fields of `own` win, nested
+    blocks merge, and the layer overrides of both apply, those of `base` first."""
+    return replace(own, fields={**base.fields, **own.fields}, nested=_merge_nested(base.nested, own.nested),
+                   layers=base.layers + own.layers)
+
+
 def _merge_nested(base: dict, own: dict) -> dict:
     out = dict(base)
     for key, sub in own.items():
-        if key in out:
-            prev = out[key]
-            out[key] = _MergedNested(sub.node, {**prev.fields, **sub.fields}, _merge_nested(prev.nested, sub.nested),
-                                     prev.layers + sub.layers)
-        else:
-            out[key] = sub
+        out[key] = _overlay(out[key], sub) if key in out else sub
     return out
 
 
