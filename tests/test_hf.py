@@ -4,6 +4,7 @@ logits. Nothing is downloaded."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -432,6 +433,28 @@ def test_spec_from_arch_round_trips_per_layer_overrides(name):
         assert "layer 3 { d_ff: 512 }" in text and "theta: 1_000_000" in text
     else:
         assert "decoder {\n    layers: 3\n    attention: causal\n    d_ff: 128\n    layer 2 { dropout: 0.5 }" in text
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda L, i: dataclasses.replace(L, norm_eps=1e-5 if i else 1e-6), "layers differ in norm_eps"),
+        (lambda L, i: dataclasses.replace(L, placement="post" if i else "pre"), "layers differ in placement"),
+        (
+            lambda L, i: dataclasses.replace(
+                L, attention=dataclasses.replace(L.attention, scale="none" if i else "inverse_sqrt")
+            ),
+            "layers differ in attention scale",
+        ),
+    ],
+)
+def test_spec_from_arch_refuses_what_lmspec_cannot_express(change, message):
+    from lmspec.compiler.hf import spec_from_arch
+
+    arch = load_arch(HETEROGENEOUS, "g")
+    layers = tuple(change(L, i) for i, L in enumerate(arch.decoder.layers))
+    with pytest.raises(ValueError, match=message):
+        spec_from_arch(dataclasses.replace(arch, decoder=dataclasses.replace(arch.decoder, layers=layers)))
 
 
 def test_import_hf_command(ckpts, tmp_path, capsys):

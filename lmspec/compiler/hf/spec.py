@@ -136,6 +136,8 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
             )
     if len({s.final_norm for s in stacks}) > 1:
         raise ValueError(f"model {arch.name}: the stacks differ in final_norm, which lmspec cannot express")
+    if len({L.attention.scale for s in stacks for L in s.layers}) > 1:
+        raise ValueError(f"model {arch.name}: layers differ in attention scale, which lmspec cannot express")
 
     # the model-level keys: what most layers of the (first) stack use; `position`, `norm` and
     # `dropout` also set ArchConfig fields of their own, so those are taken from the arch
@@ -175,8 +177,6 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
         lines.append(f"  pad_id: {arch.pad_id}")
     if arch.mask_id is not None:
         lines.append(f"  mask_id: {arch.mask_id}")
-    if len({L.attention.scale for s in stacks for L in s.layers}) > 1:
-        raise ValueError(f"model {arch.name}: layers differ in attention scale, which lmspec cannot express")
 
     if arch.arch == "encoder_decoder":
         for label, stack in (("encoder", arch.encoder), ("decoder", arch.decoder)):
