@@ -504,17 +504,14 @@ class Resolver:
             sign = 1.0 if op == "+" else -1.0
             return Combination(_terms(left) + tuple((sign * w, t) for w, t in _terms(right)))
         if op == "*" and _is_number(left) and _termable(right) and not _is_number(right):
-            weights = tuple((float(left) * w, t) for w, t in _terms(right))
-            return Combination(weights) if all(self._finite(w, node) is not None for w, _ in weights) else None
+            return self._weighted(((float(left) * w, t) for w, t in _terms(right)), node)
         if op == "*" and _is_number(right) and _termable(left) and not _is_number(left):
-            weights = tuple((float(right) * w, t) for w, t in _terms(left))
-            return Combination(weights) if all(self._finite(w, node) is not None for w, _ in weights) else None
+            return self._weighted(((float(right) * w, t) for w, t in _terms(left)), node)
         if op == "/" and _is_number(right) and _termable(left) and not _is_number(left):  # `nsp / 2`
             if right == 0:
                 self.error("LMS028", "division by zero", node.right.span)
                 return None
-            weights = tuple((w / right, t) for w, t in _terms(left))
-            return Combination(weights) if all(self._finite(w, node) is not None for w, _ in weights) else None
+            return self._weighted(((w / right, t) for w, t in _terms(left)), node)
         if isinstance(left, str) and isinstance(right, str) and op == "+":
             return left + right
         if self._undefined_name([(node.left, left), (node.right, right)], scope):
@@ -548,6 +545,11 @@ class Resolver:
                            help=f"did you mean '{near}'?" if near else f"define '{name}' as a field or a block")
                 return True
         return False
+
+    def _weighted(self, terms, node: ast.BinOp) -> Combination | None:
+        """The weighted sum of `terms`; None (reported once) when a weight is out of range."""
+        terms = tuple(terms)
+        return Combination(terms) if all(self._finite(w, node) is not None for w, _ in terms) else None
 
     def _finite(self, value, node: ast.BinOp):
         """The value, or None (reported) when arithmetic left the range a spec can hold."""
