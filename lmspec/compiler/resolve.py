@@ -457,10 +457,9 @@ class Resolver:
             return None
         merged = self.merged[obj.name]
         if name.name in merged.fields:
-            scope = _Scope(merged.fields, None, obj.kind, (), merged)
-            if obj.name in self.resolved and name.name in self.resolved[obj.name].fields:
-                return self.resolved[obj.name].fields[name.name]
-            return self.field_value(scope, name.name)
+            if name.name in target.fields:  # already computed
+                return target.fields[name.name]
+            return self.field_value(_Scope(merged.fields, None, obj.kind, (), merged), name.name)
         found, value = self.derived(target, name.name, self)
         if found:
             return value
