@@ -13,6 +13,7 @@ Nothing here imports torch: `docs/huggingface.md` prints these tables.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class Mapping:
 _PLACEHOLDERS = {"{i}": r"(?P<i>\d+)", "{wb}": r"(?P<wb>weight|bias)"}
 
 
+@functools.cache  # every parameter of a model is matched against every rule: build each regex once
 def _compile(pattern: str) -> re.Pattern[str]:
     regex = re.escape(pattern)
     for placeholder, group in _PLACEHOLDERS.items():
