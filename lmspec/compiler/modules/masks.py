@@ -36,8 +36,8 @@ class AttentionContext:
     q_pos: (B|1, T) position ids of the queries; k_pos: (B|1, S) of all keys, cached ones
     included; start: how many keys were cached before this call (S = start + T);
     key_mask: (B, S) bool, False for padding keys, or None when nothing is padding;
-    relative_bias: the stack's T5 bias (B|1, nh, T, S) or None; cross_mask: the mask
-    for cross-attention over the encoder output.
+    relative_bias: the stack's T5 bias (B|1, nh, T, S) or None; memory_mask: (B, S_enc) bool,
+    False at encoder padding, or None, from which `cross_mask` is made for cross-attention.
     """
 
     def __init__(
@@ -49,14 +49,14 @@ class AttentionContext:
         key_mask: torch.Tensor | None,
         prefix_lengths: torch.Tensor | None,
         relative_bias: torch.Tensor | None,
-        cross_mask: AttentionMask | None,
+        memory_mask: torch.Tensor | None,
         dtype: torch.dtype,
     ):
         self.q_pos, self.k_pos, self.start = q_pos, k_pos, start
         self.key_mask = key_mask
         self.prefix_lengths = prefix_lengths
         self.relative_bias = relative_bias
-        self.cross_mask = cross_mask if cross_mask is not None else AttentionMask()
+        self.cross_mask = _cross_mask(memory_mask)
         self.dtype = dtype
         self.T, self.S = q_pos.shape[1], k_pos.shape[1]
         self._memo: dict[tuple, object] = {}
@@ -138,3 +138,12 @@ class AttentionContext:
             inside = (q_slot[None, :, None] < p) & (k_slot[None, None, :] < p)  # (B, T, S)
             return (causal[None] | inside)[:, None]
         raise ValueError(f"unknown attention kind {kind!r}")
+
+
+def _cross_mask(memory_mask: torch.Tensor | None) -> AttentionMask:
+    """What each decoder query may see of the encoder output: every real encoder token."""
+    if memory_mask is None:
+        return AttentionMask()
+    mask = memory_mask[:, None, None, :]  # (B, 1, 1, S_enc)
+    # an all-padding encoder row would make softmax NaN; let it attend everywhere instead
+    return AttentionMask(mask | ~mask.any(dim=-1, keepdim=True))

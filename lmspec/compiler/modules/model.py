@@ -14,7 +14,7 @@ from torch import nn
 from .block import Block
 from .heads import MLMHead, Pooler, pool
 from .kv_cache import KVCache
-from .masks import AttentionContext, AttentionMask
+from .masks import AttentionContext
 from .positions import RelativePositionBias, sinusoidal_positions
 
 __all__ = ["ModelOutput", "Stack", "Transformer", "sample_next"]
@@ -65,7 +65,7 @@ class Stack(nn.Module):
             key_mask=keys,
             prefix_lengths=prefix_lengths,
             relative_bias=None if self.rel_bias is None else self.rel_bias(positions, k_pos),
-            cross_mask=_cross_mask(memory_mask),
+            memory_mask=memory_mask,
             dtype=x.dtype,
         )
         for i, layer in enumerate(self.layers):
@@ -73,14 +73,6 @@ class Stack(nn.Module):
         if cache is not None:
             cache.advance(x.shape[1])
         return x if self.final_norm is None else self.final_norm(x)
-
-
-def _cross_mask(memory_mask: torch.Tensor | None) -> AttentionMask:
-    if memory_mask is None:
-        return AttentionMask()
-    mask = memory_mask[:, None, None, :]  # (B, 1, 1, S_enc)
-    # an all-padding encoder row would make softmax NaN; let it attend everywhere instead
-    return AttentionMask(mask | ~mask.any(dim=-1, keepdim=True))
 
 
 class Transformer(nn.Module):
