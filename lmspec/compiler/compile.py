@@ -60,8 +60,7 @@ class Schedule:
         return next(s for s in self.stages if s.name == name)
 
 
-def _init(kind: str, spec, spec_file: str) -> InitFrom | None:
-    use = getattr(spec, "model", None) if kind == "train" else getattr(spec, "policy", None)
+def _init(use, spec, spec_file: str) -> InitFrom | None:
     init = getattr(spec, "init", None)
     if isinstance(init, str):
         return InitFrom(stage=init)
@@ -89,16 +88,17 @@ def compile_spec(report) -> Schedule:
     schedule = Schedule()
     for name in order:
         spec = report.spec.blocks[name]
-        found = stage_arch(report, name) if kinds[name] in ("train", "rl") else None
         if kinds[name] == "feedback":
             model = spec.policy.model
             arch = report.models.get(model)
-        else:
-            model, arch = found if found is not None else (None, None)
+        else:  # train, rl
+            model, arch = stage_arch(report, name) or (None, None)
+        # the model a stage trains (train) or samples from (feedback, rl), as `use` (schema.ModelUse)
         use = getattr(spec, "model", None) if kinds[name] == "train" else getattr(spec, "policy", None)
-        after = tuple(a for a in order if a in nx.ancestors(graph, name))
+        ancestors = nx.ancestors(graph, name)
+        after = tuple(a for a in order if a in ancestors)
         spec_file = report.spec.resolved.blocks[name].span.file
-        schedule.stages.append(StagePlan(name, kinds[name], spec, model, arch, _init(kinds[name], spec, spec_file),
+        schedule.stages.append(StagePlan(name, kinds[name], spec, model, arch, _init(use, spec, spec_file),
                                          bool(use is not None and getattr(use, "head", None)), after))
     return schedule
 
