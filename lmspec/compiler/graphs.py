@@ -23,7 +23,7 @@ import itertools
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import networkx as nx
 
@@ -517,6 +517,26 @@ def _groups(g: nx.DiGraph) -> dict[str, list]:
     return groups
 
 
+def _grouped_node_lines(g: nx.DiGraph, node_line: Callable[[Any, dict, str], str],
+                        opening: Callable[[str], list[str]], closing: str) -> list[str]:
+    """Every node's line, the nodes of a group (an architecture graph's embeddings, encoder,
+    ...) indented between the group's opening lines and `closing`."""
+    lines: list[str] = []
+    for group, nodes in _groups(g).items():
+        if group:
+            lines += opening(group)
+            lines += [node_line(n, g.nodes[n], "    ") for n in nodes]
+            lines.append(closing)
+        else:
+            lines += [node_line(n, g.nodes[n], "  ") for n in nodes]
+    return lines
+
+
+def _dashed(data: dict) -> bool:
+    """Edges drawn dashed: residual connections, the implicit tokenizer, tied weights."""
+    return bool(data.get("residual") or data.get("implicit") or data.get("tied"))
+
+
 def _node_label(n, data: dict) -> str:
     return str(data.get("label") or n)
 
@@ -547,21 +567,16 @@ def to_dot(g: nx.DiGraph) -> str:
             attrs.append('style="rounded"')
         return f"{indent}{_dot_quote(n)} [{', '.join(attrs)}];"
 
-    groups = _groups(g)
-    for group, nodes in groups.items():
-        if group:
-            lines.append(f"  subgraph {_dot_quote('cluster_' + group)} {{")
-            lines.append(f"    label={_dot_quote(group)}; style=dashed;")
-            lines += [node_line(n, g.nodes[n], "    ") for n in nodes]
-            lines.append("  }")
-        else:
-            lines += [node_line(n, g.nodes[n], "  ") for n in nodes]
+    def cluster(group: str) -> list[str]:
+        return [f"  subgraph {_dot_quote('cluster_' + group)} {{", f"    label={_dot_quote(group)}; style=dashed;"]
+
+    lines += _grouped_node_lines(g, node_line, cluster, "  }")
     for u, v, data in _edges(g):
         attrs = []
         label = _edge_label(data)
         if label:
             attrs.append(f"label={_dot_quote(label)}")
-        if data.get("residual") or data.get("implicit") or data.get("tied"):
+        if _dashed(data):
             attrs.append("style=dashed")
         suffix = f" [{', '.join(attrs)}]" if attrs else ""
         lines.append(f"  {_dot_quote(u)} -> {_dot_quote(v)}{suffix};")
@@ -602,16 +617,13 @@ def to_mermaid(g: nx.DiGraph) -> str:
         open_, close = _MERMAID_SHAPES.get(data.get("kind", ""), ("[", "]"))
         return f"{indent}{ids[n]}{open_}{_mermaid_text(_node_label(n, data))}{close}"
 
-    for group, nodes in _groups(g).items():
-        if group:
-            gid = "cluster_" + re.sub(r"[^A-Za-z0-9_]", "_", group)
-            lines.append(f"  subgraph {gid} [{_mermaid_text(group)}]")
-            lines += [node_line(n, g.nodes[n], "    ") for n in nodes]
-            lines.append("  end")
-        else:
-            lines += [node_line(n, g.nodes[n], "  ") for n in nodes]
+    def subgraph(group: str) -> list[str]:
+        gid = "cluster_" + re.sub(r"[^A-Za-z0-9_]", "_", group)
+        return [f"  subgraph {gid} [{_mermaid_text(group)}]"]
+
+    lines += _grouped_node_lines(g, node_line, subgraph, "  end")
     for u, v, data in _edges(g):
-        arrow = "-.->" if data.get("residual") or data.get("implicit") or data.get("tied") else "-->"
+        arrow = "-.->" if _dashed(data) else "-->"
         label = _edge_label(data)
         lines.append(f"  {ids[u]} {arrow}|{_mermaid_text(label)}| {ids[v]}" if label else f"  {ids[u]} {arrow} {ids[v]}")
     return "\n".join(lines) + "\n"
