@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _summary(report) -> str:
+def _summary(report, schedule) -> str:
     lines = []
     spec = report.spec
     if spec is None:
@@ -34,9 +34,7 @@ def _summary(report) -> str:
     for kind, names in by_kind.items():
         lines.append(f"  {kind:<10} {', '.join(names)}")
     if report.ok:
-        from lmspec.compiler.compile import compile_spec
-
-        order = compile_spec(report).names()
+        order = schedule.names()
         if order:
             lines.append(f"  {'schedule':<10} {' -> '.join(order)}")
     return "\n".join(lines)
@@ -51,19 +49,20 @@ def cmd_check(args) -> int:
             what = "is a directory, not a spec file" if Path(p).is_dir() else "no such file"
             print(f"lmspec: error: {p}: {what}", file=sys.stderr)
         return 2
-    from lmspec.compiler.compile import init_diagnostics
+    from lmspec.compiler.compile import compile_spec, init_diagnostics
     from lmspec.compiler.costs import render_figures, spec_figures
 
     status = 0
     results = []
     for path in args.specs:
         report = check_file(path)
-        figures = None
+        figures = schedule = None
         if report.ok:
+            schedule = compile_spec(report)  # for the checkpoint checks and the summary
             figures, meta_problems = spec_figures(report, meta=not args.no_meta)
             report.diagnostics += meta_problems
             if not args.no_meta:  # both need torch: checkpoints are compared on the meta device
-                report.diagnostics += init_diagnostics(report)
+                report.diagnostics += init_diagnostics(report, schedule)
         status = status or (0 if report.ok else 1)
         if args.json:
             results.append({"file": path, "ok": report.ok,
@@ -75,7 +74,7 @@ def cmd_check(args) -> int:
             print(render_text(report.diagnostics, report.sources, colour=use_colour(sys.stderr)), file=sys.stderr)
         if report.ok:
             print(f"{path}: ok")
-            summary = _summary(report)
+            summary = _summary(report, schedule)
             if summary:
                 print(summary)
             if figures is not None and (figures.models or figures.stages):
