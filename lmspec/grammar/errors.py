@@ -145,7 +145,8 @@ def _malformed_number(text: str, at: int, offsets) -> Diagnostic | None:
 
 
 _HEADER_START = re.compile(r"\s*lmspec\b\s*")
-_CLOSERS = {"}": "{", "]": "[", ")": "("}
+_OPENERS = {"{": "}", "[": "]", "(": ")"}  # each opening bracket and the one that closes it
+_CLOSERS = {closer: opener for opener, closer in _OPENERS.items()}
 
 
 def _open_brackets(text: str, end: int) -> list[int]:
@@ -175,12 +176,6 @@ def _never_closed(text: str, pos: int, offsets) -> Label:
     return Label(span_at(text, pos, 1, offsets), f"this '{text[pos]}' is never closed")
 
 
-def _unclosed(text: str, offsets) -> Label | None:
-    """The innermost bracket still open at the end of the text."""
-    stack = _open_brackets(text, len(text))
-    return _never_closed(text, stack[-1], offsets) if stack else None
-
-
 def _mismatched(text: str, pos: int, closer: str, offsets) -> tuple[Label, str] | None:
     """`[1, 2 }`: the closer at `pos` belongs to an outer bracket, so an inner one was never
     closed. Returns a label at the inner opening bracket and the closer it needs. A closer that
@@ -189,8 +184,7 @@ def _mismatched(text: str, pos: int, closer: str, offsets) -> tuple[Label, str] 
     if not stack or text[stack[-1]] == _CLOSERS[closer] or not any(text[j] == _CLOSERS[closer] for j in stack):
         return None
     inner = stack[-1]
-    needed = {"{": "'}'", "[": "']'", "(": "')'"}[text[inner]]
-    return _never_closed(text, inner, offsets), needed
+    return _never_closed(text, inner, offsets), f"'{_OPENERS[text[inner]]}'"
 
 
 def syntax_diagnostic(err: UnexpectedInput, text: str, offsets) -> Diagnostic:
@@ -226,14 +220,14 @@ def syntax_diagnostic(err: UnexpectedInput, text: str, offsets) -> Diagnostic:
                           help="lmspec text uses names, numbers, strings, brackets, ':' ',' '.' and + - * /")
 
     if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END"):
-        label = _unclosed(text, offsets)
+        still_open = _open_brackets(text, len(text))
         end_line = text.count("\n") + 1
         end_col = len(text) - (text.rfind("\n") + 1) + 1
         span = offsets.span(end_line, end_col, end_line, end_col + 1, len(text), len(text))
-        if label is not None:
-            closer = {"{": "}", "[": "]", "(": ")"}[label.message.split("'")[1]]
-            return Diagnostic("error", "LMS003", "the file ends before a bracket is closed", span, [label],
-                              help=f"add the missing '{closer}'")
+        if still_open:  # the innermost bracket is the one to close first
+            inner = still_open[-1]
+            return Diagnostic("error", "LMS003", "the file ends before a bracket is closed", span,
+                              [_never_closed(text, inner, offsets)], help=f"add the missing '{_OPENERS[text[inner]]}'")
         header = _HEADER_START.fullmatch(text)
         if header is not None:  # `lmspec` and nothing after it
             return Diagnostic("error", "LMS010", "the version header needs a version number",
