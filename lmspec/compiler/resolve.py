@@ -243,9 +243,8 @@ class Resolver:
             if isinstance(entry, ast.Field):
                 key = entry.key.name
                 if key in fields or key in nested:
-                    first = fields[key].key.span if key in fields else nested[key].node.name.span
-                    self.error("LMS030", f"'{key}' is given twice", entry.key.span,
-                               help="remove one of them", labels=[Label(first, "first given here")])
+                    self._given_twice(key, entry.key.span,
+                                      fields[key].key.span if key in fields else nested[key].node.name.span)
                     continue
                 fields[key] = entry
             elif isinstance(entry, ast.Nested):
@@ -255,13 +254,16 @@ class Resolver:
                     nested[key] = _overlay(nested[key], sub)
                 else:
                     if key in fields:
-                        self.error("LMS030", f"'{key}' is given twice", entry.name.span, help="remove one of them",
-                                   labels=[Label(fields[key].key.span, "first given here")])
+                        self._given_twice(key, entry.name.span, fields[key].key.span)
                         continue
                     nested[key] = sub
             else:
                 layers.append(entry)
         return fields, nested, layers
+
+    def _given_twice(self, key: str, span: Span, first: Span) -> None:
+        self.error("LMS030", f"'{key}' is given twice", span, help="remove one of them",
+                   labels=[Label(first, "first given here")])
 
     # ------------------------------------------------------------------ evaluation
 
@@ -300,8 +302,7 @@ class Resolver:
             for e in lo.entries:
                 if isinstance(e, ast.Field):
                     if e.key.name in entries:
-                        self.error("LMS030", f"'{e.key.name}' is given twice", e.key.span, help="remove one of them",
-                                   labels=[Label(entries[e.key.name].key.span, "first given here")])
+                        self._given_twice(e.key.name, e.key.span, entries[e.key.name].key.span)
                     else:
                         entries[e.key.name] = e
                 else:
