@@ -279,14 +279,17 @@ def _scan(text: str, path: str) -> tuple[list[tuple[int, int]], list[Diagnostic]
     the header and import lines are one segment, each block another, and a block left
     open (a forgotten `}`) ends where the next one begins, so the blocks after it are
     still checked."""
+    def line_of_first_char(end: int) -> int | None:
+        """Where the line begins of the first character of text[free_from:end] that is not space."""
+        first = _NON_SPACE.search(text, free_from, end)
+        return None if first is None else text.rfind("\n", 0, first.start()) + 1
+
     segments: list[tuple[int, int]] = []
     depth, seg_start, free_from = 0, None, 0  # free_from: where text outside any segment begins
     for m in _SCAN.finditer(text):
         i, ch = m.start(), text[m.start()]
         if seg_start is None and depth == 0:
-            first = _NON_SPACE.search(text, free_from, i + 1)
-            if first is not None:
-                seg_start = text.rfind("\n", 0, first.start()) + 1
+            seg_start = line_of_first_char(i + 1)
         if ch in '"#':
             continue
         if ch in "{[(":
@@ -308,9 +311,7 @@ def _scan(text: str, path: str) -> tuple[list[tuple[int, int]], list[Diagnostic]
                 segments.append((seg_start, i + 1))
                 seg_start, free_from = None, i + 1
     if seg_start is None and depth == 0:
-        first = _NON_SPACE.search(text, free_from)
-        if first is not None:
-            seg_start = text.rfind("\n", 0, first.start()) + 1
+        seg_start = line_of_first_char(len(text))
     if seg_start is not None:
         segments.append((seg_start, len(text)))
     return segments, []
