@@ -591,9 +591,7 @@ def derived_attribute(block: ResolvedBlock, attr: str, resolver) -> tuple[bool, 
             return True, 256 + len(specials) + sentinels
         if isinstance(kind, CallValue) and kind.name == "bpe":
             return True, kind.kw.get("vocab", kind.args[0] if kind.args else 4096)
-        if isinstance(kind, CallValue) and kind.name == "hf":
-            return True, None  # known only once the tokenizer file is read
-        return True, None
+        return True, None  # hf(...): known only once the tokenizer file is read
     return False, None
 
 
