@@ -51,27 +51,26 @@ def head_configs(heads: list | None, arch: str) -> tuple[HeadConfig, ...]:
 def _stack(spec: S.ModelSpec, stack: S.StackSpec | None, n_layers: int, default_attention, cross: bool,
            overrides: list[S.LayerOverrideSpec]) -> StackConfig:
     """One stack: the model's keys, then the stack block's, then each layer's overrides."""
-    def pick(key, fallback):
+    def pick(key, fallback=None):
         v = getattr(stack, key, None) if stack is not None else None
         if v is None:
             v = getattr(spec, key, None)
         return fallback if v is None else v
 
-    heads = pick("heads", spec.heads)
     base = dict(
         d_model=spec.d_model,
-        heads=heads,
-        kv_heads=pick("kv_heads", None),
-        head_dim=pick("head_dim", None),
+        heads=pick("heads"),
+        kv_heads=pick("kv_heads"),
+        head_dim=pick("head_dim"),
         d_ff=pick("d_ff", 4 * spec.d_model),
         # the decoder of an encoder-decoder does not inherit the model-level attention
         attention=(stack.attention if stack is not None and stack.attention is not None
                    else default_attention if cross else spec.attention or default_attention),
-        position=pick("position", spec.position),
-        norm=pick("norm", spec.norm),
-        activation=pick("activation", spec.activation),
-        bias=pick("bias", spec.bias),
-        dropout=pick("dropout", spec.dropout),
+        position=pick("position"),
+        norm=pick("norm"),
+        activation=pick("activation"),
+        bias=pick("bias"),
+        dropout=pick("dropout"),
     )
     layers = []
     for i in range(n_layers):
