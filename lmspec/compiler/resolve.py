@@ -148,10 +148,9 @@ class Resolver:
     # ------------------------------------------------------------------ loading
 
     def load(self, spec: ast.SpecFile, chain: tuple[str, ...]) -> None:
-        here = Path(spec.path).parent if spec.path not in ("<string>",) else Path.cwd()
+        here = Path(spec.path).parent if spec.path != "<string>" else Path.cwd()
         for imp in spec.imports:
             target = str((here / imp.path).resolve()) if not Path(imp.path).is_absolute() else imp.path
-            shown = imp.path
             if target in chain:
                 names = " -> ".join(Path(p).name for p in chain[chain.index(target):]) + f" -> {Path(target).name}"
                 self.error("LMS021", f"import cycle: {names}", imp.span, help="remove one of these imports")
@@ -161,13 +160,15 @@ class Resolver:
             if len(chain) > MAX_IMPORT_DEPTH:
                 self.error("LMS021", "imports nested too deeply", imp.span)
                 continue
-            display = os.path.relpath(target) if not os.path.relpath(target).startswith("../..") else target
+            display = os.path.relpath(target)
+            if display.startswith("../.."):  # far from here: the absolute path reads better
+                display = target
             tree, text, diags = parse_file(display)
             if text is None:
                 exists = Path(target).exists()
                 reason = ("it is a directory" if Path(target).is_dir() else
                           diags[0].message.rsplit(": ", 1)[-1] if exists and diags else "no such file")
-                self.error("LMS020", f"cannot import '{shown}': {reason}", imp.span,
+                self.error("LMS020", f"cannot import '{imp.path}': {reason}", imp.span,
                            help=f"the path is relative to {here}" if not exists else None)
                 continue
             self.sources[display] = text
