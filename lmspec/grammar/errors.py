@@ -105,7 +105,7 @@ def _describe(expected: set[str]) -> str:
     for name in sorted(expected):
         text = _TOKEN_TEXT.get(name)
         if text is None:
-            text = f"'{name.lower()}'" if name.isupper() and not name.startswith("_") and not name.startswith("__") else None
+            text = f"'{name.lower()}'" if name.isupper() and not name.startswith("_") else None
         if text and text not in names:
             names.append(text)
     if not names:
