@@ -203,13 +203,6 @@ _BLUE, _BOLD, _RESET = "\x1b[1;34m", "\x1b[1m", "\x1b[0m"
 _MAX_SHOWN_LINE = 200  # long lines are cut around the span so a 1 MB line stays readable
 
 
-def _line_text(source: str, line: int) -> str | None:
-    lines = source.split("\n")
-    if 1 <= line <= len(lines):
-        return lines[line - 1].rstrip("\r")
-    return None
-
-
 def _excerpt(text: str, col: int, end_col: int) -> tuple[str, int, int]:
     """Cut a long line to a window around [col, end_col); return text and new columns."""
     text = text.expandtabs(1)
@@ -223,12 +216,10 @@ def _excerpt(text: str, col: int, end_col: int) -> tuple[str, int, int]:
     return prefix + cut + suffix, col - shift, max(col - shift + 1, min(end_col - shift, len(prefix + cut) + 1))
 
 
-def _snippet(span: Span, source: str | None, label: str | None, c, style: str = _STYLE["error"]) -> list[str]:
-    if source is None:
+def _snippet(span: Span, lines: list[str] | None, label: str | None, c, style: str = _STYLE["error"]) -> list[str]:
+    if lines is None or not 1 <= span.line <= len(lines):
         return []
-    text = _line_text(source, span.line)
-    if text is None:
-        return []
+    text = lines[span.line - 1].rstrip("\r")
     end_col = span.end_col if span.end_line == span.line else len(text) + 1
     end_col = max(end_col, span.col + 1)
     shown, col, end = _excerpt(text, span.col, end_col)
@@ -243,17 +234,28 @@ def _snippet(span: Span, source: str | None, label: str | None, c, style: str = 
     ]
 
 
-def render_one(d: Diagnostic, sources: dict[str, str], colour: bool = False) -> str:
+def render_one(d: Diagnostic, sources: dict[str, str], colour: bool = False,
+               split: dict[str, list[str] | None] | None = None) -> str:
+    """One diagnostic. `split` keeps the lines of each source between calls, so that rendering
+    many diagnostics of a long file splits it once, not once per snippet."""
+    split = {} if split is None else split
+
+    def lines(file: str) -> list[str] | None:
+        if file not in split:
+            source = sources.get(file)
+            split[file] = None if source is None else source.split("\n")
+        return split[file]
+
     def c(code: str) -> str:
         return code if colour else ""
 
     where = f"{d.span}: " if d.span else ""
     out = [f"{c(_BOLD)}{where}{c(_RESET)}{c(_STYLE[d.severity])}{d.severity}[{d.code}]{c(_RESET)}{c(_BOLD)}: {d.message}{c(_RESET)}"]
     if d.span:
-        out += _snippet(d.span, sources.get(d.span.file), None, c, _STYLE[d.severity])
+        out += _snippet(d.span, lines(d.span.file), None, c, _STYLE[d.severity])
     for label in d.labels:
         out.append(f"{c(_BLUE)}  -->{c(_RESET)} {label.span}")
-        out += _snippet(label.span, sources.get(label.span.file), label.message, c)
+        out += _snippet(label.span, lines(label.span.file), label.message, c)
     for note in d.notes:
         out.append(f"  = note: {note}")
     if d.help:
@@ -266,7 +268,8 @@ def render_text(diagnostics: Sequence[Diagnostic], sources: dict[str, str], colo
     if colour is None:
         colour = use_colour()
     ordered = sorted(diagnostics, key=_sort_key)
-    parts = [render_one(d, sources, colour) for d in ordered]
+    split: dict[str, list[str] | None] = {}
+    parts = [render_one(d, sources, colour, split) for d in ordered]
     errors = sum(d.is_error for d in ordered)
     warnings = sum(d.severity == "warning" for d in ordered)
     if errors or warnings:
