@@ -103,6 +103,88 @@ def cmd_import_hf(args) -> int:
     return import_hf_main(args.rest)
 
 
+def _run_error(err) -> int:
+    """A runtime error for bad input: one clear message, no traceback, exit 1."""
+    print(f"lmspec: error: {err.message}", file=sys.stderr)
+    if err.help:
+        print(f"  = help: {err.help}", file=sys.stderr)
+    return 1
+
+
+def _lmspec_error(err) -> int:
+    print(render_text(err.diagnostics, err.sources, colour=use_colour(sys.stderr)), file=sys.stderr)
+    return 1
+
+
+def cmd_run(args) -> int:
+    from lmspec.diagnostics import LmspecError
+    from lmspec.runtime.api import resume, run
+    from lmspec.runtime.errors import RunError
+    from lmspec.runtime.progress import Progress
+
+    progress = Progress(live=None if not args.plain else False)
+    try:
+        if args.resume:
+            if args.spec:
+                raise RunError("give either a SPEC or --resume DIR, not both")
+            resume(args.resume, force=args.force, overrides=args.set, device=args.device, progress=progress,
+                   tensorboard=args.tensorboard)
+        else:
+            if not args.spec:
+                raise RunError("lmspec run needs a SPEC (or --resume DIR)", help="lmspec run specs/quickstart.lmspec")
+            run(args.spec, overrides=args.set, out=args.out, device=args.device, only=args.only, progress=progress,
+                tensorboard=args.tensorboard)
+    except LmspecError as err:
+        return _lmspec_error(err)
+    except RunError as err:
+        return _run_error(err)
+    return 0
+
+
+def cmd_show(args) -> int:
+    from lmspec.runtime.api import open_run
+    from lmspec.runtime.errors import RunError
+    from lmspec.runtime.plots import plot_losses
+    from lmspec.runtime.progress import render_summary
+
+    try:
+        r = open_run(args.run)
+        for stage in r.stages:
+            plot_losses(r.metrics(stage), r.path / "stages" / stage / "loss.png", stage)
+        m = r.manifest
+        print(f"spec {m.get('spec')}  status {m.get('status')}  started {m.get('started')}  "
+              f"finished {m.get('finished') or '-'}  device {m.get('device')}")
+        render_summary(r)
+        for stage, why in (m.get("cannot_run") or {}).items():
+            print(f"  {stage}: not run: {why}")
+    except RunError as err:
+        return _run_error(err)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from lmspec.runtime.api import open_run
+    from lmspec.runtime.errors import RunError
+    from lmspec.runtime.sample import sample_texts
+
+    try:
+        r = open_run(args.run)
+        model, tok = r.model(args.stage), r.tokenizer(args.stage)
+        prompts = [line.rstrip("\n") for line in sys.stdin] if args.prompt == "-" else [args.prompt]
+        for prompt in prompts:
+            for _ in range(args.num):
+                sys.stdout.write(prompt)
+                sys.stdout.flush()
+                sample_texts(model, tok, [prompt], max_tokens=args.max_tokens, temperature=args.temperature,
+                             top_k=args.top_k, top_p=args.top_p, seed=args.seed, num=1,
+                             on_text=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+                sys.stdout.write("\n")
+                args.seed += 1  # each sample its own draw, all reproducible from --seed
+    except RunError as err:
+        return _run_error(err)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lmspec", description="A declarative experiment language for language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -113,6 +195,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the forward/backward pass of each model on the meta device, and the "
                         "comparison of init: hf(...) checkpoints with their models")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("run", help="train every stage of a spec into a run directory (or --resume one)")
+    p.add_argument("spec", nargs="?", metavar="SPEC")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="override a key of a block, checked as the spec is (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="the run directory (default runs/NAME-TIMESTAMP); never overwritten")
+    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
+    p.add_argument("--only", metavar="STAGE", help="run this stage and the stages it needs, nothing else")
+    p.add_argument("--resume", metavar="DIR", help="continue a run from its last good checkpoints")
+    p.add_argument("--force", action="store_true", help="with --resume: resume although the spec changed")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
+    p.add_argument("--plain", action="store_true", help="one line per log, even on a terminal")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("show", help="print the summary of a run (finished or not) and redraw its plots")
+    p.add_argument("run", metavar="RUN")
+    p.set_defaults(func=cmd_show)
+    p = sub.add_parser("sample", help="generate text from a trained stage of a run")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--stage", help="default: the last finished stage")
+    p.add_argument("--prompt", default="", help='the prompt; "-" reads prompts from stdin, one a line')
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num", type=int, default=1, help="samples per prompt")
+    p.set_defaults(func=cmd_sample)
     p = sub.add_parser("schema", help="print the JSON Schema of every block kind")
     p.set_defaults(func=cmd_schema)
     # these two parse their own arguments (see their --help)

@@ -129,6 +129,7 @@ CODES: dict[str, str] = {
     "LMS030": "a key is given twice in one block",
     "LMS031": "an input file cannot be read",
     "LMS032": "a number too large to represent (a literal or the result of arithmetic)",
+    "LMS033": "a `--set` override that is malformed or names no block",
     # schema
     "LMS040": "an unknown block kind",
     "LMS041": "an unknown key",

@@ -171,7 +171,7 @@ def test_a_block_whose_extends_failed_is_not_also_missing_keys():
 
 def test_a_block_that_failed_to_parse_is_not_also_undefined():
     # one syntax error, not a cascade of "'gpt' is not defined" wherever gpt is used
-    assert errors("lmspec 1\nmodel gpt { layers = 2 }\ndata d { source: text(\"x\") }\n"
+    assert errors("lmspec 1\nmodel gpt { layers = 2 }\ndata d { source: builtin(\"tiny-stories\") }\n"
                   "train t { model: gpt from t, data: d, objective: clm }\n"
                   "model g2 extends gpt { d_model: gpt.d_model }\n") == [
         "2:20 LMS005 '=' is not how lmspec assigns"]

@@ -229,7 +229,9 @@ def test_sliding_attention_counts_as_causal_and_prefix_needs_prefix_lm():
         train t { model: gpt, objective: clm, data: text }
         train u { model: gpt, objective: clm + prefix_lm, data: text }
     """) == ["5:34 error[LMS070] objective 'clm' needs causal attention, but layer 0 of 'gpt' has prefix attention "
-             "(prefix attention is for prefix_lm)"]
+             "(prefix attention is for prefix_lm)",
+             "6:34 error[LMS088] objectives clm + prefix_lm of 'u' cannot be trained on one batch: 'clm' cannot share "
+             "a batch with 'prefix_lm'"]
 
 
 def test_clm_needs_an_lm_head():

@@ -49,11 +49,14 @@ class CheckReport:
         return self
 
 
-def resolve(source: str | Path, *, text: str | None = None) -> ResolvedSpec:
-    """Resolve a file (or `text`, reported under the name `source`)."""
+def resolve(source: str | Path, *, text: str | None = None, overrides: tuple[str, ...] = ()) -> ResolvedSpec:
+    """Resolve a file (or `text`, reported under the name `source`). `overrides` are
+    `BLOCK.KEY=VALUE` strings (`lmspec run --set`), applied before evaluation and checked as
+    the spec is."""
     if text is not None:
-        return resolve_text(text, str(source), defaults=schema_default, derived=derived_attribute)
-    return resolve_file(source, defaults=schema_default, derived=derived_attribute)
+        return resolve_text(text, str(source), defaults=schema_default, derived=derived_attribute,
+                            overrides=tuple(overrides))
+    return resolve_file(source, defaults=schema_default, derived=derived_attribute, overrides=tuple(overrides))
 
 
 def validate(resolved: ResolvedSpec) -> ValidatedSpec:
@@ -81,14 +84,14 @@ def _check(resolved: ResolvedSpec) -> CheckReport:
     return CheckReport(resolved.root, resolved.sources, _dedupe(diagnostics), validated, models)
 
 
-def check_file(path: str | Path) -> CheckReport:
+def check_file(path: str | Path, *, overrides: tuple[str, ...] = ()) -> CheckReport:
     with gc_paused():  # a check allocates much and builds no cycles: see parser.gc_paused
-        return _check(resolve(path))
+        return _check(resolve(path, overrides=overrides))
 
 
-def check_text(text: str, path: str = "<string>") -> CheckReport:
+def check_text(text: str, path: str = "<string>", *, overrides: tuple[str, ...] = ()) -> CheckReport:
     with gc_paused():
-        return _check(resolve(path, text=text))
+        return _check(resolve(path, text=text, overrides=overrides))
 
 
 def check(source: str | Path) -> CheckReport:

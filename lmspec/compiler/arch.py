@@ -128,3 +128,24 @@ class ArchConfig:
 
     def head(self, kind: HeadKind) -> HeadConfig | None:
         return next((h for h in self.heads if h.kind == kind), None)
+
+
+def arch_to_dict(arch: ArchConfig) -> dict:
+    """Plain JSON for an ArchConfig (a run directory stores it beside the weights)."""
+    from dataclasses import asdict
+
+    return asdict(arch)
+
+
+def arch_from_dict(data: dict) -> ArchConfig:
+    """The inverse of `arch_to_dict`."""
+
+    def layer(d: dict) -> LayerConfig:
+        return LayerConfig(**{**d, "attention": AttentionConfig(**d["attention"]),
+                              "position": PositionConfig(**d["position"])})
+
+    def stack(d: dict | None) -> StackConfig | None:
+        return None if d is None else StackConfig(tuple(layer(x) for x in d["layers"]), d["final_norm"])
+
+    return ArchConfig(**{**data, "position": PositionConfig(**data["position"]), "encoder": stack(data["encoder"]),
+                         "decoder": stack(data["decoder"]), "heads": tuple(HeadConfig(**h) for h in data["heads"])})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -619,7 +620,8 @@ def _layers_of(block: ResolvedBlock, path: tuple) -> list:
 
 
 def _resolve(tree: ast.SpecFile | None, text: str | None, path: str, diagnostics: list[Diagnostic],
-             defaults: DefaultLookup | None, derived: DerivedLookup | None) -> ResolvedSpec:
+             defaults: DefaultLookup | None, derived: DerivedLookup | None,
+             overrides: tuple[str, ...] = ()) -> ResolvedSpec:
     r = Resolver(defaults, derived)
     r.diagnostics += diagnostics
     if text is not None:
@@ -630,6 +632,8 @@ def _resolve(tree: ast.SpecFile | None, text: str | None, path: str, diagnostics
     r.files[root] = tree
     r.load(tree, (root,))
     r.add_blocks(tree)
+    if overrides:
+        _apply_overrides(r, overrides)
     for name in r.blocks:
         r.merge(name)
     try:
@@ -643,14 +647,72 @@ def _resolve(tree: ast.SpecFile | None, text: str | None, path: str, diagnostics
 
 
 def resolve_text(text: str, path: str = "<string>", *, defaults: DefaultLookup | None = None,
-                 derived: DerivedLookup | None = None) -> ResolvedSpec:
+                 derived: DerivedLookup | None = None, overrides: tuple[str, ...] = ()) -> ResolvedSpec:
     with gc_paused():  # see gc_paused: resolution allocates much and builds no cycles
         tree, diagnostics = parse(text, path)
-        return _resolve(tree, text, path, diagnostics, defaults, derived)
+        return _resolve(tree, text, path, diagnostics, defaults, derived, tuple(overrides))
 
 
 def resolve_file(path: str | Path, *, defaults: DefaultLookup | None = None,
-                 derived: DerivedLookup | None = None) -> ResolvedSpec:
+                 derived: DerivedLookup | None = None, overrides: tuple[str, ...] = ()) -> ResolvedSpec:
     with gc_paused():
         tree, text, diagnostics = parse_file(path)
-        return _resolve(tree, text, str(path), diagnostics, defaults, derived)
+        return _resolve(tree, text, str(path), diagnostics, defaults, derived, tuple(overrides))
+
+
+# ---------------------------------------------------------------------- --set overrides
+
+OVERRIDES_FILE = "<--set>"
+_OVERRIDE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*=(.*)$", re.S)
+
+
+def _apply_overrides(r: Resolver, overrides: tuple[str, ...]) -> None:
+    """`--set STAGE.KEY=VALUE` (or `STAGE.NESTED.KEY=VALUE`): each override is written as a
+    block of the file `<--set>`, one line each, and its fields replace the block's own before
+    `extends` and evaluation — so an override is checked exactly as the spec is, and a
+    diagnostic points into the override's own line."""
+    lines, targets = [], []
+    for i, text in enumerate(overrides):
+        m = _OVERRIDE.match(text)
+        if m is None:
+            lines.append("")
+            r.error("LMS033", f"--set {text!r} is not BLOCK.KEY=VALUE", None,
+                    help="write for example --set pretrain.steps=100")
+            continue
+        name, keys, value = m.group(1), m.group(2)[1:].split("."), m.group(3).strip()
+        body = f"{keys[-1]}: {value}"
+        for key in reversed(keys[:-1]):  # align.rollouts.per_step=32 -> rollouts { per_step: 32 }
+            body = f"{key} {{ {body} }}"
+        lines.append(f"set {name} {{ {body} }}")
+        targets.append((i, name))
+    text = "\n".join(lines) + "\n"
+    r.sources[OVERRIDES_FILE] = text
+    tree, diagnostics = parse(text, OVERRIDES_FILE)
+    r.diagnostics += [d for d in diagnostics if d.code != "LMS010"]  # overrides have no version header
+    if tree is None:
+        return
+    for block in tree.blocks:
+        name = block.name.name
+        if name not in r.blocks:
+            r.error("LMS033", f"--set names '{name}', which is not a block of this spec", block.name.span,
+                    help=did_you_mean(name, list(r.blocks)))
+            continue
+        own = r.blocks[name]
+        r.blocks[name] = replace(own, entries=_patched(own.entries, block.entries))
+
+
+def _patched(entries: tuple, patch: tuple) -> tuple:
+    """`entries` with each field of `patch` replacing the field of that key (or added), and
+    each nested block of `patch` patched into the nested block of that name."""
+    out = list(entries)
+    for new in patch:
+        key = new.key.name if isinstance(new, ast.Field) else new.name.name
+        at = next((i for i, e in enumerate(out) if isinstance(e, (ast.Field, ast.Nested))
+                   and (e.key.name if isinstance(e, ast.Field) else e.name.name) == key), None)
+        if at is None:
+            out.append(new)
+        elif isinstance(new, ast.Nested) and isinstance(out[at], ast.Nested):
+            out[at] = replace(out[at], entries=_patched(out[at].entries, new.entries))
+        else:
+            out[at] = new
+    return tuple(out)

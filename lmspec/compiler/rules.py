@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 import networkx as nx
 
+from lmspec.compiler.rules_stages import STAGE_RULES
 from lmspec.compiler import schema as S
 from lmspec.compiler.arch import GATED_ACTIVATIONS, ArchConfig, StackConfig
 from lmspec.compiler.graphs import ModelSpans, experiment_graph, stage_cycles
@@ -819,7 +820,7 @@ def unused_rule(x: Experiment) -> Iterator[Diagnostic]:
 #: rules on the whole experiment
 EXPERIMENT_RULES: list[Callable[[Experiment], Iterator[Diagnostic]]] = [
     stage_heads_rule, objective_rule, vocab_rule, stage_reference_rule, reward_rule, judge_rule, policy_rule,
-    unused_rule,
+    unused_rule, *STAGE_RULES,
 ]
 
 

@@ -297,6 +297,7 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         prefix_lengths: torch.Tensor | None = None,
         decoder_start_id: int | None = None,
+        on_token=None,
     ) -> torch.Tensor:
         """Sample up to `max_new_tokens` with the KV cache; greedy when temperature == 0.
 
@@ -305,7 +306,8 @@ class Transformer(nn.Module):
         prompt as the prefix unless prefix_lengths says otherwise. Encoder-decoder: input_ids
         go to the encoder; returns (B, 1 + new) decoder tokens starting with `decoder_start_id`
         (default: pad_id, else 0, as T5). After `eos_id` a row is filled with pad_id (else
-        eos_id); generation stops once every row has finished.
+        eos_id); generation stops once every row has finished. `on_token`, if given, is called
+        with each step's new ids (B,) as they are sampled (for streaming).
         """
         if self.decoder is None:
             raise ValueError("generate needs a decoder; this model is encoder-only")
@@ -353,6 +355,8 @@ class Transformer(nn.Module):
                     next_ids = torch.where(finished, fill_id, next_ids)
                     finished |= next_ids == eos_id
                 new_tokens.append(next_ids)
+                if on_token is not None:
+                    on_token(next_ids)
                 if step + 1 == max_new_tokens or (eos_id is not None and bool(finished.all())):
                     break
                 if self.encoder is not None:

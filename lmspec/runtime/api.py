@@ -1,0 +1,296 @@
+"""The front door of the runtime: `run` a spec, `resume` a run, `open_run` to read one.
+
+    run("specs/quickstart.lmspec", overrides=["pretrain.steps=100"], out="runs/q")
+    r = open_run("runs/q")
+    r.status("pretrain")["status"]      # "finished"
+    r.metrics("pretrain")[-1]           # {"stage": "pretrain", "step": 100, "loss": ..., ...}
+    model = r.model("pretrain")         # torch.nn.Module with its final weights
+    ids = r.tokenizer("pretrain").encode("Once upon a time")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from lmspec.diagnostics import did_you_mean
+from lmspec.runtime.errors import RunError
+from lmspec.runtime.loop import drive, finished_artifacts
+from lmspec.runtime.progress import Progress, render_summary
+from lmspec.runtime.rundir import RunDir, canonical_spec, default_run_dir, spec_diff, spec_hash
+
+__all__ = ["run", "resume", "open_run", "Run", "default_cache_dir", "runnable_stages"]
+
+
+def default_cache_dir() -> Path:
+    """Tokenised data and trained BPE merges, shared by runs: $LMSPEC_CACHE, else ~/.cache/lmspec."""
+    return Path(os.environ.get("LMSPEC_CACHE") or Path.home() / ".cache" / "lmspec")
+
+
+# objectives trained from preference pairs: they arrive with the RL stages
+_PREFERENCE = {"bradley_terry", "dpo"}
+
+
+def runnable_stages(report, schedule) -> tuple[list[str], dict[str, str]]:
+    """(stages this runtime can run, in order; {stage: why not} for the others)."""
+    blocked: dict[str, str] = {}
+    for plan in schedule:
+        if plan.kind in ("feedback", "rl"):
+            blocked[plan.name] = f"{plan.kind} stages arrive with the RL-from-AI-feedback runtime"
+            continue
+        prefs = [t.objective.kind for t in plan.spec.objective if t.objective.kind in _PREFERENCE]
+        if prefs:
+            blocked[plan.name] = f"objective {prefs[0]} learns from preference pairs, which arrive with the RL runtime"
+            continue
+        needs = [a for a in plan.after if a in blocked]
+        if needs:
+            blocked[plan.name] = f"it needs stage '{needs[0]}', which cannot run yet"
+    return [p.name for p in schedule if p.name not in blocked], blocked
+
+
+def _check(spec_path: str | Path, overrides: tuple[str, ...]):
+    from lmspec.compiler.api import check_file
+    from lmspec.compiler.compile import compile_spec
+
+    path = Path(spec_path)
+    if not path.is_file():
+        raise RunError(f"{spec_path}: {'is a directory, not a spec file' if path.is_dir() else 'no such file'}",
+                       help="give the path of a .lmspec file")
+    report = check_file(path, overrides=tuple(overrides))
+    report.raise_for_errors()
+    return report, compile_spec(report)
+
+
+def run(spec_path: str | Path, *, overrides: list[str] | tuple[str, ...] = (), out: str | Path | None = None,
+        device: str = "auto", only: str | None = None, progress: Progress | None = None,
+        cache_dir: Path | None = None, tensorboard: bool = False) -> "Run":
+    """Check the spec (raising LmspecError with every diagnostic), then run its stages in the
+    experiment graph's order into a new run directory. Returns the `Run`."""
+    import torch  # noqa: F401  (fail here, not halfway, when torch is missing)
+
+    from lmspec.runtime.engine import resolve_device
+
+    overrides = tuple(overrides)
+    progress = progress or Progress()
+    report, schedule = _check(spec_path, overrides)
+    dev = resolve_device(device)
+    selected, blocked = _selection(report, schedule, only)
+    if tensorboard:
+        _tensorboard_writer()  # fail before a run directory exists
+    path = Path(out) if out is not None else default_run_dir(spec_path)
+    rd = RunDir.create(path, report=report, spec_path=str(spec_path), overrides=overrides, device=str(dev))
+    rd.update_manifest(stages=selected, cannot_run=blocked, only=only)
+    return _execute(rd, report, schedule, selected, blocked, dev, progress, cache_dir, tensorboard)
+
+
+def resume(run_path: str | Path, *, force: bool = False, overrides: list[str] | tuple[str, ...] = (),
+           device: str = "auto", progress: Progress | None = None, cache_dir: Path | None = None,
+           tensorboard: bool = False) -> "Run":
+    """Continue a run from the last good checkpoint of each unfinished stage. The spec is read
+    again from where the run read it; if it now means something else, resuming is refused with
+    a diff unless `force`. New `overrides` need `force`."""
+    from lmspec.runtime.engine import resolve_device
+
+    progress = progress or Progress()
+    rd = RunDir.open(Path(run_path))
+    manifest = rd.manifest
+    if manifest.get("status") == "finished":
+        progress.message(f"{rd.path}: this run has finished; nothing to do")
+        return Run(rd.path)
+    spec_path = Path(manifest["spec"])
+    if not spec_path.is_file():
+        copy = rd.path / "spec" / spec_path.name
+        progress.message(f"{spec_path} is gone; resuming from the run's copy {copy}")
+        spec_path = copy
+    if overrides and not force:
+        raise RunError("--set on --resume changes the run's spec", help="add --force to resume with changed settings")
+    all_overrides = tuple(manifest.get("overrides", [])) + tuple(overrides)
+    report, schedule = _check(spec_path, all_overrides)
+    now, then = canonical_spec(report), rd.canonical
+    if now != then:
+        if not force:
+            raise RunError(f"the spec changed since this run started:\n{spec_diff(then, now)}",
+                           help=f"undo the change, or resume anyway with `lmspec run --resume {rd.path} --force`")
+        progress.message("the spec changed since this run started; resuming anyway (--force)")
+        (rd.path / "spec" / "resolved.json").write_text(json.dumps(now, indent=1))
+        (rd.path / "spec.sha256").write_text(spec_hash(now) + "\n")
+        rd.update_manifest(overrides=list(all_overrides), forced=True)
+    dev = resolve_device(device)
+    selected, blocked = _selection(report, schedule, manifest.get("only"))
+    rd.update_manifest(status="running", device=str(dev), stages=selected, cannot_run=blocked)
+    return _execute(rd, report, schedule, selected, blocked, dev, progress, cache_dir, tensorboard)
+
+
+def _selection(report, schedule, only: str | None) -> tuple[list[str], dict[str, str]]:
+    runnable, blocked = runnable_stages(report, schedule)
+    if only is None:
+        return runnable, blocked
+    names = schedule.names()
+    if only not in names:
+        raise RunError(f"--only {only}: the spec has no stage named '{only}' (stages: {', '.join(names) or 'none'})",
+                       help=did_you_mean(only, names))
+    if only in blocked:
+        raise RunError(f"--only {only}: stage '{only}' cannot run yet: {blocked[only]}")
+    plan = schedule[only]
+    wanted = set(plan.after) | {only}
+    return [n for n in runnable if n in wanted], {k: v for k, v in blocked.items() if k in wanted}
+
+
+def _execute(rd: RunDir, report, schedule, selected, blocked, dev, progress, cache_dir, tensorboard) -> "Run":
+    from lmspec.runtime.stages import make_stage
+    from lmspec.runtime.stages.base import RunContext
+
+    for name, why in blocked.items():
+        progress.message(f"stage {name}: cannot run yet: {why}")
+    ctx = RunContext(report, schedule, dev, Path(cache_dir) if cache_dir else default_cache_dir(), rd.path,
+                     log=progress.message)
+    writer = _tensorboard_writer()(str(rd.path / "tensorboard")) if tensorboard else None
+    status = "running"
+    try:
+        for plan in schedule:
+            if plan.name not in selected:
+                continue
+            for need in plan.after:  # a finished stage of an earlier session of this run
+                if need not in ctx.artifacts:
+                    found = finished_artifacts(rd, need, schedule[need].model)
+                    if found is not None:
+                        ctx.artifacts[need] = found
+            stage = make_stage(plan, ctx)
+            ctx.artifacts[plan.name] = drive(stage, rd, progress, tensorboard=writer)
+        status = "partial" if blocked else "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise RunError("interrupted", help=f"resume with `lmspec run --resume {rd.path}`") from None
+    except RunError as err:
+        status = "interrupted" if type(err).__name__ == "Interrupted" else "failed"
+        raise
+    except OSError as err:  # a full disk, a read-only or vanished run directory
+        status = "failed"
+        raise RunError(f"cannot write the run: {err.strerror or err}"
+                       + (f" ({err.filename})" if getattr(err, "filename", None) else ""),
+                       help=f"free some space or fix the directory's permissions, then resume with "
+                            f"`lmspec run --resume {rd.path}`; what was written so far is kept") from None
+    except BaseException:
+        status = "failed"
+        raise
+    finally:
+        try:
+            rd.finish(status)
+        except OSError:
+            pass  # the disk that failed the run may refuse this too; the stages' files tell the story
+        if writer is not None:
+            writer.close()
+    result = Run(rd.path)
+    if not progress.quiet:
+        _print_samples(result, selected, progress)
+        render_summary(result, progress.stream, live=progress.live)
+    if blocked:
+        progress.message(f"not run yet: {', '.join(blocked)} (see above)")
+    return result
+
+
+def _print_samples(result: "Run", stages: list[str], progress) -> None:
+    """The samples of each stage's last evaluation: what the model now writes."""
+    for stage in stages:
+        samples = result.samples(stage)
+        if not samples:
+            continue
+        last = [s for s in samples if s["step"] == samples[-1]["step"]]
+        progress.message(f"samples of {stage} at step {last[0]['step']}:")
+        for s in last:
+            progress.message(f"  {s['prompt']}|{s['text']}".replace("\n", " "))
+
+
+def _tensorboard_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RunError("--tensorboard needs the tensorboard package",
+                       help="pip install 'lmspec[tensorboard]' (or pip install tensorboard)") from None
+    return SummaryWriter
+
+
+# ----------------------------------------------------------------------------- reading a run
+
+
+class Run:
+    """A run directory, read: each stage's status, metrics, samples, trained model and tokenizer."""
+
+    def __init__(self, path: str | Path):
+        self._dir = RunDir.open(Path(path))
+        self.path = self._dir.path
+
+    @property
+    def manifest(self) -> dict:
+        return self._dir.manifest
+
+    @property
+    def stages(self) -> list[str]:
+        return self._dir.stages()
+
+    def _stage(self, stage: str | None) -> str:
+        names = self.stages
+        if stage is None:
+            done = [s for s in names if self.status(s).get("status") == "finished"]
+            if not done:
+                raise RunError(f"{self.path}: no stage has finished yet", help="name a stage, or wait for one")
+            return done[-1]
+        if stage not in names:
+            raise RunError(f"{self.path} has no stage '{stage}' (stages: {', '.join(names) or 'none'})",
+                           help=did_you_mean(stage, names))
+        return stage
+
+    def status(self, stage: str) -> dict:
+        return self._dir.stage_status(stage)
+
+    def metrics(self, stage: str) -> list[dict]:
+        return self._dir.metrics(stage)
+
+    def samples(self, stage: str) -> list[dict]:
+        return self._dir.samples(stage)
+
+    def model(self, stage: str | None = None, *, device: str = "cpu"):
+        """The stage's model with its final weights (or, for a stage that has not finished, the
+        weights of its latest good checkpoint), in eval mode."""
+        from lmspec.compiler.arch import arch_from_dict
+        from lmspec.compiler.build import build_model
+        from lmspec.runtime.checkpoint import latest_checkpoint, load_weights
+
+        stage = self._stage(stage)
+        sdir = self.path / "stages" / stage
+        arch_file = sdir / "final" / "arch.json"
+        if not arch_file.is_file():
+            arch_file = sdir / "arch.json"
+        if not arch_file.is_file():
+            raise RunError(f"stage '{stage}' of {self.path} has no model yet", help="run or resume it first")
+        model = build_model(arch_from_dict(json.loads(arch_file.read_text())), device=device)
+        weights = sdir / "final" / "model.safetensors"
+        if weights.is_file():
+            load_weights(model, weights)
+        else:
+            found = latest_checkpoint(sdir / "checkpoints", warn=lambda m: None)
+            if found is None:
+                raise RunError(f"stage '{stage}' of {self.path} has neither final weights nor a good checkpoint")
+            missing, unexpected = model.load_state_dict(found[1]["model"], strict=False)
+            model.tie_weights()
+        return model.eval()
+
+    def tokenizer(self, stage: str | None = None):
+        from lmspec.runtime.tokenizers import load_tokenizer
+
+        stage = self._stage(stage)
+        final = self.path / "stages" / stage / "final" / "tokenizer"
+        if final.is_dir():
+            return load_tokenizer(final)
+        name = self.status(stage).get("tokenizer")
+        saved = self.path / "tokenizers" / (name or "")
+        if name and saved.is_dir():
+            return load_tokenizer(saved)
+        raise RunError(f"stage '{stage}' of {self.path} has no tokenizer yet", help="run or resume it first")
+
+
+def open_run(path: str | Path) -> Run:
+    """Read a run directory (finished or not)."""
+    return Run(path)
+

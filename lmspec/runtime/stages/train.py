@@ -1,0 +1,237 @@
+"""A `train` stage: a model, a (weighted sum of) objective(s), data, an optimizer.
+
+Every random choice of a step is a function of (seed, step): the examples are positions
+`step * batch ...` of the seed-shuffled stream, masks and pairs come from `micro_generator`,
+and dropout from the global generator whose state the checkpoint saves. So a resumed run
+computes exactly the steps the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from lmspec.compiler.compile import build_stage_model
+from lmspec.runtime import engine
+from lmspec.runtime.checkpoint import (load_optimizer, load_weights, optimizer_tensors, rng_state,
+                                       save_weights, set_rng_state, unique_state, write_json_atomic)
+from lmspec.runtime.errors import RunError
+from lmspec.runtime.objectives import Context, build_objective, compose, model_inputs
+from lmspec.runtime.stages.base import Stage, StageArtifacts
+
+__all__ = ["TrainStage", "NonFiniteLoss"]
+
+
+class NonFiniteLoss(RunError):
+    pass
+
+
+class TrainStage(Stage):
+    kind = "train"
+
+    def __init__(self, plan, ctx):
+        super().__init__(plan, ctx)
+        s = self.spec
+        self.total_steps, self.log_every = s.steps, s.log_every
+        self.eval_every, self.checkpoint_every = s.eval_every, s.checkpoint_every
+        self.keep_checkpoints = getattr(s, "keep_checkpoints", 3)
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        from lmspec.runtime.data import ExampleStream, prepare_dataset
+
+        s, plan, ctx = self.spec, self.plan, self.ctx
+        if ctx.report.spec.resolved.blocks[s.data].kind != "data":
+            raise RunError(f"stage '{self.name}' learns from feedback block '{s.data}', which this version of "
+                           "lmspec cannot run yet")
+        engine.seed_everything(s.seed)
+        self.device = ctx.device
+        self.precision = engine.resolve_precision(s.precision, self.device)
+        self.tokenizer, self.tokenizer_name = ctx.tokenizer(s.tokenizer)
+        arch = plan.arch
+        if self.tokenizer.vocab_size > arch.vocab:
+            raise RunError(f"tokenizer '{self.tokenizer_name}' produces {self.tokenizer.vocab_size} ids, but model "
+                           f"'{plan.model}' has vocab {arch.vocab}", help=f"use vocab: {self.tokenizer_name}.vocab_size")
+        self.seq_len = s.seq_len or arch.context
+        if self.seq_len > arch.context:
+            raise RunError(f"stage '{self.name}' feeds {self.seq_len} tokens per sequence, but model '{plan.model}' "
+                           f"has context {arch.context}", help=f"use seq_len <= {arch.context}")
+        if s.batch % s.grad_accum:
+            raise RunError(f"batch {s.batch} does not split into grad_accum {s.grad_accum} equal micro-batches",
+                           help="make batch a multiple of grad_accum")
+        self.micro = s.batch // s.grad_accum
+        tok = self.tokenizer
+        self.octx = Context(seq_len=self.seq_len, vocab_size=tok.vocab_size, specials=dict(tok.specials), arch=arch.arch,
+                            sentinels=list(tok.sentinels), decoder_start_id=tok.pad_id if tok.pad_id is not None else 0)
+        self.terms = compose([(t.weight, build_objective(t.objective, self.octx)) for t in s.objective])
+        reads = self.terms[0][1].reads
+        data_spec = ctx.report.spec.blocks[s.data]
+        label = None
+        if reads.kind == "records":
+            label = reads.label
+        spec_file = ctx.report.spec.resolved.blocks[s.data].span.file
+        self.dataset = prepare_dataset(data_spec, name=s.data, spec_file=spec_file, tokenizer=tok,
+                                       fields=reads.fields if reads.kind == "records" else ("text",), label=label,
+                                       cache_dir=ctx.cache_dir)
+        self._check_lengths(reads)
+        self.train_stream = ExampleStream(self.dataset.train, reads, seed=data_spec.seed, shuffle=data_spec.shuffle)
+        self.val_stream = None
+        val = self.dataset.validation
+        if len(val) and (reads.kind != "windows" or val.n_tokens() >= reads.length):
+            self.val_stream = ExampleStream(val, reads, seed=data_spec.seed, shuffle=False)
+        elif len(val):
+            ctx.log(f"stage {self.name}: the validation split of '{s.data}' holds {val.n_tokens()} tokens, fewer than "
+                    f"one sequence ({reads.length}); the stage will not be evaluated (raise `validation`)")
+        self.octx.random_document = self.train_stream.random_document
+        self.model = build_stage_model(plan, device=self.device, artifacts={k: a.weights for k, a in ctx.artifacts.items()})
+        self.model.train()
+        self.forward_model = torch.compile(self.model) if getattr(s, "compile", False) else self.model
+        self.optimizer = engine.make_optimizer(s.optimizer, self.model, self.device)
+        self.scaler = self.precision.scaler()
+
+    def _check_lengths(self, reads) -> None:
+        """Records and documents longer than the model's context are found before step 1, not at
+        the step that draws them."""
+        if reads.kind == "windows":
+            return
+        obj = self.terms[0][1]
+        if not hasattr(obj, "needed_length"):
+            return
+        for split_name, split in (("train", self.dataset.train), ("validation", self.dataset.validation)):
+            if not len(split):
+                continue
+            fields = reads.fields if reads.kind == "records" else ("text",)
+            needed = obj.needed_length({f: split.lengths(f) for f in fields})
+            over = (needed > self.seq_len).nonzero()[0]  # needed_length counts input positions
+            if len(over):
+                longest = int(needed[over].max())
+                raise RunError(f"data '{self.spec.data}' ({split_name} split) holds {len(over)} "
+                               f"example{'s' if len(over) > 1 else ''} longer than stage '{self.name}' feeds: up to "
+                               f"{longest} tokens, and seq_len is {self.seq_len}",
+                               help="raise seq_len (and the model's context), or shorten those examples")
+
+    # ------------------------------------------------------------------ batches
+
+    def _batch(self, stream, position: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        examples = stream.take(position, self.micro)
+        batch = self.terms[0][1].build(examples, gen)
+        for _, obj in self.terms[1:]:
+            batch = obj.augment(batch, gen)
+        cuda = self.device.type == "cuda"
+        return {k: (v.pin_memory() if cuda else v).to(self.device, non_blocking=cuda) for k, v in batch.items()}
+
+    def step(self, i: int) -> dict[str, float]:
+        s = self.spec
+        micro_batches = [self._batch(self.train_stream, i * s.batch + m * self.micro,
+                                     engine.micro_generator(s.seed, i, m)) for m in range(s.grad_accum)]
+        lr = engine.lr_at(i, s.schedule, s.optimizer.lr, s.steps)
+        r = engine.train_step(self.forward_model, self.optimizer, micro_batches, self.terms, lr=lr,
+                              clip_grad=s.clip_grad, precision=self.precision, scaler=self.scaler)
+        if not r.finite:
+            raise NonFiniteLoss(
+                f"stage '{self.name}' got a non-finite loss at step {i + 1} (loss {r.loss}, grad norm {r.grad_norm}); "
+                "the run stopped and keeps its last good checkpoint",
+                help="lower the learning rate, add warmup or clip_grad, or train in fp32; "
+                     "then resume with `lmspec run --resume RUN --force --set ...`")
+        out = {"loss": r.loss, "lr": lr, "grad_norm": r.grad_norm, "tokens": r.tokens}
+        if len(r.terms) > 1:
+            out.update({f"loss_{k}": v for k, v in r.terms.items()})
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if self.val_stream is None:
+            return {}
+        s = self.spec
+        sums = [0.0] * len(self.terms)
+        counts = [0] * len(self.terms)
+        extra: dict[str, float] = {}
+        self.model.eval()
+        try:
+            n = min(s.eval_batches, max(1, math.ceil(len(self.val_stream) / self.micro)))
+            for j in range(n):
+                batch = self._batch(self.val_stream, j * self.micro, engine.micro_generator(s.seed, 0, j, salt=1))
+                out, losses = engine.forward_terms(self.model, batch, self.terms, self.precision)
+                for t, ((_, obj), loss) in enumerate(zip(self.terms, losses)):
+                    sums[t] += float(loss)
+                    counts[t] += obj.count(batch)
+                    for k, v in obj.metrics(out, batch).items():
+                        extra[k] = extra.get(k, 0.0) + float(v)
+                        extra[f"_{k}_n"] = extra.get(f"_{k}_n", 0.0) + obj.count(batch)
+        finally:
+            self.model.train()
+        loss = sum(w * sm / max(c, 1) for (w, _), sm, c in zip(self.terms, sums, counts))
+        result = {"eval_loss": loss}
+        if len(self.terms) > 1:
+            result.update({f"eval_loss_{obj.kind}": sm / max(c, 1) for (_, obj), sm, c in zip(self.terms, sums, counts)})
+        if all(obj.token_level for _, obj in self.terms):
+            result["perplexity"] = math.exp(min(loss, 700.0))
+            if self.tokenizer.kind == "bytes":
+                result["bits_per_byte"] = loss / math.log(2)
+        for k in [k for k in extra if not k.startswith("_")]:
+            result[k] = extra[k] / max(extra[f"_{k}_n"], 1)
+        return result
+
+    @torch.no_grad()
+    def samples(self, i: int, n: int = 3, new_tokens: int = 64) -> list[dict]:
+        """A few continuations of validation (else training) prompts, for a decoder with an lm head."""
+        if self.model.decoder is None or self.model.encoder is not None or self.model.lm_head is None:
+            return []
+        split = self.dataset.validation if len(self.dataset.validation) else self.dataset.train
+        field = "prompt" if "prompt" in self.dataset.fields else "text"
+        out = []
+        gen = torch.Generator(device=self.device).manual_seed(self.spec.seed + 1)
+        for j in range(min(n, len(split))):
+            ids = split.example(j * max(1, len(split) // n))[field]  # spread over the split
+            prompt = ids if field == "prompt" else self._opening(ids)
+            room = self.plan.arch.context - len(prompt)
+            if room < 1:
+                continue
+            tokens = self.model.generate(prompt[None].to(self.device), max_new_tokens=min(new_tokens, room),
+                                         temperature=0.8, top_k=50, eos_id=self.tokenizer.eos_id, generator=gen)
+            out.append({"prompt": self.tokenizer.decode(prompt.tolist()),
+                        "text": self.tokenizer.decode(tokens[0, len(prompt):].tolist())})
+        return out
+
+    def _opening(self, ids: torch.Tensor) -> torch.Tensor:
+        """The first few words of a document, cut at a space, as a prompt."""
+        head = self.tokenizer.decode(ids[:32].tolist())
+        cut = head.rfind(" ", 0, 24)
+        prompt = self.tokenizer.encode(head[:cut] if cut > 0 else head[:16])
+        return torch.tensor(prompt or ids[:1].tolist(), dtype=torch.long)
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self):
+        opt_tensors, opt_meta = optimizer_tensors(self.optimizer)
+        state = {"rng": rng_state(), "optimizer": opt_meta}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return {"model": unique_state(self.model), "optimizer": opt_tensors}, state
+
+    def load_state_dict(self, tensors, state) -> None:
+        missing, unexpected = self.model.load_state_dict(tensors["model"], strict=False)
+        self.model.tie_weights()
+        own = unique_state(self.model)
+        if [m for m in missing if m in own] or unexpected:
+            raise RunError(f"the checkpoint of stage '{self.name}' does not fit its model",
+                           help="the spec changed shape since the checkpoint; start a fresh run")
+        load_optimizer(self.optimizer, tensors.get("optimizer", {}), state["optimizer"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+
+    def artifacts(self, directory: Path) -> StageArtifacts:
+        from lmspec.compiler.arch import arch_to_dict
+
+        directory.mkdir(parents=True, exist_ok=True)
+        save_weights(self.model, directory / "model.safetensors", metadata={"stage": self.name})
+        write_json_atomic(directory / "arch.json", arch_to_dict(self.plan.arch))
+        self.tokenizer.save(directory / "tokenizer")
+        return StageArtifacts(directory / "model.safetensors", directory / "tokenizer", self.plan.model)

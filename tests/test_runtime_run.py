@@ -1,0 +1,353 @@
+"""`lmspec run` end to end on tiny models: the run directory, open_run, resume after SIGKILL
+(bit-identical), changed specs, corrupt checkpoints, Ctrl-C, non-finite losses, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmspec.diagnostics import LmspecError
+from lmspec.runtime import engine
+from lmspec.runtime.api import open_run, resume, run
+from lmspec.runtime.errors import RunError
+from lmspec.runtime.progress import Progress
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SPEC = """lmspec 1
+tokenizer tok { kind: bytes }
+data d { source: text("corpus.txt"), validation: 10% }
+model m { vocab: tok.vocab_size, context: 32, layers: 2, d_model: 32, heads: 4, position: rope,
+          norm: rmsnorm, activation: swiglu, bias: false, tie_embeddings: true, dropout: 0.1 }
+train pretrain { model: m, objective: clm, data: d, steps: 12, batch: 4, grad_accum: 2, eval_every: 4,
+                 checkpoint_every: 3, log_every: 2, optimizer: adamw(lr: 3e-3, weight_decay: 0.1),
+                 schedule: cosine(warmup: 2) }
+"""
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A spec beside its corpus, and a private data cache."""
+    words = "the cat sat on a mat and then it ran to the park where a dog was happy".split()
+    g = torch.Generator().manual_seed(0)
+    docs = [" ".join(words[int(i)] for i in torch.randint(0, len(words), (40,), generator=g)) for _ in range(60)]
+    (tmp_path / "corpus.txt").write_text("\n\n".join(docs))
+    (tmp_path / "spec.lmspec").write_text(SPEC)
+    monkeypatch.setenv("LMSPEC_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def quiet() -> Progress:
+    return Progress(quiet=True)
+
+
+def _env(project):
+    return {**os.environ, "LMSPEC_CACHE": str(project / "cache"), "PYTHONPATH": str(ROOT)}
+
+
+def cli(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "lmspec", *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=300)
+
+
+# ----------------------------------------------------------------------------- the run directory
+
+
+def test_a_run_writes_the_documented_layout(project):
+    r = run(project / "spec.lmspec", out=project / "run", progress=quiet())
+    d = r.path
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["versions"]["torch"] == torch.__version__
+    assert manifest["device"] == "cpu" and manifest["started"] and manifest["finished"]
+    assert (d / "spec" / "spec.lmspec").read_text() == SPEC
+    assert len((d / "spec.sha256").read_text().strip()) == 64
+    stage = d / "stages" / "pretrain"
+    lines = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 4, 6, 8, 10, 12]
+    assert {"stage", "step", "loss", "lr", "grad_norm", "tokens_per_s", "tokens"} <= lines[0].keys()
+    evals = [m for m in lines if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [4, 8, 12]
+    assert {"perplexity", "bits_per_byte"} <= evals[0].keys()
+    assert evals[-1]["perplexity"] == pytest.approx(2.718281828 ** evals[-1]["eval_loss"], rel=1e-6)
+    assert lines[-1]["tokens"] == 12 * 4 * 32
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    samples = [json.loads(line) for line in (stage / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"stage", "step", "prompt", "text"} <= samples[0].keys()
+    assert [p.name for p in (stage / "checkpoints").iterdir()] and (stage / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (stage / "final").iterdir()) == ["arch.json", "model.safetensors", "tokenizer"]
+    assert r.status("pretrain")["status"] == "finished"
+
+
+def test_open_run_gives_the_trained_model_and_tokenizer(project):
+    run(project / "spec.lmspec", out=project / "run", progress=quiet())
+    r = open_run(project / "run")
+    model = r.model("pretrain")
+    assert isinstance(model, torch.nn.Module) and not model.training
+    tok = r.tokenizer("pretrain")
+    ids = tok.encode("the cat")
+    assert ids == list("the cat".encode()) and tok.decode(ids) == "the cat"
+    from safetensors.torch import load_file
+
+    final = load_file(str(project / "run" / "stages" / "pretrain" / "final" / "model.safetensors"))
+    assert torch.equal(model.embed.weight, final["embed.weight"])
+    logits = model(torch.tensor([ids])).logits
+    assert logits.shape == (1, len(ids), 262)
+
+
+def test_an_existing_run_directory_is_never_overwritten(project):
+    (project / "run").mkdir()
+    (project / "run" / "precious.txt").write_text("keep")
+    with pytest.raises(RunError, match="already exists"):
+        run(project / "spec.lmspec", out=project / "run", progress=quiet())
+    assert (project / "run" / "precious.txt").read_text() == "keep"
+
+
+def test_a_spec_with_errors_runs_nothing(project):
+    (project / "bad.lmspec").write_text(SPEC.replace("steps: 12", "stpes: 12"))
+    with pytest.raises(LmspecError) as err:
+        run(project / "bad.lmspec", out=project / "run", progress=quiet())
+    assert err.value.diagnostics[0].code == "LMS041"
+    assert not (project / "run").exists()
+
+
+def test_set_overrides_are_checked_and_recorded(project):
+    r = run(project / "spec.lmspec", overrides=["pretrain.steps=2"], out=project / "run", progress=quiet())
+    assert r.status("pretrain")["step"] == 2
+    assert r.manifest["overrides"] == ["pretrain.steps=2"]
+    with pytest.raises(LmspecError) as err:
+        run(project / "spec.lmspec", overrides=["pretrain.steps=0"], out=project / "run2", progress=quiet())
+    assert err.value.diagnostics[0].code == "LMS043" and err.value.diagnostics[0].span.file == "<--set>"
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def _final_bytes(run_dir: Path) -> bytes:
+    return (run_dir / "stages" / "pretrain" / "final" / "model.safetensors").read_bytes()
+
+
+def test_sigkill_then_resume_is_bit_identical(project):
+    reference = run(project / "spec.lmspec", out=project / "reference", progress=quiet())
+    env = {**_env(project), "LMSPEC_KILL_AT_STEP": "8"}
+    killed = cli("run", str(project / "spec.lmspec"), "--out", str(project / "killed"), env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    status = json.loads((project / "killed" / "stages" / "pretrain" / "status.json").read_text())
+    assert status["status"] == "running" and not (project / "killed" / "stages" / "pretrain" / "final").exists()
+    resumed = resume(project / "killed", progress=quiet())
+    assert _final_bytes(resumed.path) == _final_bytes(reference.path)
+    # the metrics of the resumed run are those of an uninterrupted one, step for step
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("tokens_per_s",)} for m in ms]  # noqa: E731
+    assert strip(resumed.metrics("pretrain")) == strip(reference.metrics("pretrain"))
+
+
+def test_a_corrupt_checkpoint_is_named_and_the_one_before_used(project, capsys):
+    reference = run(project / "spec.lmspec", out=project / "reference", progress=quiet())
+    env = {**_env(project), "LMSPEC_KILL_AT_STEP": "10"}
+    cli("run", str(project / "spec.lmspec"), "--out", str(project / "killed"), env=env)
+    ckpts = sorted((project / "killed" / "stages" / "pretrain" / "checkpoints").iterdir())
+    assert ckpts[-1].name == "step-0000009"
+    weights = ckpts[-1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])  # truncated
+    messages = []
+    progress = Progress(quiet=True)
+    progress.message = messages.append
+    resumed = resume(project / "killed", progress=progress)
+    assert any("step-0000009 is corrupt" in m and "model.safetensors" in m for m in messages), messages
+    assert any("resuming from checkpoint step-0000006" in m for m in messages), messages
+    assert _final_bytes(resumed.path) == _final_bytes(reference.path)
+
+
+def test_resuming_a_changed_spec_is_refused_with_a_diff_unless_forced(project):
+    env = {**_env(project), "LMSPEC_KILL_AT_STEP": "5"}
+    cli("run", str(project / "spec.lmspec"), "--out", str(project / "killed"), env=env)
+    (project / "spec.lmspec").write_text(SPEC.replace("lr: 3e-3", "lr: 1e-3"))
+    with pytest.raises(RunError) as err:
+        resume(project / "killed", progress=quiet())
+    text = str(err.value)
+    lines = text.splitlines()
+    assert "the spec changed" in text
+    assert any(l.startswith("-") and '"lr": 0.003' in l for l in lines), text
+    assert any(l.startswith("+") and '"lr": 0.001' in l for l in lines), text
+    assert "--force" in text
+    r = resume(project / "killed", force=True, progress=quiet())
+    assert r.status("pretrain")["status"] == "finished"
+
+
+def test_resuming_a_finished_run_does_nothing(project):
+    r = run(project / "spec.lmspec", out=project / "run", progress=quiet())
+    before = _final_bytes(r.path)
+    messages = []
+    progress = Progress(quiet=True)
+    progress.message = messages.append
+    resume(r.path, progress=progress)
+    assert messages == [f"{r.path}: this run has finished; nothing to do"]
+    assert _final_bytes(r.path) == before
+
+
+def test_resume_of_a_directory_that_is_not_a_run(project):
+    (project / "empty").mkdir()
+    with pytest.raises(RunError, match="not an lmspec run directory"):
+        resume(project / "empty", progress=quiet())
+    with pytest.raises(RunError, match="does not exist"):
+        resume(project / "nowhere", progress=quiet())
+
+
+def test_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(project, monkeypatch):
+    reference = run(project / "spec.lmspec", out=project / "reference", progress=quiet())
+    from lmspec.runtime.stages.train import TrainStage
+
+    real = TrainStage.step
+
+    def step(self, i):
+        out = real(self, i)
+        if i == 4:  # during step 5: the flag is read once the step is done
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(TrainStage, "step", step)
+    with pytest.raises(RunError) as err:
+        run(project / "spec.lmspec", out=project / "run", progress=quiet())
+    assert "stopped after step 5 of 12" in str(err.value) and f"--resume {project / 'run'}" in str(err.value)
+    ckpts = [p.name for p in (project / "run" / "stages" / "pretrain" / "checkpoints").iterdir()]
+    assert "step-0000005" in ckpts
+    assert json.loads((project / "run" / "manifest.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(TrainStage, "step", real)
+    resumed = resume(project / "run", progress=quiet())
+    assert _final_bytes(resumed.path) == _final_bytes(reference.path)
+
+
+def test_a_non_finite_loss_stops_with_stage_and_step(project, monkeypatch):
+    real = engine.train_step
+
+    def train_step(*args, **kwargs):
+        r = real(*args, **kwargs)
+        if kwargs["lr"] < 0:  # never; the patch below decides
+            return r
+        train_step.calls += 1
+        if train_step.calls == 7:
+            r.finite, r.loss = False, float("nan")
+        return r
+
+    train_step.calls = 0
+    monkeypatch.setattr(engine, "train_step", train_step)
+    with pytest.raises(RunError) as err:
+        run(project / "spec.lmspec", out=project / "run", progress=quiet())
+    text = str(err.value)
+    assert "stage 'pretrain' got a non-finite loss at step 7" in text and "lower the learning rate" in text
+    status = json.loads((project / "run" / "stages" / "pretrain" / "status.json").read_text())
+    assert status["status"] == "failed"
+    assert [p.name for p in (project / "run" / "stages" / "pretrain" / "checkpoints").iterdir()] == ["step-0000003",
+                                                                                                   "step-0000006"]
+
+
+# ----------------------------------------------------------------------------- bad data
+
+
+def test_a_missing_data_file_is_a_clear_error(project):
+    (project / "corpus.txt").unlink()
+    with pytest.raises((RunError, LmspecError)) as err:
+        run(project / "spec.lmspec", out=project / "run", progress=quiet())
+    assert "corpus.txt" in str(err.value) or "corpus.txt" in str(getattr(err.value, "diagnostics", ""))
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_cli_run_show_and_sample(project):
+    out = project / "run"
+    r = cli("run", str(project / "spec.lmspec"), "--out", str(out), "--set", "pretrain.steps=4", env=_env(project))
+    assert r.returncode == 0, r.stderr
+    assert "pretrain step 4/4" in r.stdout and "finished" in r.stdout and "loss.png" in r.stdout
+    shown = cli("show", str(out), env=_env(project))
+    assert shown.returncode == 0 and "pretrain" in shown.stdout and "4/4" in shown.stdout
+    sampled = cli("sample", str(out), "--prompt", "the cat", "--max-tokens", "10", "--seed", "3", env=_env(project))
+    assert sampled.returncode == 0, sampled.stderr
+    assert sampled.stdout.startswith("the cat")
+    again = cli("sample", str(out), "--prompt", "the cat", "--max-tokens", "10", "--seed", "3", env=_env(project))
+    assert again.stdout == sampled.stdout
+    piped = subprocess.run([sys.executable, "-m", "lmspec", "sample", str(out), "--prompt", "-", "--max-tokens", "5"],
+                           input="the\na dog\n", capture_output=True, text=True, env=_env(project), timeout=300)
+    lines = piped.stdout.splitlines()
+    assert piped.returncode == 0 and lines[0].startswith("the") and lines[1].startswith("a dog")
+
+
+def test_cli_errors_are_one_clear_message(project):
+    env = _env(project)
+    r = cli("run", str(project / "nope.lmspec"), env=env)
+    assert r.returncode == 1 and "nope.lmspec: no such file" in r.stderr and "Traceback" not in r.stderr
+    (project / "taken").mkdir()
+    (project / "taken" / "x").write_text("")
+    r = cli("run", str(project / "spec.lmspec"), "--out", str(project / "taken"), env=env)
+    assert r.returncode == 1 and "already exists" in r.stderr and "Traceback" not in r.stderr
+    r = cli("run", "--resume", str(project), env=env)
+    assert r.returncode == 1 and "not an lmspec run directory" in r.stderr
+    r = cli("run", str(project / "spec.lmspec"), "--set", "pretrain.stpes=3", env=env)
+    assert r.returncode == 1 and "LMS041" in r.stderr and "<--set>" in r.stderr
+
+
+def test_a_full_disk_stops_with_a_clear_message_and_keeps_what_was_written(project, monkeypatch):
+    import errno
+
+    from lmspec.runtime import loop
+
+    real = loop.save_checkpoint
+
+    def save(directory, step, *args, **kwargs):
+        if step == 6:
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+        return real(directory, step, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    with pytest.raises(RunError) as err:
+        run(project / "spec.lmspec", out=project / "run", progress=quiet())
+    assert "No space left on device" in str(err.value) and "--resume" in str(err.value)
+    stage = project / "run" / "stages" / "pretrain"
+    assert [p.name for p in (stage / "checkpoints").iterdir()] == ["step-0000003"]
+    assert [m["step"] for m in open_run(project / "run").metrics("pretrain")][-1] == 6
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    assert resume(project / "run", progress=quiet()).status("pretrain")["status"] == "finished"
+
+
+def test_an_output_path_that_cannot_be_a_directory(project):
+    (project / "afile").write_text("")
+    with pytest.raises(RunError, match="cannot create the run directory"):
+        run(project / "spec.lmspec", out=project / "afile" / "run", progress=quiet())
+
+
+def test_records_longer_than_the_context_are_found_before_the_first_step(project):
+    lines = [json.dumps({"prompt": "say hi ", "response": "hi"})] * 20
+    lines[7] = json.dumps({"prompt": "x" * 100, "response": "y"})
+    (project / "chat.jsonl").write_text("\n".join(lines) + "\n")
+    (project / "sft.lmspec").write_text(SPEC.replace('text("corpus.txt")', 'jsonl("chat.jsonl")')
+                                        .replace("objective: clm", "objective: sft"))
+    with pytest.raises(RunError) as err:
+        run(project / "sft.lmspec", out=project / "run", progress=quiet())
+    assert "holds 1 example longer than stage 'pretrain' feeds: up to 101 tokens, and seq_len is 32" in str(err.value)
+    assert "seq_len" in err.value.help
+
+
+def test_the_live_display_and_tensorboard_without_the_package(project, monkeypatch):
+    import io
+
+    buf = io.StringIO()
+    run(project / "spec.lmspec", out=project / "run", progress=Progress(live=True, stream=buf))
+    assert "pretrain" in buf.getvalue() and "12/12" in buf.getvalue()
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(RunError, match="needs the tensorboard package"):
+        run(project / "spec.lmspec", out=project / "run2", progress=quiet(), tensorboard=True)

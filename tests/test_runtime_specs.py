@@ -1,0 +1,81 @@
+"""Every example spec runs as written, a few steps each (tiny batches through `--set`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmspec.runtime.api import run
+from lmspec.runtime.progress import Progress
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")  # the built-in corpora are tokenised once for the module
+
+
+def few_steps(*stages: str, batch: int = 2, seq_len: int | None = 64) -> list[str]:
+    """Two steps of tiny batches, the models as written (only the stages' keys change)."""
+    extra = [f"{s}.seq_len={seq_len}" for s in stages] if seq_len else []
+    return [o for s in stages for o in (f"{s}.steps=2", f"{s}.batch={batch}", f"{s}.eval_batches=1",
+                                         f"{s}.eval_every=2")] + extra
+
+
+def go(name: str, overrides: list[str], tmp_path, cache):
+    return run(SPECS / name, overrides=overrides, out=tmp_path / "run", progress=Progress(quiet=True),
+               cache_dir=cache)
+
+
+def last_eval(r, stage: str) -> dict:
+    return [m for m in r.metrics(stage) if "eval_loss" in m][-1]
+
+
+def test_quickstart(tmp_path, cache):
+    r = go("quickstart.lmspec", few_steps("pretrain"), tmp_path, cache)
+    assert r.status("pretrain")["status"] == "finished"
+    assert last_eval(r, "pretrain")["bits_per_byte"] > 0
+    assert r.samples("pretrain")  # the decoder wrote a few samples at its evaluation
+
+
+def test_gpt_as_written(tmp_path, cache):
+    r = go("gpt.lmspec", few_steps("pretrain"), tmp_path, cache)  # precision: bf16 autocasts on the CPU too
+    assert r.status("pretrain")["status"] == "finished" and r.metrics("pretrain")[-1]["loss"] > 0
+
+
+def test_bert_and_t5(tmp_path, cache):
+    r = go("bert_t5.lmspec", few_steps("bert_pretrain", "t5_pretrain"), tmp_path, cache)
+    bert = last_eval(r, "bert_pretrain")
+    assert {"eval_loss_mlm", "eval_loss_nsp", "nsp_accuracy"} <= bert.keys()
+    assert {"loss_mlm", "loss_nsp"} <= r.metrics("bert_pretrain")[-1].keys()
+    assert last_eval(r, "t5_pretrain")["eval_loss"] > 0
+
+
+def test_sft_starts_from_the_pretrained_weights(tmp_path, cache):
+    r = go("sft.lmspec", few_steps("pretrain") + few_steps("instruct", seq_len=None), tmp_path, cache)
+    assert r.status("instruct")["status"] == "finished"
+    assert r.manifest["stages"] == ["pretrain", "instruct"]
+
+
+def test_classifier_reports_accuracy(tmp_path, cache):
+    r = go("classifier.lmspec", few_steps("judge_fit", batch=4, seq_len=None), tmp_path, cache)
+    assert 0.0 <= last_eval(r, "judge_fit")["accuracy"] <= 1.0
+    assert "perplexity" not in last_eval(r, "judge_fit")
+
+
+def test_rlaif_runs_what_it_can_and_names_the_rest(tmp_path, cache):
+    messages = []
+    progress = Progress(quiet=True)
+    progress.message = messages.append
+    r = run(SPECS / "rlaif.lmspec", overrides=few_steps("pretrain") + few_steps("judge_fit", seq_len=None),
+            out=tmp_path / "run",
+            progress=progress, cache_dir=cache)
+    assert r.manifest["status"] == "partial"
+    assert r.manifest["stages"] == ["pretrain", "judge_fit"]
+    assert set(r.manifest["cannot_run"]) == {"prefs", "reward", "align"}
+    assert any("stage align: cannot run yet" in m for m in messages)
+    manifest = json.loads((r.path / "manifest.json").read_text())
+    assert "feedback stages arrive" in manifest["cannot_run"]["prefs"]
