@@ -351,3 +351,15 @@ def test_the_live_display_and_tensorboard_without_the_package(project, monkeypat
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(RunError, match="needs the tensorboard package"):
         run(project / "spec.lmspec", out=project / "run2", progress=quiet(), tensorboard=True)
+
+
+def test_only_runs_a_stage_and_what_it_needs(project):
+    two = SPEC + ("train more { model: m from pretrain, objective: clm, data: d, steps: 2, batch: 2 }\n"
+                  "train other { model: m, objective: clm, data: d, steps: 2, batch: 2 }\n")
+    (project / "two.lmspec").write_text(two)
+    r = run(project / "two.lmspec", out=project / "run", only="more", progress=quiet())
+    assert r.manifest["stages"] == ["pretrain", "more"]
+    assert r.status("more")["status"] == "finished" and r.status("other")["status"] == "pending"
+    with pytest.raises(RunError, match="no stage named 'mroe'") as err:
+        run(project / "two.lmspec", out=project / "run2", only="mroe", progress=quiet())
+    assert "did you mean 'more'" in err.value.help

@@ -79,3 +79,43 @@ def test_rlaif_runs_what_it_can_and_names_the_rest(tmp_path, cache):
     assert any("stage align: cannot run yet" in m for m in messages)
     manifest = json.loads((r.path / "manifest.json").read_text())
     assert "feedback stages arrive" in manifest["cannot_run"]["prefs"]
+
+
+def test_an_encoder_decoder_samples_with_its_encoder_reading_the_prompt(tmp_path, cache):
+    from lmspec.runtime.sample import sample_texts
+
+    r = go("bert_t5.lmspec", few_steps("t5_pretrain") + ["bert_pretrain.steps=1", "bert_pretrain.batch=2"],
+           tmp_path, cache)
+    model, tok = r.model("t5_pretrain"), r.tokenizer("t5_pretrain")
+    streamed = []
+    out = sample_texts(model, tok, ["Once upon a time"], max_tokens=12, seed=1, on_text=streamed.append)
+    assert out[0]["prompt"] == "Once upon a time" and "".join(streamed) == out[0]["text"]
+    again = sample_texts(model, tok, ["Once upon a time"], max_tokens=12, seed=1)
+    assert again == out
+    from lmspec.runtime.errors import RunError
+
+    with pytest.raises(RunError, match="encoder-only model, which cannot generate"):
+        sample_texts(r.model("bert_pretrain"), tok, ["x"])
+
+
+def test_tensorboard_gets_every_metric(tmp_path, cache, monkeypatch):
+    import sys
+    import types
+
+    scalars = []
+
+    class SummaryWriter:  # the interface of torch.utils.tensorboard.SummaryWriter the runtime uses
+        def __init__(self, logdir):
+            self.logdir = logdir
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, step))
+
+        def close(self):
+            scalars.append(("closed", 0))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    run(SPECS / "quickstart.lmspec", overrides=few_steps("pretrain"), out=tmp_path / "run",
+        progress=Progress(quiet=True), cache_dir=cache, tensorboard=True)
+    assert ("pretrain/loss", 2) in scalars and ("pretrain/eval_loss", 2) in scalars
+    assert ("pretrain/lr", 1) in scalars and scalars[-1] == ("closed", 0)

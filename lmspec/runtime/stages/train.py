@@ -137,6 +137,7 @@ class TrainStage(Stage):
                 "the run stopped and keeps its last good checkpoint",
                 help="lower the learning rate, add warmup or clip_grad, or train in fp32; "
                      "then resume with `lmspec run --resume RUN --force --set ...`")
+        self.steps_done = i + 1
         out = {"loss": r.loss, "lr": lr, "grad_norm": r.grad_norm, "tokens": r.tokens}
         if len(r.terms) > 1:
             out.update({f"loss_{k}": v for k, v in r.terms.items()})
@@ -210,7 +211,9 @@ class TrainStage(Stage):
 
     def state_dict(self):
         opt_tensors, opt_meta = optimizer_tensors(self.optimizer)
-        state = {"rng": rng_state(), "optimizer": opt_meta}
+        done = getattr(self, "steps_done", 0)
+        # the next example of the training stream (informative: positions are a function of the step)
+        state = {"rng": rng_state(), "optimizer": opt_meta, "data_position": done * self.spec.batch}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return {"model": unique_state(self.model), "optimizer": opt_tensors}, state
