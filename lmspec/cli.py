@@ -116,22 +116,31 @@ def _lmspec_error(err) -> int:
     return 1
 
 
+def _usage(message: str) -> int:
+    print(f"lmspec: error: {message}", file=sys.stderr)
+    return 2
+
+
 def cmd_run(args) -> int:
     from lmspec.diagnostics import LmspecError
     from lmspec.runtime.api import resume, run
     from lmspec.runtime.errors import RunError
     from lmspec.runtime.progress import Progress
 
+    if args.resume and args.spec:
+        return _usage("give either a SPEC or --resume DIR, not both")
+    if not args.resume and not args.spec:
+        return _usage("lmspec run needs a SPEC (or --resume DIR); e.g. lmspec run specs/quickstart.lmspec")
+    if args.resume and (args.out or args.only):
+        return _usage("--out and --only belong to a new run; --resume continues the run as it was started")
+    if args.force and not args.resume:
+        return _usage("--force only applies to --resume")
     progress = Progress(live=None if not args.plain else False)
     try:
         if args.resume:
-            if args.spec:
-                raise RunError("give either a SPEC or --resume DIR, not both")
             resume(args.resume, force=args.force, overrides=args.set, device=args.device, progress=progress,
                    tensorboard=args.tensorboard)
         else:
-            if not args.spec:
-                raise RunError("lmspec run needs a SPEC (or --resume DIR)", help="lmspec run specs/quickstart.lmspec")
             run(args.spec, overrides=args.set, out=args.out, device=args.device, only=args.only, progress=progress,
                 tensorboard=args.tensorboard)
     except LmspecError as err:
@@ -150,9 +159,15 @@ def cmd_show(args) -> int:
     try:
         r = open_run(args.run)
         for stage in r.stages:
-            plot_losses(r.metrics(stage), r.path / "stages" / stage / "loss.png", stage)
+            try:
+                plot_losses(r.metrics(stage), r.path / "stages" / stage / "loss.png", stage)
+            except OSError as err:  # a read-only run: show it anyway
+                print(f"(could not redraw {stage}'s plot: {err.strerror or err})", file=sys.stderr)
         m = r.manifest
-        print(f"spec {m.get('spec')}  status {m.get('status')}  started {m.get('started')}  "
+        status = m.get("status")
+        if status == "running" and not r.is_live():
+            status = "stopped (no process is running it: killed?); resume with `lmspec run --resume " + str(r.path) + "`"
+        print(f"spec {m.get('spec')}  status {status}  started {m.get('started')}  "
               f"finished {m.get('finished') or '-'}  device {m.get('device')}")
         render_summary(r)
         for stage, why in (m.get("cannot_run") or {}).items():
@@ -169,20 +184,42 @@ def cmd_sample(args) -> int:
 
     try:
         r = open_run(args.run)
-        model, tok = r.model(args.stage), r.tokenizer(args.stage)
+        stage = args.stage if args.stage is not None else ""  # "": the last stage that generates
+        model, tok = r.model(stage), r.tokenizer(r.resolve_stage(stage))
         prompts = [line.rstrip("\n") for line in sys.stdin] if args.prompt == "-" else [args.prompt]
         for prompt in prompts:
-            for _ in range(args.num):
+            for i in range(args.num):  # sample i of every prompt draws from seed + i, as sample_texts does
                 sys.stdout.write(prompt)
                 sys.stdout.flush()
                 sample_texts(model, tok, [prompt], max_tokens=args.max_tokens, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p, seed=args.seed, num=1,
+                             top_k=args.top_k, top_p=args.top_p, seed=args.seed + i, num=1,
                              on_text=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
                 sys.stdout.write("\n")
-                args.seed += 1  # each sample its own draw, all reproducible from --seed
     except RunError as err:
         return _run_error(err)
     return 0
+
+
+def _at_least(low, kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,12 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN")
     p.add_argument("--stage", help="default: the last finished stage")
     p.add_argument("--prompt", default="", help='the prompt; "-" reads prompts from stdin, one a line')
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=_at_least(0.0, float), default=0.8, help=">= 0; 0 = greedy")
+    p.add_argument("--top-k", type=_at_least(1, int), default=50)
+    p.add_argument("--top-p", type=_fraction, default=None, help="in (0, 1]")
+    p.add_argument("--max-tokens", type=_at_least(1, int), default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num", type=int, default=1, help="samples per prompt")
+    p.add_argument("--num", type=_at_least(1, int), default=1, help="samples per prompt (seeds SEED, SEED+1, ...)")
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("schema", help="print the JSON Schema of every block kind")
     p.set_defaults(func=cmd_schema)

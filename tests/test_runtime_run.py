@@ -81,7 +81,8 @@ def test_a_run_writes_the_documented_layout(project):
     samples = [json.loads(line) for line in (stage / "samples.jsonl").read_text().splitlines()]
     assert samples and {"stage", "step", "prompt", "text"} <= samples[0].keys()
     assert [p.name for p in (stage / "checkpoints").iterdir()] and (stage / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in (stage / "final").iterdir()) == ["arch.json", "model.safetensors", "tokenizer"]
+    assert sorted(p.name for p in (stage / "final").iterdir()) == ["arch.json", "checksums.json", "model.safetensors",
+                                                                   "tokenizer"]
     assert r.status("pretrain")["status"] == "finished"
 
 
@@ -363,3 +364,117 @@ def test_only_runs_a_stage_and_what_it_needs(project):
     with pytest.raises(RunError, match="no stage named 'mroe'") as err:
         run(project / "two.lmspec", out=project / "run2", only="mroe", progress=quiet())
     assert "did you mean 'more'" in err.value.help
+
+
+# ----------------------------------------------------------------------------- resume, the hard cases
+
+
+def test_resume_counts_tokens_from_the_checkpoint_not_the_last_log_line(project):
+    cadence = ["pretrain.log_every=4"]  # logs at 1, 4, 8, 12; checkpoints at 3, 6, 9
+    reference = run(project / "spec.lmspec", overrides=cadence, out=project / "reference", progress=quiet())
+    env = {**_env(project), "LMSPEC_KILL_AT_STEP": "pretrain:7"}
+    cli("run", str(project / "spec.lmspec"), "--out", str(project / "killed"), "--set", cadence[0], env=env)
+    resumed = resume(project / "killed", progress=quiet())
+    assert [(m["step"], m["tokens"]) for m in resumed.metrics("pretrain")] == \
+        [(m["step"], m["tokens"]) for m in reference.metrics("pretrain")]
+
+
+def test_checkpoints_after_the_one_resumed_from_are_set_aside(project):
+    reference = run(project / "spec.lmspec", overrides=["pretrain.keep_checkpoints=1"], out=project / "reference",
+                    progress=quiet())
+    env = {**_env(project), "LMSPEC_KILL_AT_STEP": "10"}
+    cli("run", str(project / "spec.lmspec"), "--out", str(project / "killed"), "--set", "pretrain.keep_checkpoints=1",
+        env=env)
+    ckpts = project / "killed" / "stages" / "pretrain" / "checkpoints"
+    assert [p.name for p in ckpts.iterdir()] == ["step-0000009"]
+    (ckpts / "step-0000009" / "state.json").write_text("{}")  # corrupt: its checksum no longer holds
+    env["LMSPEC_KILL_AT_STEP"] = "7"
+    killed_again = subprocess.run([sys.executable, "-m", "lmspec", "run", "--resume", str(project / "killed")],
+                                  capture_output=True, text=True, env=env, timeout=300)
+    assert "set aside checkpoint step-0000009" in killed_again.stdout, killed_again.stdout
+    assert [p.name for p in ckpts.iterdir() if p.name != "unused"] == ["step-0000006"]  # the good one survives
+    resumed = resume(project / "killed", progress=quiet())
+    assert _final_bytes(resumed.path) == _final_bytes(reference.path)
+
+
+TWO = SPEC + "train more { model: m from pretrain, objective: clm, data: d, steps: 4, batch: 2, checkpoint_every: 2 }\n"
+
+
+def test_force_runs_a_changed_finished_stage_and_the_stages_after_it_again(project):
+    (project / "two.lmspec").write_text(TWO)
+    env = {**_env(project), "LMSPEC_KILL_AT_STEP": "more:3"}
+    cli("run", str(project / "two.lmspec"), "--out", str(project / "run"), env=env)
+    assert json.loads((project / "run" / "stages" / "pretrain" / "status.json").read_text())["status"] == "finished"
+    messages = []
+    progress = Progress(quiet=True)
+    progress.message = messages.append
+    r = resume(project / "run", force=True, overrides=["pretrain.steps=6"], progress=progress)
+    assert "stage pretrain: its settings changed; it runs again from step 0 (--force)" in messages
+    assert "stage more: its settings changed; it runs again from step 0 (--force)" in messages
+    assert r.status("pretrain")["step"] == 6 and r.status("more")["status"] == "finished"
+    assert r.manifest["forced"] and json.loads((r.path / "spec" / "resolved.json").read_text())[
+        "blocks"]["pretrain"]["steps"] == 6
+    with pytest.raises(RunError, match="--set on --resume changes the run's spec"):
+        resume(project / "run", overrides=["pretrain.steps=7"], progress=quiet())
+
+
+def test_a_forced_resume_trains_under_the_new_optimizer_settings(project):
+    env = {**_env(project), "LMSPEC_KILL_AT_STEP": "7"}
+    cli("run", str(project / "spec.lmspec"), "--out", str(project / "run"), env=env)
+    from lmspec.runtime.stages.train import TrainStage
+
+    seen = {}
+    real = TrainStage.load_state_dict
+
+    def load(self, tensors, state):
+        real(self, tensors, state)
+        seen["wd"] = self.optimizer.param_groups[0]["weight_decay"]
+
+    TrainStage.load_state_dict = load
+    try:
+        resume(project / "run", force=True, overrides=["pretrain.optimizer=adamw(lr: 3e-3, weight_decay: 0.5)"],
+               progress=quiet())
+    finally:
+        TrainStage.load_state_dict = real
+    assert seen["wd"] == 0.5  # not the checkpoint's 0.1
+
+
+def test_ctrl_c_in_the_last_step_of_a_stage_stops_before_the_next(project, monkeypatch):
+    (project / "two.lmspec").write_text(TWO)
+    from lmspec.runtime.stages.train import TrainStage
+
+    real = TrainStage.step
+
+    def step(self, i):
+        out = real(self, i)
+        if self.name == "pretrain" and i == 11:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(TrainStage, "step", step)
+    with pytest.raises(RunError, match="stage 'pretrain' finished; more did not start"):
+        run(project / "two.lmspec", out=project / "run", progress=quiet())
+    r = open_run(project / "run")
+    assert r.status("pretrain")["status"] == "finished" and r.status("more")["status"] == "pending"
+    assert r.manifest["status"] == "interrupted"
+
+
+def test_a_run_in_use_cannot_be_resumed_twice_and_show_tells_a_dead_run(project):
+    env = {**_env(project), "LMSPEC_KILL_AT_STEP": "5"}
+    cli("run", str(project / "spec.lmspec"), "--out", str(project / "run"), env=env)
+    shown = cli("show", str(project / "run"), env=_env(project))
+    assert "stopped (no process is running it: killed?)" in shown.stdout
+    from lmspec.runtime.rundir import RunDir
+
+    with RunDir.open(project / "run").lock():
+        with pytest.raises(RunError, match="in use by another lmspec process"):
+            resume(project / "run", progress=quiet())
+
+
+def test_cli_usage_errors_exit_2(project):
+    env = _env(project)
+    assert cli("run", env=env).returncode == 2
+    assert cli("run", str(project / "spec.lmspec"), "--resume", str(project), env=env).returncode == 2
+    assert cli("run", "--resume", str(project), "--only", "pretrain", env=env).returncode == 2
+    assert cli("run", str(project / "spec.lmspec"), "--force", env=env).returncode == 2
+    assert cli("sample", str(project), "--top-k", "0", env=env).returncode == 2

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lmspec.diagnostics import did_you_mean
 from lmspec.runtime.errors import RunError
-from lmspec.runtime.loop import drive, finished_artifacts
+from lmspec.runtime.loop import InterruptFlag, Interrupted, drive, finished_artifacts, reset_stage
 from lmspec.runtime.progress import Progress, render_summary
 from lmspec.runtime.rundir import RunDir, canonical_spec, default_run_dir, spec_diff, spec_hash
 
@@ -28,20 +28,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LMSPEC_CACHE") or Path.home() / ".cache" / "lmspec")
 
 
-# objectives trained from preference pairs: they arrive with the RL stages
-_PREFERENCE = {"bradley_terry", "dpo"}
-
-
 def runnable_stages(report, schedule) -> tuple[list[str], dict[str, str]]:
     """(stages this runtime can run, in order; {stage: why not} for the others)."""
+    from lmspec.runtime.objectives import OBJECTIVES
+
     blocked: dict[str, str] = {}
     for plan in schedule:
         if plan.kind in ("feedback", "rl"):
             blocked[plan.name] = f"{plan.kind} stages arrive with the RL-from-AI-feedback runtime"
             continue
-        prefs = [t.objective.kind for t in plan.spec.objective if t.objective.kind in _PREFERENCE]
-        if prefs:
-            blocked[plan.name] = f"objective {prefs[0]} learns from preference pairs, which arrive with the RL runtime"
+        later = [t.objective.kind for t in plan.spec.objective if t.objective.kind not in OBJECTIVES]
+        if later:
+            blocked[plan.name] = f"objective {later[0]} learns from preference pairs, which arrive with the RL runtime"
             continue
         needs = [a for a in plan.after if a in blocked]
         if needs:
@@ -50,8 +48,10 @@ def runnable_stages(report, schedule) -> tuple[list[str], dict[str, str]]:
 
 
 def _check(spec_path: str | Path, overrides: tuple[str, ...]):
+    """Everything `lmspec check` checks, the meta-device pass and the hf checkpoints included."""
     from lmspec.compiler.api import check_file
-    from lmspec.compiler.compile import compile_spec
+    from lmspec.compiler.compile import compile_spec, init_diagnostics
+    from lmspec.compiler.costs import spec_figures
 
     path = Path(spec_path)
     if not path.is_file():
@@ -59,7 +59,24 @@ def _check(spec_path: str | Path, overrides: tuple[str, ...]):
                        help="give the path of a .lmspec file")
     report = check_file(path, overrides=tuple(overrides))
     report.raise_for_errors()
-    return report, compile_spec(report)
+    schedule = compile_spec(report)
+    _, problems = spec_figures(report, meta=True)
+    report.diagnostics += problems + init_diagnostics(report, schedule)
+    report.raise_for_errors()
+    return report, schedule
+
+
+def _preflight(schedule, selected: list[str], dev) -> None:
+    """What would fail in a stage's setup and can be known now, before a run directory exists."""
+    from lmspec.runtime.engine import resolve_precision
+
+    for plan in schedule:
+        if plan.name in selected and plan.kind == "train":
+            resolve_precision(plan.spec.precision, dev)
+
+
+def _seeds(report) -> dict:
+    return {name: {"seed": b.seed} for name, b in report.spec.blocks.items() if hasattr(b, "seed")}
 
 
 def run(spec_path: str | Path, *, overrides: list[str] | tuple[str, ...] = (), out: str | Path | None = None,
@@ -76,11 +93,12 @@ def run(spec_path: str | Path, *, overrides: list[str] | tuple[str, ...] = (), o
     report, schedule = _check(spec_path, overrides)
     dev = resolve_device(device)
     selected, blocked = _selection(report, schedule, only)
+    _preflight(schedule, selected, dev)
     if tensorboard:
         _tensorboard_writer()  # fail before a run directory exists
     path = Path(out) if out is not None else default_run_dir(spec_path)
-    rd = RunDir.create(path, report=report, spec_path=str(spec_path), overrides=overrides, device=str(dev))
-    rd.update_manifest(stages=selected, cannot_run=blocked, only=only)
+    rd = RunDir.create(path, report=report, spec_path=str(spec_path), overrides=overrides, device=str(dev),
+                       extra={"stages": selected, "cannot_run": blocked, "only": only, "seeds": _seeds(report)})
     return _execute(rd, report, schedule, selected, blocked, dev, progress, cache_dir, tensorboard)
 
 
@@ -89,37 +107,83 @@ def resume(run_path: str | Path, *, force: bool = False, overrides: list[str] | 
            tensorboard: bool = False) -> "Run":
     """Continue a run from the last good checkpoint of each unfinished stage. The spec is read
     again from where the run read it; if it now means something else, resuming is refused with
-    a diff unless `force`. New `overrides` need `force`."""
+    a diff unless `force` — and then every stage whose settings changed runs again from step 0
+    (with the stages after it), except that an unfinished stage whose model is unchanged
+    continues from its checkpoint under its new settings. New `overrides` need `force`."""
     from lmspec.runtime.engine import resolve_device
 
     progress = progress or Progress()
     rd = RunDir.open(Path(run_path))
     manifest = rd.manifest
-    if manifest.get("status") == "finished":
+    if overrides and not force:
+        raise RunError("--set on --resume changes the run's spec", help="add --force to resume with changed settings")
+    if manifest.get("status") == "finished" and not overrides:
         progress.message(f"{rd.path}: this run has finished; nothing to do")
         return Run(rd.path)
     spec_path = Path(manifest["spec"])
     if not spec_path.is_file():
-        copy = rd.path / "spec" / spec_path.name
-        progress.message(f"{spec_path} is gone; resuming from the run's copy {copy}")
-        spec_path = copy
-    if overrides and not force:
-        raise RunError("--set on --resume changes the run's spec", help="add --force to resume with changed settings")
+        raise RunError(f"the spec this run read, {spec_path}, is gone",
+                       help=f"put it back (the run keeps a copy of its files in {rd.path / 'spec'})")
     all_overrides = tuple(manifest.get("overrides", [])) + tuple(overrides)
     report, schedule = _check(spec_path, all_overrides)
-    now, then = canonical_spec(report), rd.canonical
-    if now != then:
-        if not force:
-            raise RunError(f"the spec changed since this run started:\n{spec_diff(then, now)}",
-                           help=f"undo the change, or resume anyway with `lmspec run --resume {rd.path} --force`")
-        progress.message("the spec changed since this run started; resuming anyway (--force)")
-        (rd.path / "spec" / "resolved.json").write_text(json.dumps(now, indent=1))
-        (rd.path / "spec.sha256").write_text(spec_hash(now) + "\n")
-        rd.update_manifest(overrides=list(all_overrides), forced=True)
     dev = resolve_device(device)
     selected, blocked = _selection(report, schedule, manifest.get("only"))
-    rd.update_manifest(status="running", device=str(dev), stages=selected, cannot_run=blocked)
+    _preflight(schedule, selected, dev)
+    with rd.lock():
+        now, then = canonical_spec(report), rd.canonical
+        if now != then:
+            if not force:
+                raise RunError(f"the spec changed since this run started:\n{spec_diff(then, now)}",
+                               help=f"undo the change, or resume anyway with `lmspec run --resume {rd.path} --force`")
+            for stage, settings_only in _changed_stages(schedule, then, now).items():
+                status = rd.stage_status(stage)
+                if status.get("status") == "pending":
+                    continue
+                restart = not settings_only or _model_changed(schedule[stage], then, now)
+                if status.get("status") == "finished" or restart:
+                    progress.message(f"stage {stage}: its settings changed; it runs again from step 0 (--force)")
+                    reset_stage(rd, stage)
+                else:
+                    progress.message(f"stage {stage}: its settings changed; it continues from its checkpoint "
+                                     "under the new settings (--force)")
+            rd.save_spec(report, now)
+            rd.update_manifest(overrides=list(all_overrides), forced=True)
+    rd.update_manifest(status="running", stages=selected, cannot_run=blocked,
+                       devices=manifest.get("devices", [manifest.get("device")]) + [str(dev)])
     return _execute(rd, report, schedule, selected, blocked, dev, progress, cache_dir, tensorboard)
+
+
+def _blocks_of(plan) -> set[str]:
+    """The blocks a stage's result depends on: its own, its model, data and tokenizer."""
+    names = {plan.name}
+    for key in ("model", "policy"):
+        use = getattr(plan.spec, key, None)
+        if use is not None:
+            names.add(use.model)
+    for key in ("data", "tokenizer"):
+        value = getattr(plan.spec, key, None)
+        if isinstance(value, str):
+            names.add(value)
+    return names
+
+
+def _changed_stages(schedule, then: dict, now: dict) -> dict[str, bool]:
+    """{stage: whether it changed only in its own training settings} for every stage whose blocks
+    differ between two canonical specs, and every stage after one (whose start changed)."""
+    changed: dict[str, bool] = {}
+    tokenizer_changed = any(b["kind"] == "tokenizer" and then["blocks"].get(n) != b for n, b in now["blocks"].items())
+    for plan in schedule:
+        upstream = tokenizer_changed or any(a in changed for a in plan.after)
+        own = any(then["blocks"].get(b) != now["blocks"].get(b) for b in _blocks_of(plan))
+        if own or upstream:
+            changed[plan.name] = not upstream
+    return changed
+
+
+def _model_changed(plan, then: dict, now: dict) -> bool:
+    use = getattr(plan.spec, "model", None) or getattr(plan.spec, "policy", None)
+    return use is None or then["blocks"].get(use.model) != now["blocks"].get(use.model) or \
+        then["blocks"][plan.name].get("model") != now["blocks"][plan.name].get("model")
 
 
 def _selection(report, schedule, only: str | None) -> tuple[list[str], dict[str, str]]:
@@ -145,25 +209,34 @@ def _execute(rd: RunDir, report, schedule, selected, blocked, dev, progress, cac
         progress.message(f"stage {name}: cannot run yet: {why}")
     ctx = RunContext(report, schedule, dev, Path(cache_dir) if cache_dir else default_cache_dir(), rd.path,
                      log=progress.message)
-    writer = _tensorboard_writer()(str(rd.path / "tensorboard")) if tensorboard else None
+    writer = None
     status = "running"
     try:
-        for plan in schedule:
-            if plan.name not in selected:
-                continue
-            for need in plan.after:  # a finished stage of an earlier session of this run
-                if need not in ctx.artifacts:
-                    found = finished_artifacts(rd, need, schedule[need].model)
-                    if found is not None:
-                        ctx.artifacts[need] = found
-            stage = make_stage(plan, ctx)
-            ctx.artifacts[plan.name] = drive(stage, rd, progress, tensorboard=writer)
+        with rd.lock(), InterruptFlag() as interrupt:
+            writer = _tensorboard_writer()(str(rd.path / "tensorboard")) if tensorboard else None
+            for plan in schedule:
+                if plan.name not in selected:
+                    continue
+                for need in plan.after:  # a finished stage of an earlier session of this run
+                    if need not in ctx.artifacts:
+                        found = finished_artifacts(rd, need, schedule[need].model)
+                        if found is not None:
+                            ctx.artifacts[need] = found
+                stage = make_stage(plan, ctx)
+                ctx.artifacts[plan.name] = drive(stage, rd, progress, interrupt=interrupt, tensorboard=writer)
+                later = [n for n in selected if n not in ctx.artifacts]
+                if interrupt.set and later:
+                    raise Interrupted(f"interrupted: stage '{plan.name}' finished; {', '.join(later)} did not start",
+                                      help=f"resume with `lmspec run --resume {rd.path}`")
         status = "partial" if blocked else "finished"
     except KeyboardInterrupt:
         status = "interrupted"
         raise RunError("interrupted", help=f"resume with `lmspec run --resume {rd.path}`") from None
-    except RunError as err:
-        status = "interrupted" if type(err).__name__ == "Interrupted" else "failed"
+    except Interrupted:
+        status = "interrupted"
+        raise
+    except RunError:
+        status = "failed"
         raise
     except OSError as err:  # a full disk, a read-only or vanished run directory
         status = "failed"
@@ -171,8 +244,13 @@ def _execute(rd: RunDir, report, schedule, selected, blocked, dev, progress, cac
                        + (f" ({err.filename})" if getattr(err, "filename", None) else ""),
                        help=f"free some space or fix the directory's permissions, then resume with "
                             f"`lmspec run --resume {rd.path}`; what was written so far is kept") from None
-    except BaseException:
+    except Exception as err:
         status = "failed"
+        if _out_of_memory(err):
+            raise RunError(f"out of memory on {dev}: {str(err).splitlines()[0]}",
+                           help="lower batch (raise grad_accum to keep the global batch), seq_len or the model size; "
+                                f"then resume with `lmspec run --resume {rd.path} --force --set STAGE.KEY=VALUE`") \
+                from None
         raise
     finally:
         try:
@@ -188,6 +266,12 @@ def _execute(rd: RunDir, report, schedule, selected, blocked, dev, progress, cac
     if blocked:
         progress.message(f"not run yet: {', '.join(blocked)} (see above)")
     return result
+
+
+def _out_of_memory(err: Exception) -> bool:
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 def _print_samples(result: "Run", stages: list[str], progress) -> None:
@@ -236,10 +320,31 @@ class Run:
             if not done:
                 raise RunError(f"{self.path}: no stage has finished yet", help="name a stage, or wait for one")
             return done[-1]
+        if stage == "":  # the last finished stage that can generate text
+            done = [s for s in names if self.status(s).get("status") == "finished" and self._generates(s)]
+            if not done:
+                raise RunError(f"{self.path}: no finished stage trained a model that generates text",
+                               help="name a stage with --stage, or train a decoder first")
+            return done[-1]
         if stage not in names:
             raise RunError(f"{self.path} has no stage '{stage}' (stages: {', '.join(names) or 'none'})",
                            help=did_you_mean(stage, names))
         return stage
+
+    def resolve_stage(self, stage: str | None) -> str:
+        """The stage `model(stage)` reads (see there)."""
+        return self._stage(stage)
+
+    def is_live(self) -> bool:
+        """Whether a process is working in this run now."""
+        return self._dir.is_live()
+
+    def _generates(self, stage: str) -> bool:
+        arch = self.path / "stages" / stage / "final" / "arch.json"
+        if not arch.is_file():
+            return False
+        data = json.loads(arch.read_text())
+        return data.get("decoder") is not None and any(h["kind"] == "lm" for h in data.get("heads", []))
 
     def status(self, stage: str) -> dict:
         return self._dir.stage_status(stage)
@@ -252,10 +357,11 @@ class Run:
 
     def model(self, stage: str | None = None, *, device: str = "cpu"):
         """The stage's model with its final weights (or, for a stage that has not finished, the
-        weights of its latest good checkpoint), in eval mode."""
+        weights of its latest good checkpoint), in eval mode. `stage` None: the last finished
+        stage; "": the last finished stage whose model generates text."""
         from lmspec.compiler.arch import arch_from_dict
         from lmspec.compiler.build import build_model
-        from lmspec.runtime.checkpoint import latest_checkpoint, load_weights
+        from lmspec.runtime.checkpoint import latest_checkpoint, load_model_state, load_weights
 
         stage = self._stage(stage)
         sdir = self.path / "stages" / stage
@@ -272,8 +378,7 @@ class Run:
             found = latest_checkpoint(sdir / "checkpoints", warn=lambda m: None)
             if found is None:
                 raise RunError(f"stage '{stage}' of {self.path} has neither final weights nor a good checkpoint")
-            missing, unexpected = model.load_state_dict(found[1]["model"], strict=False)
-            model.tie_weights()
+            load_model_state(model, found[1]["model"], str(found[0]))
         return model.eval()
 
     def tokenizer(self, stage: str | None = None):

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from lmspec.runtime.errors import RunError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "CorruptCheckpoint",
-           "save_weights", "load_weights", "optimizer_tensors", "load_optimizer", "rng_state", "set_rng_state",
+           "save_weights", "load_weights", "load_model_state", "unique_state", "optimizer_tensors", "load_optimizer", "rng_state", "set_rng_state",
            "write_json_atomic", "sha256_file", "fsync_dir"]
 
 
@@ -89,16 +89,20 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | 
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load what `save_weights` wrote; a tied twin missing from the file is fine (it shares
-    storage with the tensor that is there), anything else missing or extra is an error."""
-    state = load_file(str(path))
+    """Load what `save_weights` wrote."""
+    load_model_state(model, load_file(str(path)), str(path))
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a state dict saved by `unique_state`: a tied twin missing from it is fine (it
+    shares storage with the tensor that is there); anything else missing or extra is an error."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     own = unique_state(model)
     missing = [m for m in missing if m in own]
     if missing or unexpected:
-        raise RunError(f"the weights in {path} do not fit the model: missing {missing[:6]}, "
+        raise RunError(f"the weights in {source} do not fit the model: missing {missing[:6]}, "
                        f"unexpected {list(unexpected)[:6]}",
                        help="the run's spec and these weights disagree; start a fresh run")
 
@@ -120,6 +124,8 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Restore the optimizer's state (moments, step counts). Its settings (lr, betas, weight
+    decay, ...) stay those it was built with: a resume with `--force` and a new setting uses it."""
     state: dict[int, dict] = {}
     for name, t in tensors.items():
         _, idx, key = name.split(".", 2)
@@ -127,7 +133,19 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
     for name, value in meta["scalars"].items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    saved_groups = meta["param_groups"]
+    if len(saved_groups) != len(optimizer.param_groups) or any(
+            len(a["params"]) != len(b["params"]) for a, b in zip(saved_groups, optimizer.param_groups)):
+        raise RunError("the checkpoint's optimizer state does not fit this optimizer",
+                       help="the optimizer or the model changed since the checkpoint; start the stage afresh")
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": saved_groups})
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise RunError(f"the checkpoint's optimizer state does not fit this optimizer ({err})",
+                       help="the optimizer kind changed since the checkpoint; start the stage afresh") from None
+    for group, own in zip(optimizer.param_groups, settings):
+        group.update(own)
 
 
 def rng_state() -> dict:
@@ -215,14 +233,18 @@ def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dic
     return tensors, json.loads((path / "state.json").read_text())
 
 
-def latest_checkpoint(directory: Path, warn=print) -> tuple[Path, dict, dict] | None:
-    """The newest checkpoint whose checksums hold, with its tensors and state; each corrupt
-    one on the way is named through `warn`. None when there is no good checkpoint."""
+def latest_checkpoint(directory: Path, warn=print, max_step: int | None = None) -> tuple[Path, dict, dict] | None:
+    """The newest checkpoint whose checksums hold (and whose step is at most `max_step`), with
+    its tensors and state; each corrupt one on the way is named through `warn`. None when there
+    is no good checkpoint."""
     for path in reversed(list_checkpoints(directory)):
+        if max_step is not None and int(path.name[5:]) > max_step:
+            warn(f"checkpoint {path.name} is past the stage's last step ({max_step}); not using it")
+            continue
         try:
             tensors, state = load_checkpoint(path)
         except CorruptCheckpoint as err:
-            warn(f"checkpoint {path.name} is corrupt, using the one before it: {err}")
+            warn(f"checkpoint {path.name} is corrupt, not using it: {err}")
             continue
         return path, tensors, state
     return None

@@ -146,7 +146,8 @@ class StepResult:
     terms: dict[str, float]  # each term's mean loss
     grad_norm: float
     tokens: int  # input tokens processed (padding excluded)
-    finite: bool
+    finite: bool  # the loss is finite (else the update was not applied)
+    skipped: bool = False  # fp16: the grad scaler found inf/nan gradients and skipped the update
 
 
 def input_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -189,11 +190,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     term_means = {obj.kind: s / max(c, 1) for (_, obj), s, c in zip(terms, sums, counts)}
     total = sum(w * s / max(c, 1) for (w, _), s, c in zip(terms, sums, counts))
     finite = math.isfinite(total) and (math.isfinite(grad_norm) or scaler is not None)
+    skipped = False
     if finite:
-        if scaler is not None:
+        if scaler is not None:  # an overflow (inf grad norm) makes the scaler skip the step and lower its scale
+            skipped = not math.isfinite(grad_norm)
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(total, term_means, grad_norm, tokens, finite)
+    return StepResult(total, term_means, grad_norm, tokens, finite, skipped)

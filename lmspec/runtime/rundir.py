@@ -1,7 +1,7 @@
 """The run directory: one folder per run, a documented layout (docs/running.md).
 
     RUN/
-      manifest.json            versions, device, seeds, command, start/end times, status
+      manifest.json            versions, device, seeds, command, overrides, start/end times, status
       spec/                    the spec's files as they were read, and resolved.json
       spec.sha256              the content hash of resolved.json (what --resume compares)
       tokenizers/NAME/         each tokenizer the run built (tokenizer.json)
@@ -16,11 +16,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,7 +36,7 @@ __all__ = ["RunDir", "canonical_spec", "spec_diff", "default_run_dir", "MetricsL
 LAYOUT_VERSION = 1
 
 
-def canonical_spec(report, overrides: tuple[str, ...] = ()) -> dict:
+def canonical_spec(report) -> dict:
     """The resolved, validated spec as plain JSON: every block with every default filled in.
     Two specs that mean the same run have the same canonical form (comments, order of keys,
     `2k` vs `2000` do not matter)."""
@@ -122,44 +125,59 @@ class RunDir:
 
     @classmethod
     def create(cls, path: Path, *, report, spec_path: str, overrides: tuple[str, ...], device: str,
-               command: list[str] | None = None) -> "RunDir":
+               extra: dict | None = None) -> "RunDir":
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise RunError(f"{path} already exists; lmspec never overwrites a run",
                            help=f"resume it with `lmspec run --resume {path}`, or choose another --out")
-        try:
-            (path / "spec").mkdir(parents=True, exist_ok=True)
-            (path / "stages").mkdir(exist_ok=True)
-        except OSError as err:
-            raise RunError(f"cannot create the run directory {path}: {err.strerror or err}",
-                           help="choose a writable --out") from None
-        run = cls(path)
-        canonical = canonical_spec(report, overrides)
-        for name, text in report.sources.items():
-            if name.startswith("<"):
-                continue
-            target = path / "spec" / Path(name).name
-            target.write_text(text)
-        write_json_atomic(path / "spec" / "resolved.json", canonical)
-        (path / "spec.sha256").write_text(spec_hash(canonical) + "\n")
         import torch
 
         import lmspec
 
-        write_json_atomic(path / "manifest.json", {
-            "layout": LAYOUT_VERSION,
-            "spec": str(Path(spec_path).resolve()),
-            "overrides": list(overrides),
-            "command": command or sys.argv,
-            "versions": {"lmspec": lmspec.__version__, "torch": torch.__version__, "python": platform.python_version()},
-            "device": device,
-            "host": platform.node(),
-            "started": _now(),
-            "finished": None,
-            "status": "running",
-            "stages": [],
-        })
+        run = cls(path)
+        try:
+            (path / "stages").mkdir(parents=True, exist_ok=True)
+            run.save_spec(report, canonical_spec(report))
+            write_json_atomic(path / "manifest.json", {
+                "layout": LAYOUT_VERSION,
+                "spec": str(Path(spec_path).resolve()),
+                "overrides": list(overrides),
+                "command": sys.argv if Path(sys.argv[0]).name in ("lmspec", "__main__.py") else None,
+                "versions": {"lmspec": lmspec.__version__, "torch": torch.__version__,
+                             "python": platform.python_version()},
+                "device": device,
+                "host": platform.node(),
+                "started": _now(),
+                "finished": None,
+                "status": "running",
+                **(extra or {}),
+            })
+        except OSError as err:
+            raise RunError(f"cannot create the run directory {path}: {err.strerror or err}",
+                           help="choose a writable --out with free space") from None
         return run
+
+    def save_spec(self, report, canonical: dict) -> None:
+        """The spec's files as read, under spec/ with their layout relative to the root spec's
+        folder (imports from outside it under spec/_outside/), and the canonical resolved form."""
+        folder = self.path / "spec"
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        root = Path(report.path).resolve().parent
+        for name, text in report.sources.items():
+            if name.startswith("<"):
+                continue
+            source = Path(name).resolve()
+            try:
+                rel = source.relative_to(root)
+            except ValueError:
+                rel = Path("_outside") / source.relative_to(source.anchor)
+            target = folder / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        write_json_atomic(folder / "resolved.json", canonical)
+        (self.path / "spec.sha256").write_text(spec_hash(canonical) + "\n")
 
     @classmethod
     def open(cls, path: Path) -> "RunDir":
@@ -167,13 +185,49 @@ class RunDir:
         if not (path / "manifest.json").is_file():
             what = "does not exist" if not path.exists() else "is not an lmspec run directory (no manifest.json)"
             raise RunError(f"{path} {what}", help="give the directory `lmspec run` wrote (runs/NAME-TIME/)")
-        return cls(path)
+        run = cls(path)
+        run.manifest  # noqa: B018  (a damaged manifest is reported now)
+        return run
 
     # ---- the manifest
 
     @property
     def manifest(self) -> dict:
-        return json.loads((self.path / "manifest.json").read_text())
+        try:
+            return json.loads((self.path / "manifest.json").read_text())
+        except (OSError, ValueError) as err:
+            raise RunError(f"{self.path / 'manifest.json'} cannot be read: {err}",
+                           help="the run directory is damaged; its stages/ still hold metrics and checkpoints") from None
+
+    # ---- one process at a time
+
+    @contextlib.contextmanager
+    def lock(self):
+        """An exclusive lock on the run for as long as a process works in it: a second `--resume`
+        of a run that is still going is refused, and `show` can tell a dead run from a live one."""
+        f = open(self.path / ".lock", "a+")
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise RunError(f"{self.path} is in use by another lmspec process",
+                               help="wait for it to finish, or stop it (Ctrl-C) and resume") from None
+            yield
+        finally:
+            f.close()
+
+    def is_live(self) -> bool:
+        """Whether a process holds the run's lock now."""
+        lock = self.path / ".lock"
+        if not lock.exists():
+            return False
+        with open(lock, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
 
     def update_manifest(self, **changes) -> None:
         m = self.manifest

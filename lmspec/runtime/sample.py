@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Callable, Iterable
 
 import torch
@@ -14,7 +13,7 @@ __all__ = ["sample_texts"]
 def sample_texts(model, tokenizer, prompts: Iterable[str], *, max_tokens: int = 128, temperature: float = 0.8,
                  top_k: int | None = 50, top_p: float | None = None, seed: int = 0, num: int = 1,
                  on_text: Callable[[str], None] | None = None, device: str = "cpu") -> list[dict]:
-    """For each prompt, `num` samples of up to `max_tokens` new tokens. `on_text` receives the
+    """For each prompt, `num` samples of up to `max_tokens` new tokens (sample i from seed + i). `on_text` receives the
     decoded text as it grows (streaming); the return value holds every prompt and sample.
 
     A decoder continues the prompt; an encoder-decoder reads the prompt with its encoder and
@@ -27,7 +26,9 @@ def sample_texts(model, tokenizer, prompts: Iterable[str], *, max_tokens: int = 
     if model.lm_head is None:
         raise RunError("this stage's model has no lm head to generate with",
                        help="sample from a stage whose model has `head: lm`")
-    gen = torch.Generator(device=device).manual_seed(seed)
+    if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+        raise RunError(f"sampling needs temperature >= 0, top_k >= 1 and top_p in (0, 1]; got {temperature}, "
+                       f"{top_k}, {top_p}")
     out = []
     for prompt in prompts:
         ids = tokenizer.encode(prompt)
@@ -39,7 +40,8 @@ def sample_texts(model, tokenizer, prompts: Iterable[str], *, max_tokens: int = 
         if room < 1:
             raise RunError(f"the prompt has {len(ids)} tokens, as many as the model's context ({model.context})",
                            help="give a shorter prompt")
-        for _ in range(num):
+        for i in range(num):  # sample i of every prompt draws from seed + i: reproducible one by one
+            gen = torch.Generator(device=device).manual_seed(seed + i)
             text = _one(model, tokenizer, ids, min(max_tokens, room), temperature, top_k, top_p, gen, on_text, device)
             out.append({"prompt": prompt, "text": text})
     return out

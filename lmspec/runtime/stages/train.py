@@ -9,17 +9,16 @@ computes exactly the steps the uninterrupted run would have.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from lmspec.compiler.compile import build_stage_model
 from lmspec.runtime import engine
-from lmspec.runtime.checkpoint import (load_optimizer, load_weights, optimizer_tensors, rng_state,
-                                       save_weights, set_rng_state, unique_state, write_json_atomic)
+from lmspec.runtime.checkpoint import (load_model_state, load_optimizer, optimizer_tensors, rng_state, save_weights,
+                                       set_rng_state, unique_state, write_json_atomic)
 from lmspec.runtime.errors import RunError
-from lmspec.runtime.objectives import Context, build_objective, compose, model_inputs
+from lmspec.runtime.objectives import Context, build_objective, compose
 from lmspec.runtime.stages.base import Stage, StageArtifacts
 
 __all__ = ["TrainStage", "NonFiniteLoss"]
@@ -37,7 +36,9 @@ class TrainStage(Stage):
         s = self.spec
         self.total_steps, self.log_every = s.steps, s.log_every
         self.eval_every, self.checkpoint_every = s.eval_every, s.checkpoint_every
-        self.keep_checkpoints = getattr(s, "keep_checkpoints", 3)
+        self.keep_checkpoints = s.keep_checkpoints
+        self.steps_done = 0
+        self.skipped = 0  # consecutive fp16 steps the grad scaler skipped (overflow)
 
     # ------------------------------------------------------------------ setup
 
@@ -45,9 +46,6 @@ class TrainStage(Stage):
         from lmspec.runtime.data import ExampleStream, prepare_dataset
 
         s, plan, ctx = self.spec, self.plan, self.ctx
-        if ctx.report.spec.resolved.blocks[s.data].kind != "data":
-            raise RunError(f"stage '{self.name}' learns from feedback block '{s.data}', which this version of "
-                           "lmspec cannot run yet")
         engine.seed_everything(s.seed)
         self.device = ctx.device
         self.precision = engine.resolve_precision(s.precision, self.device)
@@ -56,14 +54,8 @@ class TrainStage(Stage):
         if self.tokenizer.vocab_size > arch.vocab:
             raise RunError(f"tokenizer '{self.tokenizer_name}' produces {self.tokenizer.vocab_size} ids, but model "
                            f"'{plan.model}' has vocab {arch.vocab}", help=f"use vocab: {self.tokenizer_name}.vocab_size")
-        self.seq_len = s.seq_len or arch.context
-        if self.seq_len > arch.context:
-            raise RunError(f"stage '{self.name}' feeds {self.seq_len} tokens per sequence, but model '{plan.model}' "
-                           f"has context {arch.context}", help=f"use seq_len <= {arch.context}")
-        if s.batch % s.grad_accum:
-            raise RunError(f"batch {s.batch} does not split into grad_accum {s.grad_accum} equal micro-batches",
-                           help="make batch a multiple of grad_accum")
-        self.micro = s.batch // s.grad_accum
+        self.seq_len = s.seq_len or arch.context  # check (LMS089) saw to it that it fits the context
+        self.micro = s.batch // s.grad_accum  # and that grad_accum divides the batch
         tok = self.tokenizer
         self.octx = Context(seq_len=self.seq_len, vocab_size=tok.vocab_size, specials=dict(tok.specials), arch=arch.arch,
                             sentinels=list(tok.sentinels), decoder_start_id=tok.pad_id if tok.pad_id is not None else 0)
@@ -86,10 +78,19 @@ class TrainStage(Stage):
         elif len(val):
             ctx.log(f"stage {self.name}: the validation split of '{s.data}' holds {val.n_tokens()} tokens, fewer than "
                     f"one sequence ({reads.length}); the stage will not be evaluated (raise `validation`)")
+        else:
+            ctx.log(f"stage {self.name}: data '{s.data}' has no validation split (validation: 0); the stage reports "
+                    "training loss only")
         self.octx.random_document = self.train_stream.random_document
-        self.model = build_stage_model(plan, device=self.device, artifacts={k: a.weights for k, a in ctx.artifacts.items()})
+        try:
+            self.model = build_stage_model(plan, device=self.device,
+                                           artifacts={k: a.weights for k, a in ctx.artifacts.items()})
+        except (OSError, ValueError) as err:  # init: hf(...) or a stage's weights that do not fit
+            raise RunError(f"stage '{self.name}' cannot load its initial weights: {err}",
+                           help="run `lmspec check` on the spec; describe a checkpoint with `lmspec import-hf DIR`") \
+                from None
         self.model.train()
-        self.forward_model = torch.compile(self.model) if getattr(s, "compile", False) else self.model
+        self.forward_model = torch.compile(self.model) if s.compile else self.model
         self.optimizer = engine.make_optimizer(s.optimizer, self.model, self.device)
         self.scaler = self.precision.scaler()
 
@@ -135,8 +136,13 @@ class TrainStage(Stage):
             raise NonFiniteLoss(
                 f"stage '{self.name}' got a non-finite loss at step {i + 1} (loss {r.loss}, grad norm {r.grad_norm}); "
                 "the run stopped and keeps its last good checkpoint",
-                help="lower the learning rate, add warmup or clip_grad, or train in fp32; "
-                     "then resume with `lmspec run --resume RUN --force --set ...`")
+                help="lower the learning rate, add warmup or clip_grad, or train in fp32; then resume with "
+                     f"`lmspec run --resume {self.ctx.run_path} --force --set {self.name}.KEY=VALUE`")
+        self.skipped = self.skipped + 1 if r.skipped else 0
+        if self.skipped >= 20:
+            raise NonFiniteLoss(f"stage '{self.name}': fp16 gradients overflowed on 20 steps in a row (to step {i + 1}); "
+                                "the grad scaler skipped every update",
+                                help="train in bf16 (precision: bf16) or lower the learning rate")
         self.steps_done = i + 1
         out = {"loss": r.loss, "lr": lr, "grad_norm": r.grad_norm, "tokens": r.tokens}
         if len(r.terms) > 1:
@@ -211,24 +217,19 @@ class TrainStage(Stage):
 
     def state_dict(self):
         opt_tensors, opt_meta = optimizer_tensors(self.optimizer)
-        done = getattr(self, "steps_done", 0)
         # the next example of the training stream (informative: positions are a function of the step)
-        state = {"rng": rng_state(), "optimizer": opt_meta, "data_position": done * self.spec.batch}
+        state = {"rng": rng_state(), "optimizer": opt_meta, "data_position": self.steps_done * self.spec.batch}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return {"model": unique_state(self.model), "optimizer": opt_tensors}, state
 
     def load_state_dict(self, tensors, state) -> None:
-        missing, unexpected = self.model.load_state_dict(tensors["model"], strict=False)
-        self.model.tie_weights()
-        own = unique_state(self.model)
-        if [m for m in missing if m in own] or unexpected:
-            raise RunError(f"the checkpoint of stage '{self.name}' does not fit its model",
-                           help="the spec changed shape since the checkpoint; start a fresh run")
+        load_model_state(self.model, tensors["model"], f"the checkpoint of stage '{self.name}'")
         load_optimizer(self.optimizer, tensors.get("optimizer", {}), state["optimizer"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        self.steps_done = state.get("data_position", 0) // self.spec.batch
 
     def artifacts(self, directory: Path) -> StageArtifacts:
         from lmspec.compiler.arch import arch_to_dict
