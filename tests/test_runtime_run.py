@@ -81,7 +81,8 @@ def test_a_run_writes_the_documented_layout(project):
     samples = [json.loads(line) for line in (stage / "samples.jsonl").read_text().splitlines()]
     assert samples and {"stage", "step", "prompt", "text"} <= samples[0].keys()
     assert [p.name for p in (stage / "checkpoints").iterdir()] and (stage / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in (stage / "final").iterdir()) == ["arch.json", "checksums.json", "model.safetensors",
+    assert sorted(p.name for p in (stage / "final").iterdir()) == ["arch.json", "artifacts.json", "checksums.json",
+                                                                   "model.safetensors",
                                                                    "tokenizer"]
     assert r.status("pretrain")["status"] == "finished"
 

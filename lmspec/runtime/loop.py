@@ -4,6 +4,7 @@ loss, write its final artifacts. Every stage kind goes through this one loop."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -84,7 +85,11 @@ def finished_artifacts(run: RunDir, stage: str, model: str | None, warn=None) ->
         if warn is not None:
             warn(f"stage {stage}: its final weights are damaged ({err}); running the stage again")
         return None
-    return StageArtifacts(final / "model.safetensors", final / "tokenizer", model)
+    try:
+        record = json.loads((final / "artifacts.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return StageArtifacts({k: final / v for k, v in record["files"].items()}, record.get("model", model))
 
 
 def reset_stage(run: RunDir, stage: str) -> None:
@@ -200,6 +205,8 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
     if tmp.exists():
         shutil.rmtree(tmp)
     artifacts = stage.artifacts(tmp)
+    write_json_atomic(tmp / "artifacts.json", {"files": {k: p.name for k, p in artifacts.files.items()},
+                                               "model": artifacts.model, "kind": stage.kind})
     seal(tmp)
     final = sdir / "final"
     if final.exists():
@@ -214,8 +221,7 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
         plot_losses(run.metrics(name), sdir / "loss.png", f"{name}")
     except (OSError, ValueError) as err:  # a plot is never worth a failed run
         progress.message(f"stage {name}: could not draw loss.png ({err})")
-    return StageArtifacts(final / artifacts.weights.name, final / artifacts.tokenizer.name if artifacts.tokenizer else None,
-                          artifacts.model)
+    return artifacts.moved_to(final)
 
 
 def _clean(v):

@@ -26,11 +26,26 @@ __all__ = ["Stage", "RunContext", "StageArtifacts"]
 
 @dataclass
 class StageArtifacts:
-    """What a finished stage hands to the stages that depend on it."""
+    """What a finished stage hands to the stages that depend on it: named files or folders in
+    its `final/` directory. A train stage gives "weights" (model.safetensors), "arch" and
+    "tokenizer"; other kinds add their own names (a feedback stage its preference pairs, an rl
+    stage its policy and value model). `final/artifacts.json` records the names, so a resumed
+    run finds them again without knowing the stage kind."""
 
-    weights: Path  # model.safetensors
-    tokenizer: Path | None  # a directory load_tokenizer reads
-    model: str | None  # the model block it trained
+    files: dict[str, Path]
+    model: str | None = None  # the model block a stage trained, if it trained one
+
+    @property
+    def weights(self) -> Path | None:
+        return self.files.get("weights")
+
+    @property
+    def tokenizer(self) -> Path | None:
+        return self.files.get("tokenizer")
+
+    def moved_to(self, directory: Path) -> "StageArtifacts":
+        """The same artifacts under another directory (final.tmp/ renamed to final/)."""
+        return StageArtifacts({k: directory / p.name for k, p in self.files.items()}, self.model)
 
 
 @dataclass

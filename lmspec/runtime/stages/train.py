@@ -84,7 +84,7 @@ class TrainStage(Stage):
         self.octx.random_document = self.train_stream.random_document
         try:
             self.model = build_stage_model(plan, device=self.device,
-                                           artifacts={k: a.weights for k, a in ctx.artifacts.items()})
+                                           artifacts={k: a.weights for k, a in ctx.artifacts.items() if a.weights})
         except (OSError, ValueError) as err:  # init: hf(...) or a stage's weights that do not fit
             raise RunError(f"stage '{self.name}' cannot load its initial weights: {err}",
                            help="run `lmspec check` on the spec; describe a checkpoint with `lmspec import-hf DIR`") \
@@ -238,4 +238,5 @@ class TrainStage(Stage):
         save_weights(self.model, directory / "model.safetensors", metadata={"stage": self.name})
         write_json_atomic(directory / "arch.json", arch_to_dict(self.plan.arch))
         self.tokenizer.save(directory / "tokenizer")
-        return StageArtifacts(directory / "model.safetensors", directory / "tokenizer", self.plan.model)
+        return StageArtifacts({"weights": directory / "model.safetensors", "arch": directory / "arch.json",
+                               "tokenizer": directory / "tokenizer"}, self.plan.model)
