@@ -479,3 +479,22 @@ def test_cli_usage_errors_exit_2(project):
     assert cli("run", "--resume", str(project), "--only", "pretrain", env=env).returncode == 2
     assert cli("run", str(project / "spec.lmspec"), "--force", env=env).returncode == 2
     assert cli("sample", str(project), "--top-k", "0", env=env).returncode == 2
+
+
+def test_the_spec_warnings_are_shown_before_it_runs(project):
+    (project / "warn.lmspec").write_text(SPEC + 'data unused { source: builtin("tiny-reviews") }\n')
+    messages = []
+    progress = Progress(quiet=False, live=False)
+    progress.message = messages.append
+    run(project / "warn.lmspec", overrides=["pretrain.steps=1"], out=project / "run", progress=progress)
+    assert "warning[LMS080]" in messages[0] and "'unused' is not used by any stage" in messages[0]
+
+
+def test_compile_true_trains_the_same_model_through_torch_compile(project):
+    """torch.compile (inductor, on the CPU: ~30 s of compilation) gives the eager losses."""
+    few = ["pretrain.steps=3", "pretrain.eval_every=0", "pretrain.checkpoint_every=0", "m.dropout=0.0"]
+    eager = run(project / "spec.lmspec", overrides=few, out=project / "eager", progress=quiet())
+    compiled = run(project / "spec.lmspec", overrides=few + ["pretrain.compile=true"], out=project / "compiled",
+                   progress=quiet())
+    for a, b in zip(eager.metrics("pretrain"), compiled.metrics("pretrain")):
+        assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], abs=1e-4)

@@ -22,7 +22,7 @@ def few_steps(*stages: str, batch: int = 2, seq_len: int | None = 64) -> list[st
     """Two steps of tiny batches, the models as written (only the stages' keys change)."""
     extra = [f"{s}.seq_len={seq_len}" for s in stages] if seq_len else []
     return [o for s in stages for o in (f"{s}.steps=2", f"{s}.batch={batch}", f"{s}.eval_batches=1",
-                                         f"{s}.eval_every=2")] + extra
+                                         f"{s}.eval_every=2", f"{s}.sample_tokens=16")] + extra
 
 
 def go(name: str, overrides: list[str], tmp_path, cache):

@@ -400,6 +400,8 @@ class TrainSpec(Schema):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at the end")
     eval_batches: int = Field(4, ge=1, description="batches per evaluation")
+    samples: int = Field(3, ge=0, le=64, description="texts sampled at each evaluation (models that generate)")
+    sample_tokens: int = Field(128, ge=1, description="new tokens per sample at evaluations")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every N steps (and on Ctrl-C); 0 = never "
                                                        "mid-stage (a killed stage restarts from step 0)")
     keep_checkpoints: int = Field(3, ge=1, description="keep the newest N checkpoints of the stage")

@@ -66,6 +66,14 @@ def _check(spec_path: str | Path, overrides: tuple[str, ...]):
     return report, schedule
 
 
+def _warnings(report, progress) -> None:
+    """A spec's warnings are shown before it runs, as `lmspec check` shows them."""
+    from lmspec.diagnostics import render_text
+
+    if report.diagnostics and not progress.quiet:
+        progress.message(render_text(report.diagnostics, report.sources, colour=False))
+
+
 def _preflight(schedule, selected: list[str], dev) -> None:
     """What would fail in a stage's setup and can be known now, before a run directory exists."""
     from lmspec.runtime.engine import resolve_precision
@@ -91,6 +99,7 @@ def run(spec_path: str | Path, *, overrides: list[str] | tuple[str, ...] = (), o
     overrides = tuple(overrides)
     progress = progress or Progress()
     report, schedule = _check(spec_path, overrides)
+    _warnings(report, progress)
     dev = resolve_device(device)
     selected, blocked = _selection(report, schedule, only)
     _preflight(schedule, selected, dev)

@@ -186,9 +186,10 @@ class TrainStage(Stage):
         return result
 
     @torch.no_grad()
-    def samples(self, i: int, n: int = 3, new_tokens: int = 64) -> list[dict]:
-        """A few continuations of validation (else training) prompts, for a decoder with an lm head."""
-        if self.model.decoder is None or self.model.encoder is not None or self.model.lm_head is None:
+    def samples(self, i: int) -> list[dict]:
+        """`samples` continuations of validation (else training) prompts, for a decoder with an lm head."""
+        n, new_tokens = self.spec.samples, self.spec.sample_tokens
+        if not n or self.model.decoder is None or self.model.encoder is not None or self.model.lm_head is None:
             return []
         split = self.dataset.validation if len(self.dataset.validation) else self.dataset.train
         field = "prompt" if "prompt" in self.dataset.fields else "text"
