@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import diagnose, errors, only, where
+from conftest import at, diagnose, errors, only, where
 from lmspec.compiler.api import check_file, resolve
 from lmspec.compiler.values import CallValue, Combination, Ref, Symbol
 
@@ -232,6 +232,86 @@ def test_schema_defaults_can_be_referenced():
         "embed_scale": 2.0, "x": 1e-4}
 
 
+MODEL = "model m { vocab: 300, context: 16, layers: 2, d_model: 32, heads: 4"
+
+
+@pytest.mark.parametrize("block, layer, value", [
+    ("dropout: dropout * 2", "", 0.0),        # a key reads its own default when the block leaves it unset
+    ("norm_eps: norm_eps * 10", "", 1e-4),
+    ("", "dropout: dropout + 0.1", 0.1),
+    ("", "kv_heads: kv_heads / 2", 2),               # kv_heads = heads
+    ("", "heads: 8, kv_heads: kv_heads / 2", 4),     # ... the layer's own heads
+    ("", "head_dim: head_dim * 2", 16),              # head_dim = d_model / heads
+    ("", "d_ff: d_ff / 2", 64),                      # d_ff = 4 * d_model
+    ("", "heads: kv_heads * 2", 8),                  # the kv_heads it would have without this field
+])
+def test_a_name_reads_the_schema_default(block, layer, value):
+    # these used to fail with "'dropout' is not defined — did you mean 'dropout'?"
+    written = block or f"layer 0 {{ {layer} }}"
+    m = resolved(f"{MODEL}, {written} }}").blocks["m"]
+    key = (block or layer.split(", ")[-1]).split(":")[0]
+    got = m.layers[0].fields[key] if layer else m.fields[key]
+    assert got == pytest.approx(value) and type(got) is type(value)
+
+
+def test_a_name_reads_the_default_of_its_nested_block_and_stack():
+    spec = resolved("model m { vocab: 300, context: 16, d_model: 32, heads: 4, arch: encoder_decoder,\n"
+                    "  encoder { layers: 1, layer 0 { attention: attention, d_ff: d_ff * 2 } }\n"
+                    "  decoder { layers: 1, layer 0 { attention: attention } } }\n"
+                    "rl r { rollouts { per_step: per_step / 2 } }")
+    m = spec.blocks["m"]
+    assert m.nested["encoder"].layers[0].fields == {"attention": Symbol("bidirectional"), "d_ff": 256}
+    assert m.nested["decoder"].layers[0].fields == {"attention": Symbol("causal")}
+    assert spec.blocks["r"].nested["rollouts"].fields == {"per_step": 32}
+
+
+def test_another_blocks_defaults_are_those_lowering_applies():
+    # `a.d_ff` used to be "the model 'a' has no attribute 'd_ff'"
+    report = diagnose("lmspec 1\nmodel a { vocab: 300, context: 16, layers: 1, d_model: 96, heads: 3, arch: encoder }\n"
+                      "model b { vocab: 300, context: 16, layers: 1, d_model: 96, heads: 3, kv_heads: a.kv_heads,\n"
+                      "  head_dim: a.head_dim, d_ff: a.d_ff, attention: a.attention, final_norm: a.final_norm,\n"
+                      "  head: a.head, norm: a.norm, position: a.position }")
+    assert report.ok, [d.message for d in report.diagnostics]
+    a, b = report.models["a"], report.models["b"]
+    (layer_a,), (layer_b,) = a.encoder.layers, b.decoder.layers
+    assert (layer_b.kv_heads, layer_b.head_dim, layer_b.d_ff) == (layer_a.kv_heads, layer_a.head_dim, layer_a.d_ff) \
+        == (3, 32, 384)
+    assert (layer_b.attention, layer_b.norm, layer_b.position) == (layer_a.attention, layer_a.norm, layer_a.position)
+    assert (b.heads, b.decoder.final_norm) == (a.heads, a.encoder.final_norm)
+
+
+@pytest.mark.parametrize("text, code, message, help", [
+    ("model m { vocab: 300, heads: kv_heads }", "LMS026", "'heads' refers to itself: 'kv_heads' defaults to heads",
+     "give 'kv_heads' a value of its own"),
+    ("model m { vocab: 300, heads: heads }", "LMS026", "'heads' refers to itself",
+     "write 'heads' as a number or an expression of other fields"),
+    ("model m { heads: 4, layer 0 { d_ff: d_ff / 2 } }", "LMS023",
+     "'d_ff' has no value: its default is 4 * d_model, and model 'm' does not set 'd_model'",
+     "set 'd_model' in model 'm', or give 'd_ff' a value"),
+    ("model m { d_model: 64, layer 0 { heads: heads / 2 } }", "LMS023",
+     "'heads' has no value: model 'm' does not set it, and it has no default", "set `heads: ...` in model 'm'"),
+    ("model a { heads: 4 }\nmodel b { d_ff: a.d_ff }", "LMS023",
+     "'d_ff' has no value: its default is 4 * d_model, and model 'a' does not set 'd_model'",
+     "set 'd_model' in model 'a', or give 'd_ff' a value"),
+    ("train t { batch: seq_len }", "LMS023",
+     "'seq_len' cannot be read here: its default, the model's context, is not known when the spec is resolved",
+     "write the model's context itself, such as `gpt.context`"),
+])
+def test_a_default_that_cannot_be_read_says_why(text, code, message, help):
+    # never "did you mean" the name itself
+    d = only(text, code)
+    name = message.split("'")[1] if code == "LMS023" else text.split("heads: ")[1].split(" ")[0]
+    assert (d.message, d.help) == (message, help)
+    assert where(d) == at(text, name, nth=text.count(name))  # at the name read, the last one written
+
+
+def test_a_choice_read_from_a_default_is_a_name():
+    report = diagnose("lmspec 1\n" + MODEL + ", layer 0 { norm: norm, activation: activation } }")
+    assert report.ok, [d.message for d in report.diagnostics]
+    assert report.spec.resolved.blocks["m"].layers[0].fields == {"norm": Symbol("layernorm"),
+                                                                 "activation": Symbol("gelu")}
+
+
 def test_names_that_are_not_fields_are_symbols_and_blocks_are_references():
     f = fields("tokenizer tok { kind: bytes }\ntrain t { model: gpt, tokenizer: tok, objective: mlm + 0.5 * nsp,"
                " optimizer: adamw(lr: 1e-3) }", "t")
@@ -376,9 +456,27 @@ def test_an_argument_given_twice():
     assert (where(d), d.message) == ("1:36-41", "argument 'theta' is given twice")
 
 
-def test_repeated_nested_blocks_merge():
-    spec = resolved("model m { encoder { layers: 2 }, encoder { heads: 4 } }")
-    assert spec.blocks["m"].nested["encoder"].fields == {"layers": 2, "heads": 4}
+@pytest.mark.parametrize("text, second, first", [
+    ("model m { encoder { layers: 2 }\n  encoder { layers: 4 } }", "2:3-10", "spec.lmspec:1:11"),
+    ("rl r { rollouts { per_step: 2 } rollouts { per_step: 4 } }", "1:33-41", "spec.lmspec:1:8"),
+    ("model m { decoder { layers: 1, encoder { }, encoder { } } }", "1:45-52", "spec.lmspec:1:32"),
+])
+def test_a_nested_block_given_twice(text, second, first):
+    # the second used to be merged into the first, its keys silently winning
+    d = only(text, "LMS030")
+    name = "rollouts" if "rollouts" in text else "encoder"
+    assert (where(d), d.message, d.help) == (second, f"'{name}' is given twice", "remove one of them")
+    assert [(str(l.span), l.message) for l in d.labels] == [(first, "first given here")]
+
+
+def test_extends_and_set_still_merge_nested_blocks():
+    # only a nested block written twice in one block's own text is an error
+    text = ("lmspec 1\nmodel base { encoder { layers: 2, heads: 2 } }\n"
+            "model m extends base { encoder { d_ff: 32 } }\n")
+    spec = resolve("r.lmspec", text=text, overrides=("m.encoder.layers=4", "m.decoder.layers=1"))
+    assert [d.message for d in spec.diagnostics if d.is_error] == []
+    assert spec.blocks["m"].nested["encoder"].fields == {"layers": 4, "heads": 2, "d_ff": 32}
+    assert spec.blocks["m"].nested["decoder"].fields == {"layers": 1}
 
 
 def test_one_failed_value_gives_one_error():

@@ -95,6 +95,64 @@ def test_a_value_of_the_wrong_type(extra, message):
     assert (d.message, where(d)) == (message, value_in(model(extra), extra))
 
 
+TRAIN = STAGES + "train t { model: m, data: d, objective: clm, "
+
+
+@pytest.mark.parametrize("text, written, message, help", [
+    (model('context: "256"').replace("context: 16, ", ""), 'context: "256"',
+     "'context' must be an integer, found the string \"256\"", "write `context: 256`, without quotes"),
+    (model('bias: "true"'), 'bias: "true"', "'bias' must be true or false, found the string \"true\"",
+     "write `bias: true`, without quotes"),
+    (model('bias: "yes"'), 'bias: "yes"', "'bias' must be true or false, found the string \"yes\"",
+     "write `bias: true` or `bias: false`"),
+    (model('norm: "rmsnorm"'), 'norm: "rmsnorm"',
+     "'norm' must be one of layernorm or rmsnorm, found the string \"rmsnorm\"", "write `norm: rmsnorm`, without quotes"),
+    (model('norm: "rmsnrom"'), 'norm: "rmsnrom"',
+     "'norm' must be one of layernorm or rmsnorm, found the string \"rmsnrom\"", "write `norm: rmsnorm`, without quotes"),
+    (model('position: "rope"'), 'position: "rope"', "'position' must be one of learned, sinusoidal, rope, alibi, "
+     "relative or none, found the string \"rope\"", "write `position: rope`, without quotes"),
+    (model('dropout: "10%"'), 'dropout: "10%"', "'dropout' must be a number, found the string \"10%\"",
+     "write `dropout: 10%`, without quotes"),
+    (TRAIN + 'steps: "10" }', 'steps: "10"', "'steps' must be an integer, found the string \"10\"",
+     "write `steps: 10`, without quotes"),
+    (TRAIN + 'optimizer: adamw(lr: "1e-3") }', 'lr: "1e-3"', "'lr' must be a number, found the string \"1e-3\"",
+     "write `lr: 1e-3`, without quotes"),
+    (TRAIN + 'precision: "bf16" }', 'precision: "bf16"',
+     "'precision' must be one of auto, fp32, bf16 or fp16, found the string \"bf16\"",
+     "write `precision: bf16`, without quotes"),
+    ('tokenizer k { kind: bytes, specials: [pad, "bos"] }', 'specials: [pad, "bos"]',
+     "'specials' must be one of pad, bos, eos, mask, sep, cls or unk, found the string \"bos\"",
+     "write `bos`, without quotes"),
+])
+def test_a_string_is_never_a_number_a_boolean_or_a_choice(text, written, message, help):
+    # pydantic's lax mode used to read "256" as 256, "true" as true and "rmsnorm" as rmsnorm
+    d = only(text, "LMS042")
+    quoted = written.split(": ", 1)[1]
+    quoted = quoted[quoted.index('"'):quoted.index('"', quoted.index('"') + 1) + 1]
+    assert (d.message, d.help, where(d)) == (message, help, at(text, quoted))
+
+
+def test_a_quoted_init_is_neither_a_stage_nor_a_directory():
+    # `init: "dir"` used to become hf() without its path: "'str' must be a string, found a block"
+    d = only(TRAIN + 'init: "dir" }', "LMS042")
+    assert (d.message, d.help) == ("'init' must name a train or rl block, or be hf(...), found the string \"dir\"",
+                                   'for a checkpoint directory, write `init: hf("dir")`')
+    d = only(TRAIN + 'init: "t" }', "LMS042")
+    assert d.help == "write `init: t`, without quotes"
+
+
+def test_number_literals_and_bare_names_keep_their_types():
+    # strict, as the language means it: an integer is a number, a whole number an integer
+    report = diagnose("lmspec 1\n" + TRAIN + "steps: 2k, batch: 1e2, clip_grad: 2, optimizer: adamw(lr: 1e-3),"
+                      " schedule: cosine(warmup: 64 / 2.0, min_lr: 15%), precision: bf16 }")
+    assert report.ok, [d.message for d in report.diagnostics]
+    t = report.spec.blocks["t"]
+    assert (t.steps, t.batch, t.clip_grad, t.optimizer.lr, t.schedule.warmup, t.schedule.min_lr, t.precision) == (
+        2000, 100, 2.0, 1e-3, 32, 0.15, "bf16")
+    assert report.spec.blocks["m"].vocab == 262
+    assert diagnose('lmspec 1\ndata e { source: builtin("tiny-stories") }').ok  # names that are no identifiers
+
+
 def test_a_boolean_is_not_a_number_in_a_list_either():
     text = STAGES + "train t { model: m, data: d, objective: clm, optimizer: adamw(betas: [true, 0.9]) }"
     d = only(text, "LMS042")

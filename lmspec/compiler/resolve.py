@@ -8,8 +8,9 @@ from, so that the schema and the validators can point at the source.
 Name lookup inside a field of block B: the fields of the innermost enclosing
 scope (a layer override, a nested block, then B itself), skipping the field
 being defined (so `layer 0 { heads: heads / 2 }` reads B's heads); then the
-schema default of that key; then top-level block names; anything else is a
-`Symbol` (an enum value such as `causal`) for the schema to judge.
+schema default of that key, which may itself read other keys in the same way
+(`kv_heads` defaults to `heads`); then top-level block names; anything else is
+a `Symbol` (an enum value such as `causal`) for the schema to judge.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from lmspec.grammar import ast
 from lmspec.grammar.parser import MAX_NUMBER, gc_paused, parse, parse_file
 from lmspec.compiler.values import CallValue, Combination, FromStage, Ref, Symbol, WithValue, describe
 
-__all__ = ["ResolvedBlock", "ResolvedLayer", "ResolvedSpec", "resolve_file", "resolve_text", "Path_"]
+__all__ = ["ResolvedBlock", "ResolvedLayer", "ResolvedSpec", "NoValue", "resolve_file", "resolve_text", "Path_"]
 
 Path_ = tuple  # a path inside a block: ("position", "theta"), ("layers", 0, "heads"), ...
 
@@ -85,8 +86,23 @@ class ResolvedSpec:
 
 # Hooks the schema installs, so that resolution can read defaults and derived
 # attributes (`tok.vocab_size`) without this module importing the schema.
-DefaultLookup = Callable[[str, str], tuple[bool, Any]]  # (kind, key) -> (found, value)
+# (kind, key, read) -> (found, value); `read(other)` is (found, value) of another key where
+# the default is read, for defaults that depend on other keys (`kv_heads` = `heads`).
+Read = Callable[[str], tuple[bool, Any]]
+DefaultLookup = Callable[[str, str, Read], tuple[bool, Any]]
 DerivedLookup = Callable[["ResolvedBlock", str, "Resolver"], tuple[bool, Any]]
+
+
+class NoValue(Exception):
+    """Raised by a DefaultLookup for a key of the schema that has no value to read: it has no
+    default (`formula` None); its default (`formula`, such as "4 * d_model") needs `missing`,
+    which has no value either; or (`missing` None) its default is known only after resolution,
+    and `help` says what to write instead."""
+
+    def __init__(self, key: str, formula: str | None = None, missing: str | None = None,
+                 help: str | None = None):
+        super().__init__(key)
+        self.key, self.formula, self.missing, self.help = key, formula, missing, help
 
 
 class _Cycle(Exception):
@@ -127,7 +143,7 @@ MAX_EXTENDS_DEPTH = 64  # `merge` recurses once per link of an extends chain
 
 class Resolver:
     def __init__(self, defaults: DefaultLookup | None = None, derived: DerivedLookup | None = None):
-        self.defaults = defaults or (lambda kind, key: (False, None))
+        self.defaults = defaults or (lambda kind, key, read: (False, None))
         self.derived = derived or (lambda block, attr, resolver: (False, None))
         self.diagnostics: list[Diagnostic] = []
         self.sources: dict[str, str] = {}
@@ -251,14 +267,11 @@ class Resolver:
                 fields[key] = entry
             elif isinstance(entry, ast.Nested):
                 key = entry.name.name
-                sub = _MergedNested(entry, *self._collect(entry.entries))
-                if key in nested:  # `encoder { ... }` twice: the second adds to the first
-                    nested[key] = _overlay(nested[key], sub)
-                else:
-                    if key in fields:
-                        self._given_twice(key, entry.name.span, fields[key].key.span)
-                        continue
-                    nested[key] = sub
+                if key in fields or key in nested:  # only `extends` and `--set` merge nested blocks
+                    self._given_twice(key, entry.name.span,
+                                      fields[key].key.span if key in fields else nested[key].node.name.span)
+                    continue
+                nested[key] = _MergedNested(entry, *self._collect(entry.entries))
             else:
                 layers.append(entry)
         return fields, nested, layers
@@ -310,7 +323,7 @@ class Resolver:
                 else:
                     what = "nested blocks" if isinstance(e, ast.Nested) else "layer overrides"
                     self.error("LMS049", f"{what} cannot appear inside a layer override", e.span)
-            layer_scope = _Scope(entries, scope, kind, lpath, scope.block)
+            layer_scope = _Scope(entries, scope, scope.kind, lpath, scope.block)
             rl = ResolvedLayer(lo.first, lo.last, lo.range_span)
             _layers_of(out, path).append(rl)
             for key, fld in entries.items():
@@ -423,19 +436,59 @@ class Resolver:
 
     def lookup(self, node: ast.Name, scope: _Scope, key: str) -> Any:
         name = node.id
-        s, skip = scope, key
-        while s is not None:
-            if name in s.entries and name != skip:
-                return self.field_value(s, name)
-            s, skip = s.parent, None
-        found, value = self.defaults(scope.kind, name)
-        if found and name != key:
+        try:
+            found, value = self.read(name, scope, key)
+        except NoValue as e:
+            if name in self.blocks:
+                return Ref(self.blocks[name].kind.name, name)
+            self._no_value(e, node.span, scope, key)
+            return None
+        if found:
             return value
         if name in self.blocks:
             return Ref(self.blocks[name].kind.name, name)
         if name in self.broken:
             return None
         return Symbol(name)
+
+    def read(self, name: str, scope: _Scope, key: str | None) -> tuple[bool, Any]:
+        """(found, value) of the key `name` seen from `scope` while `key` is being defined there:
+        a field of the scope or of one enclosing it (not `key` itself), else the schema default
+        of `name`, whose own reads of other keys are made from the same place. Raises NoValue
+        for a key of the schema that has no value to read."""
+        s, skip = scope, key
+        while s is not None:
+            if name in s.entries and name != skip:
+                return True, self.field_value(s, name)
+            s, skip = s.parent, None
+        return self.defaults(scope.kind, name, lambda other: self._read_or_nothing(other, scope, key))
+
+    def _read_or_nothing(self, name: str, scope: _Scope, key: str | None) -> tuple[bool, Any]:
+        try:
+            return self.read(name, scope, key)
+        except NoValue:  # the default that asked for it says what is missing
+            return False, None
+
+    def _no_value(self, e: NoValue, span: Span, scope: _Scope, key: str | None) -> None:
+        """Report a key read at `span` that has no value (see NoValue)."""
+        block = scope.block.block
+        where = f"{block.kind.name} '{block.name.name}'"
+        needed = e.missing if e.formula is not None else e.key
+        if needed is not None and needed == key and scope.parent is None and key in scope.entries:
+            # only the field being defined could give it a value: `heads: kv_heads` (kv_heads = heads)
+            via = f": '{e.key}' defaults to {e.formula}" if e.formula is not None else ""
+            self.error("LMS026", f"'{key}' refers to itself{via}", span,
+                       help=f"give '{e.key}' a value of its own" if e.formula is not None else
+                       f"write '{key}' as a number or an expression of other fields")
+        elif e.formula is None:
+            self.error("LMS023", f"'{e.key}' has no value: {where} does not set it, and it has no default", span,
+                       help=f"set `{e.key}: ...` in {where}")
+        elif e.missing is not None:
+            self.error("LMS023", f"'{e.key}' has no value: its default is {e.formula}, and {where} does not set "
+                       f"'{e.missing}'", span, help=f"set '{e.missing}' in {where}, or give '{e.key}' a value")
+        else:
+            self.error("LMS023", f"'{e.key}' cannot be read here: its default, {e.formula}, is not known "
+                       f"when the spec is resolved", span, help=e.help)
 
     def block_ref(self, name: str, span: Span) -> Ref | None:
         if name in self.blocks:
@@ -459,14 +512,19 @@ class Resolver:
         if target is None:
             return None
         merged = self.merged[obj.name]
+        scope = _Scope(merged.fields, None, obj.kind, (), merged)
         if name.name in merged.fields:
             if name.name in target.fields:  # already computed
                 return target.fields[name.name]
-            return self.field_value(_Scope(merged.fields, None, obj.kind, (), merged), name.name)
+            return self.field_value(scope, name.name)
         found, value = self.derived(target, name.name, self)
         if found:
             return value
-        found, value = self.defaults(obj.kind, name.name)
+        try:
+            found, value = self.read(name.name, scope, None)  # its default, which may read its fields
+        except NoValue as e:
+            self._no_value(e, name.span, scope, None)
+            return None
         if found:
             return value
         candidates = list(merged.fields)
@@ -540,7 +598,7 @@ class Resolver:
             else:
                 continue
             for name in names:
-                near = closest(name, visible)
+                near = closest(name, visible - {name})  # never "did you mean" the name itself
                 if only_typos and near is None:
                     continue
                 self.error("LMS023", f"'{name}' is not defined", _name_span(node, name) or node.span,
@@ -643,6 +701,10 @@ def _resolve(tree: ast.SpecFile | None, text: str | None, path: str, diagnostics
         r.error("LMS011", "the spec is too deeply nested to resolve", None,
                 help="split long expressions and reference chains into fields")
     ordered = {name: r.resolved[name] for name in r.blocks if name in r.resolved}
+    if not r.blocks and not r.broken and not any(d.is_error for d in r.diagnostics):
+        r.diagnostics.append(Diagnostic(  # an empty file is most often the wrong file, or a save cut short
+            "warning", "LMS034", "the file defines no blocks", Span(path, 1, 1, 1, 1),
+            help="a spec is blocks such as `model gpt { ... }` after `lmspec 1` (see docs/language.md)"))
     return ResolvedSpec(ordered, r.sources, r.diagnostics, path)
 
 

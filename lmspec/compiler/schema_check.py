@@ -11,6 +11,7 @@ back to spans through their `loc`.
 from __future__ import annotations
 
 import functools
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,12 +21,12 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from lmspec.compiler import schema as S
-from lmspec.compiler.resolve import ResolvedBlock, ResolvedSpec
+from lmspec.compiler.resolve import NoValue, ResolvedBlock, ResolvedSpec
 from lmspec.compiler.values import CallValue, Combination, FromStage, Ref, Symbol, WithValue, describe
-from lmspec.diagnostics import Diagnostic, Span, did_you_mean
+from lmspec.diagnostics import Diagnostic, Span, closest, did_you_mean
 from lmspec.grammar.parser import gc_paused
 
-__all__ = ["ValidatedSpec", "validate_spec", "schema_default", "derived_attribute", "json_schema", "variants_of"]
+__all__ = ["ValidatedSpec", "validate_spec", "schema_default", "derived_attribute", "variants_of"]
 
 
 @dataclass
@@ -247,12 +248,15 @@ class _Reader:
                 raise _Problem("LMS047", f"'{key}' needs a {' or '.join(kinds)} block, but '{value.name}' is a "
                                f"{value.kind}", path, did_you_mean(value.name, self._names(kinds)))
             return value.name
-        if kinds and isinstance(value, str) and not variants:
+        if kinds and isinstance(value, str):
             # `data: "reviews"`: pydantic would take any string as a block name, and the design
             # rules would then look up a block that is missing or of another kind
-            raise _Problem("LMS042", f"'{key}' must name a {' or '.join(kinds)} block, found {describe(value)}", path,
-                           f"write `{key}: {value}`, without quotes" if value in self._names(kinds) else
-                           did_you_mean(value, self._names(kinds)))
+            also = f", or be {_choices(f'{v}(...)' for v in variants)}" if variants else ""
+            raise _Problem("LMS042", f"'{key}' must name a {' or '.join(kinds)} block{also}, found {describe(value)}",
+                           path, f"write `{key}: {value}`, without quotes" if value in self._names(kinds) else
+                           did_you_mean(value, self._names(kinds)) or
+                           (f'for a checkpoint directory, write `{key}: hf("{value}")`' if "hf" in (variants or ())
+                            else None))
         if kinds and isinstance(value, Symbol) and not (variants and value.name in variants):
             raise _Problem("LMS023", f"'{value.name}' is not defined", path,
                            did_you_mean(value.name, self._names(kinds)) or
@@ -263,9 +267,14 @@ class _Reader:
 
         literals = _literal_values(tp)
         if literals is not None:
-            name = value.name if isinstance(value, Symbol) else value if isinstance(value, str) else None
+            # a choice is a bare name (`norm: rmsnorm`); only names that are not identifiers
+            # (`builtin("tiny-stories")`) are written as strings
+            bare = _bare(literals)
+            name = (value.name if isinstance(value, Symbol) else
+                    value if isinstance(value, str) and not bare else None)
             if name is None:
-                raise _Problem("LMS042", f"'{key}' must be one of {_choices(literals)}, found {describe(value)}", path)
+                raise _Problem("LMS042", f"'{key}' must be one of {_choices(literals)}, found {describe(value)}", path,
+                               _unquoted(key, path, value, literals) if isinstance(value, str) else None)
             if name not in literals:
                 raise _Problem("LMS044", f"unknown {key} '{name}'", path,
                                did_you_mean(name, literals) or f"choose one of {_choices(literals)}")
@@ -300,13 +309,22 @@ class _Reader:
             if symbols and core in (int, float):
                 name = symbols[0].name
                 raise _Problem("LMS023", f"'{name}' is not defined", path,
-                               did_you_mean(name, names) or f"'{key}' must be {expected}")
-            hint = did_you_mean(value.name, names) if isinstance(value, Symbol) else None
+                               did_you_mean(name, [n for n in names if n != name]) or f"'{key}' must be {expected}")
+            hint = (did_you_mean(value.name, [n for n in names if n != value.name])
+                    if isinstance(value, Symbol) else None)
             raise _Problem("LMS042", f"'{key}' must be {expected}, found {describe(value)}", path, hint)
-        # pydantic's lax mode reads true as 1 and 1 as true; in a spec they are different things
+        # pydantic's lax mode reads true as 1, 1 as true and "256" as 256; in a spec they are
+        # different things. (An integer is a number, and a whole number such as `1e3` an integer.)
         if (core in (int, float) and isinstance(value, bool)) or (
                 core is bool and isinstance(value, (int, float)) and not isinstance(value, bool)):
             raise _Problem("LMS042", f"'{key}' must be {_expected(tp)}, found {describe(value)}", path)
+        if core in (int, float, bool) and isinstance(value, str):
+            if core is bool:
+                help = (_unquoted(key, path, value, ("true", "false"), strict=True) or
+                        f"write `{key}: true` or `{key}: false`")
+            else:
+                help = _unquoted(key, path, value)
+            raise _Problem("LMS042", f"'{key}' must be {_expected(tp)}, found {describe(value)}", path, help)
         return value
 
     def _names(self, kinds) -> list[str]:
@@ -317,11 +335,10 @@ class _Reader:
             name, args, kwargs, target = value.name, (), {}, None
         elif isinstance(value, CallValue):
             name, args, kwargs, target = value.name, value.args, dict(value.kwargs), value.target
-        elif isinstance(value, str) and len(variants) == 1 and "builtin" not in variants:
-            name, args, kwargs, target = next(iter(variants)), (), {}, None
         else:
             raise _Problem("LMS042", f"'{key}' must be one of {_choices(variants)}, found {describe(value)}", path,
-                           f"e.g. `{key}: {next(iter(variants))}`")
+                           isinstance(value, str) and _unquoted(key, path, value, variants, strict=True)
+                           or f"e.g. `{key}: {next(iter(variants))}`")
         if name not in variants:
             raise _Problem("LMS044", f"unknown {key} '{name}'", path,
                            did_you_mean(name, variants) or f"choose one of {_choices(variants)}")
@@ -411,6 +428,28 @@ def _alias_subtree(table: dict[tuple, Span], path: tuple, inserted: tuple) -> No
     for p, span in list(table.items()):
         if p[:n] == path and len(p) > n:
             table.setdefault(path + inserted + p[n:], span)
+
+
+def _bare(choices) -> bool:
+    """Whether these choices are written as bare names (`rmsnorm`), not strings (`"tiny-stories"`)."""
+    return all(isinstance(c, str) and c.isidentifier() for c in choices)
+
+
+_NUMBER_LITERAL = re.compile(r"[+-]?\d[\d_]*(\.\d[\d_]*)?([eE][+-]?\d+)?[kMBT%]?")  # the lexer's, signed
+
+
+def _unquoted(key: str, path: tuple, text: str, choices=None, strict: bool = False) -> str | None:
+    """The help for a quoted `text` where a number (`choices` None), a boolean or a choice belongs:
+    the value without its quotes, when that is what was meant (the nearest choice unless `strict`)."""
+    word = text.strip()
+    if choices is None:
+        meant = word.removeprefix("+") if _NUMBER_LITERAL.fullmatch(word) else None
+    else:
+        meant = word if word in choices else None if strict else closest(word, choices)
+    if meant is None:
+        return None
+    written = f"{meant}" if path and isinstance(path[-1], int) else f"{key}: {meant}"  # a list item
+    return f"write `{written}`, without quotes"
 
 
 def _keys_of(cls, names) -> list[str]:
@@ -565,18 +604,108 @@ def validate_spec(resolved: ResolvedSpec) -> ValidatedSpec:
 # ----------------------------------------------------------------------------- resolver hooks
 
 
-def schema_default(kind: str, key: str) -> tuple[bool, Any]:
-    """The default of `key` in block kind `kind`, when it is a plain value (for `4 * d_model`-style references)."""
-    model = S.BLOCK_KINDS.get(kind.split(".")[0])
-    if model is None or key not in model.model_fields:
-        return False, None
-    info = model.model_fields[key]
-    if info.is_required():
-        return False, None
-    default = info.get_default(call_default_factory=True)
-    if isinstance(default, (int, float, bool, str)) and default is not None:
-        return True, default
+def _divide(a, b):
+    """`a / b` as the language computes it: an integer when exact; None for a zero divisor
+    (whose own key is out of range, and says so)."""
+    if b == 0:
+        return None
+    return a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
+
+
+def _of_numbers(fn):
+    """`fn` over numbers; None for anything else (its own key reports the wrong type)."""
+    def computed(*values):
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        return fn(*values) if ok else None
+    return computed
+
+
+def _choice(value) -> str | None:
+    return value.name if isinstance(value, Symbol) else None
+
+
+# Defaults that depend on other keys, as docs/language.md writes them; `lower.py` applies the
+# same ones to typed models, and a test holds the two together. Scope kind -> key -> (the default
+# as the docs write it, the keys it reads, how it follows from their values).
+_DERIVED_DEFAULTS: dict[str, dict[str, tuple[str, tuple[str, ...], Any]]] = {
+    "model": {
+        "kv_heads": ("heads", ("heads",), _of_numbers(lambda heads: heads)),
+        "head_dim": ("d_model / heads", ("d_model", "heads"), _of_numbers(_divide)),
+        "d_ff": ("4 * d_model", ("d_model",), _of_numbers(lambda d_model: 4 * d_model)),
+        "attention": ("causal for decoders, bidirectional for encoders", ("arch",),
+                      lambda arch: Symbol("causal" if _choice(arch) == "decoder" else "bidirectional")),
+        "final_norm": ("true for pre-norm", ("placement",), lambda placement: _choice(placement) == "pre"),
+        "head": ("lm (mlm for encoders)", ("arch",), lambda arch: Symbol("mlm" if _choice(arch) == "encoder" else "lm")),
+    },
+    # the stacks of an encoder-decoder: its decoder is causal whatever the model says
+    "model.encoder": {"attention": ("bidirectional", (), lambda: Symbol("bidirectional"))},
+    "model.decoder": {"attention": ("causal", (), lambda: Symbol("causal"))},
+}
+
+# Defaults known only once the spec is checked: scope kind -> key -> (the default, what to write).
+_LATE_DEFAULTS = {
+    "train": {"seq_len": ("the model's context", "write the model's context itself, such as `gpt.context`")},
+}
+
+
+def _nothing(key: str) -> tuple[bool, Any]:
     return False, None
+
+
+def schema_default(kind: str, key: str, read=_nothing) -> tuple[bool, Any]:
+    """(found, value) of the default of `key` read in a scope of `kind` (`model`, or `model.encoder`
+    for a nested block, whose keys fall back to the block's), as a spec would write it: a number,
+    `layernorm` a name, `learned` a variant. `read(other)` reads another key from the same scope,
+    for the defaults that depend on other keys (`kv_heads` = `heads`). Raises NoValue for a key of
+    a number or a boolean that has no value to read."""
+    block_kind, _, nested = kind.partition(".")
+    block_model = S.BLOCK_KINDS.get(block_kind)
+    if block_model is None:
+        return False, None
+    owners = [(block_model, block_kind)]
+    if nested and nested in block_model.model_fields:
+        nested_model = _model_class(_annotation(block_model.model_fields[nested]))
+        if nested_model is not None:
+            owners.insert(0, (nested_model, kind))
+    infos = [(model.model_fields[name], k) for model, k in owners if (name := _field_name(model, key)) is not None]
+    for info, scope_kind in infos:
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        if default is not None:
+            return True, _spec_value(default, _annotation(info))
+        if key in _DERIVED_DEFAULTS.get(scope_kind, {}):
+            formula, needs, compute = _DERIVED_DEFAULTS[scope_kind][key]
+            values = []
+            for other in needs:
+                found, value = read(other)
+                if not found:
+                    raise NoValue(key, formula, other)
+                if value is None:  # it failed to resolve, and said why
+                    return True, None
+                values.append(value)
+            return True, compute(*values)
+        if key in _LATE_DEFAULTS.get(scope_kind, {}):
+            formula, help = _LATE_DEFAULTS[scope_kind][key]
+            raise NoValue(key, formula, help=help)
+    if infos and _unwrap(_annotation(infos[-1][0]))[0] in (int, float, bool):
+        raise NoValue(key)  # a bare name there can only have meant the key, and it has no value
+    return False, None
+
+
+def _spec_value(value: Any, tp) -> Any:
+    """A schema default as the value a spec would write for it."""
+    if isinstance(value, S.Variant):
+        cls = type(value)
+        args = tuple((info.alias or name, _spec_value(getattr(value, name), _annotation(info)))
+                     for name, info in cls.model_fields.items()
+                     if name != "kind" and getattr(value, name) != info.get_default(call_default_factory=True))
+        return CallValue(value.kind, kwargs=args) if args else Symbol(value.kind)
+    if isinstance(value, list):
+        item = _list_item(tp)
+        return [_spec_value(v, item) for v in value]
+    literals = _literal_values(tp) if isinstance(value, str) else None
+    if literals is not None and _bare(literals):
+        return Symbol(value)
+    return value
 
 
 def derived_attribute(block: ResolvedBlock, attr: str, resolver) -> tuple[bool, Any]:
@@ -587,21 +716,18 @@ def derived_attribute(block: ResolvedBlock, attr: str, resolver) -> tuple[bool, 
         sentinels = block.fields.get("sentinels", 0)
         if not isinstance(specials, list) or not isinstance(sentinels, int):
             return True, None
-        if isinstance(kind, Symbol) and kind.name == "bytes":
+        name = kind.name if isinstance(kind, (Symbol, CallValue)) else None
+        call = kind if isinstance(kind, CallValue) else None
+        if name == "bytes":  # `bytes` and `bytes()`
             return True, 256 + len(specials) + sentinels
-        if isinstance(kind, CallValue) and kind.name == "bpe":
-            return True, kind.kw.get("vocab", kind.args[0] if kind.args else 4096)
-        return True, None  # hf(...): known only once the tokenizer file is read
+        if name == "bpe":  # `bpe` and `bpe()` have the schema's default vocab
+            given = call.kw.get("vocab", call.args[0] if call.args else None) if call else None
+            return True, S.BPETokenizer.model_fields["vocab"].default if given is None else given
+        if name == "hf" and call is not None:
+            path = call.kw.get("path", call.args[0] if call.args else None)
+            if isinstance(path, str):
+                from lmspec.compiler.rules_tokens import hf_tokenizer_file, hf_vocab_size
+                return True, hf_vocab_size(hf_tokenizer_file(path, block.span.file))
+        return True, None  # unknown: compiler.rules_tokens reports it where it is read (LMS092)
     return False, None
-
-
-def json_schema() -> dict:
-    """The JSON Schema of every block kind."""
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "lmspec",
-        "description": "The blocks of an .lmspec file, by kind.",
-        "type": "object",
-        "properties": {kind: model.model_json_schema(by_alias=True) for kind, model in S.BLOCK_KINDS.items()},
-    }
 
