@@ -20,7 +20,7 @@ model critic { arch: encoder, vocab: tok.vocab_size, context: 32, layers: 1, d_m
 data reviews { source: builtin("tiny-reviews"), label: "sentiment" }
 train judge_fit { model: critic, objective: classify(label: "sentiment"), data: reviews, steps: 2 }
 judge j { model: critic from judge_fit }
-feedback prefs { policy: gpt from pretrain, prompts: stories.prefixes(tokens: 4, count: 8), judge: j }
+feedback prefs { policy: gpt from pretrain, prompts: stories.prefixes(tokens: 4, count: 8), max_new_tokens: 16, judge: j }
 """
 
 

@@ -2,8 +2,10 @@
 
 Per model: exact parameters, FLOPs per token, KV-cache memory. Per stage: tokens, FLOPs and
 training memory at the stage's batch, sequence length, precision and optimizer. Every model is
-also run forward and backward on the meta device at its stage's shapes (`analysis.meta_check`),
-so wiring errors surface without allocating anything. Formulas: docs/analysis.md.
+also run forward and backward on the meta device at its stage's shapes (`analysis.meta_pass`),
+so wiring errors surface without allocating anything (LMS090), and the backward pass of the
+stage's own objectives shows which parameters the stage leaves untrained (LMS096, a warning
+naming the stage). Formulas: docs/analysis.md.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from lmspec.diagnostics import CODES, Diagnostic, Label
 __all__ = ["ModelFigures", "StageFigures", "Figures", "spec_figures", "stage_arch", "render_figures"]
 
 CODES.setdefault("LMS090", "a model failed its forward/backward pass on the meta device")
+CODES.setdefault("LMS096", "parameters that a stage's objectives do not train (warning)")
+
+# The model output each objective's loss reads (lmspec.runtime.objectives: `out.logits`, ...);
+# rl stages train the policy's logits.
+LOSS_READS = {"clm": "logits", "prefix_lm": "logits", "sft": "logits", "span_corruption": "logits", "mlm": "logits",
+              "dpo": "logits", "nsp": "nsp_logits", "classify": "class_logits", "bradley_terry": "scores"}
 
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
@@ -109,7 +117,8 @@ def spec_figures(report, *, meta: bool = True) -> tuple[Figures, list[Diagnostic
         figures.models[name] = ModelFigures(
             name, arch.arch, sum(s.n_layers for s in arch.stacks), A.count_parameters(arch),
             A.flops_per_token(arch, arch.context), A.kv_cache_memory(arch, batch=1, seq_len=arch.context))
-    checked: set[str] = set()
+    passes: dict[tuple, A.MetaResult] = {}  # one meta pass per model, shapes and loss
+    failed: set[tuple] = set()  # LMS090 once per model and shapes, at the first stage that meets it
     for stage, spec in report.spec.blocks.items():
         kind = report.spec.resolved.blocks[stage].kind
         if kind not in ("train", "rl"):
@@ -141,24 +150,53 @@ def spec_figures(report, *, meta: bool = True) -> tuple[Figures, list[Diagnostic
                                    optimizer=spec.optimizer.kind, decoder_seq_len=dec, momentum=momentum)
         figures.stages[stage] = StageFigures(stage, kind, model, batch, seq_len, steps, tokens, flops, precision,
                                              spec.optimizer.kind, memory, note)
-        key = f"{model}:{micro}:{seq_len}:{dec}:{arch.heads}"
-        if meta and key not in checked:
-            checked.add(key)
-            problems = A.meta_check(arch, batch=micro, seq_len=seq_len, decoder_seq_len=dec)
-            block = report.spec.resolved.blocks[model]
-            for p in problems:
+        if not meta:
+            continue
+        reads = tuple(sorted({LOSS_READS[t.objective.kind] for t in spec.objective})) if kind == "train" else ("logits",)
+        shapes = (model, micro, seq_len, dec, arch.heads)
+        if shapes + (reads,) not in passes:
+            passes[shapes + (reads,)] = A.meta_pass(arch, batch=micro, seq_len=seq_len, decoder_seq_len=dec, reads=reads)
+        result = passes[shapes + (reads,)]
+        blocks = report.spec.resolved.blocks
+        if shapes not in failed and result.problems:
+            failed.add(shapes)
+            for p in result.problems:
                 diagnostics.append(Diagnostic(
                     "error", "LMS090", f"model '{model}' fails on the meta device at stage '{stage}': {p}",
-                    block.name_span, [Label(report.spec.resolved.blocks[stage].name_span, "at this stage's shapes")],
+                    blocks[model].name_span, [Label(blocks[stage].name_span, "at this stage's shapes")],
                     help="this is a bug in lmspec if the spec passed every other check; please report it"))
-    if meta:  # models no stage trains still get a pass at batch 1 x context
+        if result.unreached:
+            diagnostics.append(_untrained(stage, kind, spec, model, result.unreached, blocks))
+    if meta:  # models no stage trains still get a pass at batch 1 x context; nothing trains them here
         used = {s.model for s in figures.stages.values()}
         for name, arch in report.models.items():
             if name not in used:
-                for p in A.meta_check(arch, batch=1, seq_len=arch.context):
+                for p in A.meta_pass(arch, batch=1, seq_len=arch.context).problems:
                     diagnostics.append(Diagnostic("error", "LMS090", f"model '{name}' fails on the meta device: {p}",
                                                   report.spec.resolved.blocks[name].name_span))
     return figures, diagnostics
+
+
+def _modules(parameters: list[str], most: int = 6) -> str:
+    """pooler.dense.weight, pooler.dense.bias, nsp_head.weight -> "pooler.dense, nsp_head"."""
+    names = list(dict.fromkeys(p.rsplit(".", 1)[0] if "." in p else p for p in parameters))
+    shown = ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+    return f"{shown} ({len(parameters)} tensor{'s' * (len(parameters) != 1)})"
+
+
+def _untrained(stage: str, kind: str, spec, model: str, names: list[str], blocks) -> Diagnostic:
+    """LMS096: parameters the stage's loss does not reach keep the values the stage starts with."""
+    if kind == "train":
+        objectives = " + ".join(dict.fromkeys(t.objective.kind for t in spec.objective))
+        what, span = f"its objective ({objectives})", blocks[stage].span_of(("objective",))
+    else:
+        what, span = "its rl loss (the policy's logits)", blocks[stage].span_of(("policy",))
+    return Diagnostic(
+        "warning", "LMS096", f"{kind} '{stage}' leaves {_modules(names)} of '{model}' untrained: {what} does "
+        "not reach them", span,
+        [Label(blocks[model].name_span, f"'{model}' is defined here")],
+        help="they keep the values the stage starts with; add an objective that reads them, train them in "
+             "another stage, or remove them from the model")
 
 
 # ---------------------------------------------------------------------------- text

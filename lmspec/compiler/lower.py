@@ -107,13 +107,11 @@ def lower_model(name: str, spec: S.ModelSpec, head_override: list | None = None)
         decoder = _stack(spec, None, spec.layers or 1, causal, False, spec.layer)
     elif spec.arch == "encoder":
         encoder = _stack(spec, None, spec.layers or 1, bidirectional, False, spec.layer)
-    else:
+    else:  # each stack has its own layers and overrides (the model-level ones are LMS095, LMS048)
         enc, dec = spec.encoder, spec.decoder
-        encoder = _stack(spec, enc, enc.layers if enc else spec.layers or 1, bidirectional, False,
-                         (enc.layer if enc else []) + spec.layer)
+        encoder = _stack(spec, enc, enc.layers, bidirectional, False, enc.layer)
         # the decoder of an encoder-decoder is causal unless its own block says otherwise
-        decoder = _stack(spec, dec, dec.layers if dec else spec.layers or 1, causal, True,
-                         dec.layer if dec else [])
+        decoder = _stack(spec, dec, dec.layers, causal, True, dec.layer)
     heads = head_configs(head_override if head_override is not None else spec.head, spec.arch)
     return ArchConfig(
         name=name,

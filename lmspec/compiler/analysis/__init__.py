@@ -1,6 +1,6 @@
 """Static analysis of a model from its `ArchConfig`: exact parameter counts, FLOPs, training
 and inference memory, and a wiring check on the "meta" device. Nothing here allocates
-weights; only `meta_check` imports torch, and only when called.
+weights; only `meta_check` and `meta_pass` import torch, and only when called.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .memory import (
     optimizer_state_bytes,
     training_memory,
 )
-from .meta import meta_check, representative_arch
+from .meta import MetaResult, meta_check, meta_pass, representative_arch
 from .params import ParamCount, ParamShape, count_parameters, parameter_shapes
 
 __all__ = [
@@ -38,5 +38,7 @@ __all__ = [
     "training_memory",
     "kv_cache_memory",
     "meta_check",
+    "meta_pass",
+    "MetaResult",
     "representative_arch",
 ]

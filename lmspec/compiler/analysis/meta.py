@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Collection
 
 from lmspec.compiler.arch import ArchConfig, LayerConfig, StackConfig
 
@@ -25,7 +25,7 @@ from .params import parameter_shapes
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["meta_check", "representative_arch"]
+__all__ = ["meta_check", "meta_pass", "MetaResult", "representative_arch"]
 
 _MAX_LISTED = 6  # names listed in one message before "... and N more"
 
@@ -120,8 +120,10 @@ def _inputs(arch: ArchConfig, batch: int, seq_len: int, decoder_seq_len: int) ->
     return inputs
 
 
-def _check_outputs(arch: ArchConfig, out, batch: int, T: int) -> tuple[list[str], list]:
-    """Each declared head's output, its shape checked; returns (problems, tensors for a loss)."""
+def _check_outputs(arch: ArchConfig, out, batch: int, T: int,
+                   reads: Collection[str] | None = None) -> tuple[list[str], list]:
+    """Each declared head's output, its shape checked; returns (problems, tensors for a loss):
+    the outputs named in `reads`, or every head's (the hidden states when there is none)."""
     problems, outputs = [], []
     d, V = arch.d_model, arch.vocab
     expected = {"hidden": (batch, T, d)}
@@ -134,15 +136,23 @@ def _check_outputs(arch: ArchConfig, out, batch: int, T: int) -> tuple[list[str]
         expected["class_logits"] = (batch, classifier.classes)
     if arch.head("scalar"):
         expected["scores"] = (batch,)
+    if reads is None:
+        reads = [f for f in expected if f != "hidden"] or ["hidden"]
     for field, shape in expected.items():
         value = getattr(out, field, None)
         if value is None:
             problems.append(f"the model returned no {field}, expected shape {shape}")
         elif tuple(value.shape) != shape:
             problems.append(f"{field} has shape {tuple(value.shape)}, expected {shape}")
-        elif field != "hidden" or len(expected) == 1:
+        elif field in reads:
             outputs.append(value)
     return problems, outputs
+
+
+@dataclasses.dataclass
+class MetaResult:
+    problems: list[str]  # what fails: the model does not build, run or match the analysis
+    unreached: list[str]  # parameters (full model's names) that no loss read reaches
 
 
 def meta_check(
@@ -161,26 +171,45 @@ def meta_check(
     happened in; heads whose outputs are missing or misshapen; and, if `check_unused`,
     parameters no head's loss reaches (they would never train). Never raises for a bad model.
     """
+    result = meta_pass(arch, batch=batch, seq_len=seq_len, decoder_seq_len=decoder_seq_len)
+    if check_unused and result.unreached:
+        return result.problems + [f"parameters no head's loss reaches (they would never train): "
+                                  f"{_listed(result.unreached)}"]
+    return result.problems
+
+
+def meta_pass(
+    arch: ArchConfig,
+    *,
+    batch: int = 2,
+    seq_len: int | None = None,
+    decoder_seq_len: int | None = None,
+    reads: Collection[str] | None = None,
+) -> MetaResult:
+    """`meta_check`'s pass, its findings kept apart: what fails, and which parameters the
+    backward pass of a loss over the outputs in `reads` ("logits", "nsp_logits",
+    "class_logits", "scores", "hidden"; None: every head's) leaves without a gradient --
+    the parameters a stage with those objectives would not train."""
     try:
-        return _meta_check(arch, batch, seq_len, decoder_seq_len, check_unused)
+        return _meta_pass(arch, batch, seq_len, decoder_seq_len, reads)
     except Exception as exc:  # a bug here must not take `lmspec check` down with it
-        return [f"the meta check itself failed: {_describe(exc)}"]
+        return MetaResult([f"the meta check itself failed: {_describe(exc)}"], [])
 
 
-def _meta_check(
-    arch: ArchConfig, batch: int, seq_len: int | None, decoder_seq_len: int | None, check_unused: bool
-) -> list[str]:
+def _meta_pass(
+    arch: ArchConfig, batch: int, seq_len: int | None, decoder_seq_len: int | None, reads: Collection[str] | None
+) -> MetaResult:
     try:
         import torch
 
         from lmspec.compiler.build import build_model
     except Exception as exc:  # pragma: no cover - torch is a dependency
-        return [f"cannot import torch for the meta check: {_describe(exc)}"]
+        return MetaResult([f"cannot import torch for the meta check: {_describe(exc)}"], [])
 
     T = arch.context if seq_len is None else seq_len
     T_dec = T if decoder_seq_len is None else decoder_seq_len
     if batch < 1 or T < 1 or T_dec < 1:
-        return [f"batch and sequence lengths must be positive, got batch={batch}, seq_len={T}"]
+        return MetaResult([f"batch and sequence lengths must be positive, got batch={batch}, seq_len={T}"], [])
     problems: list[str] = []
     if arch.position.kind == "learned" and max(T, T_dec) > arch.context:
         problems.append(f"seq_len {max(T, T_dec)} exceeds the learned position table ({arch.context} positions)")
@@ -189,7 +218,7 @@ def _meta_check(
     try:
         full = build_model(arch, device="meta")
     except Exception as exc:
-        return problems + [_failed("building the model", exc)]
+        return MetaResult(problems + [_failed("building the model", exc)], [])
     problems += _compare_parameters(arch, full)
     del full
 
@@ -197,7 +226,7 @@ def _meta_check(
     try:
         model = build_model(small, device="meta")
     except Exception as exc:
-        return problems + [_failed("building the model", exc)]
+        return MetaResult(problems + [_failed("building the model", exc)], [])
     model.train()
     names = {id(m): (name or type(m).__name__) for name, m in model.named_modules()}
     names = {k: _original_name(v, kept) for k, v in names.items()}
@@ -206,23 +235,20 @@ def _meta_check(
         with _ScalarsOnMeta():
             out = model(**_inputs(arch, batch, T, T_dec))
     except Exception as exc:
-        return problems + [_failed("forward pass", exc, names)]
+        return MetaResult(problems + [_failed("forward pass", exc, names)], [])
 
-    shape_problems, outputs = _check_outputs(arch, out, batch, T_dec if arch.arch == "encoder_decoder" else T)
+    shape_problems, outputs = _check_outputs(arch, out, batch, T_dec if arch.arch == "encoder_decoder" else T, reads)
     problems += shape_problems
     if not outputs:
-        return problems
+        return MetaResult(problems, [])
     try:
         loss = sum(o.float().mean() for o in outputs)
         loss.backward()
     except Exception as exc:
-        return problems + [_failed("backward pass", exc, names)]
+        return MetaResult(problems + [_failed("backward pass", exc, names)], [])
 
-    if check_unused:
-        unused = [_original_name(n, kept) for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-        if unused:
-            problems.append(f"parameters no head's loss reaches (they would never train): {_listed(unused)}")
-    return problems
+    unreached = [_original_name(n, kept) for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    return MetaResult(problems, unreached)
 
 
 def _scalars_on_meta_mode():
