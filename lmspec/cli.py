@@ -79,13 +79,13 @@ def cmd_check(args) -> int:
                 print(summary)
             if figures is not None and (figures.models or figures.stages):
                 print(render_figures(figures))
-    if args.json:
-        print(json.dumps(results if len(results) != 1 else results[0], indent=2))
+    if args.json:  # one shape for one file or many: {"ok": every file ok, "files": [one report a file]}
+        print(json.dumps({"ok": status == 0, "files": results}, indent=2))
     return status
 
 
 def cmd_schema(args) -> int:
-    from lmspec.compiler.schema_check import json_schema
+    from lmspec.compiler.json_schema import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0

@@ -130,6 +130,7 @@ CODES: dict[str, str] = {
     "LMS031": "an input file cannot be read",
     "LMS032": "a number too large to represent (a literal or the result of arithmetic)",
     "LMS033": "a `--set` override that is malformed or names no block",
+    "LMS034": "a file that defines no blocks (warning)",
     # schema
     "LMS040": "an unknown block kind",
     "LMS041": "an unknown key",

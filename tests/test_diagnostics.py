@@ -232,16 +232,16 @@ def test_check_json_gives_codes_and_spans(write, capsys):
     bad = write("bad.lmspec", "lmspec 1\nmodel m { vocab: 300, context: 16, layers: 2, d_model: 32, heads: 4,"
                               " norm: rmsnrom }\n")
     assert main(["check", "--json", "--no-meta", str(bad)]) == 1
-    report = json.loads(capsys.readouterr().out)
+    (report,) = json.loads(capsys.readouterr().out)["files"]
     assert (report["file"], report["ok"], report["blocks"]) == (str(bad), False, {"m": "model"})
     (d,) = report["diagnostics"]
     assert (d["code"], d["message"], d["help"]) == ("LMS044", "unknown norm 'rmsnrom'", "did you mean 'rmsnorm'?")
     assert d["span"] == {"file": str(bad), "line": 2, "col": 76, "end_line": 2, "end_col": 83}
 
 
-def test_check_json_of_several_files_is_a_list(capsys):
+def test_check_json_of_several_files_lists_them(capsys):
     assert main(["check", "--json", "--no-meta", *map(str, EXAMPLE_SPECS)]) == 0
-    reports = json.loads(capsys.readouterr().out)
+    reports = json.loads(capsys.readouterr().out)["files"]
     assert [r["file"] for r in reports] == list(map(str, EXAMPLE_SPECS))
     assert all(r["ok"] and r["diagnostics"] == [] for r in reports)
 
@@ -256,7 +256,7 @@ def test_schema_prints_the_json_schema_of_every_block_kind(capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert set(schema["properties"]) == {"tokenizer", "data", "model", "train", "judge", "feedback", "rl"}
-    model = schema["properties"]["model"]
+    model = schema["$defs"]["ModelSpec"]
     assert {"vocab", "d_model", "heads", "layer"} <= set(model["properties"])
     assert {"vocab", "context", "d_model", "heads"} <= set(model["required"])
 

@@ -408,8 +408,9 @@ def _parse(text: str, path: str) -> tuple[ast.SpecFile | None, list[Diagnostic]]
 
 
 def _check_header(spec: ast.SpecFile, path: str) -> list[Diagnostic]:
-    if spec.header is None:
-        span = spec.blocks[0].span if spec.blocks else None
+    if spec.header is None:  # point at what comes first; in a file of nothing (or comments), at 1:1
+        first = [item.span for item in (*spec.imports, *spec.blocks)]
+        span = min(first, key=lambda s: s.start) if first else Span(path, 1, 1, 1, 1)
         return [Diagnostic("warning", "LMS010", "the file does not start with a version header", span,
                            help=f"add `lmspec {LANGUAGE_VERSION}` as the first line")]
     if spec.header.version != LANGUAGE_VERSION:
