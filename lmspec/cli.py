@@ -49,8 +49,8 @@ def cmd_check(args) -> int:
             what = "is a directory, not a spec file" if Path(p).is_dir() else "no such file"
             print(f"lmspec: error: {p}: {what}", file=sys.stderr)
         return 2
-    from lmspec.compiler.compile import compile_spec, init_diagnostics
-    from lmspec.compiler.costs import render_figures, spec_figures
+    from lmspec.compiler.compile import check_stages
+    from lmspec.compiler.costs import render_figures
 
     status = 0
     results = []
@@ -58,11 +58,7 @@ def cmd_check(args) -> int:
         report = check_file(path)
         figures = schedule = None
         if report.ok:
-            schedule = compile_spec(report)  # for the checkpoint checks and the summary
-            figures, meta_problems = spec_figures(report, meta=not args.no_meta)
-            report.diagnostics += meta_problems
-            if not args.no_meta:  # both need torch: checkpoints are compared on the meta device
-                report.diagnostics += init_diagnostics(report, schedule)
+            schedule, figures = check_stages(report, meta=not args.no_meta)
         status = status or (0 if report.ok else 1)
         if args.json:
             results.append({"file": path, "ok": report.ok,

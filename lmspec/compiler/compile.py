@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from lmspec.compiler.arch import ArchConfig
-from lmspec.compiler.costs import stage_arch
+from lmspec.compiler.costs import spec_figures, stage_arch
 from lmspec.compiler.graphs import experiment_graph, stage_order
 import networkx as nx
 
 from lmspec.diagnostics import CODES, Diagnostic
 
 __all__ = ["StagePlan", "Schedule", "compile_spec", "build_stage_model", "InitFrom", "init_diagnostics",
-           "spec_relative"]
+           "spec_relative", "check_stages"]
 
 CODES.setdefault("LMS091", "an `init: hf(...)` checkpoint that does not fit the stage's model")
 
@@ -101,6 +101,19 @@ def compile_spec(report) -> Schedule:
         schedule.stages.append(StagePlan(name, kinds[name], spec, model, arch, _init(use, spec, spec_file),
                                          bool(use is not None and getattr(use, "head", None)), after))
     return schedule
+
+
+def check_stages(report, *, meta: bool = True):
+    """What `lmspec check` (and `lmspec run`, before anything starts) adds to a report that passed
+    the rules: the schedule, the figures, and with `meta` the meta-device pass of every model and
+    the comparison of `init: hf(...)` checkpoints (both need torch). Their diagnostics join the
+    report's. Returns (schedule, figures)."""
+    schedule = compile_spec(report)
+    figures, problems = spec_figures(report, meta=meta)
+    report.diagnostics += problems
+    if meta:
+        report.diagnostics += init_diagnostics(report, schedule)
+    return schedule, figures
 
 
 def build_stage_model(plan: StagePlan, *, device=None, dtype=None,

@@ -50,8 +50,7 @@ def runnable_stages(report, schedule) -> tuple[list[str], dict[str, str]]:
 def _check(spec_path: str | Path, overrides: tuple[str, ...]):
     """Everything `lmspec check` checks, the meta-device pass and the hf checkpoints included."""
     from lmspec.compiler.api import check_file
-    from lmspec.compiler.compile import compile_spec, init_diagnostics
-    from lmspec.compiler.costs import spec_figures
+    from lmspec.compiler.compile import check_stages
 
     path = Path(spec_path)
     if not path.is_file():
@@ -59,9 +58,7 @@ def _check(spec_path: str | Path, overrides: tuple[str, ...]):
                        help="give the path of a .lmspec file")
     report = check_file(path, overrides=tuple(overrides))
     report.raise_for_errors()
-    schedule = compile_spec(report)
-    _, problems = spec_figures(report, meta=True)
-    report.diagnostics += problems + init_diagnostics(report, schedule)
+    schedule, _ = check_stages(report, meta=True)
     report.raise_for_errors()
     return report, schedule
 

@@ -100,8 +100,6 @@ class TrainStage(Stage):
         if reads.kind == "windows":
             return
         obj = self.terms[0][1]
-        if not hasattr(obj, "needed_length"):
-            return
         for split_name, split in (("train", self.dataset.train), ("validation", self.dataset.validation)):
             if not len(split):
                 continue
@@ -166,11 +164,12 @@ class TrainStage(Stage):
                 batch = self._batch(self.val_stream, j * self.micro, engine.micro_generator(s.seed, 0, j, salt=1))
                 out, losses = engine.forward_terms(self.model, batch, self.terms, self.precision)
                 for t, ((_, obj), loss) in enumerate(zip(self.terms, losses)):
+                    units = obj.count(batch)
                     sums[t] += float(loss)
-                    counts[t] += obj.count(batch)
+                    counts[t] += units
                     for k, v in obj.metrics(out, batch).items():
                         extra[k] = extra.get(k, 0.0) + float(v)
-                        extra[f"_{k}_n"] = extra.get(f"_{k}_n", 0.0) + obj.count(batch)
+                        extra[f"_{k}_n"] = extra.get(f"_{k}_n", 0.0) + units
         finally:
             self.model.train()
         loss = sum(w * sm / max(c, 1) for (w, _), sm, c in zip(self.terms, sums, counts))
