@@ -15,7 +15,7 @@ import torch
 transformers = pytest.importorskip("transformers")  # a test extra: pip install lmspec[test]
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from lmspec.compiler.api import load_arch  # noqa: E402
+from lmspec.compiler.api import check_text, load_arch  # noqa: E402
 from lmspec.compiler.arch import ArchConfig  # noqa: E402
 from lmspec.compiler.build import build_model  # noqa: E402
 from lmspec.compiler.hf import (  # noqa: E402
@@ -121,6 +121,24 @@ def test_mistral_window_changes_the_logits(ckpts):
         layer.attn.kind = "causal"
     with torch.no_grad():
         assert (model(ids).logits - _hf(ckpts["mistral"])(ids).logits).abs().max() > 1e-3
+
+
+def test_a_mistral_window_longer_than_the_context_imports_as_causal(tmp_path):
+    """Mistral-7B's config says sliding_window 4096; a copy cut to a short context must still
+    import to a spec that its own check accepts (a window over the whole context slides over
+    nothing: LMS063 rejects it), with identical logits."""
+    cfg = transformers.MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                                     sliding_window=4096)
+    torch.manual_seed(0)
+    path = _save(tmp_path, "mistral_long_window", transformers.MistralForCausalLM(cfg))
+    report = check_text(spec_from_hf(path, "m"))
+    assert report.ok, [d.message for d in report.diagnostics]
+    assert report.models["m"].decoder.layers[0].attention.kind == "causal"
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
+    _, model = load_hf_model(path)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, _hf(path)(ids).logits, atol=TOL, rtol=0)
 
 
 def test_bert_pretraining_mlm_and_nsp_logits_match(ckpts):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmspec.compiler import rules
+from lmspec.compiler.allow import allow_problems, silence
 from lmspec.compiler.arch import ArchConfig
 from lmspec.compiler.resolve import ResolvedSpec, resolve_file, resolve_text
 from lmspec.compiler.schema_check import ValidatedSpec, derived_attribute, schema_default, validate_spec
@@ -80,8 +81,8 @@ def _check(resolved: ResolvedSpec) -> CheckReport:
     models: dict[str, ArchConfig] = {}
     if validated.blocks:
         rule_diagnostics, models = rules.check(validated)
-        diagnostics += rule_diagnostics
-    return CheckReport(resolved.root, resolved.sources, _dedupe(diagnostics), validated, models)
+        diagnostics += rule_diagnostics + allow_problems(validated)
+    return CheckReport(resolved.root, resolved.sources, _dedupe(silence(validated, diagnostics)), validated, models)
 
 
 def check_file(path: str | Path, *, overrides: tuple[str, ...] = ()) -> CheckReport:

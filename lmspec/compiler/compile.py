@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmspec.compiler.allow import silence
 from lmspec.compiler.arch import ArchConfig
 from lmspec.compiler.costs import spec_figures, stage_arch
 from lmspec.compiler.graphs import experiment_graph, stage_order
@@ -110,9 +111,9 @@ def check_stages(report, *, meta: bool = True):
     report's. Returns (schedule, figures)."""
     schedule = compile_spec(report)
     figures, problems = spec_figures(report, meta=meta)
-    report.diagnostics += problems
     if meta:
-        report.diagnostics += init_diagnostics(report, schedule)
+        problems += init_diagnostics(report, schedule)
+    report.diagnostics += silence(report.spec, problems)
     return schedule, figures
 
 

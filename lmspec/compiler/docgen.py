@@ -81,7 +81,8 @@ def _range(info) -> str:
 
 def _table(model: type[BaseModel]) -> list[str]:
     rows = ["| key | type | default | range | meaning |", "|---|---|---|---|---|"]
-    for name, info in model.model_fields.items():
+    # `allow`, which every block has, goes last: a block's own keys are what a reader looks for
+    for name, info in sorted(model.model_fields.items(), key=lambda item: item[0] == "allow"):
         if name == "kind" and issubclass(model, S.Variant):
             continue
         key = info.alias or name

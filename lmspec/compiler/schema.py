@@ -26,6 +26,13 @@ class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Block(Schema):
+    """A top-level block. Every kind can silence warnings located in its own text."""
+
+    allow: list[str] = Field([], description='warning codes not to report for this block, e.g. ["LMS081"]; '
+                                             "errors cannot be allowed")
+
+
 class Variant(Schema):
     """A tagged choice. Positional arguments fill the fields after `kind` in order."""
 
@@ -66,7 +73,7 @@ TokenizerKind = Annotated[Union[BytesTokenizer, BPETokenizer, HFTokenizer], Fiel
 SpecialToken = Literal["pad", "bos", "eos", "mask", "sep", "cls", "unk"]
 
 
-class TokenizerSpec(Schema):
+class TokenizerSpec(Block):
     """How text becomes token ids."""
 
     kind: TokenizerKind = Field(description="bytes | bpe(vocab, train_on) | hf(path)")
@@ -97,7 +104,7 @@ class JsonlSource(Variant):
 DataSource = Annotated[Union[BuiltinSource, TextFileSource, JsonlSource], Field(discriminator="kind")]
 
 
-class DataSpec(Schema):
+class DataSpec(Block):
     """A dataset: where examples come from and how they split."""
 
     source: DataSource = Field(description='builtin("tiny-stories") | text("path") | jsonl("path")')
@@ -227,7 +234,7 @@ class StackSpec(LayerFields):
     layer: list[LayerOverrideSpec] = Field([], description="per-layer overrides inside this stack")
 
 
-class ModelSpec(Schema):
+class ModelSpec(Block):
     """A transformer architecture."""
 
     arch: Literal["decoder", "encoder", "encoder_decoder"] = Field(
@@ -380,7 +387,7 @@ class ModelUse(Schema):
     head: list[Head] | None = Field(None, description="a replacement head")
 
 
-class TrainSpec(Schema):
+class TrainSpec(Block):
     """A training stage."""
 
     model: ModelUse = Field(description="the model to train: `gpt`, `gpt from stage`, `gpt with head scalar`")
@@ -430,7 +437,7 @@ class ScalarScore(Variant):
 Score = Annotated[Union[Probability, Logit, ScalarScore], Field(discriminator="kind")]
 
 
-class JudgeSpec(Schema):
+class JudgeSpec(Block):
     """The AI that gives feedback."""
 
     model: ModelUse | HFInit = Field(description="`critic from stage`, or hf(\"dir\")")
@@ -448,7 +455,7 @@ class Prompts(Variant):
     count: int | None = Field(None, ge=1, description="number of prompts; default all")
 
 
-class FeedbackSpec(Schema):
+class FeedbackSpec(Block):
     """AI-labelled preference pairs."""
 
     policy: ModelUse = Field(description="the model that writes samples: `gpt from pretrain`")
@@ -496,7 +503,7 @@ class RolloutSpec(Schema):
     top_k: int | None = Field(None, ge=1)
 
 
-class RLSpec(Schema):
+class RLSpec(Block):
     """A reinforcement-learning stage."""
 
     policy: ModelUse = Field(description="the model being optimised: `gpt from pretrain`")

@@ -325,6 +325,11 @@ def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | No
         )
     d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     window = cfg.get("sliding_window") if cfg.model_type == "mistral" else None
+    # A window that covers the whole context slides over nothing: every position already sees
+    # all the positions before it, so the model is plain causal (same logits), and `check`
+    # rejects a window longer than the context (LMS063).
+    if window and int(window) >= int(cfg["max_position_embeddings"]):
+        window = None
     attention = AttentionConfig("sliding", window=int(window)) if window else AttentionConfig("causal")
     position = PositionConfig("rope", theta=_rope_theta(cfg))
     eps = float(cfg.get("rms_norm_eps", 1e-6))

@@ -122,6 +122,15 @@ def _overrides(stack: StackConfig, base: dict[str, str], indent: str) -> list[st
 # --- the model block ---------------------------------------------------------------------
 
 
+def _off_64(arch: ArchConfig) -> bool:
+    """Whether `check` would advise padding a size to a multiple of 64 (LMS081), advice that a
+    checkpoint's fixed shapes forbid."""
+    from ..rules_models import MULTIPLE_OF_64_FROM
+
+    sizes = [arch.vocab] + [L.d_ff for s in arch.stacks for L in s.layers]
+    return any(n >= MULTIPLE_OF_64_FROM and n % 64 for n in sizes)
+
+
 def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> str:
     """The `.lmspec` text (header, comment, one model block) that lowers to `arch`."""
     stacks = arch.stacks
@@ -173,6 +182,8 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
         f"  final_norm: {_bool(stacks[0].final_norm)}",
         f"  head: {_heads(arch.heads)}",
     ]
+    if _off_64(arch):
+        lines.append('  allow: ["LMS081"]  # the checkpoint fixes these sizes: padded ones would not load')
     if arch.pad_id is not None:
         lines.append(f"  pad_id: {arch.pad_id}")
     if arch.mask_id is not None:
