@@ -466,17 +466,25 @@ class FeedbackSpec(Block):
     top_k: int | None = Field(None, ge=1, description="sample among the k likeliest tokens")
     judge: Ref_("judge") = Field(description="the judge that scores samples")
     debias: Literal["none", "swap"] = Field("none", description="swap: score both orders and average")
+    batch: int = Field(32, ge=1, description="prompts sampled and judged per step")
+    validation: Fraction = Field(0.1, lt=1.0, description="fraction of prompts whose pairs are held out "
+                                                           "(reward models report pair accuracy on them)")
+    log_every: int = Field(1, ge=1, description="log metrics every N steps")
     seed: int = Field(0, ge=0)
 
 
 class PPO(Variant):
     kind: Literal["ppo"] = "ppo"
     clip: float = Field(0.2, gt=0, lt=1, description="ratio clip")
-    kl: float = Field(0.05, ge=0, description="KL penalty coefficient")
+    kl: float = Field(0.05, ge=0, description="KL penalty coefficient (the start value when kl_target is set)")
     epochs: int = Field(4, ge=1, description="optimisation epochs per batch of rollouts")
     gae_lambda: float = Field(0.95, ge=0, le=1)
     gamma: float = Field(1.0, ge=0, le=1)
     value_coef: float = Field(0.5, ge=0)
+    value_clip: float = Field(0.2, gt=0, description="a new value moves at most this far from the rollout's")
+    kl_target: float | None = Field(None, gt=0, description="adaptive KL coefficient (Ziegler et al.): the "
+                                                            "per-sequence KL it steers to; none = fixed")
+    normalize_rewards: bool = Field(False, description="divide the per-token rewards by their std")
 
 
 class GRPO(Variant):
@@ -484,12 +492,17 @@ class GRPO(Variant):
     group: int = Field(8, ge=2, description="samples per prompt; advantages are relative to the group")
     clip: float = Field(0.2, gt=0, lt=1)
     kl: float = Field(0.04, ge=0)
+    kl_estimator: Literal["k1", "k3"] = Field("k3", description="per-token KL estimator in the loss")
+    loss: Literal["token_mean", "sequence_mean", "dr_grpo"] = Field("token_mean", description="loss aggregation")
+    epochs: int = Field(1, ge=1, description="optimisation epochs per batch of rollouts")
 
 
 class RLOO(Variant):
     kind: Literal["rloo"] = "rloo"
     k: int = Field(4, ge=2, description="samples per prompt; each baseline is the mean of the others")
     kl: float = Field(0.05, ge=0)
+    clip: float = Field(0.2, gt=0, lt=1)
+    epochs: int = Field(1, ge=1, description="optimisation epochs per batch of rollouts")
 
 
 Algorithm = Annotated[Union[PPO, GRPO, RLOO], Field(discriminator="kind")]
@@ -512,10 +525,16 @@ class RLSpec(Block):
     algorithm: Algorithm = Field(PPO(), description="ppo(clip, kl, epochs, gae_lambda) | grpo(group) | rloo(k)")
     rollouts: RolloutSpec = Field(description="nested block: prompts, per_step, max_new_tokens, temperature")
     steps: int = Field(100, ge=1)
+    minibatch: int | None = Field(None, ge=1, description="rollouts per optimizer update; default all of a step's")
     optimizer: Optimizer = Field(AdamW(lr=1e-5))
     schedule: Schedule = Field(Constant())
     clip_grad: float | None = Field(1.0, gt=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto")
+    eval_every: int = Field(0, ge=0, description="evaluate on held-out prompts every N steps; 0 = only at the end")
+    eval_prompts: int = Field(32, ge=1, description="held-out prompts each evaluation samples and scores")
+    samples: int = Field(3, ge=0, le=64, description="samples logged at each evaluation")
+    checkpoint_every: int = Field(0, ge=0, description="checkpoint every N steps (and on Ctrl-C)")
+    keep_checkpoints: int = Field(3, ge=1)
     log_every: int = Field(10, ge=1)
     seed: int = Field(0, ge=0)
 

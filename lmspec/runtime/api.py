@@ -35,15 +35,21 @@ def runnable_stages(report, schedule) -> tuple[list[str], dict[str, str]]:
     blocked: dict[str, str] = {}
     for plan in schedule:
         if plan.kind in ("feedback", "rl"):
-            blocked[plan.name] = f"{plan.kind} stages arrive with the RL-from-AI-feedback runtime"
-            continue
-        later = [t.objective.kind for t in plan.spec.objective if t.objective.kind not in OBJECTIVES]
-        if later:
-            blocked[plan.name] = f"objective {later[0]} learns from preference pairs, which arrive with the RL runtime"
+            judge = plan.spec.judge if plan.kind == "feedback" else plan.spec.reward
+            block = report.spec.blocks.get(judge)
+            if getattr(getattr(block, "model", None), "kind", None) == "hf":
+                blocked[plan.name] = f"judge '{judge}' is a Hugging Face LM, not wired to the runtime yet"
+            needs = [a for a in plan.after if a in blocked]
+            if needs and plan.name not in blocked:
+                blocked[plan.name] = f"it needs stage '{needs[0]}', which cannot run yet"
             continue
         needs = [a for a in plan.after if a in blocked]
         if needs:
             blocked[plan.name] = f"it needs stage '{needs[0]}', which cannot run yet"
+            continue
+        later = [t.objective.kind for t in plan.spec.objective if t.objective.kind not in OBJECTIVES]
+        if later:
+            blocked[plan.name] = f"objective {later[0]} arrives with the rest of the RL runtime"
     return [p.name for p in schedule if p.name not in blocked], blocked
 
 

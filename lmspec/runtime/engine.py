@@ -83,8 +83,14 @@ def micro_generator(seed: int, step: int, micro: int, salt: int = 0) -> torch.Ge
     """The generator for the random choices of one micro-batch (masks, pairs, prefixes): a
     function of (seed, step, micro) only, so a resumed run draws exactly what it would have."""
     g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + step * 7_919 + micro * 104_729 + salt * 15_485_863) % (2**63 - 1))
+    g.manual_seed(step_seed(seed, step, micro, salt))
     return g
+
+
+def step_seed(seed: int, step: int, micro: int = 0, salt: int = 0) -> int:
+    """The seed of the random choices of (step, micro-batch): sampling in feedback and rl stages
+    seeds a generator on the model's device with it."""
+    return (seed * 1_000_003 + step * 7_919 + micro * 104_729 + salt * 15_485_863) % (2**63 - 1)
 
 
 # ----------------------------------------------------------------------------- optimisers

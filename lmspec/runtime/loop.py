@@ -133,8 +133,8 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
         return done
     sdir = run.stage_dir(name)
     ckpt_dir = sdir / "checkpoints"
-    total = stage.total_steps
     stage.setup()
+    total = stage.total_steps  # known after setup for some kinds (a feedback stage counts its prompts)
     if stage.plan.arch is not None:  # open_run reads it to rebuild the model of an unfinished stage
         from lmspec.compiler.arch import arch_to_dict
 
@@ -175,7 +175,11 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
                 record["tokens"] = tokens
                 record["tokens_per_s"] = (tokens - tokens_at_log) / max(now - t_log, 1e-9)
                 if evaluate:
-                    record.update(stage.evaluate())
+                    try:
+                        record.update(stage.evaluate())
+                    except RunError:
+                        run.set_stage_status(name, "failed", step=step, seconds=time.perf_counter() - t_stage)
+                        raise
                     for s in stage.samples(step):
                         samples.write({"stage": name, "step": step, **s})
                 line = {"stage": name, "step": step, **{k: _clean(v) for k, v in record.items()}}

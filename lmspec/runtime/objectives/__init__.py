@@ -9,6 +9,7 @@ from __future__ import annotations
 from lmspec.compiler.rules_stages import BUILDS_FIRST, combinable  # one table for check and run
 
 from .base import IGNORE, Context, Objective, Reads, model_inputs
+from .bradley_terry import BradleyTerry
 from .classify import Classify
 from .clm import CausalLM
 from .mlm import MaskedLM
@@ -23,7 +24,7 @@ __all__ = ["IGNORE", "Context", "Objective", "Reads", "model_inputs", "build_obj
 # a closed table: a spec names an objective kind, never a class or a module
 OBJECTIVES: dict[str, type[Objective]] = {
     "clm": CausalLM, "mlm": MaskedLM, "nsp": NextSentence, "span_corruption": SpanCorruption, "prefix_lm": PrefixLM,
-    "sft": SFT, "classify": Classify,
+    "sft": SFT, "classify": Classify, "bradley_terry": BradleyTerry,
 }
 
 def build_objective(spec, ctx: Context) -> Objective:

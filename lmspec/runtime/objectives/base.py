@@ -39,10 +39,11 @@ class Reads:
 
     windows: `length` consecutive tokens of the packed token stream (documents joined with EOS);
     documents: one whole document (its tokens, EOS excluded) per example;
-    records: the token fields named in `fields` of one record, plus its `label` if it has one.
+    records: the token fields named in `fields` of one record, plus its `label` if it has one;
+    pairs: one preference pair of a feedback stage: {"prompt", "a", "b": ids, "p": P(a > b)}.
     """
 
-    kind: Literal["windows", "documents", "records"]
+    kind: Literal["windows", "documents", "records", "pairs"]
     length: int | None = None  # windows
     fields: tuple[str, ...] = ()  # records: data-block field names, e.g. ("prompt", "response")
     label: str | None = None  # records: the label field, e.g. "sentiment"

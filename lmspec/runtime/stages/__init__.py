@@ -12,8 +12,20 @@ def _train():
     return TrainStage
 
 
+def _feedback():
+    from .feedback import FeedbackStage
+
+    return FeedbackStage
+
+
+def _rl():
+    from .rl import RLStage
+
+    return RLStage
+
+
 # stage kind -> a function giving its class (imported when a run needs it)
-STAGE_KINDS = {"train": _train}
+STAGE_KINDS = {"train": _train, "feedback": _feedback, "rl": _rl}
 
 
 def make_stage(plan, ctx: RunContext) -> Stage:

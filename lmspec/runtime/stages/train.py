@@ -43,8 +43,6 @@ class TrainStage(Stage):
     # ------------------------------------------------------------------ setup
 
     def setup(self) -> None:
-        from lmspec.runtime.data import ExampleStream, prepare_dataset
-
         s, plan, ctx = self.spec, self.plan, self.ctx
         engine.seed_everything(s.seed)
         self.device = ctx.device
@@ -61,6 +59,52 @@ class TrainStage(Stage):
                             sentinels=list(tok.sentinels), decoder_start_id=tok.pad_id if tok.pad_id is not None else 0)
         self.terms = compose([(t.weight, build_objective(t.objective, self.octx)) for t in s.objective])
         reads = self.terms[0][1].reads
+        if reads.kind == "pairs":
+            self._setup_pairs()
+        else:
+            self._setup_data(reads)
+        self.model = self._build_model(plan)
+        self.model.train()
+        self.forward_model = torch.compile(self.model) if s.compile else self.model
+        self.optimizer = engine.make_optimizer(s.optimizer, self.model, self.device)
+        self.scaler = self.precision.scaler()
+
+    def _build_model(self, plan):
+        try:
+            return build_stage_model(plan, device=self.device,
+                                     artifacts={k: a.weights for k, a in self.ctx.artifacts.items() if a.weights})
+        except (OSError, ValueError) as err:  # init: hf(...) or a stage's weights that do not fit
+            raise RunError(f"stage '{self.name}' cannot load its initial weights: {err}",
+                           help="run `lmspec check` on the spec; describe a checkpoint with `lmspec import-hf DIR`") \
+                from None
+
+    def _setup_pairs(self) -> None:
+        """The preference set a feedback stage collected (`data: prefs`)."""
+        from lmspec.runtime.data.preferences import PairStream, read_pairs
+
+        s = self.spec
+        source = self.ctx.artifacts.get(s.data)
+        if source is None or "preferences" not in source.files:
+            raise RunError(f"stage '{self.name}' reads the preference set of stage '{s.data}', which has not produced it",
+                           help=f"run stage '{s.data}' first")
+        train, validation = read_pairs(source.files["preferences"], self.tokenizer, source=s.data)
+        self.dataset = None
+        for split in (train, validation):  # found before step 1, not at the step that draws the pair
+            longest = max((len(e["prompt"]) + max(len(e["a"]), len(e["b"])) for e in split), default=0)
+            if longest > self.seq_len:
+                raise RunError(f"the preference set of '{s.data}' ({split.name} split) holds pairs of up to {longest} "
+                               f"tokens, longer than stage '{self.name}' feeds (seq_len {self.seq_len})",
+                               help="raise seq_len (and the model's context), or collect shorter responses")
+        self.train_stream = PairStream(train, seed=s.seed)
+        self.val_stream = PairStream(validation, seed=s.seed, shuffle=False) if validation else None
+        if self.val_stream is None:
+            self.ctx.log(f"stage {self.name}: the preference set of '{s.data}' holds no validation pairs; the stage "
+                         "reports training loss only (raise the feedback stage's `validation`)")
+
+    def _setup_data(self, reads) -> None:
+        from lmspec.runtime.data import ExampleStream, prepare_dataset
+
+        s, ctx, tok = self.spec, self.ctx, self.tokenizer
         data_spec = ctx.report.spec.blocks[s.data]
         label = None
         if reads.kind == "records":
@@ -82,17 +126,6 @@ class TrainStage(Stage):
             ctx.log(f"stage {self.name}: data '{s.data}' has no validation split (validation: 0); the stage reports "
                     "training loss only")
         self.octx.random_document = self.train_stream.random_document
-        try:
-            self.model = build_stage_model(plan, device=self.device,
-                                           artifacts={k: a.weights for k, a in ctx.artifacts.items() if a.weights})
-        except (OSError, ValueError) as err:  # init: hf(...) or a stage's weights that do not fit
-            raise RunError(f"stage '{self.name}' cannot load its initial weights: {err}",
-                           help="run `lmspec check` on the spec; describe a checkpoint with `lmspec import-hf DIR`") \
-                from None
-        self.model.train()
-        self.forward_model = torch.compile(self.model) if s.compile else self.model
-        self.optimizer = engine.make_optimizer(s.optimizer, self.model, self.device)
-        self.scaler = self.precision.scaler()
 
     def _check_lengths(self, reads) -> None:
         """Records and documents longer than the model's context are found before step 1, not at
@@ -182,13 +215,31 @@ class TrainStage(Stage):
                 result["bits_per_byte"] = loss / math.log(2)
         for k in [k for k in extra if not k.startswith("_")]:
             result[k] = extra[k] / max(extra[f"_{k}_n"], 1)
+        if self.steps_done == s.steps and any(obj.kind == "bradley_terry" for _, obj in self.terms):
+            self._stop_at_chance(result.get("accuracy"), int(extra.get("_accuracy_n", 0)))
         return result
+
+    #: the fewest held-out pairs that can tell a reward model from a coin
+    CHANCE_PAIRS = 50
+
+    def _stop_at_chance(self, accuracy: float | None, pairs: int) -> None:
+        """A reward model no better than a coin on held-out pairs would have the rl stages after
+        it optimise noise: stop with the figures (two standard errors of a fair coin)."""
+        if accuracy is None or pairs < self.CHANCE_PAIRS:
+            return
+        band = 2 * math.sqrt(0.25 / pairs)
+        if accuracy < 0.5 + band:
+            raise RunError(f"reward model '{self.name}' is at chance: held-out pair accuracy {accuracy:.3f} on {pairs} "
+                           f"pairs (a coin gets 0.5 +- {band:.3f}); the stages that read its rewards would optimise "
+                           "noise", help="train it longer (steps), collect more pairs or clearer labels (a judge "
+                                         "whose scores differ more), then resume with `lmspec run --resume RUN --force`")
 
     @torch.no_grad()
     def samples(self, i: int) -> list[dict]:
         """`samples` continuations of validation (else training) prompts, for a decoder with an lm head."""
         n, new_tokens = self.spec.samples, self.spec.sample_tokens
-        if not n or self.model.decoder is None or self.model.encoder is not None or self.model.lm_head is None:
+        if not n or self.model.decoder is None or self.model.encoder is not None or self.model.lm_head is None \
+                or self.dataset is None:
             return []
         split = self.dataset.validation if len(self.dataset.validation) else self.dataset.train
         field = "prompt" if "prompt" in self.dataset.fields else "text"

@@ -1,0 +1,213 @@
+"""RL from AI feedback end to end on tiny models: a judge trained in the spec labels the policy's
+samples (feedback), a reward model learns the labels (bradley_terry), PPO / GRPO / RLOO optimise
+the policy against it or against the judge directly; resume after SIGKILL, mid-collection and
+mid-rl; the clear errors (NaN reward, KL explosion, a reward model at chance)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmspec.runtime.api import resume, run
+from lmspec.runtime.errors import RunError
+from lmspec.runtime.progress import Progress
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BASE = """lmspec 1
+tokenizer tok { kind: bytes }
+data stories { source: builtin("tiny-stories"), validation: 2% }
+data reviews { source: builtin("tiny-reviews"), label: "sentiment" }
+model gpt { vocab: tok.vocab_size, context: 64, layers: 1, d_model: 32, heads: 2 }
+train pretrain { model: gpt, objective: clm, data: stories, steps: 4, batch: 4, seq_len: 32, samples: 0 }
+model critic { arch: encoder, vocab: tok.vocab_size, context: 128, layers: 1, d_model: 32, heads: 2,
+               head: classifier(classes: 2) }
+train judge_fit { model: critic, objective: classify(label: "sentiment"), data: reviews, steps: 4, batch: 4 }
+judge sentiment { model: critic from judge_fit, score: probability(class: 1) }
+feedback prefs {
+  policy: gpt from pretrain
+  prompts: stories.prefixes(tokens: 8, count: 12)
+  samples: 3, max_new_tokens: 12, batch: 5, validation: 25%
+  judge: sentiment
+  debias: swap
+}
+train reward { model: gpt with head scalar, init: pretrain, objective: bradley_terry, data: prefs, steps: 3,
+               batch: 4, samples: 0 }
+"""
+
+PPO = """rl align {
+  policy: gpt from pretrain
+  reward: REWARD
+  algorithm: ALGORITHM
+  rollouts { prompts: stories.prefixes(tokens: 8, count: 40), per_step: 8, max_new_tokens: 12 }
+  MINIBATCH
+  steps: 3, eval_prompts: 4, log_every: 1, checkpoint_every: 1, optimizer: adamw(lr: 1e-3)
+}
+"""
+
+
+def rl_block(algorithm="ppo(epochs: 2)", reward="reward", minibatch="minibatch: 4"):
+    return PPO.replace("ALGORITHM", algorithm).replace("REWARD", reward).replace("MINIBATCH", minibatch)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMSPEC_CACHE", str(tmp_path.parent / "rlaif-cache"))  # built-in data tokenised once
+
+    def write(text: str) -> Path:
+        (tmp_path / "spec.lmspec").write_text(text)
+        return tmp_path / "spec.lmspec"
+
+    return write
+
+
+def go(spec: Path, out: Path, **kwargs):
+    return run(spec, out=out, progress=Progress(quiet=True), **kwargs)
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- feedback
+
+
+def test_feedback_labels_every_pair_and_caches_each_judgment_once(project, tmp_path):
+    r = go(project(BASE.split("train reward")[0]), tmp_path / "run")
+    prefs = lines(r.path / "stages" / "prefs" / "final" / "preferences.jsonl")
+    assert len(prefs) == 12 * len(list(combinations(range(3), 2)))  # every pair of every prompt's samples
+    assert {p["split"] for p in prefs} == {"train", "validation"}
+    assert sum(p["split"] == "validation" for p in prefs) == 3 * 3  # the last 25% of 12 prompts, 3 pairs each
+    for p in prefs:
+        assert 0 <= p["p"] <= 1 and p["judge"] == "sentiment"
+        # a pointwise judge has no position bias: both orders agree exactly, and the label is
+        # sigmoid of the score difference (the Bradley-Terry link)
+        assert p["p_ab"] == pytest.approx(1 - p["p_ba"], abs=1e-12)
+        assert p["p"] == pytest.approx(torch.sigmoid(torch.tensor(p["scores"][0] - p["scores"][1],
+                                                                  dtype=torch.float64)).item(), abs=1e-12)
+    texts = {(p["prompt"], x) for p in prefs for x in (p["a"], p["b"])}
+    assert len(lines(r.path / "judgments" / "sentiment.jsonl")) == len(texts)  # one judgment per text
+    agreement = json.loads((r.path / "stages" / "prefs" / "final" / "agreement.json").read_text())
+    assert agreement["pairs"] == len(prefs) and agreement["swap_consistency"] == 1.0
+    assert sum(agreement["histogram"].values()) == len(prefs)
+    step = r.metrics("prefs")[0]
+    assert step["pairs"] == 5 * 3 and 0 <= step["judge_positive"] <= 1
+
+
+def _env(extra: dict) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def test_a_collection_killed_mid_way_resumes_to_the_same_preference_set(project, tmp_path):
+    spec = project(BASE.split("train reward")[0])
+    whole = go(spec, tmp_path / "whole")
+    env = _env({"LMSPEC_KILL_AT_STEP": "prefs:2", "LMSPEC_CACHE": os.environ["LMSPEC_CACHE"]})
+    killed = subprocess.run([sys.executable, "-m", "lmspec", "run", str(spec), "--out", str(tmp_path / "cut"),
+                             "--plain"], env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    asked = len(lines(tmp_path / "cut" / "judgments" / "sentiment.jsonl"))
+    done = resume(tmp_path / "cut", progress=Progress(quiet=True))
+    final = "stages/prefs/final/preferences.jsonl"
+    assert (done.path / final).read_text() == (whole.path / final).read_text()
+    after = len(lines(done.path / "judgments" / "sentiment.jsonl"))
+    assert after == len(lines(whole.path / "judgments" / "sentiment.jsonl"))  # nothing judged twice
+    assert asked < after  # ... and the first session's judgments were kept
+
+
+# ----------------------------------------------------------------------------- reward model
+
+
+def test_the_reward_model_learns_from_the_pairs_and_reports_pair_accuracy(project, tmp_path):
+    r = go(project(BASE), tmp_path / "run")
+    last = r.metrics("reward")[-1]
+    assert {"loss", "eval_loss", "accuracy"} <= last.keys() and 0 <= last["accuracy"] <= 1
+    assert r.status("reward")["status"] == "finished"
+    assert r.model("reward").score is not None  # the scalar head the rl stage reads
+
+
+def test_a_reward_model_at_chance_stops_the_loop(project, tmp_path):
+    text = BASE.replace("count: 12)", "count: 40)").replace("validation: 25%", "validation: 50%")
+    text = text.replace("objective: bradley_terry, data: prefs, steps: 3,",
+                        "objective: bradley_terry, data: prefs, steps: 1, optimizer: sgd(lr: 1e-9), "
+                        "eval_batches: 15,")  # 15 x 4 pairs: every one of the 60 held out
+    with pytest.raises(RunError, match=r"reward model 'reward' is at chance: held-out pair accuracy 0\.\d+ on 60 pairs"):
+        go(project(text + rl_block()), tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------- rl
+
+
+@pytest.mark.parametrize("algorithm, reward", [("ppo(epochs: 2)", "reward"), ("grpo(group: 4)", "reward"),
+                                               ("rloo(k: 4)", "reward"), ("ppo(epochs: 1)", "sentiment")])
+def test_each_algorithm_runs_and_logs_the_documented_metrics(project, tmp_path, algorithm, reward):
+    r = go(project(BASE + rl_block(algorithm, reward)), tmp_path / "run")
+    m = r.metrics("align")
+    assert [x["step"] for x in m] == [1, 2, 3]
+    assert {"reward", "reward_std", "kl", "entropy", "response_length", "clip_fraction", "approx_kl", "loss",
+            "tokens"} <= m[0].keys()
+    if algorithm.startswith("ppo"):
+        assert "value_loss" in m[0]
+    assert {"eval_reward", "before_eval_reward"} <= m[-1].keys()
+    assert m[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts as its reference
+    assert r.samples("align") and "reward" in r.samples("align")[0]
+    assert r.status("align")["status"] == "finished"
+
+
+def test_the_importance_ratio_of_the_first_update_is_exactly_one(project, tmp_path):
+    """One update per step (epochs 1, no minibatches): the ratio pi / pi_old it sees is the one
+    before any change, at temperature 0.7 too (TRL #4159 found ~2 there)."""
+    text = BASE + rl_block("ppo(epochs: 1)", minibatch="").replace("max_new_tokens: 12 }",
+                                                                    "max_new_tokens: 12, temperature: 0.7 }")
+    r = go(project(text), tmp_path / "run")
+    first = r.metrics("align")[0]
+    assert first["ratio"] == pytest.approx(1.0, abs=1e-6) and first["clip_fraction"] == 0.0
+    assert first["approx_kl"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_an_rl_stage_killed_mid_way_resumes_bit_identically(project, tmp_path):
+    spec = project(BASE + rl_block())
+    whole = go(spec, tmp_path / "whole")
+    env = _env({"LMSPEC_KILL_AT_STEP": "align:2", "LMSPEC_CACHE": os.environ["LMSPEC_CACHE"]})
+    killed = subprocess.run([sys.executable, "-m", "lmspec", "run", str(spec), "--out", str(tmp_path / "cut"),
+                             "--plain"], env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    done = resume(tmp_path / "cut", progress=Progress(quiet=True))
+    weights = "stages/align/final/model.safetensors"
+    assert (done.path / weights).read_bytes() == (whole.path / weights).read_bytes()
+    def same(metrics):  # everything but the wall-clock rate
+        return [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in metrics]
+
+    assert same(done.metrics("align")) == same(whole.metrics("align"))
+
+
+def test_a_non_finite_reward_stops_with_stage_and_step(project, tmp_path, monkeypatch):
+    from lmspec.runtime.judges.model import ModelJudge
+
+    spec = project(BASE + rl_block())
+    real = ModelJudge.score
+
+    def nan_for_rl(self, prompts, responses):
+        out = real(self, prompts, responses)
+        return out * float("nan") if self.name == "reward" else out
+
+    monkeypatch.setattr(ModelJudge, "score", nan_for_rl)
+    with pytest.raises(RunError, match=r"stage 'align', step 1: the reward 'reward' is not finite for 8 of 8"):
+        go(spec, tmp_path / "run")
+
+
+def test_an_exploding_kl_stops_and_keeps_the_last_good_checkpoint(project, tmp_path, monkeypatch):
+    from lmspec.runtime.stages import rl
+
+    monkeypatch.setattr(rl, "KL_LIMIT", 1e-12)  # any update moves the policy past it
+    with pytest.raises(RunError, match=r"stage 'align', step 2: the KL to the reference exploded") as err:
+        go(project(BASE + rl_block()), tmp_path / "run")
+    assert "--resume" in err.value.help
+    assert (tmp_path / "run" / "stages" / "align" / "checkpoints" / "step-0000001").is_dir()
+    assert json.loads((tmp_path / "run" / "stages" / "align" / "status.json").read_text())["status"] == "failed"
