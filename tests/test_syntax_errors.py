@@ -1,8 +1,10 @@
 """Syntax errors: each mistake gives its own code, message, help and exact `file:line:col`.
 
 The catalogue (lmspec/grammar/errors.py) recognises common mistakes by the parser state
-they leave behind; every example it lists is checked here. The lexer-level mistakes follow,
-then recovery: all the broken blocks of a file are reported at once.
+they leave behind; every example it lists is checked here, first as written and then moved
+wherever else the mistake can sit (a later field, a nested block, a layer override, ...).
+The lexer-level mistakes follow, then recovery: all the broken blocks of a file are reported
+at once.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import pytest
 
 from lmspec.diagnostics import render_text
 from lmspec.grammar import parse
-from lmspec.grammar.errors import CATALOGUE
+from lmspec.grammar.errors import CATALOGUE, placements
 from lmspec.grammar.parser import MAX_NESTING, parse_file
 
 
@@ -38,12 +40,114 @@ def test_every_catalogue_example_gives_its_entry(name, example):
     assert d.help == mistake.help
 
 
+@pytest.mark.parametrize("name, example", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+def test_every_catalogue_example_gives_its_entry_wherever_it_sits(name, example):
+    # after other fields, in nested blocks and layer overrides, with `extends`, after a header:
+    # each place is another parser state, and the same mistake must still be named and located
+    expected = one_error(example)
+    for place, (text, moved) in placements(example).items():
+        d = one_error(text)
+        assert (d.code, d.message, d.help, d.span.start) == (
+            expected.code, expected.message, expected.help, expected.span.start + moved), (place, text)
+
+
+@pytest.mark.parametrize("text, where, message", [
+    ("model m {\n  arch: decoder\n  vocab: 256 256\n}", "3:14", "two values in a row, found '256'"),
+    ("model m {\n  arch: decoder,\n  vocab: [1, 2, ]\n}", "3:17", "a trailing comma in a list, found ']'"),
+    ("model m { arch: decoder, vocab: }", "1:33", "expected a value after ':', found '}'"),
+    ("model m {\n  arch: decoder\n  vocab 256\n}", "3:9", "expected ':' between the key and its value, found '256'"),
+    ("model m {\n  attention { kind: mha\n    heads: f(1, ) }\n}", "3:17",
+     "a trailing comma in an argument list, found ')'"),
+])
+def test_a_mistake_on_a_later_field_is_located_and_named(text, where, message):
+    d = one_error(text)
+    assert (str(d.span), d.message) == (f"s.lmspec:{where}", message)
+
+
+@pytest.mark.parametrize("text, where, word", [
+    ("model m { a: f(1) 2 }", "1:19", "2"),
+    ("model m { a: x.y 2 }", "1:18", "2"),
+    ("model m { a: (1) 2 }", "1:18", "2"),
+    ("model m { a: true 2 }", "1:19", "2"),
+    ("model m { a: [f(1) 2] }", "1:20", "2"),
+    ("model m { a: g(x: [1] y) }", "1:23", "y"),
+    ("model m { a: 1 from s 2 }", "1:23", "2"),
+    ("model m { a: true false }", "1:19", "false"),  # `false` first read as the next key
+])
+def test_two_values_after_any_kind_of_value(text, where, word):
+    d = one_error(text)
+    assert (str(d.span), d.code, d.message) == (f"s.lmspec:{where}", "LMS001", f"two values in a row, found '{word}'")
+    assert d.help == CATALOGUE["two_values"].help
+
+
+@pytest.mark.parametrize("text, where, key", [
+    ("model m { 1: 2 }", "1:11", "'1'"),
+    ('model m { "heads": 2 }', "1:11", "'\"heads\"'"),
+    ("model m {\n  ok: 1\n  2: 3\n}", "3:3", "'2'"),  # not a second value of `ok`
+])
+def test_a_key_must_be_a_name(text, where, key):
+    d = one_error(text)
+    assert (str(d.span), d.code, d.message) == (f"s.lmspec:{where}", "LMS001", f"a key must be a name, found {key}")
+
+
+def test_a_block_header_inside_a_block():
+    d = one_error("model a { x: 1 model b { } }")
+    assert (str(d.span), d.code, d.message) == ("s.lmspec:1:16", "LMS001", "a block header inside a block")
+    assert (d.span.end_col, [str(l.span) for l in d.labels]) == (23, ["s.lmspec:1:9"])  # `model b`; the open `{`
+
+
+def test_the_generic_help_lists_what_is_accepted_where_the_parser_stopped():
+    d = one_error("model m { a: f(1: 2) }")
+    assert (d.code, d.message) == ("LMS001", "unexpected ':'")
+    assert "')'" in d.help and "'}'" not in d.help  # LALR's lookahead would offer '}' inside a call
+
+
+@pytest.mark.parametrize("text, where, message, help", [
+    ("model m { a: 'x' }", "1:14", "a string in single quotes", 'write strings in double quotes: "text"'),
+    ("model m { a: 1  // note\n}", "1:17", "'//' does not start a comment", "comments start with '#'"),
+])
+def test_habits_from_other_languages(text, where, message, help):
+    d = one_error(text)
+    assert (str(d.span), d.message, d.help) == (f"s.lmspec:{where}", message, help)
+
+
 def test_the_catalogue_points_at_the_offending_token():
     d = one_error("model m {\n  arch decoder\n}")
     assert (str(d.span), d.message) == ("s.lmspec:2:8", "expected ':' between the key and its value, found 'decoder'")
     assert (d.span.col, d.span.end_col) == (8, 15)  # the whole token
     d = one_error("model m { a: [1, 2, ] }")
     assert (str(d.span), d.message) == ("s.lmspec:1:21", "a trailing comma in a list, found ']'")
+
+
+def test_a_missing_value_before_a_newline_points_at_its_key():
+    # newlines are space, so `heads` is first read as the value of `layers`
+    d = one_error("model m {\n  d_model: 64\n  layers:\n  heads: 4\n}")
+    assert (str(d.span), d.code, d.message) == (
+        "s.lmspec:3:9", "LMS012", "expected a value after ':', found the next key 'heads'")
+    assert d.help == CATALOGUE["missing_value"].help
+    assert [(str(l.span), l.span.end_col) for l in d.labels] == [("s.lmspec:4:3", 8)]
+
+
+@pytest.mark.parametrize("text, where", [
+    ("model m {\n  layers:   # to do\n\n  heads: 4\n}", "2:9"),  # past a comment and a blank line
+    ("model m {\n  layers:\n  attention { heads: 4 }\n}", "2:9"),  # the next entry is a nested block
+    ("model m {\n  n { a: f(x:\n  y: 1) }\n}", "2:13"),  # a keyword argument
+    ("model m {\n  layers:\n}", "2:9"),  # the block ends: the catalogue's entry, at the key
+    ("model m { a: 1, layers:\n  layer 0 { heads: 1 } }", "1:23"),
+])
+def test_a_missing_value_before_a_newline_elsewhere(text, where):
+    d = one_error(text)
+    assert (str(d.span), d.code) == (f"s.lmspec:{where}", "LMS012")
+
+
+@pytest.mark.parametrize("text", [
+    "model m {\n  a:\n    1 + 2\n  b: 3\n}",
+    "model m {\n  a:\n    other\n  b: 3\n}",
+    "model m {\n  a:\n    f(x:\n      1)\n}",
+    "model m {\n  a: # a comment\n    [1,\n     2]\n}",
+])
+def test_a_value_on_the_next_line_is_still_a_value(text):
+    assert syntax_errors(text) == []
 
 
 # ----------------------------------------------------------------------------- lexer level
@@ -77,6 +181,29 @@ def test_malformed_numbers(text, word, col):
     d = one_error(text)
     assert (d.code, d.message, d.span.col, d.span.end_col) == ("LMS008", f"malformed number '{word}'", col,
                                                                col + len(word))
+
+
+@pytest.mark.parametrize("text, where, word", [
+    ("model m { lr: 3e-4 x }", "1:20", "x"),
+    ("model m { a: 1E+5 x }", "1:19", "x"),
+    ("model m { a: 2e10 x }", "1:19", "x"),
+    ("model m { a: 1.5e-3 2 }", "1:21", "2"),
+    ("model m {\n  lr: 3e-4 x\n}", "2:12", "x"),
+])
+def test_a_valid_exponent_is_not_called_malformed(text, where, word):
+    d = one_error(text)
+    assert (str(d.span), d.code, d.message) == (f"s.lmspec:{where}", "LMS001", f"two values in a row, found '{word}'")
+
+
+@pytest.mark.parametrize("text, word, col", [
+    ("model m { a: 3e- }", "3e-", 14),
+    ("model m { a: 3e-x }", "3e-x", 14),
+    ("model m { a: 1 10kb }", "10kb", 16),  # the parser stops at `10`: the word is read to its end
+    ("model m { a: 3e-4 1.2.3 }", "1.2.3", 19),
+])
+def test_malformed_numbers_beside_valid_ones(text, word, col):
+    d = one_error(text)
+    assert (d.code, d.message, d.span.col) == ("LMS008", f"malformed number '{word}'", col)
 
 
 def test_a_layer_range_elsewhere_is_not_taken_for_a_malformed_number():
@@ -132,6 +259,34 @@ def test_unexpected_characters(char, col, message, help):
     text = f"model m {{ a: 1{' ' if char != ';' else ''}{char} }}"
     d = one_error(text)
     assert (d.code, d.span.col, d.message, d.help) == ("LMS002", col, message, help)
+
+
+SPELL_IN_ASCII = "spell the name with ASCII letters (a-z, A-Z), digits and '_'"
+
+
+@pytest.mark.parametrize("text, where, char, word, help", [
+    ("model modèle { }", "1:10", "è", "modèle", "write it in ASCII: `modele`"),
+    ("model m {\n  tête: 2\n}", "2:4", "ê", "tête", "write it in ASCII: `tete`"),
+    ("model m { éta: 1 }", "1:11", "é", "éta", "write it in ASCII: `eta`"),
+    ("model m { a: ﬁlter }", "1:14", "ﬁ", "ﬁlter", "write it in ASCII: `filter`"),  # NFKD: ﬁ -> fi
+    ("model модель { }", "1:7", "м", "модель", SPELL_IN_ASCII),  # nothing to drop: no suggestion
+    ("model m { straße: 1 }", "1:15", "ß", "straße", SPELL_IN_ASCII),
+])
+def test_names_are_ascii(text, where, char, word, help):
+    d = one_error(text)
+    assert (str(d.span), d.code, d.message, d.help) == (
+        f"s.lmspec:{where}", "LMS002", f"names use ASCII letters, digits and '_'; found '{char}' in '{word}'", help)
+    assert (d.span.end_col - d.span.col) == 1
+
+
+def test_a_unit_after_a_number_is_not_taken_for_a_name():
+    d = one_error("model m { a: 5µs }")
+    assert (d.code, d.message, d.span.col) == ("LMS002", "unexpected character 'µ'", 15)
+
+
+def test_non_ascii_in_strings_and_comments_is_fine():
+    text = 'lmspec 1\n# modèle à deux têtes\ndata d { source: text("données/café.txt") }  # ünïcödé\n'
+    assert syntax_errors(text) == []
 
 
 def test_a_null_byte_and_a_line_separator_are_unexpected_characters():
@@ -227,6 +382,13 @@ def test_a_forgotten_closing_brace_does_not_hide_the_blocks_after_it():
     assert [str(l.span) for l in unclosed.labels] == ["f.lmspec:2:9"]
     assert (str(equals.span), equals.code) == ("f.lmspec:4:13", "LMS005")
     assert [b.name.name for b in tree.blocks] == ["c"]
+
+
+def test_a_stray_closer_inside_a_block_does_not_end_the_block():
+    # the recovery scan once took the `)` for the end of `n`, and the rest for a second block
+    text = "lmspec 1\nmodel a {\n  n { o {\n    x: f(1))\n    y: 2 } }\n}\nmodel b { z = 1 }\n"
+    tree, diagnostics = parse(text, "f.lmspec")
+    assert [(str(d.span), d.code) for d in diagnostics] == [("f.lmspec:4:12", "LMS013"), ("f.lmspec:7:13", "LMS005")]
 
 
 def test_recovery_renders_every_error_with_its_own_source_line():

@@ -262,6 +262,7 @@ class _ToAst(Transformer_NonRecursive):
 
 _SCAN = re.compile(r'[{}\[\]()]|"(?:[^"\\\n]|\\[^\n])*"?|#[^\n]*')  # brackets, strings, comments
 _NON_SPACE = re.compile(r"\S")
+_OPENING = {"}": "{", "]": "[", ")": "("}
 # `KIND NAME [extends BASE] {` at the start of a line: a block header, which cannot occur inside
 # a block (a nested block is `NAME {`, a layer override `layer 0..3 {`)
 _BLOCK_HEAD = re.compile(r"(?!layer\b)[A-Za-z_]\w*[ \t]+[A-Za-z_]\w*(?:[ \t]+extends[ \t]+[A-Za-z_]\w*)?[ \t]*")
@@ -285,10 +286,11 @@ def _scan(text: str, path: str) -> tuple[list[tuple[int, int]], list[Diagnostic]
         return None if first is None else text.rfind("\n", 0, first.start()) + 1
 
     segments: list[tuple[int, int]] = []
-    depth, seg_start, free_from = 0, None, 0  # free_from: where text outside any segment begins
+    open_brackets: list[str] = []  # innermost last
+    seg_start, free_from = None, 0  # free_from: where text outside any segment begins
     for m in _SCAN.finditer(text):
         i, ch = m.start(), text[m.start()]
-        if seg_start is None and depth == 0:
+        if seg_start is None and not open_brackets:
             seg_start = line_of_first_char(i + 1)
         if ch in '"#':
             continue
@@ -299,18 +301,24 @@ def _scan(text: str, path: str) -> tuple[list[tuple[int, int]], list[Diagnostic]
                     # a block header begins a new segment: the header and import lines before the
                     # first block are a segment of their own, and an unclosed block ends here
                     segments.append((seg_start, line_start))
-                    seg_start, depth = line_start, 0
-            depth += 1
-            if depth > MAX_NESTING:
+                    seg_start, open_brackets = line_start, []
+            open_brackets.append(ch)
+            if len(open_brackets) > MAX_NESTING:
                 span = span_at(text, i, 1, _Offsets(path))
                 return [], [Diagnostic("error", "LMS011", f"brackets nested deeper than {MAX_NESTING} levels", span,
                                        help="flatten the expression or split it into fields")]
         else:
-            depth = max(0, depth - 1)
-            if depth == 0 and ch == "}" and seg_start is not None:
+            # only the closer of the innermost bracket closes it: one of another kind is a
+            # mistake the parser reports, and a `)` too many inside a nested block must not
+            # end the block (the rest of it would be taken for another block)
+            if open_brackets and open_brackets[-1] != _OPENING[ch]:
+                continue
+            if open_brackets:
+                open_brackets.pop()
+            if not open_brackets and ch == "}" and seg_start is not None:
                 segments.append((seg_start, i + 1))
                 seg_start, free_from = None, i + 1
-    if seg_start is None and depth == 0:
+    if seg_start is None and not open_brackets:
         seg_start = line_of_first_char(len(text))
     if seg_start is not None:
         segments.append((seg_start, len(text)))
