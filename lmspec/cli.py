@@ -49,6 +49,7 @@ def cmd_check(args) -> int:
             what = "is a directory, not a spec file" if Path(p).is_dir() else "no such file"
             print(f"lmspec: error: {p}: {what}", file=sys.stderr)
         return 2
+    from lmspec.compiler.analysis.meta_cache import use_meta_cache
     from lmspec.compiler.compile import check_stages
     from lmspec.compiler.costs import render_figures
 
@@ -58,7 +59,8 @@ def cmd_check(args) -> int:
         report = check_file(path)
         figures = schedule = None
         if report.ok:
-            schedule, figures = check_stages(report, meta=not args.no_meta)
+            with use_meta_cache():  # a model checked before on this machine is not run again
+                schedule, figures = check_stages(report, meta=not args.no_meta)
         status = status or (0 if report.ok else 1)
         if args.json:
             results.append({"file": path, "ok": report.ok,

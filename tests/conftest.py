@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # test this checkout, even where another lmspec is installed
     sys.path.insert(0, str(ROOT))
+
+# `lmspec check`'s meta cache goes to a directory of this session, never the user's ~/.cache
+# (tests that study the cache point LMSPEC_CACHE_DIR at their own tmp_path)
+os.environ.setdefault("LMSPEC_CACHE_DIR", tempfile.mkdtemp(prefix="lmspec-test-meta-"))
 
 from lmspec.compiler.api import CheckReport, check_text  # noqa: E402
 from lmspec.diagnostics import Diagnostic  # noqa: E402

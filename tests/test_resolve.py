@@ -487,3 +487,105 @@ def test_one_failed_value_gives_one_error():
         "model m { }\ndata d { }\ntrain t { model: m, data: d, objective: clm,"
         " optimizer: adamw(betas: [0.9, nope.y]) }")] == ["LMS045", "LMS045", "LMS045", "LMS045", "LMS045",
                                                          "LMS023"]
+
+
+# ----------------------------------------------------------------------------- issue 9: names that are choices too
+#
+# Resolution reads a name that is a block as the block. A block named like a choice used to take
+# the choice away: `tokenizer bytes { kind: bytes }` was "'kind' must be one of bytes, bpe or
+# hf, found the tokenizer block 'bytes'", with the help `kind: bytes`, the very mistake.
+
+SHADOWS = """lmspec 1
+tokenizer bytes { kind: bytes, specials: [pad, bos, eos, mask] }
+data text { source: builtin("tiny-stories") }
+model decoder { arch: decoder, vocab: bytes.vocab_size, context: 16, layers: 1, d_model: 16, heads: 2 }
+model mlm { arch: encoder, vocab: bytes.vocab_size, context: 16, layers: 1, d_model: 16, heads: 2, segments: 2,
+            pooler: true, head: [mlm, nsp] }
+train clm { model: decoder, objective: clm, data: text }
+train nsp { model: mlm, objective: mlm + 0.5 * nsp, data: text }
+"""
+
+
+def test_a_block_named_like_a_choice_leaves_the_choice_to_keys_that_take_no_such_block():
+    report = diagnose(SHADOWS)
+    assert [(d.code, d.message) for d in report.diagnostics] == []
+    blocks = report.spec.blocks
+    assert blocks["bytes"].kind.kind == "bytes" and report.models["decoder"].vocab == 260  # its vocab_size is known
+    assert (blocks["decoder"].arch, report.models["decoder"].decoder.layers[0].attention.kind) == ("decoder", "causal")
+    assert [t.objective.kind for t in blocks["clm"].objective] == ["clm"]
+    # a sum of objectives stays a sum beside blocks named mlm and nsp
+    assert [(t.weight, t.objective.kind) for t in blocks["nsp"].objective] == [(1.0, "mlm"), (0.5, "nsp")]
+
+
+def test_a_block_in_arithmetic_where_a_number_belongs_is_still_a_type_error():
+    # blocks join sums (`mlm + nsp` beside a block named mlm), so the schema says what a
+    # number key makes of one
+    text = ("lmspec 1\ntokenizer tok { kind: bytes }\n"
+            "model m { vocab: 2 * tok, context: 8, layers: 1, d_model: 8, heads: 2 }")
+    d = only(text, "LMS027")
+    assert (where(d), d.message, d.help) == (at(text, "2 * tok"), "cannot compute with the tokenizer block 'tok'",
+                                             "arithmetic works on numbers: write `tok.KEY` to read one of its values")
+
+
+def test_a_block_named_like_a_choice_of_a_key_that_also_takes_that_block_is_ambiguous():
+    text = SHADOWS + "train none { model: decoder, objective: clm, data: text }\n" \
+                     "train t { model: decoder, objective: clm, data: text, init: none }\n"
+    d = only(text, "LMS050")
+    assert (where(d), d.message, d.help) == (
+        at(text, "none", 2), "'init: none' is ambiguous: the train block 'none' shadows the choice none",
+        "rename the train block 'none' (and the references to it)")
+    assert [(where_label(l), l.message) for l in d.labels] == [(at(text, "none"), "the train 'none' is defined here")]
+
+
+def test_a_choice_that_needs_arguments_never_shadows_a_block():
+    # hf alone is no value of `init` (hf("dir") is): `init: hf` can only be the stage
+    report = diagnose(SHADOWS + "train hf { model: decoder, objective: clm, data: text }\n"
+                                "train t { model: decoder, objective: clm, data: text, init: hf }\n")
+    assert [(d.code, d.message) for d in report.diagnostics] == []
+    assert report.spec.blocks["t"].init == "hf"
+
+
+def where_label(label) -> str:
+    return f"{label.span.line}:{label.span.col}-{label.span.end_col}"
+
+
+# ----------------------------------------------------------------------------- issue 9: a base's problems once
+#
+# A block that others extend is evaluated and checked once per heir, and a mistake in its text
+# was printed once for it and once for each heir (`unknown key 'bais' in model 'k1'`, ... 'k2').
+
+_HEIRS = "model k1 extends base {}\nmodel k2 extends base { layers: 3 }\n"
+_STAGES = ("train t1 { model: k1, objective: clm, data: text, steps: 1, batch: 1 }\n"
+           "train t2 { model: k2, objective: clm, data: text, steps: 1, batch: 1 }\n")
+_PRELUDE = 'lmspec 1\ntokenizer tok { kind: bytes }\ndata text { source: builtin("tiny-stories") }\n'
+
+
+@pytest.mark.parametrize("base, stages, shown", [
+    # resolution (a default read in each heir) and the schema (a key of every heir)
+    ("vocab: 262, context: 64, layers: 2, d_model: 64, heads: 4, mask_id: pad_id, bais: true", "", [
+        "error[LMS023]: 'pad_id' has no value: model 'base' does not set it, and it has no default",
+        "error[LMS041]: unknown key 'bais' in model 'base'"]),
+    # model rules, and a stage rule whose message names the heir each stage trains
+    ("vocab: 262, context: 64, layers: 2, d_model: 64, heads: 5", _STAGES, [
+        "error[LMS060]: heads (5) must divide d_model (64)"]),
+    ("vocab: 200, context: 64, layers: 2, d_model: 64, heads: 4", _STAGES, [
+        "error[LMS073]: model 'k1' has vocab 200, but tokenizer 'tok' produces 262 ids"]),
+    # warnings only: the meta pass runs too
+    ("vocab: 1030, context: 64, layers: 2, d_model: 64, heads: 4", _STAGES, [
+        "warning[LMS081]: vocab 1030 is not a multiple of 64; 1088 is faster on GPUs"]),
+])
+@pytest.mark.parametrize("meta", [True, False])
+def test_a_problem_in_a_base_block_is_printed_once(base, stages, shown, meta, write, capsys):
+    from lmspec.cli import main
+
+    path = write("s.lmspec", f"{_PRELUDE}model base {{ {base} }}\n{_HEIRS}{stages}")
+    main(["check", str(path)] + ([] if meta else ["--no-meta"]))
+    err = capsys.readouterr().err
+    headers = [line.split(": ", 1)[1] for line in err.splitlines() if line.startswith(f"{path}:4:")]
+    assert headers == shown
+    notes = [line for line in err.splitlines() if "inherit" in line]
+    if "'base'" in shown[0]:  # the base's own words: the heirs are named in a note
+        assert notes == ["  = note: 'k1' and 'k2' inherit this from 'base'"] * len(shown)
+    elif "'k1'" in shown[0]:  # the heir the first stage trains, and both stages' labels
+        assert notes == ["  = note: 'k2' inherits this from 'base'"]
+        assert err.count("pairs them here") == 2

@@ -6,10 +6,17 @@ the help line and the text the carets underline.
 
 from __future__ import annotations
 
+import re
+import types
+import typing
+from pathlib import Path
+
 import pytest
 
 from conftest import GOOD_MODEL, at, diagnose, errors, only, where
 from lmspec.compiler import schema as S
+from lmspec.compiler.api import check_text
+from lmspec.compiler.schema_check import variants_of
 
 
 def model(extra: str) -> str:
@@ -325,7 +332,8 @@ def test_a_quoted_block_name_is_not_a_reference():
     text = STAGES + 'judge j { model: m }\ntrain t { model: m, data: "j", objective: clm, tokenizer: "tok" }'
     report = diagnose(text)
     assert [(d.code, d.message, d.help) for d in report.errors if d.code == "LMS042"] == [
-        ("LMS042", """'data' must name a data or feedback block, found the string "j\"""", None),
+        ("LMS042", """'data' must name a data or feedback block, found the string "j\"""",
+         "name one of the data or feedback blocks, e.g. `data: d`"),
         ("LMS042", """'tokenizer' must name a tokenizer block, found the string "tok\"""",
          "write `tokenizer: tok`, without quotes"),
     ]
@@ -380,3 +388,193 @@ def test_an_empty_head_list_is_refused():
 
     report = check_text("lmspec 1\nmodel m { vocab: 300, context: 8, layers: 1, d_model: 8, heads: 2, head: [] }\n")
     assert [d.code for d in report.diagnostics] == ["LMS043"]
+
+
+# ----------------------------------------------------------------------------- issue 9: helps that are valid values
+#
+# Every help line that shows a value shows one the schema takes: `e.g. source: builtin` was no
+# value at all (builtin is a call). The keys are walked from the schema, and each is given a
+# wrong value in the example spec specs/rlaif.lmspec (which has a block of every kind, through
+# `--set`); the value each help suggests is then written in, and the schema must accept it.
+
+RLAIF = (Path(__file__).resolve().parents[1] / "specs" / "rlaif.lmspec").read_text()
+_BLOCK_OF_KIND = {"tokenizer": "tok", "data": "stories", "model": "gpt", "train": "pretrain", "judge": "sentiment",
+                  "feedback": "prefs", "rl": "align"}
+_SCHEMA_CODES = {f"LMS0{n}" for n in range(40, 51)}
+
+
+def _core(tp):
+    """A type without Annotated and without the None of an optional."""
+    while True:
+        if typing.get_origin(tp) is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp) \
+                and len(typing.get_args(tp)) == 2:
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        else:
+            return tp
+
+
+def _choices_of(tp) -> list[str] | None:
+    """The names a key takes as a choice (variants or literals), or None."""
+    core = _core(tp)
+    if typing.get_origin(core) is list:
+        core = _core(typing.get_args(core)[0])
+    if typing.get_origin(core) is typing.Literal:
+        return list(typing.get_args(core))
+    variants = variants_of(core)
+    return list(variants) if variants else None
+
+
+def _annotation(info):
+    return typing.Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+
+
+def _choice_keys() -> list[tuple[str, str, list[str]]]:
+    """(`--set` target, value template with `{}` for the choice, choices) of every key of every
+    block kind (and of the rl block's `rollouts { }`) that takes a choice, and of every
+    choice-valued argument of a variant."""
+    out = []
+    for kind, block in _BLOCK_OF_KIND.items():
+        model = S.BLOCK_KINDS[kind]
+        owners = [("", model)] + [(f"{key}.", _core(info.annotation)) for key, info in model.model_fields.items()
+                                  if kind == "rl" and _core(info.annotation) is S.RolloutSpec]
+        for prefix, owner in owners:
+            for name, info in owner.model_fields.items():
+                key, tp = info.alias or name, _annotation(info)
+                if "RefTo" in repr(tp) or S.ModelUse in typing.get_args(_core(tp)):
+                    continue  # a key that names blocks: not a choice
+                if key == "objective":
+                    tp = S.Objective  # a weighted sum of objectives; one term is a choice
+                choices = _choices_of(tp)
+                if not choices:
+                    continue
+                out.append((f"{block}.{prefix}{key}", "{}", choices))
+                core = _core(tp)
+                item = _core(typing.get_args(core)[0]) if typing.get_origin(core) is list else core
+                for variant, cls in (variants_of(item) or {}).items():
+                    for arg, arg_info in cls.model_fields.items():
+                        arg_choices = _choices_of(arg_info.annotation) if arg != "kind" else None
+                        if arg_choices:
+                            out.append((f"{block}.{prefix}{key}", f"{variant}({arg_info.alias or arg}: {{}})",
+                                        arg_choices))
+    return out
+
+
+_CHOICE_KEYS = _choice_keys()
+
+
+def _value_of(help: str) -> str:
+    """The value a help line writes (`key: VALUE` in its first backticks), placeholders filled."""
+    written = re.search(r"`([^`]*)`", help).group(1)
+    value = written.split(": ", 1)[1] if re.match(r"^\w+: ", written) and "(" not in written.split(": ", 1)[0] \
+        else written
+    return value.replace('"..."', '"x"').replace("...", "1")
+
+
+def _set_each(assignments: list[tuple[str, str]]):
+    return check_text(RLAIF, "rlaif.lmspec", overrides=tuple(f"{target}={value}" for target, value in assignments))
+
+
+def _batches(values_of) -> list[list[tuple]]:
+    """Assignments in rounds, each `--set` target once a round (two values of one key would be
+    one override replacing the other)."""
+    rounds: list[list[tuple]] = []
+    for target, template, choices in _CHOICE_KEYS:
+        for i, value in enumerate(values_of(choices)):
+            while len(rounds) <= i:
+                rounds.append([])
+            if all(t != target for t, _, _ in rounds[i]):
+                rounds[i].append((target, template, value))
+            else:  # the target is taken this round: the next free one
+                j = next(j for j in range(i + 1, len(rounds) + 1) if j == len(rounds) or
+                         all(t != target for t, _, _ in rounds[j]))
+                if j == len(rounds):
+                    rounds.append([])
+                rounds[j].append((target, template, value))
+    return rounds
+
+
+def test_the_walk_finds_the_choice_keys():
+    targets = {t for t, _, _ in _CHOICE_KEYS}
+    assert {"tok.kind", "stories.source", "gpt.position", "gpt.norm", "gpt.head", "pretrain.objective",
+            "sentiment.score", "prefs.debias", "align.algorithm", "align.rollouts.prompts"} <= targets
+    assert ("gpt.head", "classifier(pool: {})", ["first", "last", "mean"]) in _CHOICE_KEYS
+
+
+@pytest.mark.parametrize("wrong", ["5", "[1]", "prefs"])
+def test_every_e_g_help_is_a_value_the_key_takes(wrong):
+    rounds = _batches(lambda choices: [wrong])
+    for assignments in rounds:
+        report = _set_each([(t, tpl.format(wrong)) for t, tpl, _ in assignments])
+        fixed = []
+        for target, template, _ in assignments:
+            key = re.findall(r"(\w+): \{\}", template) or [target.rsplit(".", 1)[1]]
+            helps = [d.help for d in report.diagnostics if d.code == "LMS042" and d.span.file == "<--set>"
+                     and f"'{key[0]}'" in d.message and d.span.line == assignments.index((target, template, _)) + 1]
+            assert helps and "`" in helps[0], (target, template, helps)
+            value = _value_of(helps[0])
+            if wrong.startswith("[") and f"`{key[0]}: " not in helps[0]:
+                value = f"[{value}]"  # the help of a list item shows the item
+            fixed.append((target, template.format(value)))
+        after = _set_each(fixed)
+        assert [(str(d.span), d.message) for d in after.diagnostics if d.code in _SCHEMA_CODES] == [], fixed
+
+
+def test_every_quoted_choice_is_helped_to_the_choice_itself():
+    def quoted(choices):
+        return [c for c in choices if c.isidentifier()]  # names that are no identifiers are strings
+
+    for assignments in _batches(quoted):
+        report = _set_each([(t, tpl.format(f'"{c}"')) for t, tpl, c in assignments])
+        fixed = []
+        for i, (target, template, choice) in enumerate(assignments):
+            (d,) = [d for d in report.diagnostics if d.span is not None and d.span.file == "<--set>"
+                    and d.span.line == i + 1]
+            value = _value_of(d.help)
+            # a bare choice loses its quotes (a list of choices its brackets too); one that
+            # needs arguments is shown as a call
+            if value.strip("[]") == choice:
+                assert d.help.endswith(", without quotes"), (target, choice, d.help)
+            else:
+                assert re.match(rf"(\w+\.)?{choice}\(", value), (target, choice, d.help)  # `stories.prefixes()`
+            fixed.append((target, template.format(value)))
+        after = _set_each(fixed)
+        assert [(str(d.span), d.message) for d in after.diagnostics if d.code in _SCHEMA_CODES] == [], fixed
+
+
+@pytest.mark.parametrize("written, help", [
+    ('"tiny-stories"', 'write `source: builtin("tiny-stories")`'),
+    ('"tiny-storys"', 'did you mean `source: builtin("tiny-stories")`?'),
+    ('"notes.txt"', 'for a path, write `source: text("notes.txt")`'),
+    ('"pairs.jsonl"', 'for a path, write `source: jsonl("pairs.jsonl")`'),
+    ('"builtin"', 'write `source: builtin("tiny-stories")`'),
+    ("5", 'e.g. `source: builtin("tiny-stories")`'),
+])
+def test_a_source_written_as_a_string_is_helped_to_a_source(written, help):
+    text = f"lmspec 1\ndata d {{ source: {written} }}"
+    d = only(text, "LMS042")
+    found = "the integer 5" if written == "5" else f"the string {written}"
+    assert (d.message, d.help, where(d)) == (f"'source' must be one of builtin, text or jsonl, found {found}",
+                                             help, at(text, written))
+
+
+def test_the_builtin_corpora_the_schema_names_are_the_runtimes():
+    from lmspec.runtime.data.builtin import NAMES
+
+    assert typing.get_args(S.BuiltinSource.model_fields["name"].annotation) == NAMES
+
+
+@pytest.mark.parametrize("wrong", ["5", "1.5", "true", '"x"', "[1]", "f(1)", "stories", "gpt from pretrain"])
+def test_no_message_shows_a_python_type_name(wrong):
+    # `init: hf(path: 5)` used to read "'str' must be a string, found a block": pydantic's name of
+    # a union member, and of the dict the reader builds for a variant
+    report = _set_each([(f"{block}.{key}", wrong) for kind, block in _BLOCK_OF_KIND.items()
+                        for key in S.BLOCK_KINDS[kind].model_fields if key != "allow"] +
+                       [("pretrain.init", f"hf(path: {wrong})"), ("gpt.position", f"rope(theta: {wrong})")])
+    leaks = re.compile(r"'(str|int|float|bool|list|dict|NoneType)'|NoneType|Input should|\b(str|int|dict)\b")
+    shown = [(d.code, d.message, d.help) for d in report.diagnostics]
+    assert shown and all(d.help for d in report.diagnostics), [s for s in shown if not s[2]]
+    assert [s for s in shown if leaks.search(s[1]) or leaks.search(s[2] or "")] == []
+    path = [d for d in report.diagnostics if d.message.startswith("'path' must be a string")]
+    assert path or wrong == '"x"', shown

@@ -166,12 +166,12 @@ def init_diagnostics(report, schedule: Schedule | None = None) -> list[Diagnosti
     """LMS091 for every `init: hf("dir")` whose checkpoint does not fit the stage's model: the
     tensors are compared by their safetensors headers against a meta-device build, so nothing is
     read or allocated. Each diagnostic names the missing, unexpected and misshapen tensors."""
-    from lmspec.compiler.hf import HFError, check_hf_weights
-
     out = []
     for plan in schedule or compile_spec(report):
         if plan.init is None or plan.init.hf is None or plan.arch is None:
             continue
+        from lmspec.compiler.hf import HFError, check_hf_weights  # imports torch: only for a checkpoint
+
         block = report.spec.resolved.blocks[plan.name]
         try:
             check_hf_weights(plan.arch, plan.init.hf, new_heads=plan.new_head)

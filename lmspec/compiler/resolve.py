@@ -10,7 +10,9 @@ scope (a layer override, a nested block, then B itself), skipping the field
 being defined (so `layer 0 { heads: heads / 2 }` reads B's heads); then the
 schema default of that key, which may itself read other keys in the same way
 (`kv_heads` defaults to `heads`); then top-level block names; anything else is
-a `Symbol` (an enum value such as `causal`) for the schema to judge.
+a `Symbol` (an enum value such as `causal`) for the schema to judge. A block named
+like a choice is a `Ref` here; the schema, which knows what each key takes, reads it
+as the choice where the key takes no such block (`tokenizer bytes { kind: bytes }`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from lmspec.grammar import ast
 from lmspec.grammar.parser import MAX_NUMBER, gc_paused, parse, parse_file
 from lmspec.compiler.values import CallValue, Combination, FromStage, Ref, Symbol, WithValue, describe
 
-__all__ = ["ResolvedBlock", "ResolvedLayer", "ResolvedSpec", "NoValue", "resolve_file", "resolve_text", "Path_"]
+__all__ = ["ResolvedBlock", "ResolvedLayer", "ResolvedSpec", "NoValue", "resolve_file", "resolve_text", "Path_",
+           "collapse_inherited"]
 
 Path_ = tuple  # a path inside a block: ("position", "theta"), ("layers", 0, "heads"), ...
 
@@ -175,7 +178,8 @@ class Resolver:
             if target in self.files:
                 continue
             if len(chain) > MAX_IMPORT_DEPTH:
-                self.error("LMS021", "imports nested too deeply", imp.span)
+                self.error("LMS021", "imports nested too deeply", imp.span,
+                           help=f"import the files from one place, not through a chain of more than {MAX_IMPORT_DEPTH}")
                 continue
             display = os.path.relpath(target)
             if display.startswith("../.."):  # far from here: the absolute path reads better
@@ -186,7 +190,8 @@ class Resolver:
                 reason = ("it is a directory" if Path(target).is_dir() else
                           diags[0].message.rsplit(": ", 1)[-1] if exists and diags else "no such file")
                 self.error("LMS020", f"cannot import '{imp.path}': {reason}", imp.span,
-                           help=f"the path is relative to {here}" if not exists else None)
+                           help=f"the path is relative to {here.resolve()}"
+                           if not exists else "import a readable .lmspec file")
                 continue
             self.sources[display] = text
             self.diagnostics += diags
@@ -244,12 +249,14 @@ class Resolver:
             if base_name not in self.broken:
                 self.error("LMS024", f"'{name}' extends '{base_name}', which is not defined", block.extends.span,
                            help=did_you_mean(base_name, [n for n, b in self.blocks.items()
-                                                         if b.kind.name == block.kind.name and n != name]))
+                                                         if b.kind.name == block.kind.name and n != name])
+                           or f"define a {block.kind.name} block named '{base_name}', or extend one that exists")
             return None
         base = self.blocks[base_name]
         if base.kind.name != block.kind.name:
             self.error("LMS024", f"a {block.kind.name} cannot extend the {base.kind.name} '{base_name}'",
-                       block.extends.span, labels=[Label(base.kind.span, f"'{base_name}' is a {base.kind.name}")])
+                       block.extends.span, labels=[Label(base.kind.span, f"'{base_name}' is a {base.kind.name}")],
+                       help=f"extend a {block.kind.name} block")
             return None
         return self.merge(base_name, chain + (name,))
 
@@ -322,7 +329,8 @@ class Resolver:
                         entries[e.key.name] = e
                 else:
                     what = "nested blocks" if isinstance(e, ast.Nested) else "layer overrides"
-                    self.error("LMS049", f"{what} cannot appear inside a layer override", e.span)
+                    self.error("LMS049", f"{what} cannot appear inside a layer override", e.span,
+                               help="a layer override holds keys only; write it at the level of the block or stack")
             layer_scope = _Scope(entries, scope, scope.kind, lpath, scope.block)
             rl = ResolvedLayer(lo.first, lo.last, lo.range_span)
             _layers_of(out, path).append(rl)
@@ -396,13 +404,14 @@ class Resolver:
             elif isinstance(node.func, ast.Attr):
                 name, target = node.func.name.name, self.eval(node.func.obj, scope, key, path)
             else:
-                self.error("LMS027", "only a name or `block.method` can be called", node.func.span)
+                self.error("LMS027", "only a name or `block.method` can be called", node.func.span,
+                           help="write a variant such as `rope(theta: 500k)` or a method such as `stories.prefixes()`")
                 return None
             args = tuple(self.eval(a, scope, key, path + (i,)) for i, a in enumerate(node.args))
             kwargs = []
             for k, v in node.kwargs:
                 if any(k.name == seen for seen, _ in kwargs):
-                    self.error("LMS030", f"argument '{k.name}' is given twice", k.span)
+                    self.error("LMS030", f"argument '{k.name}' is given twice", k.span, help="remove one of them")
                     continue
                 block and block.key_spans.setdefault(path + (k.name,), k.span)
                 kwargs.append((k.name, self.eval(v, scope, key, path + (k.name,))))
@@ -415,7 +424,7 @@ class Resolver:
             if _is_number(value):
                 return -value
             if value is not None and not self._undefined_name([(node.operand, value)], scope):
-                self.error("LMS027", f"cannot negate {describe(value)}", node.span)
+                self.error("LMS027", f"cannot negate {describe(value)}", node.span, help="only numbers can be negated")
             return None
         if isinstance(node, ast.BinOp):
             return self.binop(node, self.eval(node.left, scope, key, path), self.eval(node.right, scope, key, path),
@@ -494,7 +503,8 @@ class Resolver:
         if name in self.blocks:
             return Ref(self.blocks[name].kind.name, name)
         if name not in self.broken:
-            self.error("LMS023", f"'{name}' is not defined", span, help=did_you_mean(name, self.blocks))
+            self.error("LMS023", f"'{name}' is not defined", span,
+                       help=did_you_mean(name, self.blocks) or f"define a block named '{name}'")
         return None
 
     def attribute(self, obj: Any, name: ast.Ident, span: Span) -> Any:
@@ -506,7 +516,8 @@ class Resolver:
                        help=did_you_mean(obj.name, self.blocks) or f"define a block named '{obj.name}'")
             return None
         if not isinstance(obj, Ref):
-            self.error("LMS029", f"{describe(obj)} has no attribute '{name.name}'", name.span)
+            self.error("LMS029", f"{describe(obj)} has no attribute '{name.name}'", name.span,
+                       help="only blocks have attributes: `block.key`")
             return None
         target = self.resolve_block(obj.name) if obj.name in self.merged else None
         if target is None:
@@ -529,8 +540,10 @@ class Resolver:
             return value
         candidates = list(merged.fields)
         self.error("LMS029", f"the {obj.kind} '{obj.name}' has no attribute '{name.name}'", name.span,
-                   help=did_you_mean(name.name, candidates + ["vocab_size"]) if obj.kind == "tokenizer"
-                   else did_you_mean(name.name, candidates))
+                   help=did_you_mean(name.name, candidates + ["vocab_size"] * (obj.kind == "tokenizer")) or
+                   f"the attributes of '{obj.name}' are the keys it sets"
+                   + (f" ({', '.join(candidates)})" if candidates else "")
+                   + (" and vocab_size" if obj.kind == "tokenizer" else ""))
         return None
 
     def binop(self, node: ast.BinOp, left: Any, right: Any, scope: _Scope | None = None) -> Any:
@@ -539,7 +552,7 @@ class Resolver:
         op = node.op
         if _is_number(left) and _is_number(right):
             if op == "/" and right == 0:
-                self.error("LMS028", "division by zero", node.right.span)
+                self.error("LMS028", "division by zero", node.right.span, help="divide by a number other than 0")
                 return None
             try:
                 if op == "+":
@@ -569,7 +582,7 @@ class Resolver:
             return self._weighted(((float(right) * w, t) for w, t in _terms(left)), node)
         if op == "/" and _is_number(right) and _termable(left) and not _is_number(left):  # `nsp / 2`
             if right == 0:
-                self.error("LMS028", "division by zero", node.right.span)
+                self.error("LMS028", "division by zero", node.right.span, help="divide by a number other than 0")
                 return None
             return self._weighted(((w / right, t) for w, t in _terms(left)), node)
         if isinstance(left, str) and isinstance(right, str) and op == "+":
@@ -640,7 +653,8 @@ def _is_number(v: Any) -> bool:
 
 
 def _termable(v: Any) -> bool:
-    return isinstance(v, (Symbol, CallValue, Combination))
+    # a Ref too: `mlm + nsp` in a spec with a block named mlm is still a sum of objectives
+    return isinstance(v, (Symbol, CallValue, Combination, Ref))
 
 
 def _terms(v: Any) -> tuple:
@@ -674,6 +688,64 @@ def _layers_of(block: ResolvedBlock, path: tuple) -> list:
     return block.nested[path[0]].layers
 
 
+# ---------------------------------------------------------------------- inherited problems
+
+
+def collapse_inherited(diagnostics: list[Diagnostic], blocks: dict[str, ResolvedBlock]) -> list[Diagnostic]:
+    """One diagnostic per problem written in a base block. A block that others extend is
+    evaluated and checked once per heir, so a mistake in its text comes back once for itself and
+    once for every heir, often naming the heir (`unknown key 'bais' in model 'k1'`). Diagnostics
+    of one code at one span in a base, whose messages differ only by naming the base or one of
+    its heirs, are one problem: one is kept (in the base's words where the base has its own),
+    with the labels of the others and a note naming the heirs that inherit it."""
+    heirs: dict[str, list[str]] = {}
+    for name, block in blocks.items():
+        seen, base = {name}, block.extends
+        while base in blocks and base not in seen:  # every ancestor, an extends cycle stopped
+            heirs.setdefault(base, []).append(name)
+            seen.add(base)
+            base = blocks[base].extends
+    if not heirs:
+        return diagnostics
+    out: list[Diagnostic] = []
+    groups: dict[tuple, tuple[Diagnostic, list[str]]] = {}
+    for d in diagnostics:
+        base = _block_around(d.span, blocks, heirs) if d.span is not None else None
+        if base is None:
+            out.append(d)
+            continue
+        named = [h for h in heirs[base] if f"'{h}'" in d.message]
+        message = d.message
+        for h in named:
+            message = message.replace(f"'{h}'", f"'{base}'")
+        key = (d.code, d.span, message)
+        if key not in groups:
+            groups[key] = (d, named)
+            out.append(d)
+            continue
+        kept, also = groups[key]
+        kept.labels += [label for label in d.labels if label not in kept.labels]
+        also += [h for h in named if h not in also]
+        if d.message == message != kept.message:  # the base's own words, where an heir came first
+            kept.message, kept.help = d.message, d.help
+    for (_, span, _), (kept, also) in groups.items():
+        others = [f"'{h}'" for h in also if f"'{h}'" not in kept.message]
+        if others:
+            base = _block_around(span, blocks, heirs)
+            names = ", ".join(others[:-1]) + " and " + others[-1] if len(others) > 1 else others[0]
+            kept.notes.append(f"{names} inherit{'s' * (len(others) == 1)} this from '{base}'")
+    return out
+
+
+def _block_around(span: Span, blocks: dict[str, ResolvedBlock], heirs: dict[str, list[str]]) -> str | None:
+    """The base block (one that others extend) whose text holds `span`."""
+    for name in heirs:
+        b = blocks[name].span
+        if b.file == span.file and b.start <= span.start and span.end <= b.end and b.end > b.start:
+            return name
+    return None
+
+
 # ---------------------------------------------------------------------- front doors
 
 
@@ -701,6 +773,7 @@ def _resolve(tree: ast.SpecFile | None, text: str | None, path: str, diagnostics
         r.error("LMS011", "the spec is too deeply nested to resolve", None,
                 help="split long expressions and reference chains into fields")
     ordered = {name: r.resolved[name] for name in r.blocks if name in r.resolved}
+    r.diagnostics = collapse_inherited(r.diagnostics, ordered)
     if not r.blocks and not r.broken and not any(d.is_error for d in r.diagnostics):
         r.diagnostics.append(Diagnostic(  # an empty file is most often the wrong file, or a save cut short
             "warning", "LMS034", "the file defines no blocks", Span(path, 1, 1, 1, 1),
@@ -757,7 +830,7 @@ def _apply_overrides(r: Resolver, overrides: tuple[str, ...]) -> None:
         name = block.name.name
         if name not in r.blocks:
             r.error("LMS033", f"--set names '{name}', which is not a block of this spec", block.name.span,
-                    help=did_you_mean(name, list(r.blocks)))
+                    help=did_you_mean(name, list(r.blocks)) or f"the blocks are: {', '.join(r.blocks) or 'none'}")
             continue
         own = r.blocks[name]
         r.blocks[name] = replace(own, entries=_patched(own.entries, block.entries))

@@ -26,7 +26,7 @@ from lmspec.compiler import schema as S
 from lmspec.compiler.arch import GATED_ACTIVATIONS, ArchConfig
 from lmspec.compiler.graphs import ModelSpans, experiment_graph, stage_cycles
 from lmspec.compiler.lower import lower_model
-from lmspec.compiler.resolve import ResolvedBlock
+from lmspec.compiler.resolve import ResolvedBlock, collapse_inherited
 from lmspec.compiler.rules_models import (
     ARCH_RULES, MODEL_RULES, _an, _duplicate_heads, _err, _first_layer, _heads_text, _stacks, _warn,
 )
@@ -143,6 +143,7 @@ class _TrainView:
     tok_spec: S.TokenizerSpec | None
     tok_block: ResolvedBlock | None
     seq_len: int
+    vocab_follows: bool  # the model's vocab is written from the tokenizer's (`tok.vocab_size`)
 
     def tok_span(self, key: str) -> Span | None:
         if self.tok_block is None:
@@ -163,8 +164,15 @@ def _fit(kind: str, obj, v: _TrainView) -> Iterator[_Misfit]:
     def needs_head(head: str, example: str) -> Iterator[_Misfit]:
         if arch.head(head) is None:
             whose = f"'{model}' with head {_heads_text(arch)}" if v.overridden else f"model '{model}'"
-            fix = (f"write `model: {model} with head {head}`" if v.overridden else
-                   f"add {example} to the model's `head:`, or write `model: {model} with head {head}`")
+            rival = {"lm": "mlm", "mlm": "lm"}.get(head)  # a model has one vocabulary head (LMS086)
+            if v.overridden:
+                fix = f"write `model: {model} with head {head}`"
+            elif rival is not None and arch.head(rival) is not None:
+                where = (f"replace {rival} with {head} in the model's `head:`" if spans.has("head") else
+                         f"set `head: {head}` in the model (its default is {rival})")
+                fix = f"{where}, or write `model: {model} with head {head}`"
+            else:
+                fix = f"add {example} to the model's `head:`, or write `model: {model} with head {head}`"
             yield _Misfit("LMS070", f"{what} needs {_a_head(head)}, but {whose} has heads: {_heads_text(arch)}",
                           v.heads_span, v.heads_label, fix)
 
@@ -227,7 +235,7 @@ def _fit(kind: str, obj, v: _TrainView) -> Iterator[_Misfit]:
         if v.tok_spec is not None and "mask" not in v.tok_spec.specials:
             yield _Misfit("LMS071", f"{what} needs a mask token, but tokenizer '{v.tok_name}' has none",
                           v.tok_span("specials"), f"specials of '{v.tok_name}'",
-                          f"add mask to `specials:` of tokenizer '{v.tok_name}'")
+                          f"add mask to `specials:` of tokenizer '{v.tok_name}'" + _and_vocab(v, 1))
         yield from text_data()
     elif kind == "nsp":
         if arch.segments < 2:
@@ -259,16 +267,23 @@ def _fit(kind: str, obj, v: _TrainView) -> Iterator[_Misfit]:
             # T5's arithmetic: round(T * noise) noise tokens in spans of mean_span tokens,
             # each span replaced by its own sentinel
             spans_needed = max(1, round(round(v.seq_len * obj.noise) / obj.mean_span))
-            if v.tok_spec.sentinels == 0:
+            have = v.tok_spec.sentinels
+            if spans_needed > MAX_SENTINELS:  # more than a tokenizer may have: cut fewer spans
+                fix = (f"a tokenizer has at most {MAX_SENTINELS} sentinels: use a shorter seq_len, less noise or "
+                       "a longer mean_span")
+            elif have == 0:
+                want = min(max(spans_needed, 100), MAX_SENTINELS)
+                fix = (f"add `sentinels: {want}` to tokenizer '{v.tok_name}' (T5's <extra_id_n>)"
+                       + _and_vocab(v, want))
+            else:
+                fix = f"use `sentinels: {spans_needed}` or more" + _and_vocab(v, spans_needed - have)
+            if have == 0:
                 yield _Misfit("LMS071", f"{what} needs sentinel tokens, but tokenizer '{v.tok_name}' has none",
-                              v.tok_span("sentinels"), f"tokenizer '{v.tok_name}'",
-                              f"add `sentinels: {max(spans_needed, 100)}` to tokenizer '{v.tok_name}' "
-                              "(T5's <extra_id_n>)")
-            elif v.tok_spec.sentinels < spans_needed:
+                              v.tok_span("sentinels"), f"tokenizer '{v.tok_name}'", fix)
+            elif have < spans_needed:
                 yield _Misfit("LMS071", f"{what} cuts about {spans_needed} spans from {v.seq_len} tokens, but "
-                              f"tokenizer '{v.tok_name}' has {v.tok_spec.sentinels} sentinels",
-                              v.tok_span("sentinels"), f"sentinels of '{v.tok_name}'",
-                              f"use `sentinels: {spans_needed}` or more")
+                              f"tokenizer '{v.tok_name}' has {have} sentinels",
+                              v.tok_span("sentinels"), f"sentinels of '{v.tok_name}'", fix)
         yield from text_data()
     elif kind == "sft":
         yield from decoder_causal(True, "sft fine-tunes a decoder; use `arch: decoder`")
@@ -299,6 +314,23 @@ def _fit(kind: str, obj, v: _TrainView) -> Iterator[_Misfit]:
         yield from preference_data()
 
 
+def _written(x: Experiment, span: Span) -> str:
+    return x.validated.resolved.sources.get(span.file, "")[span.start:span.end]
+
+
+#: the most sentinels a tokenizer may have (the schema's bound)
+MAX_SENTINELS = next(m.le for m in S.TokenizerSpec.model_fields["sentinels"].metadata if hasattr(m, "le"))
+
+
+def _and_vocab(v: _TrainView, added: int) -> str:
+    """`added` more ids in a bytes tokenizer need as many more rows in a model whose vocab is a
+    number: the help says so, or following it would meet LMS073 next."""
+    if v.vocab_follows or v.tok_spec is None or v.tok_spec.kind.kind != "bytes":
+        return ""
+    size = tokenizer_vocab_size(v.tok_spec) + added
+    return f", and a vocab of at least {size} in model '{v.model}'" if v.arch.vocab < size else ""
+
+
 def objective_rule(x: Experiment) -> Iterator[Diagnostic]:
     """LMS070-LMS072: each term of a train stage's objective fits its model, tokenizer, data."""
     for name, stage in x.of_kind("train").items():
@@ -322,7 +354,8 @@ def objective_rule(x: Experiment) -> Iterator[Diagnostic]:
             overridden=overridden, kinds={t.objective.kind for t in stage.objective},
             data_kind=x.block(stage.data).kind, data_name=stage.data, data_spec=x.validated.blocks.get(stage.data),
             tok_name=tok_name, tok_spec=tok_spec, tok_block=x.block(tok_name) if tok_spec is not None else None,
-            seq_len=min(stage.seq_len or arch.context, arch.context))
+            seq_len=min(stage.seq_len or arch.context, arch.context),
+            vocab_follows=".vocab_size" in _written(x, x.block(model).span_of(("vocab",))))
         for term in stage.objective:
             for m in _fit(term.objective.kind, term.objective, view):
                 labels = [Label(m.label_span, m.label)] if m.label_span is not None else []
@@ -581,4 +614,4 @@ def check(validated: ValidatedSpec) -> tuple[list[Diagnostic], dict[str, ArchCon
     x = Experiment(validated, models, graph)
     for rule in EXPERIMENT_RULES:
         diagnostics += rule(x)
-    return diagnostics, models
+    return collapse_inherited(diagnostics, validated.resolved.blocks), models

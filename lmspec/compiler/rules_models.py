@@ -10,6 +10,8 @@ docs/validation.md explains every rule with an example.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from lmspec.compiler import schema as S
@@ -69,12 +71,234 @@ def _stacks(arch: ArchConfig) -> list[tuple[str, StackConfig]]:
 
 
 # =============================================================================== model rules
+#
+# The attention shape of a layer is read from four places, the nearest winning: the model, its
+# stack (`encoder { }`), and the layer overrides that cover the layer, in order. Layers covered
+# by the same overrides share a shape, so the rules look at one "group" of layers at a time. A
+# help line that suggests a value is a fix that was tried: the shapes are recomputed with it, and
+# it is offered only if it clears the problem and breaks no other layer (a d_model that one
+# layer's heads divide may not be one that another's do).
+
+_SHAPE_KEYS = ("heads", "kv_heads", "head_dim", "attention", "position")
 
 
-def _stack_rules(spec: S.ModelSpec, stack: S.StackSpec | None, block: ResolvedBlock, prefix: tuple,
+@dataclass
+class _Shape:
+    """The attention keys of one group of layers, and the scope each was read from: () for the
+    model, ("encoder",) for a stack, stack + ("layer", j) for its j-th override."""
+
+    stack: tuple
+    values: dict
+    origin: dict
+
+
+@dataclass
+class _Shapes:
+    """Every group of layers of a model, and the shapes a change of some keys would give them."""
+
+    spec: S.ModelSpec
+    groups: list[tuple[tuple, S.StackSpec | None, tuple[int, ...]]]  # (stack, its spec, covering overrides)
+
+    @classmethod
+    def of(cls, spec: S.ModelSpec) -> "_Shapes":
+        groups = []
+        for prefix, stack, n_layers in _stack_specs(spec):
+            overrides = stack.layer if stack is not None else spec.layer
+            covers = {tuple(j for j, o in enumerate(overrides) if o.first <= layer <= o.last): None
+                      for layer in range(n_layers)}
+            groups += [(prefix, stack, cover) for cover in covers]
+        return cls(spec, groups)
+
+    def d_model(self, changes: dict) -> int:
+        return changes.get(((), "d_model"), self.spec.d_model)
+
+    def shapes(self, changes: dict | None = None) -> list[_Shape]:
+        """Each group's shape, with `changes` ({(scope, key): value}) applied over what is written."""
+        changes = changes or {}
+        out = []
+        for prefix, stack, cover in self.groups:
+            overrides = stack.layer if stack is not None else self.spec.layer
+            scopes = [((), self.spec)] + ([(prefix, stack)] if stack is not None else []) + [
+                (prefix + ("layer", j), overrides[j]) for j in cover]
+            values, origin = {}, {}
+            for key in _SHAPE_KEYS:
+                for scope, written in scopes:
+                    value = changes.get((scope, key), getattr(written, key))
+                    if value is not None:
+                        values[key], origin[key] = value, scope
+                values.setdefault(key, None)
+                origin.setdefault(key, ())
+            out.append(_Shape(prefix, values, origin))
+        return out
+
+    def faults(self, changes: dict | None = None) -> dict[tuple, tuple]:
+        """(code, group) -> the values its message shows, for every shape rule a group breaks:
+        LMS060-LMS062, and LMS068's heads (the relative-position layers of a stack share one bias
+        table, so one number of heads). A fault whose values change is another message, so a
+        fix may leave a fault only as it was."""
+        d_model, out, relative = self.d_model(changes or {}), {}, {}
+        for i, s in enumerate(self.shapes(changes)):
+            heads, head_dim = s.values["heads"], s.values["head_dim"]
+            kv = s.values["kv_heads"] or heads
+            if head_dim is None and d_model % heads:
+                out[("LMS060", i)] = (heads, d_model)
+            if heads % kv:
+                out[("LMS061", i)] = (kv, heads)
+            if s.values["position"].kind == "rope" and (head_dim or d_model // heads) % 2:
+                out[("LMS062", i)] = (head_dim or d_model // heads,)
+            if s.values["position"].kind == "relative":
+                relative.setdefault(s.stack, set()).add(heads)
+        out.update({("LMS068", stack): () for stack, heads in relative.items() if len(heads) > 1})
+        return out
+
+    def fixes(self, fault: tuple, before: dict[tuple, tuple], scope: tuple, key: str, candidates,
+              strict: bool = True) -> Iterator[int]:
+        """The candidate values of `key` in `scope` that clear `fault` and break nothing else.
+        LMS068 is reported only once a model lowers, so a strict fix must clear it too: a
+        problem that surfaces only after the fix is applied is a help line that goes round in
+        circles. (Not strict: an LMS068 already there may stay, and the help says so.)"""
+        allowed = {f: v for f, v in before.items() if (f[0] != "LMS068" or not strict) and f != fault}.items()
+        for value in candidates:
+            if value >= 1 and self.faults({(scope, key): value}).items() <= allowed:
+                yield value
+
+
+def _stack_specs(spec: S.ModelSpec) -> list[tuple[tuple, S.StackSpec | None, int]]:
+    if spec.arch == "encoder_decoder":
+        return [((part,), getattr(spec, part), getattr(spec, part).layers) for part in ("encoder", "decoder")
+                if getattr(spec, part) is not None]
+    return [((), None, spec.layers)] if spec.layers is not None else []
+
+
+def _precedence(scope: tuple) -> int:
+    """How near a scope is to the layer: model < stack < its overrides, in order."""
+    return 2 + scope[-1] if "layer" in scope else len(scope)
+
+
+#: how far from the written value a suggestion is looked for (values are not bounded above)
+_NEAR = 256
+
+
+def _divisors_near(n: int, target: int) -> list[int]:
+    """The divisors of n within _NEAR of target, nearest first."""
+    return _nearest([d for d in range(max(1, target - _NEAR), target + _NEAR + 1) if n % d == 0], target)
+
+
+def _nearest(values, target: int) -> list[int]:
+    return sorted(values, key=lambda v: (abs(v - target), v))
+
+
+def _either(found: list[int], current: int) -> list[int]:
+    """The nearest fix below the current value and the nearest above (the nearer first)."""
+    below = [v for v in found if v < current][:1]
+    above = [v for v in found if v > current][:1]
+    return _nearest(below + above, current)
+
+
+def _or(key: str, values: list[int]) -> str:
+    return f"{key}: {' or '.join(str(v) for v in values)}"
+
+
+def _d_model_fix(shapes: _Shapes, fault: tuple, before: dict, strict: bool = True) -> int | None:
+    """The d_model nearest the written one that the heads of every layer without a head_dim
+    divide (twice over with RoPE, whose head_dim must be even)."""
+    d_model, step = shapes.spec.d_model, 1
+    for s in shapes.shapes():
+        if s.values["head_dim"] is None:
+            step = math.lcm(step, s.values["heads"] * (2 if s.values["position"].kind == "rope" else 1))
+    if step > 64 * d_model:  # no width near the written one: the help says what else to change
+        return None
+    first = _nearest_multiple(d_model, step)
+    candidates = [first] + [c for c in (d_model // step * step, (d_model // step + 1) * step) if c != first]
+    return next(shapes.fixes(fault, before, (), "d_model", candidates, strict), None)
+
+
+def _divide_help(shapes: _Shapes, fault: tuple, s: _Shape, before: dict, strict: bool) -> str | None:
+    """The fixes of an LMS060 or LMS061 fault that pass every layer (see `_Shapes.fixes`), as a
+    help line; None when there are none."""
+    spec = shapes.spec
+    heads, kv, origin = s.values["heads"], s.values["kv_heads"] or s.values["heads"], s.origin
+
+    def fixes(scope, key, candidates) -> list[int]:
+        return list(shapes.fixes(fault, before, scope, key, candidates, strict))
+
+    if fault[0] == "LMS060":
+        d_model = _d_model_fix(shapes, fault, before, strict)
+        if "layer" not in origin["heads"]:  # the model's (or a stack's) heads: the model's width
+            return f"try d_model: {d_model}, or set head_dim" if d_model is not None else None
+        here = origin["heads"]  # an override's heads: fix them there, or the model's width
+        head_fixes = _either(fixes(here, "heads", _divisors_near(spec.d_model, heads)), heads)
+        base_dim = [spec.d_model // spec.heads] if spec.d_model % spec.heads == 0 else []  # as the other layers
+        dims = base_dim + _nearest(range(max(1, spec.d_model // heads - 2), spec.d_model // heads + 3),
+                                   round(spec.d_model / heads))
+        dim_fix = fixes(here, "head_dim", dims)[:1]
+        local = ([f"try {_or('heads', head_fixes)} here"] if head_fixes else []) + (
+            [f"add head_dim: {dim_fix[0]} here"] if dim_fix else [])
+        help = ", or ".join(local) + (f"; or try d_model: {d_model}" if d_model is not None else "")
+        return help.removeprefix("; or ") or None
+    if _precedence(origin["heads"]) > _precedence(origin["kv_heads"]):
+        here = origin["heads"]  # an override's heads meet a kv_heads set for more layers: fix them there
+        multiples = range(max(1, heads // kv - _NEAR // 4) * kv, (heads // kv + _NEAR // 4 + 1) * kv, kv)
+        head_fixes = _either(fixes(here, "heads", _nearest(multiples, heads)), heads)
+        kv_fix = fixes(here, "kv_heads", _kv_candidates(heads, kv))[:1]
+        return ", or ".join(([f"try {_or('heads', head_fixes)} here"] if head_fixes else []) +
+                            ([f"add kv_heads: {kv_fix[0]} here"] if kv_fix else [])) or None
+    kv_fix = fixes(origin["kv_heads"], "kv_heads", _kv_candidates(heads, kv))[:1]
+    return f"try kv_heads: {kv_fix[0]}" if kv_fix else None
+
+
+def _shape_rules(spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[Diagnostic]:
+    """LMS060-LMS063 on every group of layers, each with a help line that suggests only fixes
+    that pass every layer's shape rules."""
+    shapes = _Shapes.of(spec)
+    before = shapes.faults()
+    mismatched = [f[1] for f in before if f[0] == "LMS068"]
+    for i, s in enumerate(shapes.shapes()):
+        heads, head_dim = s.values["heads"], s.values["head_dim"]
+        kv = s.values["kv_heads"] or heads
+        origin = s.origin
+        for code in ("LMS060", "LMS061"):
+            fault = (code, i)
+            if fault not in before:
+                continue
+            help, notes = _divide_help(shapes, fault, s, before, strict=True), []
+            if help is None and mismatched:  # nothing fixes this layer alone: the heads of the
+                # relative-position layers disagree as well, and are their own problem
+                help = _divide_help(shapes, fault, s, before, strict=False)
+                notes = [f"the relative-position layers of the {stack[0] if stack else 'model'} also differ in heads, "
+                         "but share one bias table (LMS068): give them the same heads too" for stack in mismatched]
+            if code == "LMS060":
+                here = origin["heads"] + ("heads",) if "layer" in origin["heads"] else ("d_model",)
+                d = _err(code, f"heads ({heads}) must divide d_model ({spec.d_model})", block.span_of(here),
+                         help=help or ("set head_dim here" if "layer" in origin["heads"] else "set head_dim"))
+            else:
+                local = _precedence(origin["heads"]) > _precedence(origin["kv_heads"])
+                here = origin["heads"] + ("heads",) if local else origin["kv_heads"] + ("kv_heads",)
+                d = _err(code, f"kv_heads ({kv}) must divide heads ({heads})", block.span_of(here),
+                         help=help or "give every layer a kv_heads that divides its heads")
+            d.notes += notes
+            yield d
+        hd = head_dim or (spec.d_model // heads if heads else 0)
+        if ("LMS062", i) in before:
+            yield _err("LMS062", f"RoPE rotates pairs of dimensions, but head_dim is {hd} (odd)",
+                       block.span_of(origin["position"] + ("position",)),
+                       help="choose d_model and heads so that head_dim is even")
+        att = s.values["attention"]
+        if att is not None and att.kind == "sliding" and att.window > spec.context:
+            yield _err("LMS063", f"sliding window ({att.window}) is longer than the context ({spec.context})",
+                       block.span_of(origin["attention"] + ("attention",)),
+                       help=f"use a window of at most {spec.context}, or `causal`")
+
+
+def _kv_candidates(heads: int, kv: int) -> list[int]:
+    """Divisors of heads: the largest below kv first (fewer key/value heads keep the saving)."""
+    divisors = sorted(_divisors_near(heads, kv) + [1])
+    return [d for d in reversed(divisors) if d <= kv] + [d for d in divisors if d > kv]
+
+
+def _range_rules(stack: S.StackSpec | None, spec: S.ModelSpec, block: ResolvedBlock, prefix: tuple,
                  n_layers: int) -> Iterator[Diagnostic]:
-    """Per-layer shape rules, applied to each layer's effective keys."""
-    overrides = (stack.layer if stack is not None else []) + (spec.layer if not prefix else [])
+    """LMS048: a layer override names layers of its stack."""
     for i, o in enumerate(stack.layer if stack is not None else spec.layer):
         if o.first > o.last:
             yield _err("LMS048", f"layer range {o.first}..{o.last} is empty", block.span_of(prefix + ("layer", i)),
@@ -82,41 +306,6 @@ def _stack_rules(spec: S.ModelSpec, stack: S.StackSpec | None, block: ResolvedBl
         elif o.last >= n_layers:
             yield _err("LMS048", f"layer {o.last} is outside the stack of {n_layers} layers (0..{n_layers - 1})",
                        block.span_of(prefix + ("layer", i)), help=f"the last layer is {n_layers - 1}")
-
-    def pick(key):
-        v = getattr(stack, key, None) if stack is not None else None
-        return getattr(spec, key) if v is None else v
-
-    seen = set()
-    for layer in range(n_layers):
-        eff = {k: pick(k) for k in ("heads", "kv_heads", "head_dim", "attention", "position")}
-        where = prefix
-        for j, o in enumerate(overrides):
-            if o.first <= layer <= o.last:
-                for k in eff:
-                    if getattr(o, k) is not None:
-                        eff[k] = getattr(o, k)
-                        where = prefix + ("layer", j)
-        heads, kv, head_dim = eff["heads"], eff["kv_heads"] or eff["heads"], eff["head_dim"]
-        key = (heads, kv, head_dim, str(eff["attention"]), str(eff["position"]), where)
-        if key in seen:
-            continue
-        seen.add(key)
-        if head_dim is None and spec.d_model % heads:
-            span = block.span_of(where + ("heads",)) if where != prefix else block.span_of(("d_model",))
-            yield _err("LMS060", f"heads ({heads}) must divide d_model ({spec.d_model})", span,
-                       help=f"try d_model: {_nearest_multiple(spec.d_model, heads)}, or set head_dim")
-        if heads % kv:
-            yield _err("LMS061", f"kv_heads ({kv}) must divide heads ({heads})", block.span_of(where + ("kv_heads",)),
-                       help=f"try kv_heads: {max(d for d in range(1, heads + 1) if heads % d == 0 and d <= kv)}")
-        hd = head_dim or (spec.d_model // heads if heads else 0)
-        if eff["position"].kind == "rope" and hd % 2:
-            yield _err("LMS062", f"RoPE rotates pairs of dimensions, but head_dim is {hd} (odd)",
-                       block.span_of(where + ("position",)), help="choose d_model and heads so that head_dim is even")
-        att = eff["attention"]
-        if att is not None and att.kind == "sliding" and att.window > spec.context:
-            yield _err("LMS063", f"sliding window ({att.window}) is longer than the context ({spec.context})",
-                       block.span_of(where + ("attention",)), help=f"use a window of at most {spec.context}, or `causal`")
 
 
 def _duplicate_heads(heads: list | None, span: Span, whose: str) -> Iterator[Diagnostic]:
@@ -137,11 +326,12 @@ def model_rules(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[
                            help=f"add `{part} {{ layers: {spec.layers or 'N'} }}`")
         if spec.layer:
             yield _err("LMS048", "in an encoder-decoder, put layer overrides inside `encoder { }` or `decoder { }`",
-                       block.span_of(("layer", 0)))
+                       block.span_of(("layer", 0)),
+                       help="move each `layer a..b { }` into the stack whose layers it sets")
         for part in ("encoder", "decoder"):
             stack = getattr(spec, part)
             if stack is not None:
-                yield from _stack_rules(spec, stack, block, (part,), stack.layers)
+                yield from _range_rules(stack, spec, block, (part,), stack.layers)
     else:
         for part in ("encoder", "decoder"):
             if getattr(spec, part) is not None:
@@ -150,7 +340,12 @@ def model_rules(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[
         if spec.layers is None:
             yield _err("LMS065", f"model '{name}' needs 'layers'", block.name_span, help="add `layers: N`")
         else:
-            yield from _stack_rules(spec, None, block, (), spec.layers)
+            yield from _range_rules(None, spec, block, (), spec.layers)
+    seen = set()  # groups of layers with the same shape problem at the same place say it once
+    for d in _shape_rules(spec, block):
+        if (d.code, d.span, d.message) not in seen:
+            seen.add((d.code, d.span, d.message))
+            yield d
     yield from _duplicate_heads(spec.head, block.span_of(("head",)), f"model '{name}'")
 
 

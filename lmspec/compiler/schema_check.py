@@ -21,12 +21,14 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from lmspec.compiler import schema as S
-from lmspec.compiler.resolve import NoValue, ResolvedBlock, ResolvedSpec
+from lmspec.compiler.resolve import NoValue, ResolvedBlock, ResolvedSpec, collapse_inherited
 from lmspec.compiler.values import CallValue, Combination, FromStage, Ref, Symbol, WithValue, describe
-from lmspec.diagnostics import Diagnostic, Span, closest, did_you_mean
+from lmspec.diagnostics import CODES, Diagnostic, Label, Span, closest, did_you_mean
 from lmspec.grammar.parser import gc_paused
 
 __all__ = ["ValidatedSpec", "validate_spec", "schema_default", "derived_attribute", "variants_of"]
+
+CODES.setdefault("LMS050", "a block named like a choice of a key that can also refer to it")
 
 
 @dataclass
@@ -138,6 +140,29 @@ def _model_class(tp):
     return None
 
 
+@_per_type
+def _bare_choices(tp) -> dict[str, bool]:
+    """The names a key of type `tp` takes as a choice, each with whether the bare name is a whole
+    value (`causal`, `none` of an optional key) or needs arguments (`sliding(window: ...)`)."""
+    _, _, optional = _unwrap(tp)
+    out = {name: not _required(cls) for name, cls in (variants_of(tp) or {}).items()}
+    out.update({v: True for v in _literal_values(tp) or () if isinstance(v, str) and v.isidentifier()})
+    if optional:
+        out.setdefault("none", True)
+    return out
+
+
+@_per_type
+def _takes_model_use(tp) -> bool:
+    core, _, _ = _unwrap(tp)
+    members = typing.get_args(core) if typing.get_origin(core) in (Union, types.UnionType) else (core,)
+    return any(_model_class(m) is S.ModelUse for m in members)
+
+
+def _required(cls: type[BaseModel]) -> list[str]:
+    return [n for n, info in cls.model_fields.items() if n != "kind" and info.is_required()]
+
+
 def _annotation(info: FieldInfo):
     """The field's type with its Annotated metadata, which pydantic moves into `metadata`."""
     try:
@@ -168,8 +193,10 @@ def _keys(model: type[BaseModel]) -> list[str]:
 
 
 class _Problem(Exception):
-    def __init__(self, code: str, message: str, path: tuple, help: str | None = None, key: bool = False):
+    def __init__(self, code: str, message: str, path: tuple, help: str | None = None, key: bool = False,
+                 labels: list[Label] | None = None):
         self.code, self.message, self.path, self.help, self.key = code, message, path, help, key
+        self.labels = labels or []
 
 
 # ----------------------------------------------------------------------------- reading
@@ -220,6 +247,8 @@ class _Reader:
         if value is None:
             return None
         core, meta, optional = _unwrap(tp)
+        if isinstance(value, Ref):
+            value = self.shadowed(tp, value, path, key)
 
         # `none` is how a spec says "no value" for an optional key
         if optional and isinstance(value, Symbol) and value.name == "none":
@@ -232,21 +261,22 @@ class _Reader:
         if typing.get_origin(core) is list and _model_class(_list_item(core)) is S.ObjectiveTerm:
             return self.objective(value, path)
         if _model_class(core) is S.ModelUse:
-            return self.model_use(value, path)
+            return self.model_use(value, path, tp)
         if typing.get_origin(core) in (Union, types.UnionType) and any(
                 _model_class(m) is S.ModelUse for m in typing.get_args(core)):
             variants = variants_of(tp)
             name = getattr(value, "name", None) if isinstance(value, (Symbol, CallValue)) else None
             if variants and name in variants and not (isinstance(value, Symbol) and value.name in self.blocks):
                 return self.variant(variants, value, path, key)
-            return self.model_use(value, path)
+            return self.model_use(value, path, tp)
 
         kinds = _ref_kinds(tp)
         variants = variants_of(tp)
         if kinds and isinstance(value, Ref):
             if value.kind not in kinds:
                 raise _Problem("LMS047", f"'{key}' needs a {' or '.join(kinds)} block, but '{value.name}' is a "
-                               f"{value.kind}", path, did_you_mean(value.name, self._names(kinds)))
+                               f"{value.kind}", path, did_you_mean(value.name, self._names(kinds)) or
+                               self._name_help(key, kinds))
             return value.name
         if kinds and isinstance(value, str):
             # `data: "reviews"`: pydantic would take any string as a block name, and the design
@@ -256,11 +286,15 @@ class _Reader:
                            path, f"write `{key}: {value}`, without quotes" if value in self._names(kinds) else
                            did_you_mean(value, self._names(kinds)) or
                            (f'for a checkpoint directory, write `{key}: hf("{value}")`' if "hf" in (variants or ())
-                            else None))
+                            else self._name_help(key, kinds)))
         if kinds and isinstance(value, Symbol) and not (variants and value.name in variants):
             raise _Problem("LMS023", f"'{value.name}' is not defined", path,
                            did_you_mean(value.name, self._names(kinds)) or
                            f"define a {' or '.join(kinds)} block named '{value.name}'")
+        if kinds and not isinstance(value, Symbol) and not (variants and isinstance(value, CallValue)):
+            also = f", or be {_choices(f'{v}(...)' for v in variants)}" if variants else ""
+            raise _Problem("LMS042", f"'{key}' must name a {' or '.join(kinds)} block{also}, found {describe(value)}",
+                           path, self._name_help(key, kinds))
 
         if variants:
             return self.variant(variants, value, path, key)
@@ -273,8 +307,10 @@ class _Reader:
             name = (value.name if isinstance(value, Symbol) else
                     value if isinstance(value, str) and not bare else None)
             if name is None:
+                example = literals[0] if bare else f'"{literals[0]}"'
+                written = example if path and isinstance(path[-1], int) else f"{key}: {example}"
                 raise _Problem("LMS042", f"'{key}' must be one of {_choices(literals)}, found {describe(value)}", path,
-                               _unquoted(key, path, value, literals) if isinstance(value, str) else None)
+                               isinstance(value, str) and _unquoted(key, path, value, literals) or f"e.g. `{written}`")
             if name not in literals:
                 raise _Problem("LMS044", f"unknown {key} '{name}'", path,
                                did_you_mean(name, literals) or f"choose one of {_choices(literals)}")
@@ -288,8 +324,13 @@ class _Reader:
                 for table in (self.block.value_spans, self.block.key_spans):
                     _alias_subtree(table, path, (0,))
             if not isinstance(value, list):
+                choices = _literal_values(item)
+                example = (choices[0] if _bare(choices) else f'"{choices[0]}"') if choices else (
+                    '"..."' if _unwrap(item)[0] is str else "...")
+                quoted = isinstance(value, str) and choices and _bare(choices) and value.strip() in choices
                 raise _Problem("LMS042", f"'{key}' must be a list, found {describe(value)}", path,
-                               f"write `{key}: [...]`")
+                               f"write `{key}: [{value.strip()}]`, without quotes" if quoted else
+                               f"write a list, e.g. `{key}: [{example}]`")
             return [self.read(item, v, path + (i,), key) for i, v in enumerate(value)]
 
         model = _model_class(tp)
@@ -306,29 +347,62 @@ class _Reader:
             # only have been meant as a reference: it names nothing
             symbols = ([value] if isinstance(value, Symbol) else
                        [t for _, t in value.terms if isinstance(t, Symbol)] if isinstance(value, Combination) else [])
+            if isinstance(value, Symbol) and value.name == "none" and core in (int, float, bool):
+                raise _Problem("LMS042", f"'{key}' must be {expected}, found none", path,
+                               f"'{key}' cannot be none: {_type_help(key, path, core, value)}")
+            refs = [t for _, t in value.terms if isinstance(t, Ref)] if isinstance(value, Combination) else []
+            if refs and core in (int, float):  # `vocab: 2 * tok`: resolution kept it as a sum, in case of objectives
+                raise _Problem("LMS027", f"cannot compute with the {refs[0].kind} block '{refs[0].name}'", path,
+                               f"arithmetic works on numbers: write `{refs[0].name}.KEY` to read one of its values")
             if symbols and core in (int, float):
                 name = symbols[0].name
                 raise _Problem("LMS023", f"'{name}' is not defined", path,
                                did_you_mean(name, [n for n in names if n != name]) or f"'{key}' must be {expected}")
             hint = (did_you_mean(value.name, [n for n in names if n != value.name])
                     if isinstance(value, Symbol) else None)
-            raise _Problem("LMS042", f"'{key}' must be {expected}, found {describe(value)}", path, hint)
+            raise _Problem("LMS042", f"'{key}' must be {expected}, found {describe(value)}", path,
+                           hint or _type_help(key, path, core, value))
         # pydantic's lax mode reads true as 1, 1 as true and "256" as 256; in a spec they are
         # different things. (An integer is a number, and a whole number such as `1e3` an integer.)
         if (core in (int, float) and isinstance(value, bool)) or (
                 core is bool and isinstance(value, (int, float)) and not isinstance(value, bool)):
-            raise _Problem("LMS042", f"'{key}' must be {_expected(tp)}, found {describe(value)}", path)
+            raise _Problem("LMS042", f"'{key}' must be {_expected(tp)}, found {describe(value)}", path,
+                           _type_help(key, path, core, value))
         if core in (int, float, bool) and isinstance(value, str):
             if core is bool:
                 help = (_unquoted(key, path, value, ("true", "false"), strict=True) or
                         f"write `{key}: true` or `{key}: false`")
             else:
-                help = _unquoted(key, path, value)
+                help = _unquoted(key, path, value) or _type_help(key, path, core, value)
             raise _Problem("LMS042", f"'{key}' must be {_expected(tp)}, found {describe(value)}", path, help)
         return value
 
     def _names(self, kinds) -> list[str]:
         return [n for n, b in self.blocks.items() if b.kind in kinds]
+
+    def _name_help(self, key: str, kinds) -> str:
+        names = self._names(kinds)
+        return (f"name one of the {' or '.join(kinds)} blocks, e.g. `{key}: {names[0]}`" if names else
+                f"define a {' or '.join(kinds)} block and write its name here")
+
+    def shadowed(self, tp, value: Ref, path: tuple, key: str) -> Any:
+        """A block named like a choice of the key (`tokenizer bytes { kind: bytes }`): resolution
+        reads the name as the block, but where the key takes no reference to a block of that
+        kind, the choice is what it can mean. Where it takes both, the spec is ambiguous."""
+        choices = _bare_choices(tp)
+        if value.name not in choices:
+            return value
+        kinds = _ref_kinds(tp) or ()
+        takes_model = value.kind == "model" and _takes_model_use(tp)
+        if value.kind not in kinds and not takes_model:
+            return Symbol(value.name)
+        if not choices[value.name]:  # the choice needs arguments, so the bare name is the block
+            return value
+        block = self.blocks[value.name]
+        raise _Problem("LMS050", f"'{key}: {value.name}' is ambiguous: the {value.kind} block '{value.name}' "
+                       f"shadows the choice {value.name}", path,
+                       f"rename the {value.kind} block '{value.name}' (and the references to it)",
+                       labels=[Label(block.name_span, f"the {value.kind} '{value.name}' is defined here")])
 
     def variant(self, variants: dict, value: Any, path: tuple, key: str) -> dict:
         if isinstance(value, Symbol):
@@ -337,8 +411,7 @@ class _Reader:
             name, args, kwargs, target = value.name, value.args, dict(value.kwargs), value.target
         else:
             raise _Problem("LMS042", f"'{key}' must be one of {_choices(variants)}, found {describe(value)}", path,
-                           isinstance(value, str) and _unquoted(key, path, value, variants, strict=True)
-                           or f"e.g. `{key}: {next(iter(variants))}`")
+                           self.variant_help(variants, value, path, key))
         if name not in variants:
             raise _Problem("LMS044", f"unknown {key} '{name}'", path,
                            did_you_mean(name, variants) or f"choose one of {_choices(variants)}")
@@ -348,7 +421,8 @@ class _Reader:
         ref_fields = [n for n in params if _ref_kinds(_annotation(cls.model_fields[n])) or n == "data"]
         if target is not None:
             if not ref_fields:
-                raise _Problem("LMS042", f"'{name}' is not a method of {describe(target)}", path)
+                raise _Problem("LMS042", f"'{name}' is not a method of {describe(target)}", path,
+                               f"write `{key}: {self.variant_form(name, cls)}`")
             data[ref_fields[0]] = target  # a Ref (or a Symbol that names nothing): `read` checks its kind
             params = [p for p in params if p != ref_fields[0]]
         if len(args) > len(params):
@@ -366,13 +440,63 @@ class _Reader:
                                did_you_mean(k, choices) or (f"arguments: {', '.join(choices)}" if choices
                                                             else f"{name} takes no arguments"), key=True)
             if k in data:
-                raise _Problem("LMS046", f"argument '{k}' of {name}(...) is given twice", path + (k,))
+                raise _Problem("LMS046", f"argument '{k}' of {name}(...) is given twice", path + (k,),
+                               "give each argument once: by position or by name")
             data[k] = v
         out = {}
         for k, v in data.items():
             fname = _field_name(cls, k) or k
             out[k] = v if k == "kind" else self.read(_annotation(cls.model_fields[fname]), v, path + (k,), k)
         return out
+
+    def variant_form(self, name: str, cls, argument: str | None = None) -> str:
+        """A variant as a spec writes it, whole: `causal`, `builtin("tiny-stories")`,
+        `sliding(window: ...)`, `stories.prefixes()`; `argument` fills its one required string."""
+        args, target = [], ""
+        for field_name in _required(cls):
+            tp = _annotation(cls.model_fields[field_name])
+            kinds = _ref_kinds(tp)
+            if kinds:  # a method of a block: `stories.prefixes()`
+                target = next(iter(self._names(kinds)), kinds[0].upper()) + "."
+                continue
+            literals = _literal_values(tp)
+            if literals:
+                args.append(f'"{argument if argument in literals else literals[0]}"')
+            elif _unwrap(tp)[0] is str:  # a path: `hf("...")`
+                args.append(f'"{argument if argument is not None else "..."}"')
+            else:
+                args.append(f"{cls.model_fields[field_name].alias or field_name}: ...")
+        return f"{target}{name}({', '.join(args)})" if args or target else name
+
+    def variant_help(self, variants: dict, value: Any, path: tuple, key: str) -> str:
+        """The help for a value that is no variant: a quoted choice unquoted, a string that a
+        variant takes as its argument put in it (`builtin("tiny-stories")`, `text("a.txt")`),
+        else an example that is itself a valid value."""
+        def write(form: str) -> str:
+            return form if path and isinstance(path[-1], int) else f"{key}: {form}"  # a list item
+
+        if isinstance(value, str):
+            word = value.strip()
+            if word in variants:
+                form = self.variant_form(word, variants[word])
+                return f"write `{write(form)}`, without quotes" if form == word else f"write `{write(form)}`"
+            named = {lit: name for name, cls in variants.items() for f in _required(cls)
+                     for lit in _literal_values(_annotation(cls.model_fields[f])) or ()}
+            if word in named:
+                return f"write `{write(self.variant_form(named[word], variants[named[word]], word))}`"
+            near = closest(word, named)
+            paths = [n for n, cls in variants.items() if [_unwrap(_annotation(cls.model_fields[f]))[0]
+                                                          for f in _required(cls)] == [str]
+                     and not _ref_kinds(_annotation(cls.model_fields[_required(cls)[0]]))]
+            if near is not None and not any(c in word for c in "/\\."):
+                return f"did you mean `{write(self.variant_form(named[near], variants[named[near]], near))}`?"
+            if paths:
+                by_suffix = [n for n in paths if word.lower().endswith(f".{n}")]
+                name = (by_suffix or paths)[0]
+                return f"for a path, write `{write(self.variant_form(name, variants[name], word))}`"
+        plain = [n for n, cls in variants.items() if not _required(cls)]
+        name = plain[0] if plain else next(iter(variants))
+        return f"e.g. `{write(self.variant_form(name, variants[name]))}`"
 
     def _alias_span(self, src: tuple, dst: tuple) -> None:
         if src in self.block.value_spans:
@@ -385,40 +509,54 @@ class _Reader:
             _alias_subtree(self.block.value_spans, path, (i, "objective"))
         out = []
         for w, t in terms:  # read every term, so that one bad term does not hide another's error
+            if isinstance(t, Ref) and t.name in variants:  # no objective refers to a block
+                t = Symbol(t.name)
             try:
                 out.append({"weight": w, "objective": self.variant(variants, t, path, "objective")})
             except _Problem as p:
                 self.problems.append(p)
         return out  # pydantic still checks the good terms' ranges
 
-    def model_use(self, value: Any, path: tuple) -> dict:
+    def model_use(self, value: Any, path: tuple, tp=None) -> dict:
         out: dict[str, Any] = {}
         while True:
             if isinstance(value, WithValue):
                 if value.key != "head":
-                    raise _Problem("LMS046", f"`with {value.key}` is not supported; only `with head ...`", path)
+                    raise _Problem("LMS046", f"`with {value.key}` is not supported; only `with head ...`", path,
+                                   "write `MODEL with head KIND`, or a model block that extends MODEL")
                 out.setdefault("head", self.read(S.ModelSpec.model_fields["head"].annotation, value.field_value,
                                                  path + ("head",), "head"))
                 value = value.value
             elif isinstance(value, FromStage):
                 if value.stage.kind not in ("train", "rl"):
                     raise _Problem("LMS047", f"'from' needs a train or rl stage, but '{value.stage.name}' is a "
-                                   f"{value.stage.kind}", path)
+                                   f"{value.stage.kind}", path,
+                                   did_you_mean(value.stage.name, self._names(("train", "rl"))) or
+                                   "name the train or rl stage whose weights to use")
                 out.setdefault("stage", value.stage.name)
                 value = value.value
             else:
                 break
         if isinstance(value, Ref):
             if value.kind != "model":
+                names = self._names(("model",))
                 raise _Problem("LMS047", f"expected a model, but '{value.name}' is a {value.kind}", path,
-                               did_you_mean(value.name, self._names(("model",))))
+                               did_you_mean(value.name, names) or
+                               (f"name a model block, e.g. `{names[0]}`" if names else "define a model block"))
             out["model"] = value.name
             return out
         if isinstance(value, Symbol):
             raise _Problem("LMS023", f"'{value.name}' is not defined", path,
                            did_you_mean(value.name, self._names(("model",))) or
                            f"define a model block named '{value.name}'")
-        raise _Problem("LMS042", f"expected a model, found {describe(value)}", path)
+        names = self._names(("model",))
+        if isinstance(value, str) and value in names:
+            help = f"write `{value}`, without quotes"
+        elif isinstance(value, str) and "hf" in (variants_of(tp) or ()):
+            help = f'for a checkpoint directory, write `hf("{value}")`'
+        else:
+            help = f"name a model block, e.g. `{names[0]}`" if names else "define a model block"
+        raise _Problem("LMS042", f"expected a model, found {describe(value)}", path, help)
 
 
 def _alias_subtree(table: dict[tuple, Span], path: tuple, inserted: tuple) -> None:
@@ -461,6 +599,25 @@ def _choices(values) -> str:
     return ", ".join(values[:-1]) + (" or " if len(values) > 1 else "") + values[-1] if values else "nothing"
 
 
+def _type_help(key: str, path: tuple, core, found: Any) -> str | None:
+    """What to write for a value of the wrong type, as the spec writes that type."""
+    def write(form: str) -> str:
+        return f"`{form}`" if path and isinstance(path[-1], int) else f"`{key}: {form}`"  # a list item
+
+    if core is bool:
+        return f"write {write('true')} or {write('false')}"
+    if core is int:
+        return f"write a whole number: {write('N')}"
+    if core is float:
+        return f"write a number: {write('N')} (a fraction may be written as a percentage, `10%`)"
+    if core is str:
+        text = found.name if isinstance(found, Symbol) else _show(found) if isinstance(found, (int, float)) else "..."
+        return "write it in quotes: " + write(f'"{text}"')
+    if core is list or typing.get_origin(core) is list:
+        return f"write a list: {write('[...]')}"
+    return None
+
+
 def _expected(tp) -> str:
     core, _, optional = _unwrap(tp)
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -479,24 +636,50 @@ _TYPE_MESSAGES = {
     "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
     "bool_parsing": "true or false", "string_type": "a string", "list_type": "a list",
 }
+_TYPE_CORES = {"int_type": int, "int_parsing": int, "int_from_float": int, "float_type": float,
+               "float_parsing": float, "bool_type": bool, "bool_parsing": bool, "string_type": str, "list_type": list}
 _RANGE = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
+def _value_at(data: Any, path: tuple) -> Any:
+    for p in path:
+        try:
+            data = data[p]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
 def _pydantic_diagnostics(err: ValidationError, block: ResolvedBlock, data: dict,
-                          reported: set[tuple] = frozenset()) -> list[Diagnostic]:
+                          reported: set[tuple] = frozenset(),
+                          blocks: dict[str, ResolvedBlock] | None = None) -> list[Diagnostic]:
     """pydantic's errors as located diagnostics. A key under a `reported` path (its problem was
     already said, and the reader left it out of `data`) is not also called missing."""
     out = []
     for e in err.errors(include_url=False):
         loc = tuple(e["loc"])
-        path, variant = _strip_tags(loc, data)
+        path, variant, fits = _strip_tags(loc, data)
+        if not fits:
+            continue
         key = next((p for p in reversed(path) if isinstance(p, str)), block.name)
         kind, ctx, found = e["type"], e.get("ctx", {}), e.get("input")
         if kind == "missing":
             if any(r[:len(path)] == path for r in reported):
                 continue
             span = block.span_of(path[:-1]) if len(path) > 1 else block.name_span
+            owner_value = _value_at(data, path[:-1])
+            if variant is None and isinstance(owner_value, dict) and "kind" in owner_value:
+                variant = owner_value["kind"]  # a variant of no union: `prompts: prefixes(...)`
             if variant is not None:  # `attention: sliding` without its window
+                model = S.BLOCK_KINDS.get(block.kind)
+                info = _field_at(model, path, data) if model is not None else None
+                kinds = _ref_kinds(_annotation(info)) if info is not None else None
+                if kinds:  # a method of a block: `stories.prefixes()`
+                    names = [n for n, b in (blocks or {}).items() if b.kind in kinds]
+                    target = names[0] if names else kinds[0].upper()
+                    out.append(Diagnostic("error", "LMS046", f"{variant}(...) needs the {' or '.join(kinds)} block "
+                                          f"it reads", span, help=f"write `{target}.{variant}(...)`"))
+                    continue
                 out.append(Diagnostic("error", "LMS046", f"{variant}(...) needs '{key}'", span,
                                       help=f"write `{variant}({key}: ...)`"))
                 continue
@@ -508,39 +691,100 @@ def _pydantic_diagnostics(err: ValidationError, block: ResolvedBlock, data: dict
                                   help=f"add `{key} {{ ... }}`" if nested else f"add `{key}: ...`"))
             continue
         span = block.span_of(path)
+        model = S.BLOCK_KINDS.get(block.kind)
+        info = _field_at(model, path, data) if model is not None else None
+        default = None if info is None or info.is_required() else info.get_default(call_default_factory=True)
         if kind in _RANGE:
             limit = next(iter(ctx.values()), "?")
+            usual = f" (the default is {_show(default)})" if isinstance(default, (int, float)) else ""
             out.append(Diagnostic("error", "LMS043", f"'{key}' must be {_RANGE[kind]} {_show(limit)}, "
-                                  f"found {_show(found)}", span))
+                                  f"found {_show(found)}", span,
+                                  help=f"use a value {_RANGE[kind]} {_show(limit)}{usual}"))
         elif kind in ("too_short", "too_long"):
-            out.append(Diagnostic("error", "LMS043", f"'{key}' must have {ctx.get('min_length', ctx.get('max_length'))} "
-                                  f"items, found {ctx.get('actual_length')}", span))
+            n = ctx.get('min_length', ctx.get('max_length'))
+            usual = (f": the default is `{key}: [{', '.join(_show(v) for v in default)}]`"
+                     if isinstance(default, list) and len(default) == n else "")
+            out.append(Diagnostic("error", "LMS043", f"'{key}' must have {n} items, found {ctx.get('actual_length')}",
+                                  span, help=f"give {n} items{usual}"))
         elif kind in _TYPE_MESSAGES:
+            core = _TYPE_CORES.get(kind)
             out.append(Diagnostic("error", "LMS042", f"'{key}' must be {_TYPE_MESSAGES[kind]}, found {describe(found)}",
-                                  span))
-        else:
-            out.append(Diagnostic("error", "LMS042", f"'{key}': {e['msg']}", span))
+                                  span, help=_type_help(key, path, core, found)))
+        else:  # the reader turns away what pydantic would word badly; this is what remains
+            out.append(Diagnostic("error", "LMS042", f"'{key}': {e['msg']}", span,
+                                  help=f"see what '{key}' takes in docs/language.md (keys of every block kind)"))
     return out
 
 
-def _strip_tags(loc: tuple, data: Any) -> tuple[tuple, str | None]:
+def _strip_tags(loc: tuple, data: Any) -> tuple[tuple, str | None, bool]:
     """pydantic's error location without the variant tags it inserts, e.g.
     ('attention', 'sliding', 'window') -> ('attention', 'window'), and the tag just before
     the last element, if any. A tag is told from a key by walking the data: it is the `kind`
     of the dict reached, not one of its keys (DataSpec has a key `text`, and `text` is also
-    the tag of a source)."""
+    the tag of a source). Third: whether the error belongs to the value as written: pydantic
+    tries every member of a union such as `init` (a stage name or hf("dir")) and reports each
+    failure under the member's name (`str`, `HFInit`); only the member shaped like the value
+    speaks for it."""
     path, tag_before_last, cur = [], None, data
     for i, p in enumerate(loc):
         if isinstance(cur, dict) and p not in cur and cur.get("kind") == p:
             if i == len(loc) - 2:
                 tag_before_last = p
             continue
+        if i > 0 and isinstance(p, str) and not (isinstance(cur, dict) and p in cur) and _union_member(p):
+            if not _member_fits(p, cur):
+                return tuple(path), tag_before_last, False
+            continue
         path.append(p)
         try:
             cur = cur[p]
         except (KeyError, IndexError, TypeError):
             cur = None
-    return tuple(path), tag_before_last
+    return tuple(path), tag_before_last, True
+
+
+_SCALAR_MEMBERS = ("str", "int", "float", "bool", "none")
+
+
+def _union_member(tag: str) -> bool:
+    """Whether a loc element names a union member (keys of the schema are snake_case)."""
+    return tag in _SCALAR_MEMBERS or tag.startswith(("list[", "literal[", "function-")) or (
+        isinstance(getattr(S, tag, None), type) and issubclass(getattr(S, tag), BaseModel))
+
+
+def _member_fits(tag: str, value: Any) -> bool:
+    cls = getattr(S, tag, None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+        return not isinstance(value, dict)
+    if not isinstance(value, dict):
+        return False
+    kind = cls.model_fields["kind"].default if "kind" in cls.model_fields else None
+    return value.get("kind") == kind
+
+
+def _field_at(model: type[BaseModel], path: tuple, data: Any) -> FieldInfo | None:
+    """The schema field that a value path (pydantic's, its tags stripped) leads to, through
+    nested blocks, lists and variants; None when the path leaves the schema."""
+    info, tp, cur = None, None, data
+    for p in path:
+        if tp is not None and isinstance(p, int):  # an item of the list the last field holds
+            tp = _list_item(tp)
+            cur = cur[p] if isinstance(cur, list) and 0 <= p < len(cur) else None
+            if tp is None:
+                return None
+            continue
+        if tp is not None:  # a key of the value the last field holds
+            model = _model_class(tp)
+            if model is None and isinstance(cur, dict):
+                model = ((variants_of(tp) or {}).get(cur["kind"]) if "kind" in cur else
+                         S.ModelUse if _takes_model_use(tp) else None)
+            if model is None:
+                return None
+        if not isinstance(p, str) or (name := _field_name(model, p)) is None:
+            return None
+        info = model.model_fields[name]
+        tp, cur = _annotation(info), cur.get(p) if isinstance(cur, dict) else None
+    return info
 
 
 def _show(v) -> str:
@@ -573,15 +817,15 @@ def validate_block(block: ResolvedBlock, blocks: dict[str, ResolvedBlock]) -> tu
                                  f"block kinds: {', '.join(S.BLOCK_KINDS)}")]
     reader = _Reader(block, blocks)
     data = reader.read_model(model, block_data(block), ())
-    diagnostics = [Diagnostic("error", p.code, p.message, block.span_of(p.path, key=p.key), help=p.help)
-                   for p in reader.problems]
+    diagnostics = [Diagnostic("error", p.code, p.message, block.span_of(p.path, key=p.key), labels=p.labels,
+                              help=p.help) for p in reader.problems]
     try:
         typed = model.model_validate(data)
     except ValidationError as err:
         known = {d.span for d in diagnostics}
         # keys already reported are absent from `data`; pydantic would call them missing
         reported = {p.path for p in reader.problems if p.path} | {p for p in reader.unknown if p}
-        for d in _pydantic_diagnostics(err, block, data, reported):
+        for d in _pydantic_diagnostics(err, block, data, reported, blocks):
             if d.code == "LMS045" and block.incomplete:  # the keys may be in the block it failed to extend
                 continue
             if d.span not in known or d.code != "LMS042":
@@ -598,6 +842,7 @@ def validate_spec(resolved: ResolvedSpec) -> ValidatedSpec:
             out.diagnostics += diagnostics
             if typed is not None:
                 out.blocks[name] = typed
+    out.diagnostics = collapse_inherited(out.diagnostics, resolved.blocks)
     return out
 
 
@@ -621,7 +866,9 @@ def _of_numbers(fn):
 
 
 def _choice(value) -> str | None:
-    return value.name if isinstance(value, Symbol) else None
+    """The choice a value names; a block named like one (`model decoder`) is read as the choice
+    where the key takes no block (see `_Reader.shadowed`)."""
+    return value.name if isinstance(value, (Symbol, Ref)) else None
 
 
 # Defaults that depend on other keys, as docs/language.md writes them; `lower.py` applies the
@@ -716,7 +963,8 @@ def derived_attribute(block: ResolvedBlock, attr: str, resolver) -> tuple[bool, 
         sentinels = block.fields.get("sentinels", 0)
         if not isinstance(specials, list) or not isinstance(sentinels, int):
             return True, None
-        name = kind.name if isinstance(kind, (Symbol, CallValue)) else None
+        # a Ref too: in `tokenizer bytes { kind: bytes }` the kind is the choice (see `_Reader.shadowed`)
+        name = kind.name if isinstance(kind, (Symbol, CallValue, Ref)) else None
         call = kind if isinstance(kind, CallValue) else None
         if name == "bytes":  # `bytes` and `bytes()`
             return True, 256 + len(specials) + sentinels

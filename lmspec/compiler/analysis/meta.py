@@ -9,17 +9,21 @@ order. Every layer maps (B, T, d) to (B, T, d), so identical layers chain identi
 representatives exercise every layer kind and every transition between kinds. The full model
 is still built, and its parameters compared one by one with `parameter_shapes`.
 
-torch is imported here only, and only when `meta_check` runs.
+torch is imported here only, and only when `meta_check` runs and finds no cached result
+(`meta_cache`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import traceback
+import sys
+import types
 from typing import TYPE_CHECKING, Collection
 
 from lmspec.compiler.arch import ArchConfig, LayerConfig, StackConfig
 
+from . import meta_cache
 from .params import parameter_shapes
 
 if TYPE_CHECKING:
@@ -62,6 +66,8 @@ def _describe(exc: BaseException) -> str:
 
 def _where(exc: BaseException, names: dict[int, str]) -> str:
     """The innermost module of the model whose code was running when `exc` was raised."""
+    import traceback
+
     where = ""
     for frame, _ in traceback.walk_tb(exc.__traceback__):
         owner = frame.f_locals.get("self")
@@ -189,22 +195,37 @@ def meta_pass(
     """`meta_check`'s pass, its findings kept apart: what fails, and which parameters the
     backward pass of a loss over the outputs in `reads` ("logits", "nsp_logits",
     "class_logits", "scores", "hidden"; None: every head's) leaves without a gradient --
-    the parameters a stage with those objectives would not train."""
+    the parameters a stage with those objectives would not train.
+
+    Inside `meta_cache.use_meta_cache()` a result found in the cache is returned without
+    importing torch, and a pass that ran to its end is stored there."""
+    directory, key = meta_cache.active_directory(), None
+    if directory is not None:
+        try:
+            key = meta_cache.cache_key(arch, batch, seq_len, decoder_seq_len, reads)
+            hit = meta_cache.load(directory, key)
+        except Exception:  # a bug in the cache is a miss, never a failed check
+            key = hit = None
+        if hit is not None:
+            return MetaResult(*hit)
     try:
-        return _meta_pass(arch, batch, seq_len, decoder_seq_len, reads)
-    except Exception as exc:  # a bug here must not take `lmspec check` down with it
+        import lmspec.compiler.build  # noqa: F401 - torch, torch.nn and the modules
+    except Exception as exc:  # pragma: no cover - torch is a dependency; not cached: it may be fixed
+        return MetaResult([f"cannot import torch for the meta check: {_describe(exc)}"], [])
+    try:
+        with _dynamo_left_unimported():
+            result = _meta_pass(arch, batch, seq_len, decoder_seq_len, reads)
+    except Exception as exc:  # a bug here must not take `lmspec check` down with it; never cached
         return MetaResult([f"the meta check itself failed: {_describe(exc)}"], [])
+    if key is not None:
+        meta_cache.store(directory, key, result.problems, result.unreached)
+    return result
 
 
 def _meta_pass(
     arch: ArchConfig, batch: int, seq_len: int | None, decoder_seq_len: int | None, reads: Collection[str] | None
 ) -> MetaResult:
-    try:
-        import torch
-
-        from lmspec.compiler.build import build_model
-    except Exception as exc:  # pragma: no cover - torch is a dependency
-        return MetaResult([f"cannot import torch for the meta check: {_describe(exc)}"], [])
+    from lmspec.compiler.build import build_model
 
     T = arch.context if seq_len is None else seq_len
     T_dec = T if decoder_seq_len is None else decoder_seq_len
@@ -249,6 +270,56 @@ def _meta_pass(
 
     unreached = [_original_name(n, kept) for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     return MetaResult(problems, unreached)
+
+
+@contextlib.contextmanager
+def _dynamo_left_unimported():
+    """Run the pass without importing torch._dynamo, which would cost ~1.3 s: more than the
+    rest of a cold check after torch itself.
+
+    torch's meta kernels for element-wise ops are Python references (torch._refs) wrapped in
+    `torch._disable_dynamo`, as is every `TorchDispatchMode.__torch_dispatch__`; the wrapper's
+    first call imports torch._dynamo to ask it for `disable(fn)`, and keeps the answer on `fn`.
+    While no torch._dynamo is imported nothing can be compiling, so disabling it is calling
+    `fn`: a stand-in module answers `disable(fn) = fn`, and on the way out the answers are
+    taken back and the stand-in removed, so a later torch.compile in this process wraps those
+    functions as it would have. Anything else asked of the stand-in imports the real module."""
+    import torch
+
+    if "torch._dynamo" in sys.modules:
+        yield
+        return
+    answered: list = []
+
+    def disable(fn=None, recursive=True, **kwargs):
+        if fn is None:  # decorator form, `disable(recursive=False)(fn)`
+            return lambda f: disable(f, recursive, **kwargs)
+        answered.append(fn)
+        return fn
+
+    def real(name: str):
+        if sys.modules.get("torch._dynamo") is stand_in:
+            del sys.modules["torch._dynamo"]
+            vars(torch).pop("_dynamo", None)
+        import torch._dynamo as dynamo  # the real one, now that the stand-in is gone
+
+        return getattr(dynamo, name)
+
+    stand_in = types.ModuleType("torch._dynamo", "lmspec's stand-in while a meta pass runs")
+    stand_in.disable = disable
+    stand_in.__getattr__ = real  # type: ignore[attr-defined]
+    sys.modules["torch._dynamo"] = stand_in
+    torch._dynamo = stand_in
+    try:
+        yield
+    finally:
+        if sys.modules.get("torch._dynamo") is stand_in:
+            del sys.modules["torch._dynamo"]
+        if vars(torch).get("_dynamo") is stand_in:
+            del torch._dynamo
+        for fn in answered:
+            with contextlib.suppress(AttributeError):
+                delattr(fn, "__dynamo_disable")
 
 
 def _scalars_on_meta_mode():
