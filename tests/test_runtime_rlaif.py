@@ -48,7 +48,7 @@ PPO = """rl align {
   algorithm: ALGORITHM
   rollouts { prompts: stories.prefixes(tokens: 8, count: 40), per_step: 8, max_new_tokens: 12 }
   MINIBATCH
-  steps: 3, eval_prompts: 4, log_every: 1, checkpoint_every: 1, optimizer: adamw(lr: 1e-3)
+  steps: 3, eval_prompts: 4, log_every: 1, checkpoint_every: 1, optimizer: adamw(lr: 1e-3), eval_judges: [sentiment]
 }
 """
 
@@ -158,6 +158,32 @@ def test_each_algorithm_runs_and_logs_the_documented_metrics(project, tmp_path, 
     assert m[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts as its reference
     assert r.samples("align") and "reward" in r.samples("align")[0]
     assert r.status("align")["status"] == "finished"
+    assert 0 <= m[-1]["eval_sentiment_share"] <= 1 and "before_eval_sentiment_share" in m[-1]
+
+
+def test_the_summary_shows_before_and_after_and_the_reward_and_kl_plot(project, tmp_path):
+    import io
+
+    from lmspec.runtime.progress import render_summary
+
+    r = go(project(BASE + rl_block()), tmp_path / "run")
+    out = io.StringIO()
+    render_summary(r, out, live=False)
+    text = out.getvalue()
+    last = r.metrics("align")[-1]
+    assert "align: before and after, on held-out prompts" in text
+    share = f"{100 * last['before_eval_sentiment_share']:.1f}%"
+    assert any(line.split()[:5] == ["sentiment:", "share", "judged", "positive", share] for line in text.splitlines())
+    assert (r.path / "stages" / "align" / "rl.png").stat().st_size > 1000 and "rl.png" in text
+
+
+def test_until_prompts_end_with_their_marker(project, tmp_path):
+    text = BASE.split("train reward")[0].replace("stories.prefixes(tokens: 8, count: 12)",
+                                                 'stories.until("In the end,", tokens: 40, count: 6)')
+    r = go(project(text), tmp_path / "run")
+    prompts = {p["prompt"] for p in lines(r.path / "stages" / "prefs" / "final" / "preferences.jsonl")}
+    assert len(prompts) == 6
+    assert all(p.endswith("In the end,") and len(p.encode()) <= 40 for p in prompts)
 
 
 def test_the_importance_ratio_of_the_first_update_is_exactly_one(project, tmp_path):
@@ -211,3 +237,51 @@ def test_an_exploding_kl_stops_and_keeps_the_last_good_checkpoint(project, tmp_p
     assert "--resume" in err.value.help
     assert (tmp_path / "run" / "stages" / "align" / "checkpoints" / "step-0000001").is_dir()
     assert json.loads((tmp_path / "run" / "stages" / "align" / "status.json").read_text())["status"] == "failed"
+
+
+# ----------------------------------------------------------------------------- dpo
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
+def test_the_dpo_objective_is_the_checked_dpo_loss(loss):
+    """With hard labels (p = 1) the objective's summed loss is B times rl.dpo.dpo_loss (which
+    tests/test_rl_vs_trl.py compares with TRL); prompt tokens and padding never count."""
+    from lmspec.compiler.schema import DPO as DPOSpec
+    from lmspec.runtime.objectives import Context
+    from lmspec.runtime.objectives.dpo import DPO
+    from lmspec.runtime.rl import DPOConfig, dpo_loss
+
+    g = torch.Generator().manual_seed(0)
+    obj = DPO(DPOSpec(beta=0.2, loss=loss), Context(seq_len=32, vocab_size=11, specials={"pad": 0}))
+    examples = [{"prompt": torch.randint(1, 11, (n,), generator=g), "a": torch.randint(1, 11, (m,), generator=g),
+                 "b": torch.randint(1, 11, (k,), generator=g), "p": 1.0} for n, m, k in [(3, 4, 6), (5, 2, 3)]]
+    batch = obj.build(examples, g)
+    logits, ref_logits = torch.randn(4, batch["input_ids"].shape[1], 11, generator=g), torch.randn(4, 1, 11)
+    ref_logits = ref_logits.expand_as(logits)
+    batch["ref_logprobs"] = obj.token_logprobs(ref_logits, batch)
+
+    class Out:
+        pass
+
+    out = Out()
+    out.logits = logits
+    ours = obj.loss(out, batch)
+
+    B = 2
+    pol, ref = obj.token_logprobs(logits, batch), batch["ref_logprobs"]
+    mask = batch["response_targets"]
+    assert mask.sum(dim=1).tolist() == [4, 2, 6, 3]  # the response tokens of a rows, then of b rows
+    theirs, _ = dpo_loss(pol[:B], pol[B:], ref[:B], ref[B:], mask[:B], mask[B:], DPOConfig(beta=0.2, loss_type=loss))
+    assert float(ours) == pytest.approx(B * float(theirs), rel=1e-5)
+
+
+def test_dpo_trains_a_policy_on_the_preference_set(project, tmp_path):
+    text = BASE.split("train reward")[0] + """
+train dpo_align { model: gpt, init: pretrain, objective: dpo(beta: 0.1), data: prefs, steps: 3, batch: 4,
+                  samples: 1, sample_tokens: 8 }
+"""
+    r = go(project(text), tmp_path / "run")
+    last = r.metrics("dpo_align")[-1]
+    assert {"loss", "eval_loss", "accuracy"} <= last.keys()
+    first = r.metrics("dpo_align")[0]
+    assert first["loss"] == pytest.approx(0.6931, abs=2e-3)  # log 2: the policy starts as its reference

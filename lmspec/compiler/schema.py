@@ -318,6 +318,8 @@ class BradleyTerry(Variant):
 class DPO(Variant):
     kind: Literal["dpo"] = "dpo"
     beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward")
+    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO with the soft label; ipo: "
+                                                                   "IPO's squared loss on token-mean log-ratios")
 
 
 Objective = Annotated[Union[CLM, MLM, NSP, SpanCorruption, PrefixLM, SFT, Classify, BradleyTerry, DPO],
@@ -446,13 +448,28 @@ class JudgeSpec(Block):
     principles: list[str] = Field([], description="constitution-style principles, for generative judges")
 
 
-class Prompts(Variant):
-    """`stories.prefixes(tokens: 8, count: 2k)`."""
+class Prefixes(Variant):
+    """`stories.prefixes(tokens: 8, count: 2k)`: the first tokens of each document."""
 
     kind: Literal["prefixes"] = "prefixes"
     data: Ref_("data") = Field(description="the data block prompts are cut from")
     tokens: int = Field(8, ge=1, description="prompt length in tokens")
     count: int | None = Field(None, ge=1, description="number of prompts; default all")
+
+
+class Until(Variant):
+    """`stories.until("In the end,", tokens: 128)`: each document's text up to and including the
+    first occurrence of a marker (documents without it are left out), at most its last `tokens`
+    tokens: the policy writes what follows the marker."""
+
+    kind: Literal["until"] = "until"
+    data: Ref_("data") = Field(description="the data block prompts are cut from")
+    marker: str = Field(min_length=1, description="the text each prompt ends with")
+    tokens: int = Field(128, ge=1, description="the longest prompt in tokens (a longer one keeps its end)")
+    count: int | None = Field(None, ge=1, description="number of prompts; default all")
+
+
+Prompts = Annotated[Union[Prefixes, Until], Field(discriminator="kind")]
 
 
 class FeedbackSpec(Block):
@@ -532,6 +549,8 @@ class RLSpec(Block):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto")
     eval_every: int = Field(0, ge=0, description="evaluate on held-out prompts every N steps; 0 = only at the end")
     eval_prompts: int = Field(32, ge=1, description="held-out prompts each evaluation samples and scores")
+    eval_judges: list[Ref_("judge")] = Field([], description="judges that also score the held-out samples at "
+                                                             "each evaluation (the before/after table)")
     samples: int = Field(3, ge=0, le=64, description="samples logged at each evaluation")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every N steps (and on Ctrl-C)")
     keep_checkpoints: int = Field(3, ge=1)

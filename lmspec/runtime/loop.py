@@ -219,12 +219,14 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
     fsync_dir(sdir)
     elapsed = time.perf_counter() - t_stage
     run.set_stage_status(name, "finished", step=total, total=total, seconds=elapsed, tokens=tokens)
-    from lmspec.runtime.plots import plot_losses
+    from lmspec.runtime.plots import plot_losses, plot_rl
 
     try:
         plot_losses(run.metrics(name), sdir / "loss.png", f"{name}")
+        if stage.kind == "rl":
+            plot_rl(run.metrics(name), sdir / "rl.png", f"{name}: reward and KL")
     except (OSError, ValueError) as err:  # a plot is never worth a failed run
-        progress.message(f"stage {name}: could not draw loss.png ({err})")
+        progress.message(f"stage {name}: could not draw its plots ({err})")
     return artifacts.moved_to(final)
 
 

@@ -1,10 +1,11 @@
-"""The loss-curve plot of a stage (PNG, matplotlib without a display)."""
+"""The plots of a stage (PNG, matplotlib without a display): its loss curve, and for an rl
+stage its reward and KL per step."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["plot_losses"]
+__all__ = ["plot_losses", "plot_rl"]
 
 
 def plot_losses(metrics: list[dict], path: Path, title: str) -> Path | None:
@@ -31,6 +32,40 @@ def plot_losses(metrics: list[dict], path: Path, title: str) -> Path | None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def plot_rl(metrics: list[dict], path: Path, title: str) -> Path | None:
+    """Reward (per step, and on the held-out prompts where evaluated) above the KL to the
+    reference, against step."""
+    steps = [m for m in metrics if "reward" in m and "kl" in m]
+    if not steps:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), dpi=100, sharex=True)
+    top.plot([m["step"] for m in steps], [m["reward"] for m in steps], label="reward (rollouts)", linewidth=1.2)
+    evals = [(m["step"], m["eval_reward"]) for m in metrics if m.get("eval_reward") is not None]
+    if evals:
+        top.plot(*zip(*evals), "o-", label="reward (held-out prompts)", linewidth=1.2, markersize=4)
+    top.set_ylabel("reward")
+    top.set_title(title)
+    top.legend()
+    bottom.plot([m["step"] for m in steps], [m["kl"] for m in steps], color="tab:red", linewidth=1.2)
+    bottom.set_ylabel("KL to the reference (nats / sequence)")
+    bottom.set_xlabel("step")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp)

@@ -88,7 +88,7 @@ def summary_rows(run) -> list[dict]:
         status = run.status(stage)
         train = [m for m in metrics if "loss" in m]
         evals = [m for m in metrics if "eval_loss" in m]
-        tokens = train[-1].get("tokens", 0) if train else 0  # cumulative in every line
+        tokens = metrics[-1].get("tokens", 0) if metrics else 0  # cumulative in every line
         seconds = status.get("seconds", 0.0)
         row = {"stage": stage, "status": status.get("status", "pending"),
                "steps": f"{status.get('step', 0)}/{status.get('total', '?')}",
@@ -99,6 +99,37 @@ def summary_rows(run) -> list[dict]:
                 row[key] = evals[-1][key]
         rows.append(row)
     return rows
+
+
+def before_after(run) -> list[str]:
+    """For each rl stage that was evaluated: its held-out figures before the first update and
+    after the last — the reward, each `eval_judges` judge's mean score and share, the length."""
+    out = []
+    for stage in run.stages:
+        evals = [m for m in run.metrics(stage) if "before_eval_reward" in m]
+        if not evals:
+            continue
+        last = evals[-1]
+        steps = [m for m in run.metrics(stage) if "kl" in m]
+        rows = []
+        for key in sorted(k[len("before_"):] for k in last if k.startswith("before_eval_")):
+            name = key[len("eval_"):]
+            label = (f"{name[:-len('_share')]}: share judged positive" if name.endswith("_share") else
+                     f"{name}: mean score")
+            if name == "reward":
+                label = "reward"
+            elif name == "response_length":
+                label = "response length (tokens)"
+            pct = name.endswith("_share")
+            fmt = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3f}")
+            rows.append((label, fmt(last[f"before_{key}"]), fmt(last[key])))
+        if steps:
+            rows.append(("KL to the reference (last step)", f"{steps[0]['kl']:.3f}", f"{steps[-1]['kl']:.3f}"))
+        width = max(len(r[0]) for r in rows)
+        out.append(f"{stage}: before and after, on held-out prompts")
+        out.append(f"  {'':<{width}}  {'before':>9}  {'after':>9}")
+        out += [f"  {a:<{width}}  {b:>9}  {c:>9}" for a, b, c in rows]
+    return out
 
 
 def render_summary(run, stream=None, *, live: bool | None = None) -> None:
@@ -131,7 +162,9 @@ def render_summary(run, stream=None, *, live: bool | None = None) -> None:
         for row in table:
             print("  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))),
                   file=stream)
-    plots = [run.path / "stages" / r["stage"] / "loss.png" for r in rows]
+    for table_lines in before_after(run):
+        print(table_lines, file=stream)
+    plots = [run.path / "stages" / r["stage"] / name for r in rows for name in ("loss.png", "rl.png")]
     plots = [p for p in plots if p.exists()]
     if plots:
         print("plots: " + ", ".join(str(p) for p in plots), file=stream)

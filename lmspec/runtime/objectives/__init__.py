@@ -12,6 +12,7 @@ from .base import IGNORE, Context, Objective, Reads, model_inputs
 from .bradley_terry import BradleyTerry
 from .classify import Classify
 from .clm import CausalLM
+from .dpo import DPO
 from .mlm import MaskedLM
 from .nsp import NextSentence
 from .prefix_lm import PrefixLM
@@ -24,7 +25,7 @@ __all__ = ["IGNORE", "Context", "Objective", "Reads", "model_inputs", "build_obj
 # a closed table: a spec names an objective kind, never a class or a module
 OBJECTIVES: dict[str, type[Objective]] = {
     "clm": CausalLM, "mlm": MaskedLM, "nsp": NextSentence, "span_corruption": SpanCorruption, "prefix_lm": PrefixLM,
-    "sft": SFT, "classify": Classify, "bradley_terry": BradleyTerry,
+    "sft": SFT, "classify": Classify, "bradley_terry": BradleyTerry, "dpo": DPO,
 }
 
 def build_objective(spec, ctx: Context) -> Objective:

@@ -33,8 +33,11 @@ __all__ = ["FeedbackStage", "prompt_prefixes", "generate_responses", "agreement"
 
 
 def prompt_prefixes(ctx, prompts_spec, tokenizer, *, count: int | None = None) -> list[torch.Tensor]:
-    """`data.prefixes(tokens: T, count: N)`: the first T tokens of N documents of the data
-    block's training split, in its seeded order (documents shorter than T are whole prompts)."""
+    """The prompts of `data.prefixes(tokens: T, count: N)`: the first T tokens of N documents of
+    the data block's training split, in its seeded order (documents shorter than T are whole
+    prompts); of `data.until("marker", tokens: T, count: N)`: the text of each document up to
+    and including the first "marker", at most its last T tokens, documents without the marker
+    left out."""
     from lmspec.runtime.data import ExampleStream, prepare_dataset
     from lmspec.runtime.objectives.base import Reads
 
@@ -44,11 +47,33 @@ def prompt_prefixes(ctx, prompts_spec, tokenizer, *, count: int | None = None) -
                               cache_dir=ctx.cache_dir)
     stream = ExampleStream(dataset.train, Reads("documents"), seed=data.seed, shuffle=data.shuffle)
     n = count if count is not None else (prompts_spec.count or len(stream))
-    out = [e["tokens"][:prompts_spec.tokens].long() for e in stream.take(0, n)]
+    if prompts_spec.kind == "until":
+        out = _until(stream, tokenizer, prompts_spec, n)
+    else:
+        out = [e["tokens"][:prompts_spec.tokens].long() for e in stream.take(0, n)]
     empty = sum(1 for p in out if len(p) == 0)
     if empty:
         raise RunError(f"{empty} of the prompts cut from data '{prompts_spec.data}' are empty",
                        help="the data holds empty documents; remove them")
+    return out
+
+
+def _until(stream, tokenizer, spec, n: int) -> list[torch.Tensor]:
+    """Documents in stream order, each read once, until n of them hold the marker."""
+    out = []
+    for position in range(0, len(stream), 256):
+        for e in stream.take(position, min(256, len(stream) - position)):
+            text = tokenizer.decode(e["tokens"].tolist())
+            at = text.find(spec.marker)
+            if at >= 0:
+                ids = tokenizer.encode(text[:at + len(spec.marker)])
+                out.append(torch.tensor(ids[-spec.tokens:], dtype=torch.long))
+                if len(out) == n:
+                    return out
+    if spec.count is not None or not out:
+        raise RunError(f"data '{spec.data}' holds {len(out)} documents with the marker {spec.marker!r}, and the "
+                       f"prompts ask for {spec.count or 1}",
+                       help="lower count, or choose a marker the documents contain")
     return out
 
 

@@ -75,6 +75,9 @@ class RLStage(Stage):
         self.policy = build_stage_model(plan, device=self.device, artifacts=artifacts)
         self.reference = self._reference(artifacts)
         self.reward = self._reward()
+        from lmspec.runtime.judges.build import build_judge
+
+        self.eval_judges = {name: build_judge(name, ctx) for name in s.eval_judges}
         self.value = self._value_model() if s.algorithm.kind == "ppo" else None
         self.algo = ALGORITHMS[s.algorithm.kind]
         self.cfg = self._config()
@@ -311,7 +314,13 @@ class RLStage(Stage):
         prompts = [self.tokenizer.decode(p.tolist()) for p in self.eval_set]
         scores = self.reward.score(prompts, texts).float()
         self._last_eval = list(zip(prompts, texts, scores.tolist()))
-        return {"eval_reward": float(scores.mean())}
+        out = {"eval_reward": float(scores.mean()), "eval_response_length": float(rmask.sum()) / len(texts)}
+        for name, judge in self.eval_judges.items():
+            s = judge.score(prompts, texts)
+            out[f"eval_{name}"] = float(s.mean())
+            if getattr(judge, "how", None) == "probability":  # the share the judge calls its class
+                out[f"eval_{name}_share"] = float((s > 0).double().mean())
+        return out
 
     def samples(self, i: int) -> list[dict]:
         rows = getattr(self, "_last_eval", [])[: self.spec.samples]

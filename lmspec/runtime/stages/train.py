@@ -64,6 +64,13 @@ class TrainStage(Stage):
         else:
             self._setup_data(reads)
         self.model = self._build_model(plan)
+        self.reference = None
+        if any(getattr(obj, "needs_reference", False) for _, obj in self.terms):  # dpo: the model as it starts
+            import copy
+
+            self.reference = copy.deepcopy(self.model).eval()
+            for p in self.reference.parameters():
+                p.requires_grad_(False)
         self.model.train()
         self.forward_model = torch.compile(self.model) if s.compile else self.model
         self.optimizer = engine.make_optimizer(s.optimizer, self.model, self.device)
@@ -154,7 +161,14 @@ class TrainStage(Stage):
         for _, obj in self.terms[1:]:
             batch = obj.augment(batch, gen)
         cuda = self.device.type == "cuda"
-        return {k: (v.pin_memory() if cuda else v).to(self.device, non_blocking=cuda) for k, v in batch.items()}
+        batch = {k: (v.pin_memory() if cuda else v).to(self.device, non_blocking=cuda) for k, v in batch.items()}
+        if self.reference is not None:  # the frozen reference's log-probs, for dpo
+            from lmspec.runtime.objectives import model_inputs
+
+            with torch.no_grad(), self.precision.autocast():
+                ref = self.reference(**model_inputs(batch))
+            batch["ref_logprobs"] = self.terms[0][1].token_logprobs(ref.logits, batch)
+        return batch
 
     def step(self, i: int) -> dict[str, float]:
         s = self.spec
