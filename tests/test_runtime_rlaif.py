@@ -175,6 +175,9 @@ def test_the_summary_shows_before_and_after_and_the_reward_and_kl_plot(project, 
     share = f"{100 * last['before_eval_sentiment_share']:.1f}%"
     assert any(line.split()[:5] == ["sentiment:", "share", "judged", "positive", share] for line in text.splitlines())
     assert (r.path / "stages" / "align" / "rl.png").stat().st_size > 1000 and "rl.png" in text
+    # the judge's agreement statistics of the feedback stage (also what `lmspec show` prints)
+    assert "prefs: 36 pairs; mean label " in text and "  labels  0.0-0.1: " in text
+    assert "both orders agree on the winner: 100.0%; position bias +0.000" in text
 
 
 def test_until_prompts_end_with_their_marker(project, tmp_path):

@@ -65,19 +65,48 @@ def test_classifier_reports_accuracy(tmp_path, cache):
     assert "perplexity" not in last_eval(r, "judge_fit")
 
 
-def test_rlaif_runs_every_stage(tmp_path, cache):
-    """The whole loop as written — pretrain, critic, AI-labelled preferences, reward model, PPO —
-    each stage cut to a few steps."""
-    feedback = ["prefs.prompts=stories.prefixes(tokens: 8, count: 8)", "prefs.max_new_tokens=8", "prefs.batch=4"]
-    reward = ["reward.steps=2", "reward.batch=2", "reward.eval_batches=1"]
-    rl = ["align.steps=2", "align.rollouts.per_step=4", "align.rollouts.max_new_tokens=8", "align.eval_prompts=2",
-          "align.rollouts.prompts=stories.prefixes(tokens: 8, count: 16)"]
-    r = run(SPECS / "rlaif.lmspec", overrides=few_steps("pretrain") + few_steps("judge_fit", seq_len=None) + feedback
-            + reward + rl, out=tmp_path / "run", progress=Progress(quiet=True), cache_dir=cache)
+UNTIL = 'stories.until("In the end,", tokens: 120, count: 16)'
+
+
+def rlaif_few_steps(*, prefs: bool = True, reward: bool = True, rl: bool = True) -> list[str]:
+    """The RLAIF specs' stages as written, each cut to two tiny steps."""
+    out = few_steps("pretrain") + few_steps("judge_fit", seq_len=None)
+    if prefs:
+        out += [f"prefs.prompts={UNTIL}", "prefs.max_new_tokens=8", "prefs.batch=4"]
+    if reward:
+        out += ["reward.steps=2", "reward.batch=2", "reward.eval_batches=1", "reward.eval_every=2"]
+    if rl:
+        out += ["align.steps=2", "align.rollouts.per_step=8", "align.rollouts.max_new_tokens=8", "align.eval_prompts=2",
+                f"align.rollouts.prompts={UNTIL}", "align.eval_every=2", "align.log_every=1"]
+    return out
+
+
+@pytest.mark.parametrize("name", ["rlaif.lmspec", "rlaif_grpo.lmspec", "rlaif_rloo.lmspec"])
+def test_rlaif_and_its_variants_run_every_stage(tmp_path, cache, name):
+    """The whole loop as written — pretrain, critic, AI-labelled preferences, reward model, policy
+    optimisation — each stage cut to a few steps."""
+    r = go(name, rlaif_few_steps(), tmp_path, cache)
     assert r.manifest["status"] == "finished"
     assert r.manifest["stages"] == ["pretrain", "judge_fit", "prefs", "reward", "align"]
-    assert len((r.path / "stages" / "prefs" / "final" / "preferences.jsonl").read_text().splitlines()) == 8
-    assert {"reward", "kl", "value_loss", "eval_reward", "before_eval_reward"} <= r.metrics("align")[-1].keys()
+    pairs = (r.path / "stages" / "prefs" / "final" / "preferences.jsonl").read_text().splitlines()
+    assert len(pairs) == 16 and all('In the end,"' in p for p in pairs)  # every prompt stops at the marker
+    last = r.metrics("align")[-1]
+    assert {"reward", "kl", "eval_reward", "before_eval_reward"} <= last.keys()
+    if name == "rlaif.lmspec":
+        assert "value_loss" in last and "eval_sentiment_share" in last
+
+
+def test_direct_rlaif_uses_the_judge_as_the_reward(tmp_path, cache):
+    r = go("rlaif_direct.lmspec", rlaif_few_steps(prefs=False, reward=False), tmp_path, cache)
+    assert r.manifest["stages"] == ["pretrain", "judge_fit", "align"]
+    assert (r.path / "judgments" / "sentiment.jsonl").is_file()  # the judge's scores are the rewards, cached
+
+
+def test_dpo_learns_from_the_ai_labelled_pairs(tmp_path, cache):
+    r = go("rlaif_dpo.lmspec", rlaif_few_steps(reward=False, rl=False) + few_steps("dpo_align", seq_len=None),
+           tmp_path, cache)
+    assert r.manifest["stages"] == ["pretrain", "judge_fit", "prefs", "dpo_align"]
+    assert {"eval_loss", "accuracy"} <= last_eval(r, "dpo_align").keys()
 
 
 def test_an_encoder_decoder_samples_with_its_encoder_reading_the_prompt(tmp_path, cache):

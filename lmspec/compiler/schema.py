@@ -49,6 +49,7 @@ def Ref_(*kinds: str):  # noqa: N802 - reads as a type in annotations
 
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # torch rejects a beta outside [0, 1) at setup
 MAX_LAYERS = 4096  # the deepest published transformers have ~200; checks walk every layer
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -284,7 +285,8 @@ class CLM(Variant):
 class MLM(Variant):
     kind: Literal["mlm"] = "mlm"
     mask: Fraction = Field(0.15, description="fraction of tokens selected for prediction")
-    replace: list[Fraction] = Field([0.8, 0.1, 0.1], description="of those: [mask token, random token, unchanged]")
+    replace: list[Fraction] = Field([0.8, 0.1, 0.1], min_length=3, max_length=3,
+                                    description="of those: [mask token, random token, unchanged], summing to 100%")
 
 
 class NSP(Variant):
@@ -313,6 +315,7 @@ class Classify(Variant):
 
 class BradleyTerry(Variant):
     kind: Literal["bradley_terry"] = "bradley_terry"
+    margin: float = Field(0.0, ge=0, description="the reward gap the preferred response should win by (Llama 2)")
 
 
 class DPO(Variant):
@@ -334,7 +337,7 @@ class ObjectiveTerm(Schema):
 class AdamW(Variant):
     kind: Literal["adamw"] = "adamw"
     lr: float = Field(3e-4, gt=0, le=10, description="peak learning rate")
-    betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2, description="[beta1, beta2]")
+    betas: list[Beta] = Field([0.9, 0.999], min_length=2, max_length=2, description="[beta1, beta2]")
     eps: float = Field(1e-8, gt=0, description="denominator epsilon")
     weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay")
 
@@ -342,7 +345,7 @@ class AdamW(Variant):
 class Adam(Variant):
     kind: Literal["adam"] = "adam"
     lr: float = Field(3e-4, gt=0, le=10)
-    betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)
+    betas: list[Beta] = Field([0.9, 0.999], min_length=2, max_length=2)
     eps: float = Field(1e-8, gt=0)
 
 
@@ -529,7 +532,8 @@ class RolloutSpec(Schema):
     prompts: Prompts = Field(description="data.prefixes(tokens, count)")
     per_step: int = Field(64, ge=1, description="rollouts per optimizer step")
     max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; the policy ratio needs a sampling "
+                                                      "distribution, so no greedy (0)")
     top_k: int | None = Field(None, ge=1)
 
 

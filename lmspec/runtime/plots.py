@@ -56,6 +56,9 @@ def plot_rl(metrics: list[dict], path: Path, title: str) -> Path | None:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), dpi=100, sharex=True)
     top.plot([m["step"] for m in steps], [m["reward"] for m in steps], label="reward (rollouts)", linewidth=1.2)
     evals = [(m["step"], m["eval_reward"]) for m in metrics if m.get("eval_reward") is not None]
+    before = next((m["before_eval_reward"] for m in metrics if m.get("before_eval_reward") is not None), None)
+    if evals and before is not None:
+        evals.insert(0, (0, before))  # the policy as it started
     if evals:
         top.plot(*zip(*evals), "o-", label="reward (held-out prompts)", linewidth=1.2, markersize=4)
     top.set_ylabel("reward")

@@ -101,6 +101,32 @@ def summary_rows(run) -> list[dict]:
     return rows
 
 
+def judge_agreement(run) -> list[str]:
+    """For each finished feedback stage: how its judge labelled the pairs (final/agreement.json)."""
+    import json
+
+    out = []
+    for stage in run.stages:
+        path = run.path / "stages" / stage / "final" / "agreement.json"
+        if not path.is_file():
+            continue
+        try:
+            a = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not a.get("pairs"):
+            continue
+        out.append(f"{stage}: {a['pairs']:,} pairs; mean label {a['label_mean']:.3f}, decisive (|p - 0.5| >= 0.2) "
+                   f"{100 * a['decisive']:.1f}%")
+        hist = a.get("histogram", {})
+        if hist:
+            out.append("  labels  " + "  ".join(f"{k}: {v}" for k, v in hist.items()))
+        if "swap_consistency" in a:
+            out.append(f"  both orders agree on the winner: {100 * a['swap_consistency']:.1f}%; position bias "
+                       f"{a['position_bias']:+.3f} (P(first wins) - P(second wins), halved)")
+    return out
+
+
 def before_after(run) -> list[str]:
     """For each rl stage that was evaluated: its held-out figures before the first update and
     after the last — the reward, each `eval_judges` judge's mean score and share, the length."""
@@ -162,8 +188,8 @@ def render_summary(run, stream=None, *, live: bool | None = None) -> None:
         for row in table:
             print("  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))),
                   file=stream)
-    for table_lines in before_after(run):
-        print(table_lines, file=stream)
+    for line in judge_agreement(run) + before_after(run):
+        print(line, file=stream)
     plots = [run.path / "stages" / r["stage"] / name for r in rows for name in ("loss.png", "rl.png")]
     plots = [p for p in plots if p.exists()]
     if plots:

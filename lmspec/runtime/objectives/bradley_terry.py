@@ -2,8 +2,8 @@
 
 Each pair (prompt, a, b, p) gives two sequences, prompt + a and prompt + b, scored in one
 batch by the model's scalar head (pooled at the last real token of a right-padded row):
-    L = -[p log sigma(r_a - r_b) + (1 - p) log sigma(r_b - r_a)]
-summed over pairs (lmspec.runtime.rl.reward.bradley_terry_loss; docs/rl/reward-models.md).
+    L = -[p log sigma(r_a - r_b - m) + (1 - p) log sigma(r_b - r_a - m)]
+(m = `bradley_terry(margin: m)`, default 0) summed over pairs (lmspec.runtime.rl.reward.bradley_terry_loss; docs/rl/reward-models.md).
 `accuracy` is the share of pairs whose reward order agrees with the label (p > 0.5: a wins);
 a pair with p = 0.5 has no order to get right and counts half.
 """
@@ -45,7 +45,8 @@ class BradleyTerry(Objective):
         from lmspec.runtime.rl.reward import bradley_terry_loss
 
         B = batch["pair_p"].numel()
-        mean, _ = bradley_terry_loss(out.scores[:B], out.scores[B:], batch["pair_p"].to(out.scores.dtype))
+        mean, _ = bradley_terry_loss(out.scores[:B], out.scores[B:], batch["pair_p"].to(out.scores.dtype),
+                                     margin=self.spec.margin or None)
         return mean * B
 
     def metrics(self, out, batch):
