@@ -189,15 +189,37 @@ def test_until_prompts_end_with_their_marker(project, tmp_path):
     assert all(p.endswith("In the end,") and len(p.encode()) <= 40 for p in prompts)
 
 
-def test_the_importance_ratio_of_the_first_update_is_exactly_one(project, tmp_path):
-    """One update per step (epochs 1, no minibatches): the ratio pi / pi_old it sees is the one
-    before any change, at temperature 0.7 too (TRL #4159 found ~2 there)."""
-    text = BASE + rl_block("ppo(epochs: 1)", minibatch="").replace("max_new_tokens: 12 }",
+def test_the_importance_ratio_of_the_first_update_is_exactly_one(project, tmp_path, monkeypatch):
+    """The rollout's log-probs (no gradients, before any update) and the first update's (with
+    gradients) are the same function of the same weights at the sampling temperature, 0.7 here:
+    their ratio is exactly 1 (TRL #4159 found ~2 at temperature != 1)."""
+    from lmspec.runtime.stages.rl import RLStage
+
+    firsts = []
+    real = RLStage._apply
+
+    def record(self, loss, metrics):
+        if not getattr(self, "_seen", False):
+            self._seen = True
+            firsts.append({k: float(v) for k, v in metrics.items()})
+        return real(self, loss, metrics)
+
+    monkeypatch.setattr(RLStage, "_apply", record)
+    text = BASE + rl_block("ppo(epochs: 2)", minibatch="").replace("max_new_tokens: 12 }",
                                                                     "max_new_tokens: 12, temperature: 0.7 }")
-    r = go(project(text), tmp_path / "run")
-    first = r.metrics("align")[0]
-    assert first["ratio"] == pytest.approx(1.0, abs=1e-6) and first["clip_fraction"] == 0.0
-    assert first["approx_kl"] == pytest.approx(0.0, abs=1e-9)
+    go(project(text), tmp_path / "run")
+    assert firsts[0]["ratio"] == pytest.approx(1.0, abs=1e-6) and firsts[0]["clip_fraction"] == 0.0
+    assert firsts[0]["approx_kl"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_single_update_per_step_reuses_its_forward_pass(project, tmp_path):
+    """epochs 1 without minibatches: the update's own log-probs stand in for the rollout's (one
+    forward pass fewer, as TRL's GRPO); the ratio is 1 (nothing clipped, no approximate KL) and
+    the policy still learns."""
+    r = go(project(BASE + rl_block("grpo(group: 4)", minibatch="")), tmp_path / "run")
+    m = r.metrics("align")
+    assert all(x["approx_kl"] == pytest.approx(0.0, abs=1e-9) and x["clip_fraction"] == 0.0 for x in m)
+    assert m[-1]["kl"] > 0  # the updates moved the policy away from its reference
 
 
 def test_an_rl_stage_killed_mid_way_resumes_bit_identically(project, tmp_path):

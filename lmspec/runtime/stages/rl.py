@@ -224,9 +224,20 @@ class RLStage(Stage):
         full, mask, positions = self._sequences(query, qmask, response, rmask)
         rmask_d = rmask.to(self.device)
         with torch.no_grad():
-            old, _ = self._logprobs(self.policy, full, mask, positions, response, rmask)
             ref, _ = self._logprobs(self.reference, full, mask, positions, response, rmask)
-            values = self._values(full, mask, positions, response.shape[1]) if self.value is not None else None
+        epochs = getattr(s.algorithm, "epochs", 1)
+        live = None
+        if epochs == 1 and (s.minibatch or len(prompts)) >= len(prompts):
+            # one update over the whole batch: its own log-probs (and values), detached, are the
+            # rollout's — the same function of the same weights — so one forward pass is saved
+            new, ent = self._logprobs(self.policy, full, mask, positions, response, rmask, entropy=True)
+            new_values = self._values(full, mask, positions, response.shape[1]) if self.value is not None else None
+            old, values = new.detach(), (None if new_values is None else new_values.detach())
+            live = (new, ent, new_values)
+        else:
+            with torch.no_grad():
+                old, _ = self._logprobs(self.policy, full, mask, positions, response, rmask)
+                values = self._values(full, mask, positions, response.shape[1]) if self.value is not None else None
         if self.kl_ctl is not None:
             self.cfg = dataclasses.replace(self.cfg, kl_coef=self.kl_ctl.value)
         batch = RolloutBatch(query.to(self.device), qmask.to(self.device), response.to(self.device), rmask_d, old,
@@ -246,13 +257,12 @@ class RLStage(Stage):
         updates = 0
         B = batch.batch_size
         mb = s.minibatch or B
-        epochs = getattr(s.algorithm, "epochs", 1)
         order_gen = engine.micro_generator(s.seed, i, 0, salt=4)
         for _ in range(epochs):
             order = torch.randperm(B, generator=order_gen) if mb < B else torch.arange(B)
             for start in range(0, B, mb):
                 idx = order[start:start + mb].to(self.device)
-                loss, metrics = self._update(batch, adv, full, mask, positions, idx)
+                loss, metrics = self._update(batch, adv, full, mask, positions, idx, live=live)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 sums["loss"] = sums.get("loss", 0.0) + float(loss)
@@ -266,8 +276,15 @@ class RLStage(Stage):
             out["kl_coef"] = self.cfg.kl_coef
         return out
 
-    def _update(self, batch, adv, full, mask, positions, idx):
+    def _update(self, batch, adv, full, mask, positions, idx, *, live=None):
+        """One optimizer update on rows `idx`; `live`: the (log-probs, entropy, values) of the whole
+        batch already computed with gradients (a single update per step)."""
         from lmspec.runtime.rl import RolloutBatch
+
+        if live is not None:
+            new, ent, values = live
+            loss, metrics = self.algo.loss(new, values, batch, adv, self.cfg, entropy=ent)
+            return self._apply(loss, metrics)
 
         def pick(t):
             return None if t is None else t[idx]
@@ -283,6 +300,9 @@ class RLStage(Stage):
         values = self._values(full[idx], mask[idx], positions[idx], sub.response_tokens.shape[1]) \
             if self.value is not None else None
         loss, metrics = self.algo.loss(new, values, sub, sub_adv, self.cfg, entropy=ent)
+        return self._apply(loss, metrics)
+
+    def _apply(self, loss, metrics):
         if not bool(torch.isfinite(loss)):
             raise RunError(f"stage '{self.name}': a non-finite loss ({float(loss)}); the run stopped and keeps its last "
                            "good checkpoint", help="lower the learning rate")
