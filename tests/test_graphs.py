@@ -41,27 +41,32 @@ def test_the_rlaif_experiment_graph():
         ("reward", "train"), ("align", "rl")]
     # an edge points from a block to the block that reads it
     assert edges(g) == [
-        "gpt -> pretrain: model", "stories -> pretrain: data", "tok -> pretrain: tokenizer",
+        "stories -> tok: train_on", "gpt -> pretrain: model", "stories -> pretrain: data", "tok -> pretrain: tokenizer",
         "critic -> judge_fit: model", "reviews -> judge_fit: data", "tok -> judge_fit: tokenizer",
         "critic -> sentiment: model", "judge_fit -> sentiment: from",
         "gpt -> prefs: policy", "pretrain -> prefs: from", "stories -> prefs: prompts", "sentiment -> prefs: judge",
         "gpt -> reward: model", "pretrain -> reward: init", "prefs -> reward: data", "tok -> reward: tokenizer",
         "gpt -> align: policy", "pretrain -> align: from, reference", "reward -> align: reward",
-        "stories -> align: prompts"]
+        "stories -> align: prompts", "sentiment -> align: eval_judges"]
 
 
 def test_experiment_edges_carry_the_span_of_the_value_that_made_them():
+    """Spans point into the file that holds the value: rlaif.lmspec imports its parts."""
     g = experiment_graph(spec("rlaif.lmspec").spec)
-    assert where(g.edges["judge_fit", "sentiment"]["span"]) == "21:10"  # model: critic from judge_fit
-    assert where(g.edges["pretrain", "reward"]["span"]) == "33:51"  # init: pretrain
-    assert where(g.edges["sentiment", "prefs"]["span"]) == "29:10"  # judge: sentiment
+
+    def at(span) -> str:
+        return f"{Path(span.file).name}:{where(span)}"
+
+    assert at(g.edges["judge_fit", "sentiment"]["span"]) == "writer_and_critic.lmspec:29:10"  # model: critic from ...
+    assert at(g.edges["pretrain", "reward"]["span"]) == "reward.lmspec:6:38"  # init: pretrain
+    assert at(g.edges["sentiment", "prefs"]["span"]) == "preferences.lmspec:9:10"  # judge: sentiment
     # one stage read twice by another: both uses are kept
-    assert [(label, where(span)) for label, span in g.edges["pretrain", "align"]["uses"]] == [
-        ("from", "36:11"), ("reference", "37:14")]
+    assert [(label, at(span)) for label, span in g.edges["pretrain", "align"]["uses"]] == [
+        ("from", "rlaif.lmspec:11:11"), ("reference", "rlaif.lmspec:12:14")]
     # the spec's only tokenizer is read by stages that name none: an implicit edge at the stage's name
     tok = g.edges["tok", "pretrain"]
-    assert tok["implicit"] and where(tok["span"]) == "14:7"
-    assert where(g.nodes["sentiment"]["span"]) == "20:7"
+    assert tok["implicit"] and at(tok["span"]) == "writer_and_critic.lmspec:13:7"
+    assert at(g.nodes["sentiment"]["span"]) == "writer_and_critic.lmspec:28:7"
 
 
 def test_a_bpe_tokenizer_reads_the_data_it_is_trained_on():

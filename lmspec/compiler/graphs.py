@@ -98,7 +98,11 @@ def _detail(kind: str, spec) -> str:
     if kind == "train":
         return f"{_objective_text(spec.objective)}, {spec.steps} steps"
     if kind == "judge":
+        if getattr(spec.model, "kind", None) in ("hf", "openai"):  # an LM labeller: its task, not a score
+            return f"{spec.model.kind} {spec.task}"
         score = spec.score
+        if hasattr(score, "terms"):  # a weighted sum of judges and rules
+            return "sum of " + ", ".join(t.judge if isinstance(t.judge, str) else t.judge.kind for t in score.terms)
         return score.kind + (f"(class {score.cls})" if hasattr(score, "cls") else "")
     if kind == "feedback":
         return f"{spec.samples} samples per prompt"
@@ -113,7 +117,8 @@ def experiment_graph(validated) -> nx.DiGraph:
     Nodes are block names with attributes kind, name, span (the block's name), index
     (order in the spec), detail (a short summary) and label. Edges src -> dst mean "dst
     reads src", with attributes label ("model", "from", "init", "data", "tokenizer",
-    "train_on", "policy", "prompts", "judge", "reference", "reward"), span (the value that
+    "train_on", "policy", "prompts", "judge", "reference", "reward", "score": a judge that
+    a weighted sum of judges adds), span (the value that
     made the edge), uses (every (label, span) when one block reads another twice) and
     implicit (the only tokenizer of a spec, used by a stage that names none).
     Blocks that failed the schema are nodes without outgoing reads."""
@@ -149,8 +154,10 @@ def experiment_graph(validated) -> nx.DiGraph:
             elif len(tokenizers) == 1:
                 _link(g, tokenizers[0], name, "tokenizer", block.name_span, implicit=True)
         elif kind == "judge":
-            if not hasattr(spec.model, "path"):  # hf("dir") reads nothing of the spec
+            if hasattr(spec.model, "stage"):  # `critic from STAGE`; hf(...), openai(...) and rules read no block
                 use_model(spec.model, "model", "model")
+            for term in getattr(spec.score, "terms", ()):  # a weighted sum reads the judges it adds
+                _link(g, term.judge, name, "score", at(("score",)))
         elif kind == "feedback":
             use_model(spec.policy, "policy", "policy")
             _link(g, spec.prompts.data, name, "prompts", at(("prompts",)))
@@ -161,6 +168,8 @@ def experiment_graph(validated) -> nx.DiGraph:
                 _link(g, spec.reference, name, "reference", at(("reference",)))
             _link(g, spec.reward, name, "reward", at(("reward",)))
             _link(g, spec.rollouts.prompts.data, name, "prompts", at(("rollouts", "prompts")))
+            for i, judge in enumerate(spec.eval_judges):
+                _link(g, judge, name, "eval_judges", at(("eval_judges", i)))
     return g
 
 

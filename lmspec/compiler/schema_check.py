@@ -29,6 +29,7 @@ from lmspec.grammar.parser import gc_paused
 __all__ = ["ValidatedSpec", "validate_spec", "schema_default", "derived_attribute", "variants_of"]
 
 CODES.setdefault("LMS050", "a block named like a choice of a key that can also refer to it")
+CODES.setdefault("LMS098", "a judge key that its kind of judge does not read")
 
 
 @dataclass
@@ -159,6 +160,14 @@ def _takes_model_use(tp) -> bool:
     return any(_model_class(m) is S.ModelUse for m in members)
 
 
+@_per_type
+def _takes_score_sum(tp) -> bool:
+    """Whether `tp` is a judge's score, which may be a weighted sum of judges (`a + 0.1 * b`)."""
+    core, _, _ = _unwrap(tp)
+    members = typing.get_args(core) if typing.get_origin(core) in (Union, types.UnionType) else (core,)
+    return any(_model_class(m) is S.ScoreSum for m in members)
+
+
 def _required(cls: type[BaseModel]) -> list[str]:
     return [n for n, info in cls.model_fields.items() if n != "kind" and info.is_required()]
 
@@ -247,7 +256,7 @@ class _Reader:
         if value is None:
             return None
         core, meta, optional = _unwrap(tp)
-        if isinstance(value, Ref):
+        if isinstance(value, Ref) and not _takes_score_sum(tp):  # a score reads judge blocks: judge_score
             value = self.shadowed(tp, value, path, key)
 
         # `none` is how a spec says "no value" for an optional key
@@ -260,6 +269,8 @@ class _Reader:
         # special structured keys
         if typing.get_origin(core) is list and _model_class(_list_item(core)) is S.ObjectiveTerm:
             return self.objective(value, path)
+        if _takes_score_sum(tp):
+            return self.judge_score(value, path, tp)
         if _model_class(core) is S.ModelUse:
             return self.model_use(value, path, tp)
         if typing.get_origin(core) in (Union, types.UnionType) and any(
@@ -517,6 +528,55 @@ class _Reader:
                 self.problems.append(p)
         return out  # pydantic still checks the good terms' ranges
 
+    def judge_score(self, value: Any, path: tuple, tp) -> dict:
+        """A judge's `score`: a variant (`probability(class: 1)`, `contains("happy")`), or a
+        weighted sum of judge blocks and rules (`sentiment + 0.1 * contains("happy")`; a lone judge
+        block is a sum of one term)."""
+        variants = variants_of(tp)
+        if isinstance(value, Ref) and value.kind != "judge" and value.name in variants:
+            value = Symbol(value.name)  # a block named like a choice of a key that takes no such block
+        if not isinstance(value, Combination) and not (isinstance(value, Ref) and value.kind == "judge"):
+            if isinstance(value, Symbol) and value.name not in variants:
+                near = closest(value.name, [*variants, *self._names(("judge",))])
+                if near is not None and near not in variants:  # a misspelt judge
+                    raise _Problem("LMS023", f"'{value.name}' is not defined", path, f"did you mean '{near}'?")
+            return self.variant(variants, value, path, "score")
+        terms = value.terms if isinstance(value, Combination) else ((1.0, value),)
+        rules = {k: v for k, v in variants.items() if k in _RULE_SCORES}
+        for i in range(len(terms)):  # pydantic reports ("score", "terms", i, "judge", arg)
+            _alias_subtree(self.block.value_spans, path, ("terms", i, "judge"))
+        out = []
+        for w, t in terms:  # read every term, so that one bad term does not hide another's error
+            try:
+                out.append({"weight": w, "judge": self._score_term(t, rules, path)})
+            except _Problem as p:
+                self.problems.append(p)
+        return {"terms": out}
+
+    def _score_term(self, term: Any, rules: dict, path: tuple) -> Any:
+        """One term of a sum of scores: a judge block's name, or a rule as a variant dict."""
+        if isinstance(term, Ref):
+            if term.name in rules:  # `length` names both a rule and a block
+                raise _Problem("LMS050", f"'{term.name}' in a score is ambiguous: the {term.kind} block "
+                               f"'{term.name}' shadows the rule {term.name}", path,
+                               f"rename the {term.kind} block '{term.name}' (and the references to it)",
+                               labels=[Label(self.blocks[term.name].name_span,
+                                             f"the {term.kind} '{term.name}' is defined here")])
+            if term.kind != "judge":
+                raise _Problem("LMS047", f"a score adds judges and rules, but '{term.name}' is a {term.kind}", path,
+                               did_you_mean(term.name, self._names(("judge",))) or
+                               "name a judge block, or a rule: length, contains(\"...\"), regex(\"...\")")
+            return term.name
+        name = term.name if isinstance(term, (Symbol, CallValue)) else None
+        if name in _MODEL_SCORES:
+            raise _Problem("LMS044", f"{name} reads a model, so it cannot be a term of a sum", path,
+                           f"write a judge block with `model: ...` and `score: {name}`, and add that judge")
+        if isinstance(term, Symbol) and name not in rules:
+            raise _Problem("LMS023", f"'{name}' is not defined", path,
+                           did_you_mean(name, [*self._names(("judge",)), *rules]) or
+                           "a term of a score is a judge block or a rule: length, contains(\"...\"), regex(\"...\")")
+        return self.variant(rules, term, path, "score")
+
     def model_use(self, value: Any, path: tuple, tp=None) -> dict:
         out: dict[str, Any] = {}
         while True:
@@ -557,6 +617,11 @@ class _Reader:
         else:
             help = f"name a model block, e.g. `{names[0]}`" if names else "define a model block"
         raise _Problem("LMS042", f"expected a model, found {describe(value)}", path, help)
+
+
+# the scores a judge reads from its model, and those that read the response alone (a rule)
+_MODEL_SCORES = ("probability", "logit", "scalar")
+_RULE_SCORES = ("length", "contains", "regex")
 
 
 def _alias_subtree(table: dict[tuple, Span], path: tuple, inserted: tuple) -> None:
@@ -700,6 +765,9 @@ def _pydantic_diagnostics(err: ValidationError, block: ResolvedBlock, data: dict
             out.append(Diagnostic("error", "LMS043", f"'{key}' must be {_RANGE[kind]} {_show(limit)}, "
                                   f"found {_show(found)}", span,
                                   help=f"use a value {_RANGE[kind]} {_show(limit)}{usual}"))
+        elif kind == "string_too_short" and ctx.get("min_length") == 1:  # contains(""), until("")
+            out.append(Diagnostic("error", "LMS043", f"'{key}' must not be empty", span,
+                                  help=f"write the text between the quotes of '{key}'"))
         elif kind in ("too_short", "too_long"):
             n = ctx.get('min_length', ctx.get('max_length'))
             usual = (f": the default is `{key}: [{', '.join(_show(v) for v in default)}]`"
@@ -791,6 +859,51 @@ def _show(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+# ----------------------------------------------------------------------------- judge keys
+
+
+# the keys only an LM judge reads (`model: hf(...)` or `openai(...)`)
+_LM_JUDGE_KEYS = ("task", "prompt", "principles", "principles_mode")
+
+
+def _judge_keys(block: ResolvedBlock, data: dict) -> list[_Problem]:
+    """LMS045 and LMS098: which keys a judge takes depends on what it is (docs/judges.md). A
+    model judge scores with its model's head; a rule or a sum of judges has no model; an LM judge
+    reads its label from the answer tokens and takes task, prompt and principles. A key another
+    kind of judge reads would be ignored, so it is an error here, before any rule reads the judge."""
+    if any(k in block.fields and k not in data for k in ("model", "score")):
+        return []  # the value failed, and said why
+    model, score = data.get("model"), data.get("score")
+    what = None if model is None else model.get("kind", "model")  # a model use has no tag
+    rule = None if score is None else "sum" if "terms" in score else score["kind"]  # None: the default
+    if what in ("hf", "openai"):
+        return [] if score is None else [_Problem(
+            "LMS098", f"judge '{block.name}' is an LM judge ({what}(...)): its label comes from the answer tokens, so "
+            "'score' would be ignored", ("score",), "remove `score:`; `task: rate` asks for a 1-10 rating of each "
+            "response, `task: compare` (the default) which of two is better", key=True)]
+    out = []
+    if what == "model" and rule in (*_RULE_SCORES, "sum"):
+        reads = ("adds the scores of other judges" if rule == "sum" else
+                 f"scores with the rule {rule}, which reads the response alone")
+        out.append(_Problem("LMS098", f"judge '{block.name}' {reads}, so its model '{model['model']}' would be "
+                            "ignored", ("model",), "remove `model:`; or score with the model's head: "
+                            "probability(class: 1), logit(class: 1) or scalar",
+                            labels=[Label(block.span_of(("score",)), "the score")]))
+    if what is None and rule in (None, *_MODEL_SCORES):
+        reads = f"scores with {rule}, which reads a model's head" if rule else "has neither a model nor a rule"
+        out.append(_Problem("LMS045", f"judge '{block.name}' needs 'model': it {reads}", ("score",) if rule else (),
+                            'add `model: MODEL from STAGE` (a classifier or reward model the spec trains), '
+                            '`hf("dir")` or `openai(url: "...", model: "...")`; or score with a rule: '
+                            '`score: length`, `contains("...")` or `regex("...")`'))
+    kind = ("a model judge" if what == "model" else "a sum of judges" if rule == "sum" else
+            f"a rule ({rule})" if rule in _RULE_SCORES else "no LM judge")
+    out += [_Problem("LMS098", f"'{key}' is read by LM judges only, and judge '{block.name}' is {kind}", (key,),
+                     f'remove `{key}`, or make the judge an LM judge: `model: hf("dir")` or `openai(url: "...", '
+                     'model: "...")`', key=True)
+            for key in _LM_JUDGE_KEYS if key in data]
+    return out
+
+
 # ----------------------------------------------------------------------------- block data
 
 
@@ -817,6 +930,8 @@ def validate_block(block: ResolvedBlock, blocks: dict[str, ResolvedBlock]) -> tu
                                  f"block kinds: {', '.join(S.BLOCK_KINDS)}")]
     reader = _Reader(block, blocks)
     data = reader.read_model(model, block_data(block), ())
+    if block.kind == "judge":
+        reader.problems += _judge_keys(block, data)
     diagnostics = [Diagnostic("error", p.code, p.message, block.span_of(p.path, key=p.key), labels=p.labels,
                               help=p.help) for p in reader.problems]
     try:
