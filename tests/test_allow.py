@@ -8,13 +8,13 @@ from lmspec.compiler.compile import check_stages
 from lmspec.compiler.hf import spec_from_config
 
 TWO_MODELS = """lmspec 1
-tokenizer tok {{ kind: bpe(vocab: 1100) }}
+tokenizer tok {{ kind: bytes }}
 model quiet {{
   {allow}
-  arch: decoder, vocab: tok.vocab_size, d_model: 64, layers: 2, heads: 4, context: 128
+  arch: decoder, vocab: 1100, d_model: 64, layers: 2, heads: 4, context: 128
 }}
 model loud {{
-  arch: decoder, vocab: tok.vocab_size, d_model: 64, layers: 2, heads: 4, context: 128
+  arch: decoder, vocab: 1100, d_model: 64, layers: 2, heads: 4, context: 128
 }}
 """
 
@@ -44,7 +44,7 @@ def test_allow_names_only_warning_codes():
 def test_errors_are_never_silenced():
     text = TWO_MODELS.format(allow='allow: ["LMS081"]').replace("heads: 4, context", "heads: 5, context", 1)
     report = check_text(text, "s.lmspec")
-    assert ("error", "LMS060", "s.lmspec:5:50") in found(report)
+    assert ("error", "LMS060", "s.lmspec:5:40") in found(report)
 
 
 BERT = """lmspec 1

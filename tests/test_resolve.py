@@ -496,7 +496,7 @@ def test_one_failed_value_gives_one_error():
 # hf, found the tokenizer block 'bytes'", with the help `kind: bytes`, the very mistake.
 
 SHADOWS = """lmspec 1
-tokenizer bytes { kind: bytes, specials: [pad, bos, eos, mask] }
+tokenizer bytes { kind: bytes, specials: [pad, bos, eos, mask, sep, cls] }
 data text { source: builtin("tiny-stories") }
 model decoder { arch: decoder, vocab: bytes.vocab_size, context: 16, layers: 1, d_model: 16, heads: 2 }
 model mlm { arch: encoder, vocab: bytes.vocab_size, context: 16, layers: 1, d_model: 16, heads: 2, segments: 2,
@@ -510,7 +510,7 @@ def test_a_block_named_like_a_choice_leaves_the_choice_to_keys_that_take_no_such
     report = diagnose(SHADOWS)
     assert [(d.code, d.message) for d in report.diagnostics] == []
     blocks = report.spec.blocks
-    assert blocks["bytes"].kind.kind == "bytes" and report.models["decoder"].vocab == 260  # its vocab_size is known
+    assert blocks["bytes"].kind.kind == "bytes" and report.models["decoder"].vocab == 262  # its vocab_size is known
     assert (blocks["decoder"].arch, report.models["decoder"].decoder.layers[0].attention.kind) == ("decoder", "causal")
     assert [t.objective.kind for t in blocks["clm"].objective] == ["clm"]
     # a sum of objectives stays a sum beside blocks named mlm and nsp

@@ -85,7 +85,8 @@ def rlaif_few_steps(*, prefs: bool = True, reward: bool = True, rl: bool = True)
 def test_rlaif_and_its_variants_run_every_stage(tmp_path, cache, name):
     """The whole loop as written — pretrain, critic, AI-labelled preferences, reward model, policy
     optimisation — each stage cut to a few steps."""
-    r = go(name, rlaif_few_steps(), tmp_path, cache)
+    minibatch = ["align.minibatch=4"] if name == "rlaif.lmspec" else []  # check: it must divide per_step
+    r = go(name, rlaif_few_steps() + minibatch, tmp_path, cache)
     assert r.manifest["status"] == "finished"
     assert r.manifest["stages"] == ["pretrain", "judge_fit", "prefs", "reward", "align"]
     pairs = (r.path / "stages" / "prefs" / "final" / "preferences.jsonl").read_text().splitlines()
@@ -97,7 +98,7 @@ def test_rlaif_and_its_variants_run_every_stage(tmp_path, cache, name):
 
 
 def test_direct_rlaif_uses_the_judge_as_the_reward(tmp_path, cache):
-    r = go("rlaif_direct.lmspec", rlaif_few_steps(prefs=False, reward=False), tmp_path, cache)
+    r = go("rlaif_direct.lmspec", rlaif_few_steps(prefs=False, reward=False) + ["align.minibatch=4"], tmp_path, cache)
     assert r.manifest["stages"] == ["pretrain", "judge_fit", "align"]
     assert (r.path / "judgments" / "sentiment.jsonl").is_file()  # the judge's scores are the rewards, cached
 

@@ -30,7 +30,8 @@ def build(tmp_path, text: str = "kind: bytes", data=None, *, checked: bool = Tru
     real front end (checked) or by the schema alone (for inputs `check` already refuses)."""
     spec_file = str(tmp_path / "spec.lmspec")
     if checked:
-        report = check_text(f"lmspec 1\ntokenizer tok {{ {text} }}\n", spec_file)
+        blocks = "".join(f'data {n} {{ source: text("{d.source.path}") }}\n' for n, d in (data or {}).items())
+        report = check_text(f"lmspec 1\ntokenizer tok {{ {text} }}\n{blocks}", spec_file)
         assert report.ok, [d.message for d in report.diagnostics]
         spec = report.spec.blocks["tok"]
     else:
@@ -151,10 +152,10 @@ def test_bpe_needs_to_know_which_data_block_to_learn_from(tmp_path):
     two = {"a": DataSpec(source={"kind": "text", "path": "a.txt"}),
            "b": DataSpec(source={"kind": "text", "path": "b.txt"})}
     with pytest.raises(RunError, match="2 data blocks") as err:
-        build(tmp_path, "kind: bpe(vocab: 400)", two)
+        build(tmp_path, {"kind": {"kind": "bpe", "vocab": 400}}, two, checked=False)  # check refuses it too
     assert "train_on" in err.value.help
     with pytest.raises(RunError, match="no data blocks"):
-        build(tmp_path, "kind: bpe(vocab: 400)")
+        build(tmp_path, {"kind": {"kind": "bpe", "vocab": 400}}, checked=False)
 
 
 # ----------------------------------------------------------------------------- hf("dir")

@@ -397,7 +397,8 @@ def test_an_empty_head_list_is_refused():
 # wrong value in the example spec specs/rlaif.lmspec (which has a block of every kind, through
 # `--set`); the value each help suggests is then written in, and the schema must accept it.
 
-RLAIF = (Path(__file__).resolve().parents[1] / "specs" / "rlaif.lmspec").read_text()
+RLAIF_PATH = Path(__file__).resolve().parents[1] / "specs" / "rlaif.lmspec"  # it imports its parts from specs/rlaif/
+RLAIF = RLAIF_PATH.read_text()
 _BLOCK_OF_KIND = {"tokenizer": "tok", "data": "stories", "model": "gpt", "train": "pretrain", "judge": "sentiment",
                   "feedback": "prefs", "rl": "align"}
 _SCHEMA_CODES = {f"LMS0{n}" for n in range(40, 51)}
@@ -473,7 +474,7 @@ def _value_of(help: str) -> str:
 
 
 def _set_each(assignments: list[tuple[str, str]]):
-    return check_text(RLAIF, "rlaif.lmspec", overrides=tuple(f"{target}={value}" for target, value in assignments))
+    return check_text(RLAIF, str(RLAIF_PATH), overrides=tuple(f"{target}={value}" for target, value in assignments))
 
 
 def _batches(values_of) -> list[list[tuple]]:

@@ -17,7 +17,8 @@ from lmspec.compiler.arch import ArchConfig
 from lmspec.compiler.lower import lower_model
 from lmspec.diagnostics import CODES, Diagnostic, Label
 
-__all__ = ["ModelFigures", "StageFigures", "Figures", "spec_figures", "stage_arch", "render_figures"]
+__all__ = ["ModelFigures", "StageFigures", "RLFigures", "Figures", "spec_figures", "stage_arch", "render_figures",
+           "rl_figures", "generation_flops"]
 
 CODES.setdefault("LMS090", "a model failed its forward/backward pass on the meta device")
 CODES.setdefault("LMS096", "parameters that a stage's objectives do not train (warning)")
@@ -65,13 +66,34 @@ class StageFigures:
     optimizer: str
     memory: A.MemoryEstimate
     note: str = ""
+    rl: RLFigures | None = None  # rl stages: the rollouts, and each model's FLOPs and memory
 
     def to_json(self) -> dict:
         memory = asdict(self.memory)
-        return {"name": self.name, "kind": self.kind, "model": self.model, "batch": self.batch,
-                "seq_len": self.seq_len, "steps": self.steps, "tokens": self.tokens, "flops": self.flops,
-                "precision": self.precision, "optimizer": self.optimizer, "memory_bytes": memory,
-                "note": self.note}
+        out = {"name": self.name, "kind": self.kind, "model": self.model, "batch": self.batch,
+               "seq_len": self.seq_len, "steps": self.steps, "tokens": self.tokens, "flops": self.flops,
+               "precision": self.precision, "optimizer": self.optimizer, "memory_bytes": memory,
+               "note": self.note}
+        if self.rl is not None:
+            out["rl"] = asdict(self.rl)
+        return out
+
+
+@dataclass
+class RLFigures:
+    """What an rl stage costs, model by model (docs/analysis.md#rl-stages). Every rollout is
+    counted at its longest: `prompt_tokens` (the prompts' `tokens`) + `new_tokens`
+    (`max_new_tokens`), the policy's context at most."""
+
+    rollouts: int  # steps x per_step
+    prompt_tokens: int
+    new_tokens: int
+    updates: int  # optimizer steps: steps x epochs x minibatches per step
+    minibatch: int
+    flops: dict[str, int]  # generation, old_logprobs, reference, value, reward, training (whole stage)
+    memory: dict[str, int]  # bytes: policy, value (trained); reference, reward, judges (frozen); kv_cache
+    scorer: str  # what scores the rollouts: "reward model 'r'", "judge 'j'"
+    not_counted: list[str] = field(default_factory=list)  # models whose cost check cannot know (hf judges)
 
 
 @dataclass
@@ -134,22 +156,25 @@ def spec_figures(report, *, meta: bool = True) -> tuple[Figures, list[Diagnostic
             cost = A.stage_cost(arch, steps=steps, batch=batch, seq_len=seq_len, decoder_seq_len=dec)
             tokens, flops, note = cost.tokens, cost.flops, ""
             micro = max(1, batch // spec.grad_accum)
-        else:  # rl: tokens are the rollouts; FLOPs count generation, the reference pass and training
+            rl = None
+        else:  # rl: the rollouts, and every model the stage runs (rl_figures)
             r = spec.rollouts
             batch, steps, dec = r.per_step, spec.steps, None
             seq_len = min(r.prompts.tokens + r.max_new_tokens, arch.context)
+            rl = rl_figures(report, stage, arch)
+            tokens, flops = steps * batch * seq_len, sum(rl.flops.values())
             epochs = getattr(spec.algorithm, "epochs", 1)
-            per_token = A.flops_per_token(arch, seq_len)
-            tokens = steps * batch * seq_len
-            flops = int(tokens * (per_token.forward * 2 + per_token.training * epochs))
-            note = f"rollouts + reference forward + {epochs} training epoch{'s' * (epochs != 1)}"
-            micro = batch
+            note = (f"generation + scoring by policy, reference{', value' * (spec.algorithm.kind == 'ppo')} and "
+                    f"{rl.scorer} + {epochs} training epoch{'s' * (epochs != 1)}")
+            micro = rl.minibatch
         precision = _precision(spec.precision)
         momentum = getattr(spec.optimizer, "momentum", 0.0)  # sgd keeps a buffer only with momentum
         memory = A.training_memory(arch, batch=micro, seq_len=seq_len, precision=precision,
                                    optimizer=spec.optimizer.kind, decoder_seq_len=dec, momentum=momentum)
+        if rl is not None:
+            memory = _rl_memory(report, stage, arch, memory, rl)
         figures.stages[stage] = StageFigures(stage, kind, model, batch, seq_len, steps, tokens, flops, precision,
-                                             spec.optimizer.kind, memory, note)
+                                             spec.optimizer.kind, memory, note, rl)
         if not meta:
             continue
         reads = tuple(sorted({LOSS_READS[t.objective.kind] for t in spec.objective})) if kind == "train" else ("logits",)
@@ -175,6 +200,121 @@ def spec_figures(report, *, meta: bool = True) -> tuple[Figures, list[Diagnostic
                     diagnostics.append(Diagnostic("error", "LMS090", f"model '{name}' fails on the meta device: {p}",
                                                   report.spec.resolved.blocks[name].name_span))
     return figures, diagnostics
+
+
+# ---------------------------------------------------------------------------- rl stages
+
+
+def generation_flops(arch: ArchConfig, prompt: int, new: int) -> int:
+    """Forward FLOPs of sampling `new` tokens after a `prompt`-token prompt with the KV cache:
+    one pass over the prompt, then one pass per new token but the last (it is never fed back),
+    each over one position that attends to every key cached so far. The vocabulary head runs on
+    the last position of each pass only (`logits_to_keep=1`)."""
+    one = A.forward_flops(arch, 1)
+    per_key = sum(v for k, v in one.items() if k.endswith("attention_scores"))  # scores of one query, one key
+    step = sum(one.values())  # one position with one key: the head included
+    prefill = A.forward_flops(arch, prompt)
+    head = prefill.pop("lm_head", 0) // prompt  # the head of one position
+    total = sum(prefill.values()) + head
+    for j in range(1, new):  # new token j (from 1) sees the prompt and j tokens: prompt + j keys
+        total += step + per_key * (prompt + j - 1)
+    return total
+
+
+def _value_arch(arch: ArchConfig) -> ArchConfig:
+    """PPO's value model: the policy's body with a scalar head (runtime.stages.rl._value_model)."""
+    from dataclasses import replace
+
+    from lmspec.compiler.arch import HeadConfig
+
+    return replace(arch, heads=(HeadConfig("scalar", pool="last"),), tie_embeddings=False)
+
+
+def _scorer_arch(report, name: str) -> tuple[str, ArchConfig | None]:
+    """(how to name it, the model) of what scores texts: a reward-model stage or a judge whose
+    model is trained in the spec; None for judges check cannot size (hf, openai, rules)."""
+    kind = report.spec.resolved.blocks[name].kind
+    if kind == "train":
+        found = stage_arch(report, name)
+        return f"reward model '{name}'", found[1] if found else None
+    use = getattr(report.spec.blocks.get(name), "model", None)
+    model = getattr(use, "model", None)
+    if getattr(use, "kind", None) is not None or model is None or model not in report.models:
+        return f"judge '{name}'", None
+    return f"judge '{name}'", report.models[model]
+
+
+def rl_figures(report, stage: str, arch: ArchConfig) -> RLFigures:
+    """The rollouts, FLOPs and memory of rl stage `stage` whose policy is `arch`; formulas in
+    docs/analysis.md#rl-stages."""
+    spec = report.spec.blocks[stage]
+    r, algo = spec.rollouts, spec.algorithm
+    T = min(r.prompts.tokens + r.max_new_tokens, arch.context)
+    prompt = min(r.prompts.tokens, T - 1) if T > 1 else 1
+    new = T - prompt
+    B, steps = r.per_step, spec.steps
+    epochs = getattr(algo, "epochs", 1)
+    mb = min(spec.minibatch or B, B)
+    forward = sum(A.forward_flops(arch, T).values())
+    # PPO's value model: its body and pooled head, and the scalar head once more on every response position
+    value = sum(A.forward_flops(_value_arch(arch), T).values()) + 2 * arch.d_model * new if algo.kind == "ppo" else 0
+    scorer, reward = _scorer_arch(report, spec.reward)
+    flops = {
+        "generation": steps * B * generation_flops(arch, prompt, new),
+        "old_logprobs": steps * B * forward,  # the policy's log-probs of the rollouts, before any update
+        "reference": steps * B * forward,
+        "value": steps * B * value,
+        "reward": steps * B * sum(A.forward_flops(reward, min(T, reward.context)).values()) if reward else 0,
+        # each epoch runs every rollout forward and backward through the policy (and the value model)
+        "training": steps * epochs * B * 3 * (forward + value),
+    }
+    not_counted = [] if reward is not None else [scorer]
+    judges = 0
+    for name in spec.eval_judges:  # each is loaded once more, beside the reward
+        what, model = _scorer_arch(report, name)
+        if model is None:
+            not_counted.append(what)
+        else:
+            judges += 4 * A.count_parameters(model).total
+    memory = {
+        "reference": 4 * A.count_parameters(arch).total,  # fp32, frozen: no gradient, no optimizer state
+        "reward": 4 * A.count_parameters(reward).total if reward is not None else 0,
+        "judges": judges,
+        # generate runs outside autocast, so its cache is fp32; every rollout of a step at once
+        "kv_cache": A.kv_cache_memory(arch, batch=B, seq_len=T, dtype_bytes=4, evict_sliding=False).total,
+    }
+    return RLFigures(rollouts=steps * B, prompt_tokens=prompt, new_tokens=new,
+                     updates=steps * epochs * -(-B // mb), minibatch=mb, flops=flops, memory=memory, scorer=scorer,
+                     not_counted=not_counted)
+
+
+def _rl_memory(report, stage: str, arch: ArchConfig, policy: A.MemoryEstimate, rl: RLFigures) -> A.MemoryEstimate:
+    """The peak of an rl stage: every model's weights, the trained models' gradients and
+    optimizer state, and the larger of an update's activations and the rollouts' KV cache
+    (the two never live at once)."""
+    spec = report.spec.blocks[stage]
+    parts = {"policy": policy}
+    if spec.algorithm.kind == "ppo":
+        parts["value"] = A.training_memory(_value_arch(arch), batch=rl.minibatch,
+                                           seq_len=rl.prompt_tokens + rl.new_tokens,
+                                           precision=policy.precision, optimizer=spec.optimizer.kind,
+                                           momentum=getattr(spec.optimizer, "momentum", 0.0))
+    for name, m in parts.items():
+        rl.memory[name] = m.weights + m.weight_copies + m.gradients + m.optimizer + m.activations
+    frozen = rl.memory["reference"] + rl.memory["reward"] + rl.memory["judges"]
+    weights = sum(m.weights for m in parts.values()) + frozen
+    copies = sum(m.weight_copies for m in parts.values())
+    grads = sum(m.gradients for m in parts.values())
+    optim = sum(m.optimizer for m in parts.values())
+    update = sum(m.activations for m in parts.values())
+    acts = max(update, rl.memory["kv_cache"])
+    breakdown = {f"{name}.{k}": v for name, m in parts.items() for k, v in m.activation_breakdown.items()}
+    if rl.memory["kv_cache"] > update:
+        breakdown = {"kv_cache": rl.memory["kv_cache"]}
+    return A.MemoryEstimate(weights=weights, weight_copies=copies, gradients=grads, optimizer=optim, activations=acts,
+                            total=weights + copies + grads + optim + acts, activation_breakdown=breakdown,
+                            precision=policy.precision, optimizer_name=policy.optimizer_name)
+
 
 
 def _modules(parameters: list[str], most: int = 6) -> str:
@@ -240,4 +380,19 @@ def render_figures(f: Figures) -> str:
                  human_bytes(s.memory.total)] for s in f.stages.values()]
         out += _table(["stage", "model", "batch", "steps", "tokens", "FLOPs", "precision", "weights", "grads",
                        "optim", "activ.", "memory"], rows)
+    rl = [s for s in f.stages.values() if s.rl is not None]
+    if rl:  # each model an rl stage runs: FLOPs of the whole stage, memory at its peak
+        out.append("rl stages")
+        rows = [[s.name, f"{s.rl.rollouts:,}", f"{s.rl.prompt_tokens}+{s.rl.new_tokens}", f"{s.rl.updates:,}",
+                 human(s.rl.flops["generation"], "FLOP"),
+                 human(sum(s.rl.flops[k] for k in ("old_logprobs", "reference", "value", "reward")), "FLOP"),
+                 human(s.rl.flops["training"], "FLOP"), human_bytes(s.rl.memory["policy"]),
+                 human_bytes(s.rl.memory["reference"]), human_bytes(s.rl.memory.get("value", 0)),
+                 human_bytes(s.rl.memory["reward"] + s.rl.memory["judges"]), human_bytes(s.rl.memory["kv_cache"])]
+                for s in rl]
+        out += _table(["stage", "rollouts", "tokens", "updates", "generate", "score", "train", "policy", "reference",
+                       "value", "reward", "kv-cache"], rows)
+        for s in rl:
+            if s.rl.not_counted:
+                out.append(f"  {s.name}: not counted: {', '.join(s.rl.not_counted)} (sized only when loaded)")
     return "\n".join(out)

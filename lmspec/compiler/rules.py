@@ -30,6 +30,7 @@ from lmspec.compiler.resolve import ResolvedBlock, collapse_inherited
 from lmspec.compiler.rules_models import (
     ARCH_RULES, MODEL_RULES, _an, _duplicate_heads, _err, _first_layer, _heads_text, _stacks, _warn,
 )
+from lmspec.compiler.rules_judges import JUDGE_RULES
 from lmspec.compiler.rules_stages import STAGE_RULES
 from lmspec.compiler.rules_tokens import TOKEN_RULES, tokenizer_vocab_size, unknown_value_rule  # noqa: F401 - re-exported
 from lmspec.compiler.schema_check import ValidatedSpec
@@ -588,7 +589,7 @@ def unused_rule(x: Experiment) -> Iterator[Diagnostic]:
 #: rules on the whole experiment
 EXPERIMENT_RULES: list[Callable[[Experiment], Iterator[Diagnostic]]] = [
     stage_heads_rule, objective_rule, *TOKEN_RULES, stage_reference_rule, reward_rule, judge_rule, policy_rule,
-    unused_rule, *STAGE_RULES,
+    unused_rule, *STAGE_RULES, *JUDGE_RULES,
 ]
 
 

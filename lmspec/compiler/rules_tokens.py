@@ -3,10 +3,20 @@
     LMS073  a model whose vocabulary is smaller than its tokenizer's
     LMS074  a stage that does not say which of several tokenizers it uses
     LMS092  `tok.vocab_size` of a tokenizer whose size cannot be known when the spec is read
+    LMS101  a bpe tokenizer that cannot be learned as written: no data to learn from, a vocab
+            below its fixed tokens, or above what its built-in corpus yields
+    LMS071  special tokens an objective needs besides mask (eos for sft and span_corruption,
+            cls and sep for nsp; mask and sentinels are checked with the objective's fit)
 
 A tokenizer's size is known without running anything: `bytes` has 256 ids and its specials and
 sentinels, `bpe(vocab: N)` has N, and `hf("dir")` has what its tokenizer.json lists (read here
 with `json`: the compiler does not import the runtime).
+
+A bpe tokenizer learns merges until its vocabulary is full or its text has no pair left to
+merge. The built-in corpora are generated deterministically, so how many merges each yields is
+a constant of the corpus version (`BUILTIN_BPE_MERGES`, measured with the runtime's trainer: a
+test retrains and compares); for text and jsonl files it is known only once the tokenizer is
+trained, at run time.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from lmspec.diagnostics import CODES, Diagnostic, Label, Span
 __all__ = ["TOKEN_RULES", "tokenizer_vocab_size", "hf_tokenizer_file", "hf_vocab_size", "unknown_value_rule"]
 
 CODES.update({
+    "LMS101": "a bpe tokenizer that cannot be learned as written (its data, or a vocab it cannot fill)",
     "LMS073": "the model's vocabulary is smaller than its tokenizer's",
     "LMS074": "a stage does not say which of several tokenizers it uses",
     "LMS092": "a value that cannot be known when the spec is read (an unknown tokenizer's vocab_size)",
@@ -201,5 +212,115 @@ def vocab_rule(x) -> Iterator[Diagnostic]:
                    labels=[Label(span, f"train '{name}' pairs them here")])
 
 
+# ------------------------------------------------------------------------------- bpe training
+
+#: the version of the built-in corpora the figures below were measured on (runtime.data.builtin.VERSION)
+BUILTIN_VERSION = 1
+#: merges the runtime's byte-level BPE trainer learns from each whole built-in corpus read with
+#: its default fields (the text; tiny-instructions: prompt and response) before no pair is left;
+#: a bpe tokenizer learned from it holds at most 256 bytes + specials + sentinels + these
+BUILTIN_BPE_MERGES = {"tiny-stories": 1590, "tiny-reviews": 632, "tiny-instructions": 1681}
+
+
+def _bpe_corpus(x, name: str, spec: S.TokenizerSpec) -> tuple[str | None, str | None]:
+    """(the data block a bpe tokenizer learns from, why there is none) as the runtime chooses it:
+    `train_on`, else the spec's only data block."""
+    if spec.kind.train_on is not None:
+        return spec.kind.train_on, None
+    data = list(x.validated.resolved.of_kind("data"))
+    if len(data) == 1:
+        return data[0].name, None
+    return None, f"the spec has {len(data) or 'no'} data blocks" + (f" ({', '.join(d.name for d in data)})" if data
+                                                                    else "")
+
+
+def _builtin_yield(spec: S.DataSpec) -> int | None:
+    """Merges a built-in corpus yields, when the block reads it with the default fields."""
+    src = spec.source
+    if src.kind != "builtin" or BUILTIN_BPE_MERGES.get(src.name) is None:
+        return None
+    defaults = {k: S.DataSpec.model_fields[k].default for k in ("text", "prompt", "response")}
+    if any(getattr(spec, k) != v for k, v in defaults.items()):
+        return None  # another field: another text, whose merges are not recorded
+    return BUILTIN_BPE_MERGES[src.name]
+
+
+def bpe_rule(x) -> Iterator[Diagnostic]:
+    """LMS101: a bpe tokenizer learns its merges from one data block and holds 256 byte symbols,
+    its specials and sentinels; from a built-in corpus it learns no more merges than the corpus
+    yields. The runtime raises on each of these at setup, after the run directory exists."""
+    for name, spec in x.of_kind("tokenizer").items():
+        if spec.kind.kind != "bpe":
+            continue
+        block = x.block(name)
+        where = block.span_of(("kind", "vocab")) if ("kind", "vocab") in block.value_spans else block.span_of(("kind",))
+        vocab, fixed = spec.kind.vocab, 256 + len(spec.specials) + spec.sentinels
+        if vocab < fixed:
+            yield _err("LMS101", f"bpe(vocab: {vocab}) of tokenizer '{name}' cannot hold its 256 byte symbols, "
+                       f"{len(spec.specials)} specials and {spec.sentinels} sentinels ({fixed} ids)", where,
+                       help=f"use bpe(vocab: {fixed}) or more")
+            continue
+        data, why = _bpe_corpus(x, name, spec)
+        if data is None:
+            yield _err("LMS101", f"tokenizer '{name}' does not say which data its merges are learned from, and {why}",
+                       block.span_of(("kind",)), help=f"write `kind: bpe(vocab: {vocab}, train_on: NAME)`, NAME a "
+                       "data block")
+            continue
+        data_spec = x.validated.blocks.get(data)
+        merges = _builtin_yield(data_spec) if isinstance(data_spec, S.DataSpec) else None
+        if merges is None or vocab <= fixed + merges:
+            continue
+        most = fixed + merges
+        yield _err("LMS101", f"bpe(vocab: {vocab}) cannot be learned from data '{data}': "
+                   f"builtin(\"{data_spec.source.name}\") yields at most {most} tokens ({merges} merges, 256 bytes, "
+                   f"{len(spec.specials)} specials, {spec.sentinels} sentinels)", where,
+                   help=f"use bpe(vocab: {most}) or less, or kind: bytes",
+                   labels=[Label(x.block(data).span_of(("source",)), f"'{data}' is read here")])
+
+
+# ------------------------------------------------------------------------------- specials
+
+#: specials each objective's batches are built with (mask and sentinels: rules.objective_rule)
+NEEDS_SPECIALS = {"sft": ("eos",), "span_corruption": ("eos",), "nsp": ("cls", "sep")}
+_WHY = {"sft": "it ends each response with one", "span_corruption": "it ends each target with one",
+        "nsp": "it writes each pair as cls A sep B sep"}
+
+
+def specials_rule(x) -> Iterator[Diagnostic]:
+    """LMS071: the specials sft, span_corruption and nsp build their batches with are in the
+    stage's tokenizer (the runtime raises at setup without them)."""
+    for name, stage in x.of_kind("train").items():
+        tok = x.tokenizer_of(stage)
+        tok_spec = x.validated.blocks.get(tok) if tok else None
+        if tok_spec is None:
+            continue  # the default bytes tokenizer has every special; several tokenizers: LMS074
+        block, tok_block = x.block(name), x.block(tok)
+        for kind in dict.fromkeys(t.objective.kind for t in stage.objective):
+            missing = [s for s in NEEDS_SPECIALS.get(kind, ()) if s not in tok_spec.specials]
+            if not missing:
+                continue
+            tokens = " and ".join(missing)
+            label_span = tok_block.span_of(("specials",)) if "specials" in tok_block.fields else tok_block.name_span
+            needs = f"{tokens} tokens" if len(missing) > 1 else f"{'an' if tokens == 'eos' else 'a'} {tokens} token"
+            has = "neither" if len(missing) > 1 else "none"
+            yield _err("LMS071", f"objective '{kind}' needs {needs} ({_WHY[kind]}), but tokenizer '{tok}' has {has}",
+                       block.span_of(("objective",)),
+                       help=f"add {tokens} to `specials:` of tokenizer '{tok}'" + _and_vocab(x, stage, tok_spec,
+                                                                                             len(missing)),
+                       labels=[Label(label_span, f"specials of '{tok}'")])
+
+
+def _and_vocab(x, stage, tok_spec: S.TokenizerSpec, added: int) -> str:
+    """More ids in a bytes tokenizer need as many more rows in a model whose vocab is a number."""
+    arch = x.arch_of(stage.model)
+    if arch is None or tok_spec.kind.kind != "bytes":
+        return ""
+    vocab_span = x.block(stage.model.model).span_of(("vocab",))
+    if ".vocab_size" in x.validated.resolved.sources.get(vocab_span.file, "")[vocab_span.start:vocab_span.end]:
+        return ""
+    size = tokenizer_vocab_size(tok_spec) + added
+    return f", and a vocab of at least {size} in model '{stage.model.model}'" if arch.vocab < size else ""
+
+
 #: rules on the whole experiment (they read an `Experiment`, see compiler.rules)
-TOKEN_RULES = [vocab_rule]
+TOKEN_RULES = [vocab_rule, bpe_rule, specials_rule]
