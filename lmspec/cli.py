@@ -121,9 +121,9 @@ def _usage(message: str) -> int:
 
 def cmd_run(args) -> int:
     from lmspec.diagnostics import LmspecError
+    from lmspec.runtime import distributed
     from lmspec.runtime.api import resume, run
     from lmspec.runtime.errors import RunError
-    from lmspec.runtime.progress import Progress
 
     if args.resume and args.spec:
         return _usage("give either a SPEC or --resume DIR, not both")
@@ -133,19 +133,59 @@ def cmd_run(args) -> int:
         return _usage("--out and --only belong to a new run; --resume continues the run as it was started")
     if args.force and not args.resume:
         return _usage("--force only applies to --resume")
-    progress = Progress(live=None if not args.plain else False)
+    if args.port is not None and args.nproc == 1:
+        return _usage("--port is the rendezvous port of --nproc N workers; with one process there is none")
+    progress = _run_progress(args)
+    options = dict(device=args.device, progress=progress, tensorboard=args.tensorboard, nproc=args.nproc,
+                   backend=args.backend, port=args.port)
     try:
-        if args.resume:
-            resume(args.resume, force=args.force, overrides=args.set, device=args.device, progress=progress,
-                   tensorboard=args.tensorboard)
-        else:
-            run(args.spec, overrides=args.set, out=args.out, device=args.device, only=args.only, progress=progress,
-                tensorboard=args.tensorboard)
-    except LmspecError as err:
-        return _lmspec_error(err)
-    except RunError as err:
-        return _run_error(err)
+        try:
+            if args.resume:
+                resume(args.resume, force=args.force, overrides=args.set, **options)
+            else:
+                run(args.spec, overrides=args.set, out=args.out, only=args.only, **options)
+        except LmspecError as err:
+            return _worker_error(err, distributed) or _lmspec_error(err)
+        except RunError as err:
+            return _worker_error(err, distributed) or _run_error(err)
+        except Exception as err:  # a worker whose peers are gone: the launcher names the rank that failed
+            if distributed.env_world_size() > 1 and distributed.lost_peers(err):
+                distributed.report_failure(f"lost the other ranks ({str(err).splitlines()[0][:200]})",
+                                           kind="lost_peers")
+                return 1
+            raise
+    except KeyboardInterrupt:
+        if distributed.env_world_size() > 1:
+            distributed.report_failure("interrupted", kind="lost_peers")
+        raise
     return 0
+
+
+def _run_progress(args):
+    """A worker started by `lmspec run --nproc` shows progress as the launching command asked."""
+    import os
+
+    from lmspec.runtime.distributed import WORKER_PROGRESS
+    from lmspec.runtime.progress import Progress
+
+    mode = os.environ.get(WORKER_PROGRESS)
+    if mode == "quiet":
+        return Progress(quiet=True)
+    if mode in ("live", "plain"):
+        return Progress(live=mode == "live" and not args.plain)
+    return Progress(live=None if not args.plain else False)
+
+
+def _worker_error(err, distributed) -> int | None:
+    """In a worker: hand the error to the launcher (which names the rank) and print it only on
+    rank 0 of a torchrun that no lmspec launcher watches. None outside a worker."""
+    if distributed.env_world_size() == 1:
+        return None
+    message = getattr(err, "message", None) or str(err)
+    distributed.report_failure(message, getattr(err, "help", None))
+    if distributed.env_rank() == 0 and not distributed.launched():
+        return None
+    return 1
 
 
 def cmd_show(args) -> int:
@@ -198,6 +238,23 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_export_hf(args) -> int:
+    from lmspec.compiler.hf import HFError
+    from lmspec.runtime.errors import RunError
+    from lmspec.runtime.export import export_run
+
+    try:
+        export_run(args.run, args.out, stage=args.stage, log=lambda m: print(f"lmspec export-hf: {m}", file=sys.stderr))
+    except RunError as err:
+        return _run_error(err)
+    except HFError as err:  # an architecture no Hugging Face family expresses, with what it lacks
+        print(f"lmspec: error: {err}", file=sys.stderr)
+        if getattr(err, "help", None):
+            print(f"  = help: {err.help}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _at_least(low, kind):
     def parse(text: str):
         try:
@@ -241,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="with --resume: resume although the spec changed")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
     p.add_argument("--plain", action="store_true", help="one line per log, even on a terminal")
+    p.add_argument("--nproc", type=_at_least(1, int), default=1, metavar="N",
+                   help="train with N processes on this machine (DDP through torch's elastic launcher; "
+                        "batch stays the global batch); see docs/scaling.md")
+    p.add_argument("--backend", default="auto", choices=("auto", "gloo", "nccl"),
+                   help="torch.distributed backend of the workers: auto (default) is nccl on CUDA, gloo on CPU")
+    p.add_argument("--port", type=int, metavar="PORT",
+                   help="the rendezvous port of the --nproc workers (default: a free one)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("show", help="print the summary of a run (finished or not) and redraw its plots")
     p.add_argument("run", metavar="RUN")
@@ -256,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num", type=_at_least(1, int), default=1, help="samples per prompt (seeds SEED, SEED+1, ...)")
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("export-hf", help="write a trained stage of a run as a Hugging Face model directory")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--stage", help="default: the last finished stage that trained a model")
+    p.add_argument("-o", "--out", required=True, metavar="DIR",
+                   help="the new directory (config.json, model.safetensors, tokenizer); never overwritten")
+    p.set_defaults(func=cmd_export_hf)
     p = sub.add_parser("schema", help="print the JSON Schema of every block kind")
     p.set_defaults(func=cmd_schema)
     # these two parse their own arguments (see their --help)

@@ -419,6 +419,9 @@ class TrainSpec(Block):
     keep_checkpoints: int = Field(3, ge=1, description="keep the newest N checkpoints of the stage")
     log_every: int = Field(10, ge=1, description="log metrics every N steps")
     compile: bool = Field(False, description="run the model through torch.compile")
+    parallel: Literal["auto", "ddp", "fsdp"] = Field("auto", description="with several processes: ddp replicates "
+                                                     "the model (batch split across them); fsdp is not built yet; "
+                                                     "auto: ddp")
     seed: int = Field(0, ge=0, description="random seed")
 
 
@@ -439,16 +442,80 @@ class ScalarScore(Variant):
     kind: Literal["scalar"] = "scalar"
 
 
-Score = Annotated[Union[Probability, Logit, ScalarScore], Field(discriminator="kind")]
+# Rule scores read the response alone, with no model (lmspec.runtime.judges.rules).
+
+
+class LengthScore(Variant):
+    """`length`: the number of characters of the response."""
+
+    kind: Literal["length"] = "length"
+
+
+class ContainsScore(Variant):
+    """`contains("happy")`: 1 if the response contains the text (case-sensitive), else 0."""
+
+    kind: Literal["contains"] = "contains"
+    text: str = Field(min_length=1, description="the text looked for, case-sensitive")
+
+
+class RegexScore(Variant):
+    """`regex("lov(ed|ely)")`: 1 if Python's re.search finds the pattern in the response, else 0."""
+
+    kind: Literal["regex"] = "regex"
+    pattern: str = Field(min_length=1, description="a Python regular expression, searched for in the response")
+
+
+Score = Annotated[Union[Probability, Logit, ScalarScore, LengthScore, ContainsScore, RegexScore],
+                  Field(discriminator="kind")]
+
+
+class ScoreTerm(Schema):
+    """One term of a weighted sum of scores: `0.1 * contains("happy")`."""
+
+    weight: float = Field(1.0, description="the term's weight (negative to penalise)")
+    judge: Ref_("judge") | LengthScore | ContainsScore | RegexScore = Field(
+        description="a judge block, or a rule written in place")
+
+
+class ScoreSum(Schema):
+    """`score: sentiment + 0.1 * contains("happy")`: the weighted sum of judges' scores."""
+
+    terms: list[ScoreTerm] = Field(min_length=1, description="the weighted terms, in the order written")
+
+
+class OpenAIModel(Variant):
+    """`openai(url: "http://127.0.0.1:8000/v1", model: "NAME")`: an OpenAI-compatible server (vLLM,
+    llama.cpp's llama-server, Ollama) whose next-token log-probs the LM judge reads."""
+
+    kind: Literal["openai"] = "openai"
+    url: str = Field(description="the API root, ending in /v1")
+    model: str = Field(min_length=1, description="the served model's name, as the server lists it at /v1/models")
+    api: Literal["completions", "chat"] = Field("completions", description="completions: the prompt as it is; "
+                                                "chat: the prompt as the user's message, under the chat template")
+    api_key_env: str | None = Field(None, description="the environment variable that holds the API key (the name, "
+                                                      "never the key)")
+    concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    timeout: float = Field(30.0, gt=0, description="seconds per request")
+    retries: int = Field(3, ge=0, description="tries after the first, for connection errors, timeouts, 429 and 5xx")
+    top_logprobs: int = Field(20, ge=1, description="the next tokens visible per request (vLLM allows 20 by default)")
 
 
 class JudgeSpec(Block):
-    """The AI that gives feedback."""
+    """The AI (or rule) that gives feedback: a model, an LM labeller, a rule or a sum of judges."""
 
-    model: ModelUse | HFInit = Field(description="`critic from stage`, or hf(\"dir\")")
-    score: Score = Field(Probability(), description="probability(class) | logit(class) | scalar")
-    prompt: str | None = Field(None, description="a template the sample is placed into ({text})")
-    principles: list[str] = Field([], description="constitution-style principles, for generative judges")
+    model: ModelUse | HFInit | OpenAIModel | None = Field(
+        None, description="`critic from stage`, hf(\"dir\") or openai(url, model); none for a rule or a sum")
+    score: Probability | Logit | ScalarScore | LengthScore | ContainsScore | RegexScore | ScoreSum = Field(
+        Probability(), description="a model judge's head: probability(class) | logit(class) | scalar; without a "
+                                   "model: length | contains(text) | regex(pattern), or a weighted sum of judges "
+                                   "such as `sentiment + 0.1 * contains(\"happy\")`")
+    task: Literal["compare", "rate"] = Field("compare", description="an LM judge's question: compare (which of two "
+                                                                     "responses is better) or rate (1 to 10)")
+    prompt: str | None = Field(None, description="an LM judge's template: {principle}, {prompt} and {a}, {b} "
+                                                 "(compare) or {response} (rate); default the built-in one")
+    principles: list[str] = Field([], description="an LM judge's constitution, placed in {principle}")
+    principles_mode: Literal["sample", "ensemble"] = Field("sample", description="sample: one principle per pair, "
+                                                           "chosen by a hash; ensemble: every one, labels averaged")
 
 
 class Prefixes(Variant):

@@ -6,15 +6,22 @@
     r.metrics("pretrain")[-1]           # {"stage": "pretrain", "step": 100, "loss": ..., ...}
     model = r.model("pretrain")         # torch.nn.Module with its final weights
     ids = r.tokenizer("pretrain").encode("Once upon a time")
+
+    run("specs/quickstart.lmspec", nproc=2)   # 2 workers through torch's elastic launcher (DDP)
+
+Under torchrun (`torchrun --nproc-per-node 2 -m lmspec run SPEC`) each worker calls `run` as one
+process would; `distributed` tells it its rank, and only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
-from lmspec.diagnostics import did_you_mean
+from lmspec.diagnostics import LmspecError, did_you_mean
+from lmspec.runtime import distributed
 from lmspec.runtime.errors import RunError
 from lmspec.runtime.loop import InterruptFlag, Interrupted, drive, finished_artifacts, reset_stage
 from lmspec.runtime.progress import Progress, render_summary
@@ -35,12 +42,8 @@ def runnable_stages(report, schedule) -> tuple[list[str], dict[str, str]]:
     blocked: dict[str, str] = {}
     for plan in schedule:
         if plan.kind in ("feedback", "rl"):
-            judge = plan.spec.judge if plan.kind == "feedback" else plan.spec.reward
-            block = report.spec.blocks.get(judge)
-            if getattr(getattr(block, "model", None), "kind", None) == "hf":
-                blocked[plan.name] = f"judge '{judge}' is a Hugging Face LM, not wired to the runtime yet"
             needs = [a for a in plan.after if a in blocked]
-            if needs and plan.name not in blocked:
+            if needs:
                 blocked[plan.name] = f"it needs stage '{needs[0]}', which cannot run yet"
             continue
         needs = [a for a in plan.after if a in blocked]
@@ -92,40 +95,133 @@ def _seeds(report) -> dict:
 
 def run(spec_path: str | Path, *, overrides: list[str] | tuple[str, ...] = (), out: str | Path | None = None,
         device: str = "auto", only: str | None = None, progress: Progress | None = None,
-        cache_dir: Path | None = None, tensorboard: bool = False) -> "Run":
+        cache_dir: Path | None = None, tensorboard: bool = False, nproc: int = 1, backend: str = "auto",
+        port: int | None = None) -> "Run":
     """Check the spec (raising LmspecError with every diagnostic), then run its stages in the
-    experiment graph's order into a new run directory. Returns the `Run`."""
+    experiment graph's order into a new run directory. Returns the `Run`. `nproc` > 1 launches
+    that many workers on this machine (DDP; gloo on CPU, NCCL on CUDA, or `backend`), with the
+    rendezvous on `port` (default a free one); the spec is checked for that world size first."""
     import torch  # noqa: F401  (fail here, not halfway, when torch is missing)
 
     from lmspec.runtime.engine import resolve_device
 
     overrides = tuple(overrides)
     progress = progress or Progress()
+    size = _world_size(nproc)
     report, schedule = _check(spec_path, overrides)
-    _warnings(report, progress)
-    dev = resolve_device(device)
+    if distributed.env_rank() == 0 and not distributed.launched():  # a launcher has shown them already
+        _warnings(report, progress)
     selected, blocked = _selection(report, schedule, only)
+    _check_world(report, schedule, selected, size)
+    dev = resolve_device(device)
     _preflight(schedule, selected, dev)
     if tensorboard:
         _tensorboard_writer()  # fail before a run directory exists
-    path = Path(out) if out is not None else default_run_dir(spec_path)
-    rd = RunDir.create(path, report=report, spec_path=str(spec_path), overrides=overrides, device=str(dev),
-                       extra={"stages": selected, "cannot_run": blocked, "only": only, "seeds": _seeds(report)})
-    return _execute(rd, report, schedule, selected, blocked, dev, progress, cache_dir, tensorboard)
+    if nproc > 1:
+        path = Path(out) if out is not None else default_run_dir(spec_path)
+        argv = ["run", str(spec_path), "--out", str(path), *_worker_options(device, backend, overrides, tensorboard)]
+        argv += ["--only", only] if only else []
+        _launch(nproc, argv, dev, backend, port, progress, cache_dir, path)
+        return Run(path)
+    with distributed.process_group(device, backend) as dev:
+        progress = _progress_of_this_rank(progress)
+        path = None
+        if distributed.is_main():
+            path = Path(out) if out is not None else default_run_dir(spec_path)
+            RunDir.create(path, report=report, spec_path=str(spec_path), overrides=overrides, device=str(dev),
+                          extra={"stages": selected, "cannot_run": blocked, "only": only, "seeds": _seeds(report),
+                                 "world_size": size})
+        rd = RunDir(Path(distributed.broadcast_json(str(path) if path is not None else None)))
+        return _execute(rd, report, schedule, selected, blocked, dev, progress, cache_dir, tensorboard)
+
+
+def _world_size(nproc: int) -> int:
+    """The number of processes this run will have: `nproc` for a launcher, else torchrun's."""
+    if nproc < 1:
+        raise RunError(f"--nproc {nproc}: expected 1 or more processes", help="leave it out to run in one process")
+    inside = distributed.env_world_size()
+    if nproc > 1 and inside > 1:
+        raise RunError(f"--nproc {nproc} inside a worker of a launcher that already started {inside} (WORLD_SIZE)",
+                       help="give the number of processes to torchrun (--nproc-per-node) or to `lmspec run --nproc`, "
+                            "not both")
+    return nproc if nproc > 1 else inside
+
+
+def _check_world(report, schedule, selected: list[str], size: int) -> None:
+    """What the world size makes impossible, said before a run directory or a worker exists."""
+    problems = distributed.check_world(report, schedule, selected, size)
+    if problems:
+        raise LmspecError(problems, report.sources)
+    distributed.refuse_single_process_stages(schedule, selected, size)
+
+
+def _worker_options(device: str, backend: str, overrides: tuple[str, ...], tensorboard: bool) -> list[str]:
+    argv = ["--device", device, "--backend", backend]
+    for o in overrides:
+        argv += ["--set", o]
+    return argv + (["--tensorboard"] if tensorboard else [])
+
+
+def _launch(nproc: int, argv: list[str], dev, backend: str, port: int | None, progress: Progress, cache_dir,
+            path: Path) -> None:
+    distributed.resolve_backend(backend, dev)  # NCCL without CUDA: said here, before a worker starts
+    if dev.type == "cuda":
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus < nproc:
+            raise RunError(f"--nproc {nproc} on CUDA, but torch sees {gpus} GPU{'s' * (gpus != 1)} on this machine",
+                           help=f"use --nproc {gpus} (one process per GPU), or --device cpu")
+    mode = "quiet" if progress.quiet else "live" if progress.live else "plain"
+    env = {"LMSPEC_CACHE": str(cache_dir)} if cache_dir is not None else {}
+    distributed.launch(nproc, argv, port=port, cpu=dev.type != "cuda", progress=mode, run_path=path, env=env)
+
+
+class _Silent(Progress):
+    """The progress of ranks other than 0: they train, rank 0 tells."""
+
+    def __init__(self):
+        super().__init__(quiet=True)
+
+    def message(self, text: str) -> None:
+        pass
+
+
+def _progress_of_this_rank(progress: Progress) -> Progress:
+    return progress if distributed.is_main() else _Silent()
 
 
 def resume(run_path: str | Path, *, force: bool = False, overrides: list[str] | tuple[str, ...] = (),
            device: str = "auto", progress: Progress | None = None, cache_dir: Path | None = None,
-           tensorboard: bool = False) -> "Run":
+           tensorboard: bool = False, nproc: int = 1, backend: str = "auto", port: int | None = None) -> "Run":
     """Continue a run from the last good checkpoint of each unfinished stage. The spec is read
     again from where the run read it; if it now means something else, resuming is refused with
     a diff unless `force` — and then every stage whose settings changed runs again from step 0
     (with the stages after it), except that an unfinished stage whose model is unchanged
-    continues from its checkpoint under its new settings. New `overrides` need `force`."""
+    continues from its checkpoint under its new settings. New `overrides` need `force`.
+    Any `nproc` resumes any run: a checkpoint holds one replica, whatever wrote it."""
     from lmspec.runtime.engine import resolve_device
 
     progress = progress or Progress()
-    rd = RunDir.open(Path(run_path))
+    size = _world_size(nproc)
+    if nproc > 1:
+        rd = RunDir.open(Path(run_path))
+        if rd.manifest.get("status") == "finished" and not overrides:
+            progress.message(f"{rd.path}: this run has finished; nothing to do")
+            return Run(rd.path)
+        argv = ["run", "--resume", str(rd.path), *_worker_options(device, backend, tuple(overrides), tensorboard)]
+        argv += ["--force"] if force else []
+        _launch(nproc, argv, resolve_device(device), backend, port, progress, cache_dir, rd.path)
+        return Run(rd.path)
+    with distributed.process_group(device, backend) as dev:
+        progress = _progress_of_this_rank(progress)
+        return _resume(Path(run_path), force, tuple(overrides), dev, size, progress, cache_dir, tensorboard)
+
+
+def _resume(run_path: Path, force: bool, overrides: tuple[str, ...], dev, size: int, progress, cache_dir,
+            tensorboard: bool) -> "Run":
+    main = distributed.is_main()
+    rd = RunDir.open(run_path)
     manifest = rd.manifest
     if overrides and not force:
         raise RunError("--set on --resume changes the run's spec", help="add --force to resume with changed settings")
@@ -138,30 +234,33 @@ def resume(run_path: str | Path, *, force: bool = False, overrides: list[str] | 
                        help=f"put it back (the run keeps a copy of its files in {rd.path / 'spec'})")
     all_overrides = tuple(manifest.get("overrides", [])) + tuple(overrides)
     report, schedule = _check(spec_path, all_overrides)
-    dev = resolve_device(device)
     selected, blocked = _selection(report, schedule, manifest.get("only"))
+    _check_world(report, schedule, selected, size)
     _preflight(schedule, selected, dev)
-    with rd.lock():
-        now, then = canonical_spec(report), rd.canonical
-        if now != then:
-            if not force:
-                raise RunError(f"the spec changed since this run started:\n{spec_diff(then, now)}",
-                               help=f"undo the change, or resume anyway with `lmspec run --resume {rd.path} --force`")
-            for stage, settings_only in _changed_stages(schedule, then, now).items():
-                status = rd.stage_status(stage)
-                if status.get("status") == "pending":
-                    continue
-                restart = not settings_only or _model_changed(schedule[stage], then, now)
-                if status.get("status") == "finished" or restart:
-                    progress.message(f"stage {stage}: its settings changed; it runs again from step 0 (--force)")
-                    reset_stage(rd, stage)
-                else:
-                    progress.message(f"stage {stage}: its settings changed; it continues from its checkpoint "
-                                     "under the new settings (--force)")
-            rd.save_spec(report, now)
-            rd.update_manifest(overrides=list(all_overrides), forced=True)
-    rd.update_manifest(status="running", stages=selected, cannot_run=blocked,
-                       devices=manifest.get("devices", [manifest.get("device")]) + [str(dev)])
+    now, then = canonical_spec(report), rd.canonical
+    if now != then and not force:
+        raise RunError(f"the spec changed since this run started:\n{spec_diff(then, now)}",
+                       help=f"undo the change, or resume anyway with `lmspec run --resume {rd.path} --force`")
+    if main:  # the others wait below until rank 0 has reset what changed
+        with rd.lock():
+            if now != then:
+                for stage, settings_only in _changed_stages(schedule, then, now).items():
+                    status = rd.stage_status(stage)
+                    if status.get("status") == "pending":
+                        continue
+                    restart = not settings_only or _model_changed(schedule[stage], then, now)
+                    if status.get("status") == "finished" or restart:
+                        progress.message(f"stage {stage}: its settings changed; it runs again from step 0 (--force)")
+                        reset_stage(rd, stage)
+                    else:
+                        progress.message(f"stage {stage}: its settings changed; it continues from its checkpoint "
+                                         "under the new settings (--force)")
+                rd.save_spec(report, now)
+                rd.update_manifest(overrides=list(all_overrides), forced=True)
+        rd.update_manifest(status="running", stages=selected, cannot_run=blocked,
+                           devices=manifest.get("devices", [manifest.get("device")]) + [str(dev)],
+                           world_sizes=manifest.get("world_sizes", [manifest.get("world_size", 1)]) + [size])
+    distributed.barrier()
     return _execute(rd, report, schedule, selected, blocked, dev, progress, cache_dir, tensorboard)
 
 
@@ -223,9 +322,10 @@ def _execute(rd: RunDir, report, schedule, selected, blocked, dev, progress, cac
                      log=progress.message)
     writer = None
     status = "running"
+    main = distributed.is_main()
     try:
-        with rd.lock(), InterruptFlag() as interrupt:
-            writer = _tensorboard_writer()(str(rd.path / "tensorboard")) if tensorboard else None
+        with rd.lock() if main else contextlib.nullcontext(), InterruptFlag() as interrupt:
+            writer = _tensorboard_writer()(str(rd.path / "tensorboard")) if tensorboard and main else None
             for plan in schedule:
                 if plan.name not in selected:
                     continue
@@ -266,7 +366,8 @@ def _execute(rd: RunDir, report, schedule, selected, blocked, dev, progress, cac
         raise
     finally:
         try:
-            rd.finish(status)
+            if main:
+                rd.finish(status)
         except OSError:
             pass  # the disk that failed the run may refuse this too; the stages' files tell the story
         if writer is not None:

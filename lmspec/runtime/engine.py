@@ -5,7 +5,10 @@ objectives under gradient accumulation: each term is the mean of its loss over *
 units (tokens, pairs, sequences) in the optimizer step, so every micro-batch's backward divides
 its summed loss by the step's total count, never by its own count. That makes `batch: 8` and
 `batch: 8, grad_accum: 4` give the same gradients when sequences hold different numbers of
-loss tokens (the bug class of trl#2617).
+loss tokens (the bug class of trl#2617). With several processes the count is that of the step
+on *all* ranks (summed across them before the first backward) and the ranks' gradients are
+summed, not averaged (`distributed.data_parallel`): N processes sharing a global batch compute
+the gradients of one process taking all of it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lmspec.runtime import distributed
 from lmspec.runtime.objectives import model_inputs
 
 __all__ = ["resolve_device", "Precision", "resolve_precision", "param_groups", "make_optimizer", "lr_at",
@@ -175,21 +179,28 @@ def forward_terms(model, batch, terms, precision: Precision):
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list[dict], terms: list,
-               *, lr: float, clip_grad: float | None, precision: Precision, scaler=None) -> StepResult:
-    """One optimizer step over `micro_batches` (already on the device). `terms` is the composed
-    [(weight, objective)] list; see the module docstring for how losses are normalised."""
+               *, lr: float, clip_grad: float | None, precision: Precision, scaler=None, no_sync=None) -> StepResult:
+    """One optimizer step over `micro_batches` (already on the device; this rank's share of the
+    step). `terms` is the composed [(weight, objective)] list; see the module docstring for how
+    losses are normalised. `no_sync`: DDP's context that holds back the gradient all-reduce, so
+    it runs once, in the last micro-batch's backward."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     counts = [sum(obj.count(b) for b in micro_batches) for _, obj in terms]  # per term, over the step
+    counts = distributed.sum_over_ranks(counts)  # ... on every rank
     sums = [0.0] * len(terms)
     tokens = 0
-    for batch in micro_batches:
-        _, losses = forward_terms(model, batch, terms, precision)
-        loss = sum(w * l / max(c, 1) for (w, _), l, c in zip(terms, losses, counts))
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+    for k, batch in enumerate(micro_batches):
+        hold = no_sync() if no_sync is not None and k < len(micro_batches) - 1 else contextlib.nullcontext()
+        with hold:
+            _, losses = forward_terms(model, batch, terms, precision)
+            loss = sum(w * l / max(c, 1) for (w, _), l, c in zip(terms, losses, counts))
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         for i, l in enumerate(losses):
             sums[i] += float(l.detach())
         tokens += input_tokens(batch)
+    *sums, tokens = distributed.sum_over_ranks(sums + [float(tokens)])
+    tokens = int(tokens)
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]

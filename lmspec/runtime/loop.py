@@ -1,6 +1,12 @@
 """The driver: runs one stage through the protocol of `stages.base` — resume from its last good
 checkpoint, step, log, evaluate, sample, checkpoint, stop cleanly on Ctrl-C or a non-finite
-loss, write its final artifacts. Every stage kind goes through this one loop."""
+loss, write its final artifacts. Every stage kind goes through this one loop.
+
+With several processes (`distributed`) every rank runs the loop in step; only rank 0 writes the
+stage's files (status, metrics, samples, checkpoints, final/) and evaluates. Rank 0 chooses the
+checkpoint to resume from and the others load that one; all ranks agree on stopping (Ctrl-C)
+after the same step; the others wait for rank 0's final/ before they read it.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,10 @@ import threading
 import time
 from pathlib import Path
 
+from lmspec.runtime import distributed
 from lmspec.runtime.checkpoint import (CorruptCheckpoint, fsync_dir, latest_checkpoint, list_checkpoints,
-                                       save_checkpoint, sha256_file, verify, write_json_atomic)
+                                       load_checkpoint, save_checkpoint, sha256_file, verify,
+                                       write_json_atomic)
 from lmspec.runtime.errors import RunError
 from lmspec.runtime.rundir import MetricsLog, RunDir
 from lmspec.runtime.stages.base import Stage, StageArtifacts
@@ -29,9 +37,13 @@ class Interrupted(RunError):
 def _kill_at() -> tuple[str | None, int]:
     """Fault injection for tests (docs/running.md): `LMSPEC_KILL_AT_STEP=N` (any stage) or
     `STAGE:N` SIGKILLs the process right after step N has been logged and, if due,
-    checkpointed — a power cut at a known moment."""
+    checkpointed — a power cut at a known moment. With several processes every rank kills
+    itself, or only rank R with `LMSPEC_KILL_RANK=R` (a worker that dies)."""
     value = os.environ.get("LMSPEC_KILL_AT_STEP", "")
     stage, _, step = value.rpartition(":")
+    rank = os.environ.get("LMSPEC_KILL_RANK", "")
+    if rank.isdigit() and int(rank) != distributed.world().rank:
+        return None, 0
     return (stage or None, int(step)) if step.isdigit() else (None, 0)
 
 
@@ -104,11 +116,26 @@ def reset_stage(run: RunDir, stage: str) -> None:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _checkpoint(stage: Stage, directory: Path, step: int, seconds: float, tokens: int) -> Path:
+def _checkpoint(stage: Stage, directory: Path, step: int, seconds: float, tokens: int) -> None:
+    """Every rank gives its state (a stage may gather from all of them); rank 0 writes it, and
+    no rank goes on before it is on disk, so a rank that dies after step N finds N saved."""
     tensors, state = stage.state_dict()
-    return save_checkpoint(directory, step, tensors,
-                           {"step": step, "seconds": seconds, "tokens": tokens, "stage": state},
-                           keep=stage.keep_checkpoints)
+    if distributed.is_main():
+        save_checkpoint(directory, step, tensors, {"step": step, "seconds": seconds, "tokens": tokens, "stage": state},
+                        keep=stage.keep_checkpoints)
+    distributed.barrier()
+
+
+def _resume_point(ckpt_dir: Path, total: int, progress):
+    """(path, tensors, state) of the checkpoint to resume from, or None: rank 0 picks it (naming
+    the corrupt ones on the way), the other ranks load the one it picked."""
+    main = distributed.is_main()
+    found = latest_checkpoint(ckpt_dir, warn=progress.message, max_step=total) if main else None
+    name = distributed.broadcast_json(found[0].name if found is not None else None)
+    if main or name is None:
+        return found
+    tensors, state = load_checkpoint(ckpt_dir / name)
+    return ckpt_dir / name, tensors, state
 
 
 def _set_aside(directory: Path, newer_than: int, progress) -> None:
@@ -131,16 +158,17 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
     if done is not None:
         progress.message(f"stage {name}: finished earlier, reusing its weights")
         return done
-    sdir = run.stage_dir(name)
+    main = distributed.is_main()
+    sdir = run.stage_dir(name) if main else run.path / "stages" / name
     ckpt_dir = sdir / "checkpoints"
     stage.setup()
     total = stage.total_steps  # known after setup for some kinds (a feedback stage counts its prompts)
-    if stage.plan.arch is not None:  # open_run reads it to rebuild the model of an unfinished stage
+    if stage.plan.arch is not None and main:  # open_run reads it to rebuild the model of an unfinished stage
         from lmspec.compiler.arch import arch_to_dict
 
         write_json_atomic(sdir / "arch.json", arch_to_dict(stage.plan.arch))
     start, seconds, tokens = 0, 0.0, 0
-    found = latest_checkpoint(ckpt_dir, warn=progress.message, max_step=total)
+    found = _resume_point(ckpt_dir, total, progress)
     if found is not None:
         path, tensors, state = found
         stage.load_state_dict(tensors, state["stage"])
@@ -148,12 +176,13 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
         progress.message(f"stage {name}: resuming from checkpoint {path.name}")
     elif list_checkpoints(ckpt_dir) or run.stage_status(name).get("step", 0):
         progress.message(f"stage {name}: no good checkpoint, starting the stage again from step 0")
-    _set_aside(ckpt_dir, start, progress)
-    metrics, samples = MetricsLog(sdir / "metrics.jsonl"), MetricsLog(sdir / "samples.jsonl")
-    metrics.truncate_after(start)
-    samples.truncate_after(start)
-    run.set_stage_status(name, "running", step=start, total=total, seconds=seconds, kind=stage.kind,
-                         tokenizer=getattr(stage, "tokenizer_name", None), pid=os.getpid())
+    files = _StageFiles(run, name, sdir) if main else _NoFiles()
+    if main:
+        _set_aside(ckpt_dir, start, progress)
+    metrics, samples = files.log("metrics.jsonl", start), files.log("samples.jsonl", start)
+    files.status("running", step=start, total=total, seconds=seconds, kind=stage.kind,
+                 tokenizer=getattr(stage, "tokenizer_name", None), pid=os.getpid(),
+                 world_size=distributed.world().size)
     progress.start_stage(name, total, start)
     t_log, tokens_at_log = time.perf_counter(), tokens
     t_stage = time.perf_counter() - seconds
@@ -164,7 +193,7 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
             try:
                 record = stage.step(i)
             except RunError:
-                run.set_stage_status(name, "failed", step=i, seconds=time.perf_counter() - t_stage)
+                files.status("failed", step=i, seconds=time.perf_counter() - t_stage)
                 raise
             step = i + 1
             tokens += int(record.pop("tokens", 0))
@@ -174,30 +203,30 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
                 now = time.perf_counter()
                 record["tokens"] = tokens
                 record["tokens_per_s"] = (tokens - tokens_at_log) / max(now - t_log, 1e-9)
-                if evaluate:
+                if evaluate and main:  # the replicas are identical: rank 0 evaluates for all
                     try:
                         record.update(stage.evaluate())
                     except RunError:
-                        run.set_stage_status(name, "failed", step=step, seconds=time.perf_counter() - t_stage)
+                        files.status("failed", step=step, seconds=time.perf_counter() - t_stage)
                         raise
                     for s in stage.samples(step):
                         samples.write({"stage": name, "step": step, **s})
                 line = {"stage": name, "step": step, **{k: _clean(v) for k, v in record.items()}}
                 metrics.write(line)
-                if tensorboard is not None:
+                if tensorboard is not None and main:
                     for k, v in line.items():
                         if isinstance(v, (int, float)) and k != "step":
                             tensorboard.add_scalar(f"{name}/{k}", v, step)
                 t_log, tokens_at_log = time.perf_counter(), tokens
             progress.update(step, record, logged=logged)
-            stop = interrupt.set
+            stop = distributed.any_rank(interrupt.set)
             if step < total and (stop or (stage.checkpoint_every and step % stage.checkpoint_every == 0)):
                 _checkpoint(stage, ckpt_dir, step, time.perf_counter() - t_stage, tokens)
-                run.set_stage_status(name, "running", step=step, seconds=time.perf_counter() - t_stage)
+                files.status("running", step=step, seconds=time.perf_counter() - t_stage)
             if step == kill_step and kill_stage in (None, name):
                 os.kill(os.getpid(), signal.SIGKILL)
             if stop and step < total:
-                run.set_stage_status(name, "interrupted", step=step, seconds=time.perf_counter() - t_stage)
+                files.status("interrupted", step=step, seconds=time.perf_counter() - t_stage)
                 raise Interrupted(f"interrupted: stage '{name}' stopped after step {step} of {total}, "
                                   "with a checkpoint of that step",
                                   help=f"resume with `lmspec run --resume {run.path}`")
@@ -205,6 +234,20 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
         metrics.close()
         samples.close()
         progress.end_stage()
+    if not main:  # rank 0 writes final/; the stages after this one read it, on every rank
+        distributed.barrier()
+        done = finished_artifacts(run, name, stage.plan.model)
+        if done is None:
+            raise RunError(f"stage {name}: rank 0 did not leave whole final artifacts in {sdir / 'final'}")
+        return done
+    artifacts = _finish(stage, run, sdir, total, tokens, time.perf_counter() - t_stage, progress)
+    distributed.barrier()
+    return artifacts
+
+
+def _finish(stage: Stage, run: RunDir, sdir: Path, total: int, tokens: int, elapsed: float, progress) -> StageArtifacts:
+    """Write and seal the stage's final/ directory, mark it finished, draw its plots."""
+    name = stage.name
     tmp = sdir / "final.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -217,7 +260,6 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
         shutil.rmtree(final)
     os.replace(tmp, final)
     fsync_dir(sdir)
-    elapsed = time.perf_counter() - t_stage
     run.set_stage_status(name, "finished", step=total, total=total, seconds=elapsed, tokens=tokens)
     from lmspec.runtime.plots import plot_losses, plot_rl
 
@@ -228,6 +270,38 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
     except (OSError, ValueError) as err:  # a plot is never worth a failed run
         progress.message(f"stage {name}: could not draw its plots ({err})")
     return artifacts.moved_to(final)
+
+
+class _StageFiles:
+    """Rank 0's view of a stage's files: its status and its JSON-lines logs."""
+
+    def __init__(self, run: RunDir, name: str, sdir: Path):
+        self.run, self.name, self.sdir = run, name, sdir
+
+    def log(self, filename: str, start: int) -> MetricsLog:
+        log = MetricsLog(self.sdir / filename)
+        log.truncate_after(start)
+        return log
+
+    def status(self, status: str, **extra) -> None:
+        self.run.set_stage_status(self.name, status, **extra)
+
+
+class _NoFiles:
+    """The other ranks' view: they write nothing."""
+
+    class _Log:
+        def write(self, record: dict) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    def log(self, filename: str, start: int) -> "_NoFiles._Log":
+        return self._Log()
+
+    def status(self, status: str, **extra) -> None:
+        pass
 
 
 def _clean(v):

@@ -1,12 +1,15 @@
 """Hugging Face interoperability: read a local checkpoint (config.json + safetensors) as an
-lmspec architecture, a `.lmspec` spec, or a loaded lmspec model.
+lmspec architecture, a `.lmspec` spec, or a loaded lmspec model; and write an lmspec model
+back as one (`export_hf`; `lmspec export-hf` does it for a run).
 
     arch = arch_from_hf_config(read_hf_config("ckpt/"), "gpt2")   # config.json -> ArchConfig
     text = spec_from_hf("ckpt/")                                   # -> .lmspec text
     arch, model = load_hf_model("ckpt/")                           # -> built model with weights
     load_hf_weights(model, "ckpt/")                                # into a model you built
+    config, tensors = export_hf(arch, model.state_dict())          # back: config.json + HF tensors
 
-Supported model types: gpt2, bert, t5, llama, mistral. Nothing is ever downloaded and
+Supported model types: gpt2, bert, t5, llama, mistral, both ways (`export_hf` refuses an
+architecture none of them computes exactly). Nothing is ever downloaded and
 pickle checkpoints (pytorch_model.bin) are refused. The weight loaders import torch; the
 rest of this package does not, so `lmspec import-hf` starts fast.
 """
@@ -17,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from .config import SUPPORTED, arch_from_hf_config
 from .errors import HFError, HFImportError, HFWeightsError
+from .export import EXPORTS, HFExportError, export_family, hf_config_from_arch
 from .files import read_hf_config
 from .spec import import_hf_main, spec_from_arch, spec_from_config, spec_from_hf
 
 if TYPE_CHECKING:
+    from .export import export_hf, hf_tensors
     from .weights import check_hf_weights, load_hf_model, load_hf_weights
 
 __all__ = [
@@ -37,6 +42,12 @@ __all__ = [
     "load_hf_weights",
     "load_hf_model",
     "check_hf_weights",
+    "EXPORTS",
+    "HFExportError",
+    "export_family",
+    "hf_config_from_arch",
+    "hf_tensors",
+    "export_hf",
 ]
 
 _LAZY = {"load_hf_weights", "load_hf_model", "check_hf_weights"}  # these need torch and safetensors
@@ -47,4 +58,8 @@ def __getattr__(name: str) -> Any:
         from . import weights
 
         return getattr(weights, name)
+    if name in ("export_hf", "hf_tensors"):  # defined beside the torch-free part, but they use torch
+        from . import export
+
+        return getattr(export, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,11 @@ Every random choice of a step is a function of (seed, step): the examples are po
 `step * batch ...` of the seed-shuffled stream, masks and pairs come from `micro_generator`,
 and dropout from the global generator whose state the checkpoint saves. So a resumed run
 computes exactly the steps the uninterrupted run would have.
+
+With N processes (`distributed`), `batch` stays the global batch of one optimizer step: rank r
+takes micro-batches m*N + r of the step's N x grad_accum micro-batches, each drawn with that
+index's generator, so N processes with grad_accum A compute what one process computes with
+grad_accum N x A (and, for objectives without random masks, what it computes with A).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 import torch
 
 from lmspec.compiler.compile import build_stage_model
-from lmspec.runtime import engine
+from lmspec.runtime import distributed, engine
 from lmspec.runtime.checkpoint import (load_model_state, load_optimizer, optimizer_tensors, rng_state, save_weights,
                                        set_rng_state, unique_state, write_json_atomic)
 from lmspec.runtime.errors import RunError
@@ -44,25 +49,17 @@ class TrainStage(Stage):
 
     def setup(self) -> None:
         s, plan, ctx = self.spec, self.plan, self.ctx
+        self.world = distributed.world()
+        if s.parallel == "fsdp":  # `lmspec run` said so at check time; this is for the Python API
+            raise RunError(f"stage '{self.name}': parallel: fsdp is not built yet (FSDP2 arrives in a later milestone)",
+                           help="use parallel: ddp (or auto); see docs/scaling.md")
+        self.micro = distributed.split_batch(s.batch, s.grad_accum, self.world.size, stage=self.name)
+        self.eval_micro = s.batch // s.grad_accum  # rank 0 evaluates alone, in one process's batches
         engine.seed_everything(s.seed)
         self.device = ctx.device
         self.precision = engine.resolve_precision(s.precision, self.device)
-        self.tokenizer, self.tokenizer_name = ctx.tokenizer(s.tokenizer)
-        arch = plan.arch
-        if self.tokenizer.vocab_size > arch.vocab:
-            raise RunError(f"tokenizer '{self.tokenizer_name}' produces {self.tokenizer.vocab_size} ids, but model "
-                           f"'{plan.model}' has vocab {arch.vocab}", help=f"use vocab: {self.tokenizer_name}.vocab_size")
-        self.seq_len = s.seq_len or arch.context  # check (LMS089) saw to it that it fits the context
-        self.micro = s.batch // s.grad_accum  # and that grad_accum divides the batch
-        tok = self.tokenizer
-        self.octx = Context(seq_len=self.seq_len, vocab_size=tok.vocab_size, specials=dict(tok.specials), arch=arch.arch,
-                            sentinels=list(tok.sentinels), decoder_start_id=tok.pad_id if tok.pad_id is not None else 0)
-        self.terms = compose([(t.weight, build_objective(t.objective, self.octx)) for t in s.objective])
-        reads = self.terms[0][1].reads
-        if reads.kind == "pairs":
-            self._setup_pairs()
-        else:
-            self._setup_data(reads)
+        with distributed.rank_zero_first():  # rank 0 writes the tokenizer and the data cache; the others read them
+            self._setup_tokens_and_data()
         self.model = self._build_model(plan)
         self.reference = None
         if any(getattr(obj, "needs_reference", False) for _, obj in self.terms):  # dpo: the model as it starts
@@ -72,9 +69,54 @@ class TrainStage(Stage):
             for p in self.reference.parameters():
                 p.requires_grad_(False)
         self.model.train()
-        self.forward_model = torch.compile(self.model) if s.compile else self.model
         self.optimizer = engine.make_optimizer(s.optimizer, self.model, self.device)
+        self.ddp = self._data_parallel() if self.world.size > 1 else None
+        replica = self.ddp if self.ddp is not None else self.model
+        self.forward_model = torch.compile(replica) if s.compile else replica
         self.scaler = self.precision.scaler()
+
+    def _setup_tokens_and_data(self) -> None:
+        s, plan, ctx = self.spec, self.plan, self.ctx
+        self.tokenizer, self.tokenizer_name = ctx.tokenizer(s.tokenizer)
+        arch = plan.arch
+        if self.tokenizer.vocab_size > arch.vocab:
+            raise RunError(f"tokenizer '{self.tokenizer_name}' produces {self.tokenizer.vocab_size} ids, but model "
+                           f"'{plan.model}' has vocab {arch.vocab}", help=f"use vocab: {self.tokenizer_name}.vocab_size")
+        self.seq_len = s.seq_len or arch.context  # check (LMS089) saw to it that it fits the context
+        tok = self.tokenizer
+        self.octx = Context(seq_len=self.seq_len, vocab_size=tok.vocab_size, specials=dict(tok.specials), arch=arch.arch,
+                            sentinels=list(tok.sentinels), decoder_start_id=tok.pad_id if tok.pad_id is not None else 0)
+        self.terms = compose([(t.weight, build_objective(t.objective, self.octx)) for t in s.objective])
+        reads = self.terms[0][1].reads
+        if reads.kind == "pairs":
+            self._setup_pairs()
+        else:
+            self._setup_data(reads)
+
+    def _data_parallel(self):
+        """The model replicated on every rank (DDP). Parameters the stage's loss never reaches
+        (LMS096: a head no objective reads) would make DDP wait for their gradients forever;
+        they get no gradient in one process either, so the optimizer never touches them: freeze
+        them (after the optimizer was built, so its state keeps one process's layout). Then
+        each rank draws its own dropout masks."""
+        for p in self._unreached_parameters():
+            p.requires_grad_(False)
+        ddp = distributed.data_parallel(self.model, self.device)
+        engine.seed_everything(engine.step_seed(self.spec.seed, 0, 0, salt=2 + self.world.rank))
+        return ddp
+
+    def _unreached_parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable parameters the loss of the first micro-batch has no gradient for, by
+        one backward pass in eval mode (no dropout: the global generator is not drawn from)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.eval()
+        try:
+            batch = self._batch(self.train_stream, 0, engine.micro_generator(self.spec.seed, 0, 0))
+            _, losses = engine.forward_terms(self.model, batch, self.terms, self.precision)
+            grads = torch.autograd.grad(sum(losses), params, allow_unused=True)
+        finally:
+            self.model.train()
+        return [p for p, g in zip(params, grads) if g is None]
 
     def _build_model(self, plan):
         try:
@@ -155,8 +197,8 @@ class TrainStage(Stage):
 
     # ------------------------------------------------------------------ batches
 
-    def _batch(self, stream, position: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        examples = stream.take(position, self.micro)
+    def _batch(self, stream, position: int, gen: torch.Generator, size: int | None = None) -> dict[str, torch.Tensor]:
+        examples = stream.take(position, size or self.micro)
         batch = self.terms[0][1].build(examples, gen)
         for _, obj in self.terms[1:]:
             batch = obj.augment(batch, gen)
@@ -171,12 +213,14 @@ class TrainStage(Stage):
         return batch
 
     def step(self, i: int) -> dict[str, float]:
-        s = self.spec
-        micro_batches = [self._batch(self.train_stream, i * s.batch + m * self.micro,
-                                     engine.micro_generator(s.seed, i, m)) for m in range(s.grad_accum)]
+        s, n, rank = self.spec, self.world.size, self.world.rank
+        shares = [m * n + rank for m in range(s.grad_accum)]  # this rank's micro-batches of the step's n x grad_accum
+        micro_batches = [self._batch(self.train_stream, i * s.batch + j * self.micro,
+                                     engine.micro_generator(s.seed, i, j)) for j in shares]
         lr = engine.lr_at(i, s.schedule, s.optimizer.lr, s.steps)
         r = engine.train_step(self.forward_model, self.optimizer, micro_batches, self.terms, lr=lr,
-                              clip_grad=s.clip_grad, precision=self.precision, scaler=self.scaler)
+                              clip_grad=s.clip_grad, precision=self.precision, scaler=self.scaler,
+                              no_sync=self.ddp.no_sync if self.ddp is not None else None)
         if not r.finite:
             raise NonFiniteLoss(
                 f"stage '{self.name}' got a non-finite loss at step {i + 1} (loss {r.loss}, grad norm {r.grad_norm}); "
@@ -206,9 +250,10 @@ class TrainStage(Stage):
         extra: dict[str, float] = {}
         self.model.eval()
         try:
-            n = min(s.eval_batches, max(1, math.ceil(len(self.val_stream) / self.micro)))
+            n = min(s.eval_batches, max(1, math.ceil(len(self.val_stream) / self.eval_micro)))
             for j in range(n):
-                batch = self._batch(self.val_stream, j * self.micro, engine.micro_generator(s.seed, 0, j, salt=1))
+                batch = self._batch(self.val_stream, j * self.eval_micro, engine.micro_generator(s.seed, 0, j, salt=1),
+                                    self.eval_micro)
                 out, losses = engine.forward_terms(self.model, batch, self.terms, self.precision)
                 for t, ((_, obj), loss) in enumerate(zip(self.terms, losses)):
                     units = obj.count(batch)
@@ -281,9 +326,15 @@ class TrainStage(Stage):
     # ------------------------------------------------------------------ state
 
     def state_dict(self):
+        """Called on every rank (it gathers each rank's dropout generator); rank 0 writes it. The
+        replicas are identical, so the model and optimizer are one process's: any number of
+        processes can resume from it."""
         opt_tensors, opt_meta = optimizer_tensors(self.optimizer)
+        rngs = distributed.gather_json(rng_state())
         # the next example of the training stream (informative: positions are a function of the step)
-        state = {"rng": rng_state(), "optimizer": opt_meta, "data_position": self.steps_done * self.spec.batch}
+        state = {"rng": rngs[0], "optimizer": opt_meta, "data_position": self.steps_done * self.spec.batch}
+        if len(rngs) > 1:
+            state["rng_ranks"] = rngs
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return {"model": unique_state(self.model), "optimizer": opt_tensors}, state
@@ -293,8 +344,14 @@ class TrainStage(Stage):
         load_optimizer(self.optimizer, tensors.get("optimizer", {}), state["optimizer"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
         self.steps_done = state.get("data_position", 0) // self.spec.batch
+        ranks, n, rank = state.get("rng_ranks", [state["rng"]]), self.world.size, self.world.rank
+        if len(ranks) == n:
+            set_rng_state(ranks[rank])
+        elif rank == 0:
+            set_rng_state(state["rng"])
+        else:  # resumed with more processes than wrote the checkpoint: a fresh dropout stream of its own
+            engine.seed_everything(engine.step_seed(self.spec.seed, self.steps_done, 0, salt=2 + rank))
 
     def artifacts(self, directory: Path) -> StageArtifacts:
         from lmspec.compiler.arch import arch_to_dict
