@@ -310,3 +310,15 @@ train dpo_align { model: gpt, init: pretrain, objective: dpo(beta: 0.1), data: p
     assert {"loss", "eval_loss", "accuracy"} <= last.keys()
     first = r.metrics("dpo_align")[0]
     assert first["loss"] == pytest.approx(0.6931, abs=2e-3)  # log 2: the policy starts as its reference
+
+
+def test_a_changed_judge_or_reward_reruns_its_stages_under_force():
+    """`--resume --force` reruns the stages whose blocks changed: the blocks of a feedback stage
+    include its judge and prompt data, those of an rl stage its reward, reference and eval judges."""
+    from lmspec.compiler.api import check_text
+    from lmspec.compiler.compile import compile_spec
+    from lmspec.runtime.api import _blocks_of
+
+    schedule = compile_spec(check_text(BASE + rl_block(), "s.lmspec"))
+    assert {"sentiment", "stories", "gpt"} <= _blocks_of(schedule["prefs"])
+    assert {"reward", "sentiment", "stories", "gpt"} <= _blocks_of(schedule["align"])

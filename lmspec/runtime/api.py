@@ -265,16 +265,21 @@ def _resume(run_path: Path, force: bool, overrides: tuple[str, ...], dev, size: 
 
 
 def _blocks_of(plan) -> set[str]:
-    """The blocks a stage's result depends on: its own, its model, data and tokenizer."""
+    """The blocks a stage's result depends on: its own, its model, data and tokenizer, and a
+    feedback or rl stage's judge, reward, reference, eval judges and prompt data."""
     names = {plan.name}
     for key in ("model", "policy"):
         use = getattr(plan.spec, key, None)
         if use is not None:
             names.add(use.model)
-    for key in ("data", "tokenizer"):
+    for key in ("data", "tokenizer", "judge", "reward", "reference"):  # a changed judge relabels the pairs
         value = getattr(plan.spec, key, None)
         if isinstance(value, str):
             names.add(value)
+    names.update(getattr(plan.spec, "eval_judges", ()))
+    prompts = getattr(plan.spec, "prompts", None) or getattr(getattr(plan.spec, "rollouts", None), "prompts", None)
+    if prompts is not None:
+        names.add(prompts.data)
     return names
 
 
