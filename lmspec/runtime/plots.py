@@ -8,6 +8,28 @@ from pathlib import Path
 __all__ = ["plot_losses", "plot_rl"]
 
 
+def _pyplot():
+    """matplotlib's pyplot on the display-less Agg backend; None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Write the figure beside `path` and rename it into place, so a reader never sees half a PNG."""
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def plot_losses(metrics: list[dict], path: Path, title: str) -> Path | None:
     """Train loss (and eval loss where evaluated) against step; None when there is nothing to
     draw or matplotlib is not installed."""
@@ -15,12 +37,8 @@ def plot_losses(metrics: list[dict], path: Path, title: str) -> Path | None:
     evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
     if not train and not evals:
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
@@ -32,12 +50,7 @@ def plot_losses(metrics: list[dict], path: Path, title: str) -> Path | None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_rl(metrics: list[dict], path: Path, title: str) -> Path | None:
@@ -46,12 +59,8 @@ def plot_rl(metrics: list[dict], path: Path, title: str) -> Path | None:
     steps = [m for m in metrics if "reward" in m and "kl" in m]
     if not steps:
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), dpi=100, sharex=True)
     top.plot([m["step"] for m in steps], [m["reward"] for m in steps], label="reward (rollouts)", linewidth=1.2)
@@ -69,9 +78,4 @@ def plot_rl(metrics: list[dict], path: Path, title: str) -> Path | None:
     bottom.set_xlabel("step")
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(plt, fig, path)

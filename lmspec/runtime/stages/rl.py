@@ -180,9 +180,11 @@ class RLStage(Stage):
         return self.value.score(hidden[:, P - 1:P - 1 + R]).squeeze(-1).float()  # (B, R): V(s_t)
 
     @torch.no_grad()
-    def _rollout(self, prompts, gen):
+    def _rollout(self, prompts, gen, model=None):
+        """Sample a response to each prompt with `model` (default the policy) at the rollout
+        settings: (query, query mask, response, response mask, prompt texts, response texts)."""
         r = self.spec.rollouts
-        query, qmask, response = generate_responses(self.policy, prompts, max_new_tokens=r.max_new_tokens,
+        query, qmask, response = generate_responses(model or self.policy, prompts, max_new_tokens=r.max_new_tokens,
                                                     temperature=r.temperature, top_k=r.top_k,
                                                     eos_id=self.tokenizer.eos_id, pad_id=self.pad_id, generator=gen,
                                                     device=self.device)
@@ -325,13 +327,7 @@ class RLStage(Stage):
 
     def _held_out(self, model) -> dict[str, float]:
         gen = torch.Generator(device=self.device).manual_seed(engine.step_seed(self.spec.seed, 0, salt=5))
-        r = self.spec.rollouts
-        _, _, response = generate_responses(model, self.eval_set, max_new_tokens=r.max_new_tokens,
-                                            temperature=r.temperature, top_k=r.top_k, eos_id=self.tokenizer.eos_id,
-                                            pad_id=self.pad_id, generator=gen, device=self.device)
-        rmask = response_mask(response, self.tokenizer.eos_id)
-        texts = [self.tokenizer.decode(t[m].tolist()) for t, m in zip(response, rmask)]
-        prompts = [self.tokenizer.decode(p.tolist()) for p in self.eval_set]
+        _, _, _, rmask, prompts, texts = self._rollout(self.eval_set, gen, model)
         scores = self.reward.score(prompts, texts).float()
         self._last_eval = list(zip(prompts, texts, scores.tolist()))
         out = {"eval_reward": float(scores.mean()), "eval_response_length": float(rmask.sum()) / len(texts)}
