@@ -327,3 +327,65 @@ def test_graph_command_prints_warnings_and_still_draws(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "warning[LMS081]" in captured.err
     assert captured.out.startswith('digraph "m" {')
+
+
+# ------------------------------------------------------------------- FlowGraph against networkx
+
+
+def _random_graphs(count: int = 300):
+    """Seeded random digraphs of 1-9 nodes, self-loops and cycles included, each as a
+    FlowGraph and as a networkx DiGraph with the same nodes and edges."""
+    import random
+
+    from lmspec.compiler.graphs import FlowGraph
+
+    rng = random.Random(0)
+    for _ in range(count):
+        n = rng.randint(1, 9)
+        names = rng.sample("abcdefghijk", n)
+        edges = [(u, v) for u in names for v in names if rng.random() < 0.18]
+        flow, ref = FlowGraph(), nx.DiGraph()
+        for i, name in enumerate(names):
+            flow.add_node(name, index=i, kind="train")
+            ref.add_node(name, index=i, kind="train")
+        for u, v in edges:
+            flow.add_edge(u, v, label="x", span=None)
+            ref.add_edge(u, v, label="x", span=None)
+        yield flow, ref
+
+
+def test_flow_graph_algorithms_agree_with_networkx():
+    from lmspec.compiler.graphs import _components, ancestors, stage_cycles
+
+    acyclic = cyclic = 0
+    for flow, ref in _random_graphs():
+        assert sorted(map(sorted, _components(flow))) == sorted(map(sorted, nx.strongly_connected_components(ref)))
+        for n in ref:
+            assert ancestors(flow, n) == nx.ancestors(ref, n)
+        assert [d.message for d in stage_cycles(flow)] == [d.message for d in stage_cycles(ref)]
+        if nx.is_directed_acyclic_graph(ref):
+            acyclic += 1
+            expected = list(nx.lexicographical_topological_sort(ref, key=lambda n: ref.nodes[n]["index"]))
+            assert stage_order(flow) == expected == stage_order(ref)
+            assert not stage_cycles(flow)
+        else:
+            cyclic += 1
+            assert stage_cycles(flow)
+            with pytest.raises(ValueError, match="cycle"):
+                stage_order(flow)
+        back = flow.to_networkx()
+        assert sorted(back.edges) == sorted(ref.edges) and dict(back.nodes(data=True)) == dict(ref.nodes(data=True))
+    assert acyclic > 50 and cyclic > 50  # both kinds were tried
+
+
+def test_check_imports_neither_networkx_nor_torch():
+    """`lmspec check --no-meta` is run on every save: it must not pay for networkx or torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from lmspec.cli import main\n"
+            "try: main(['check', '--no-meta', 'specs/rlaif.lmspec'])\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in ('networkx', 'torch', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=SPECS.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -339,3 +339,63 @@ def test_the_grammar_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
                          env={**os.environ, "PYTHONPATH": str(root)})
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- shipped LALR tables
+
+
+def _outcome(parser, text: str):
+    """What a parser makes of `text`: its tree, or where and why it stops."""
+    from lark.exceptions import UnexpectedInput
+
+    try:
+        return parser.parse(text)
+    except UnexpectedInput as err:
+        return (type(err).__name__, err.pos_in_stream, sorted(getattr(err, "expected", None) or ()),
+                str(getattr(err, "token", "")))
+
+
+def test_shipped_tables_are_built_from_this_grammar():
+    from lmspec.grammar import tables
+
+    assert tables.read_tables()["grammar_sha256"] == tables.grammar_sha256(), \
+        "lmspec.lark changed since lalr_tables.json was built: run `python -m lmspec.grammar.tables`"
+
+
+def test_shipped_tables_parse_as_the_grammar_does():
+    """The parser loaded from the tables and one built from the grammar agree on every shipped
+    spec and on every prefix of one of them (each a syntax error somewhere)."""
+    from lark import Lark
+
+    from lmspec.grammar import tables
+
+    shipped = tables.read_tables()
+    loaded = Lark._load_from_dict(shipped["data"], shipped["memo"])
+    built = tables.build_parser()
+    texts = [p.read_text() for p in sorted(Path(__file__).parents[1].glob("specs/**/*.lmspec"))]
+    assert len(texts) > 10
+    sample = texts[0]
+    texts += [sample[:n] for n in range(0, len(sample), 7)]
+    for text in texts:
+        assert _outcome(loaded, text) == _outcome(built, text)
+
+
+def test_parser_loads_the_shipped_tables(monkeypatch):
+    """With the lark that built them, the tables are loaded and nothing is built; with another
+    lark (or an edited grammar) the parser is built from the grammar."""
+    from lmspec.grammar import parser, tables
+
+    def no_build():
+        raise AssertionError("built from the grammar")
+
+    monkeypatch.setattr(tables, "build_parser", no_build)
+    monkeypatch.setattr(parser, "lark_version", tables.read_tables()["lark_version"])
+    parser.lark_parser.cache_clear()
+    try:
+        assert parser.lark_parser().parse("lmspec 1\n")
+        monkeypatch.setattr(parser, "lark_version", "0.0.0")
+        parser.lark_parser.cache_clear()
+        with pytest.raises(AssertionError, match="built from the grammar"):
+            parser.lark_parser()
+    finally:
+        parser.lark_parser.cache_clear()

@@ -16,8 +16,7 @@ from typing import Any
 from lmspec.compiler.allow import silence
 from lmspec.compiler.arch import ArchConfig
 from lmspec.compiler.costs import spec_figures, stage_arch
-from lmspec.compiler.graphs import experiment_graph, stage_order
-import networkx as nx
+from lmspec.compiler.graphs import ancestors, flow_graph, stage_order
 
 from lmspec.diagnostics import CODES, Diagnostic
 
@@ -83,7 +82,7 @@ def spec_relative(path: str, spec_file: str) -> Path:
 def compile_spec(report) -> Schedule:
     """The schedule of a spec that passed `check` (raises LmspecError otherwise)."""
     report.raise_for_errors()
-    graph = experiment_graph(report.spec)
+    graph = flow_graph(report.spec)
     kinds = {n: report.spec.resolved.blocks[n].kind for n in report.spec.blocks}
     order = stage_order(graph)
     schedule = Schedule()
@@ -96,8 +95,8 @@ def compile_spec(report) -> Schedule:
             model, arch = stage_arch(report, name) or (None, None)
         # the model a stage trains (train) or samples from (feedback, rl), as `use` (schema.ModelUse)
         use = getattr(spec, "model", None) if kinds[name] == "train" else getattr(spec, "policy", None)
-        ancestors = nx.ancestors(graph, name)
-        after = tuple(a for a in order if a in ancestors)
+        before = ancestors(graph, name)
+        after = tuple(a for a in order if a in before)
         spec_file = report.spec.resolved.blocks[name].span.file
         schedule.stages.append(StagePlan(name, kinds[name], spec, model, arch, _init(use, spec, spec_file),
                                          bool(use is not None and getattr(use, "head", None)), after))

@@ -20,11 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-import networkx as nx
-
 from lmspec.compiler import schema as S
 from lmspec.compiler.arch import GATED_ACTIVATIONS, ArchConfig
-from lmspec.compiler.graphs import ModelSpans, experiment_graph, stage_cycles
+from lmspec.compiler.graphs import FlowGraph, ModelSpans, flow_graph, stage_cycles
 from lmspec.compiler.lower import lower_model
 from lmspec.compiler.resolve import ResolvedBlock, collapse_inherited
 from lmspec.compiler.rules_models import (
@@ -63,7 +61,7 @@ class Experiment:
 
     validated: ValidatedSpec
     models: dict[str, ArchConfig]
-    graph: nx.DiGraph
+    graph: FlowGraph
     _archs: dict = field(default_factory=dict)
 
     def block(self, name: str) -> ResolvedBlock:
@@ -610,7 +608,7 @@ def check(validated: ValidatedSpec) -> tuple[list[Diagnostic], dict[str, ArchCon
                 models[name] = arch
         diagnostics += found
     diagnostics += unknown_value_rule(validated)
-    graph = experiment_graph(validated)
+    graph = flow_graph(validated)
     diagnostics += stage_cycles(graph)
     x = Experiment(validated, models, graph)
     for rule in EXPERIMENT_RULES:

@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from lark import Lark, Token, Transformer_NonRecursive, Tree
+from lark import __version__ as lark_version
 from lark.exceptions import UnexpectedInput, VisitError
 
 from lmspec.diagnostics import Diagnostic, Span
@@ -41,14 +42,17 @@ _BAD_UNDERSCORE = re.compile(r"_(?![0-9])")  # `1_`, `1__0`, `1_.5`, `1_k`
 
 @functools.lru_cache(maxsize=1)
 def lark_parser() -> Lark:
-    return Lark.open(
-        "lmspec.lark",
-        rel_to=__file__,
-        parser="lalr",
-        propagate_positions=True,
-        maybe_placeholders=True,
-        cache=False,
-    )
+    """The LALR parser of `lmspec.lark`: loaded from the shipped tables (`grammar.tables`) when
+    they were built from this grammar by this lark version, else built from the grammar."""
+    from lmspec.grammar import tables
+
+    try:
+        shipped = tables.read_tables()
+    except (OSError, ValueError):  # no tables (a source tree without them): build
+        shipped = {}
+    if shipped.get("grammar_sha256") == tables.grammar_sha256() and shipped.get("lark_version") == lark_version:
+        return Lark._load_from_dict(shipped["data"], shipped["memo"])
+    return tables.build_parser()
 
 
 def number_value(raw: str) -> int | float:
