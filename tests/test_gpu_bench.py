@@ -1,0 +1,49 @@
+"""benchmarks/gpu/bench_gpu.py, the GPU benchmark, in its reduced CPU form: every section's
+code runs on tiny shapes, so the script is ready whenever a GPU is at hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "gpu" / "bench_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reduced_gpu_benchmark_runs_every_section_on_the_cpu(tmp_path):
+    out = tmp_path / "r.json"
+    code = _bench().main(["--reduced", "--out", str(out), "--only", "train", "--only", "memory",
+                          "--only", "generate"])
+    result = json.loads(out.read_text())
+    sections = result["sections"]
+    assert code == 0, {k: v.get("error") for k, v in sections.items()}
+    assert result["reduced"] is True
+    train = sections["train"]
+    assert train["tokens_per_s"] > 0 and train["median_step_s"] > 0 and train["mfu"] is None  # no GPU peak
+    cases = sections["memory"]["cases"]
+    assert len(cases) == 3
+    for case in cases:  # the estimate `check` prints, in parts that add up
+        parts = case["estimate"]
+        assert case["estimate_bytes"] >= sum(parts.values()) > 0
+    gen = sections["generate"]
+    assert gen["same_tokens"] is True and gen["lmspec_tokens_per_s"] > 0 and gen["hf_tokens_per_s"] > 0
+
+
+def test_run_sh_refuses_a_machine_without_cuda():
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the real benchmark instead")
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "/dev/null"], capture_output=True,
+                          text=True)
+    assert done.returncode == 2
+    assert "no CUDA device" in done.stderr or "needs lmspec" in done.stderr
