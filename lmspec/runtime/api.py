@@ -82,11 +82,13 @@ def _warnings(report, progress) -> None:
 
 def _preflight(schedule, selected: list[str], dev) -> None:
     """What would fail in a stage's setup and can be known now, before a run directory exists."""
-    from lmspec.runtime.engine import resolve_precision
+    from lmspec.runtime.engine import check_compile, resolve_precision
 
     for plan in schedule:
-        if plan.name in selected and plan.kind == "train":
+        if plan.name in selected and plan.kind in ("train", "rl"):
             resolve_precision(plan.spec.precision, dev)
+            if getattr(plan.spec, "compile", False):
+                check_compile(dev, plan.name)
 
 
 def _seeds(report) -> dict:

@@ -72,7 +72,36 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
 
         raise RunError("precision fp16 needs a GPU (loss scaling on CPU is not supported by torch)",
                        help="use precision: bf16 or fp32 on CPU")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        from lmspec.runtime.errors import RunError
+
+        raise RunError(f"precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support",
+                       help="use precision: fp16 (with loss scaling) or fp32 on this GPU, or auto")
     return Precision(name, device.type)
+
+
+def check_compile(device: torch.device, stage: str) -> None:
+    """`compile: true` needs what torch.compile's default backend (inductor) builds kernels with:
+    triton on a GPU, a C++ compiler on the CPU. Without them the first step fails deep inside
+    torch; this says so before the run starts."""
+    from lmspec.runtime.errors import RunError
+
+    if device.type == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is None:
+            raise RunError(f"stage '{stage}' has compile: true, but triton, which torch.compile builds GPU kernels "
+                           "with, is not installed", help="pip install triton (it comes with torch's CUDA wheels), "
+                                                          "or set compile: false")
+        return
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as err:  # torch's InvalidCxxCompiler, or whatever the search meets
+        raise RunError(f"stage '{stage}' has compile: true, but torch.compile finds no C++ compiler to build CPU "
+                       f"kernels with ({type(err).__name__})",
+                       help="install g++ or clang++ (or set CXX), or set compile: false") from None
 
 
 def seed_everything(seed: int) -> None:
