@@ -80,8 +80,10 @@ def _warnings(report, progress) -> None:
         progress.message(render_text(report.diagnostics, report.sources, colour=False))
 
 
-def _preflight(schedule, selected: list[str], dev) -> None:
-    """What would fail in a stage's setup and can be known now, before a run directory exists."""
+def _preflight(schedule, selected: list[str], dev, report=None, cache_dir: Path | None = None) -> None:
+    """What would fail in a stage's setup and can be known now, before a run directory exists:
+    the device's precision and compiler, then (given the report) each train stage's tokenizer
+    and data, prepared into the cache (`_prepare_data`)."""
     from lmspec.runtime.engine import check_compile, resolve_precision
 
     for plan in schedule:
@@ -89,6 +91,28 @@ def _preflight(schedule, selected: list[str], dev) -> None:
             resolve_precision(plan.spec.precision, dev)
             if getattr(plan.spec, "compile", False):
                 check_compile(dev, plan.name)
+    if report is not None and distributed.env_rank() == 0 and not distributed.launched():
+        _prepare_data(report, schedule, selected, dev, cache_dir)
+
+
+def _prepare_data(report, schedule, selected: list[str], dev, cache_dir: Path | None) -> None:
+    """Each selected train stage's tokenizer (a BPE learned from a file yields only so many
+    tokens) and data (a jsonl record without a field the stage reads, an example longer than
+    seq_len, a label outside the classifier), prepared into the data cache as the stage's setup
+    would, so that what only the data can tell stops the run before its directory exists; the
+    stages find both in the cache. Only in the process that starts the run: launched workers
+    find them prepared."""
+    import tempfile
+
+    from lmspec.runtime.stages import make_stage
+    from lmspec.runtime.stages.base import RunContext
+
+    with tempfile.TemporaryDirectory(prefix="lmspec-preflight-") as tmp:
+        ctx = RunContext(report, schedule, dev, Path(cache_dir) if cache_dir else default_cache_dir(), Path(tmp),
+                         log=lambda message: None)  # the stage logs it again at its setup
+        for plan in schedule:
+            if plan.name in selected and plan.kind == "train":
+                make_stage(plan, ctx).preflight()
 
 
 def _seeds(report) -> dict:
@@ -116,9 +140,9 @@ def run(spec_path: str | Path, *, overrides: list[str] | tuple[str, ...] = (), o
     selected, blocked = _selection(report, schedule, only)
     _check_world(report, schedule, selected, size)
     dev = resolve_device(device)
-    _preflight(schedule, selected, dev)
     if tensorboard:
         _tensorboard_writer()  # fail before a run directory exists
+    _preflight(schedule, selected, dev, report, cache_dir)
     if nproc > 1:
         path = Path(out) if out is not None else default_run_dir(spec_path)
         argv = ["run", str(spec_path), "--out", str(path), *_worker_options(device, backend, overrides, tensorboard)]

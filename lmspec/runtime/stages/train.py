@@ -163,6 +163,7 @@ class TrainStage(Stage):
                                        fields=reads.fields if reads.kind == "records" else ("text",), label=label,
                                        cache_dir=ctx.cache_dir)
         self._check_lengths(reads)
+        self._check_labels()
         self.train_stream = ExampleStream(self.dataset.train, reads, seed=data_spec.seed, shuffle=data_spec.shuffle)
         self.val_stream = None
         val = self.dataset.validation
@@ -194,6 +195,31 @@ class TrainStage(Stage):
                                f"example{'s' if len(over) > 1 else ''} longer than stage '{self.name}' feeds: up to "
                                f"{longest} tokens, and seq_len is {self.seq_len}",
                                help="raise seq_len (and the model's context), or shorten those examples")
+
+    def _check_labels(self) -> None:
+        """Class labels at or above the classifier's classes are found before step 1, not as
+        an IndexError at the step that draws one (docs/keys.md, GAP 10)."""
+        head = self.plan.arch.head("classifier") if self.plan.arch is not None else None
+        if head is None or self.dataset.train.label is None:
+            return
+        for split_name, split in (("train", self.dataset.train), ("validation", self.dataset.validation)):
+            labels = split.labels() if len(split) else None
+            if labels is not None and len(labels) and int(labels.max()) >= head.classes:
+                top = int(labels.max())
+                count = int((labels >= head.classes).sum())
+                raise RunError(f"data '{self.spec.data}' ({split_name} split) has {count} example"
+                               f"{'s' if count > 1 else ''} labelled up to {top}, but the classifier of model "
+                               f"'{self.plan.model}' has {head.classes} classes (labels 0..{head.classes - 1})",
+                               help=f"give the model head: classifier(classes: {top + 1}), or relabel the data")
+
+    def preflight(self) -> None:
+        """What setup() reads and can fail on, before the run directory: the tokenizer (a BPE
+        learned from the data) and the data, prepared into the cache, with the checks of its
+        lengths and labels. Setup later finds both in the cache. A preference set that a
+        feedback stage collects exists only once that stage has run: nothing to prepare."""
+        if self.ctx.report.spec.resolved.blocks[self.spec.data].kind != "data":
+            return
+        self._setup_tokens_and_data()
 
     # ------------------------------------------------------------------ batches
 
