@@ -199,7 +199,7 @@ def test_an_unquoted_string_is_a_type_error_not_an_undefined_name():
      "'lr' must be > 0, found -1", "lr: -1"),
     (STAGES + "train t { model: m, data: d, objective: clm, optimizer: adamw(betas: [0.9]) }",
      "'betas' must have 2 items, found 1", "betas: [0.9]"),
-    (STAGES + "train t { model: m, data: d, objective: prefix_lm(prefix: 2) }", "'prefix' must be <= 1, found 2",
+    (STAGES + "train t { model: m, data: d, objective: prefix_lm(prefix: 2) }", "'prefix' must be < 1, found 2",
      "prefix: 2"),
 ])
 def test_a_value_out_of_range(text, message, written):

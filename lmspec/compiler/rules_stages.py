@@ -5,7 +5,8 @@ anything runs, never an error an hour into a run.
     LMS087  a data or tokenizer path that does not exist (or a glob that matches nothing)
     LMS088  objectives of one stage that cannot share a batch
     LMS089  a batch that grad_accum does not divide, or sequences longer than the model's context
-            (a train stage's seq_len; rollout and feedback prompts plus the tokens generated)
+            (a train stage's seq_len; rollout and feedback prompts plus the tokens generated), or
+            too short for the objective (nsp needs 5 tokens, span_corruption one corrupted window)
     LMS093  an objective weight that is zero or negative
     LMS043  mlm's replace fractions that do not sum to 100% (the schema counts them)
     LMS102  a stage given its starting weights twice (`M from A` and `init: B`)
@@ -29,7 +30,7 @@ from typing import Iterator
 
 from lmspec.compiler import schema as S
 from lmspec.compiler.compile import spec_relative
-from lmspec.compiler.rules_tokens import hf_tokenizer_file
+from lmspec.compiler.rules_tokens import hf_tokenizer_file, span_counts
 from lmspec.diagnostics import CODES, Diagnostic, Label
 
 __all__ = ["STAGE_RULES", "BUILDS_FIRST", "AUGMENTS", "combinable"]
@@ -142,6 +143,44 @@ def batch_rule(x) -> Iterator[Diagnostic]:
             yield _err("LMS089", f"seq_len ({spec.seq_len}) is longer than the context of '{spec.model.model}' "
                        f"({arch.context}); the runtime would cut every sequence", block.span_of(("seq_len",)),
                        help=f"use seq_len: {arch.context} or less, or a longer context")
+        elif arch is not None:
+            yield from _too_short(x, name, spec, arch)
+
+
+def _shortest(kind: str, obj, arch) -> tuple[int, str] | None:
+    """(the shortest seq_len objective `kind` builds a batch in, what fills it), for the
+    objectives that need more than one token: nsp writes [CLS] A [SEP] B [SEP]; span_corruption
+    needs one corrupted window (runtime.objectives: below these they raise at setup)."""
+    if kind == "nsp":
+        return 5, "a pair of one token each, with [CLS] and two [SEP]"
+    if kind == "span_corruption":
+        prefix = arch.arch == "decoder"
+        shortest = next(n for n in range(1, 64) if span_counts(n, obj.noise, obj.mean_span, prefix) is not None)
+        return shortest, ("one corrupted token, two sentinels and EOS, read as one sequence" if prefix
+                          else "one corrupted token: its sentinel and EOS")
+    return None
+
+
+def _too_short(x, name: str, spec, arch) -> Iterator[Diagnostic]:
+    """LMS089: a sequence shorter than the objective builds its batches in."""
+    block = x.block(name)
+    seq_len = spec.seq_len or arch.context
+    for term in spec.objective:
+        found = _shortest(term.objective.kind, term.objective, arch)
+        if found is None or seq_len >= found[0]:
+            continue
+        shortest, what = found
+        kind = term.objective.kind
+        if spec.seq_len is not None:
+            yield _err("LMS089", f"objective '{kind}' needs seq_len {shortest} or more ({what}), found {seq_len}",
+                       block.span_of(("seq_len",)), help=f"use seq_len: {shortest} or more"
+                       + (f" (and a context of {shortest})" if arch.context < shortest else ""))
+        else:
+            context = x.model_spans(spec.model.model).model("context")
+            yield _err("LMS089", f"objective '{kind}' needs sequences of {shortest} tokens or more ({what}), but "
+                       f"train '{name}' reads the context of '{spec.model.model}', {seq_len}",
+                       block.span_of(("objective",)), help=f"give '{spec.model.model}' a context of {shortest} or more",
+                       labels=[Label(context, f"context of '{spec.model.model}'")])
 
 
 def rollout_rule(x) -> Iterator[Diagnostic]:
