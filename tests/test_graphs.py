@@ -389,3 +389,24 @@ def test_check_imports_neither_networkx_nor_torch():
             "print(sorted(m for m in ('networkx', 'torch', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=SPECS.parent, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_parallel_layer_feeds_attention_and_mlp_from_one_input():
+    """`residual: parallel(norms: 1)` (GPT-J, Phi-2): one norm feeds both branches, whose outputs
+    join the residual in one add; with norms: 2 each branch has its own norm."""
+    for norms, expected_norms in ((1, 1), (2, 2)):
+        text = f"""lmspec 1
+model m {{ arch: decoder, vocab: 300, context: 32, layers: 2, d_model: 32, heads: 4,
+          position: rope(theta: 10_000, fraction: 50%), residual: parallel(norms: {norms}), qk_norm: true }}
+"""
+        report = check_text(text, "p.lmspec")
+        assert report.ok, [d.message for d in report.diagnostics]
+        g = architecture_graph(report.models["m"], report.spec)
+        layer = [n for n in g if n.startswith("decoder.0.")]
+        assert len([n for n in layer if g.nodes[n]["kind"] == "norm"]) == expected_norms
+        (layer_input,) = g.predecessors("decoder.0.attn_norm")
+        assert set(g.predecessors("decoder.0.add")) == {"decoder.0.attn", "decoder.0.mlp", layer_input}
+        assert g.edges[layer_input, "decoder.0.add"]["residual"]
+        assert "decoder.0.add" in set(g.predecessors("decoder.1.attn_norm"))
+        label = g.nodes["decoder.0.attn"]["label"]
+        assert "fraction: 50%" in label and "qk-norm" in label

@@ -357,11 +357,11 @@ def test_pickle_only_checkpoint_is_refused(ckpts, tmp_path):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"model_type": "gpt_neox"}, r"model_type 'gpt_neox' is not supported.*gpt2, bert, t5, llama, mistral"),
+        ({"model_type": "mamba"}, r"model_type 'mamba' is not supported.*gpt2, bert, t5, llama, mistral"),
         ({"architectures": ["LlamaForSequenceClassification"]}, r"LlamaForSequenceClassification"),
-        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}, r"rope scaling 'llama3'"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5, "factor": 8.0}},
+         r"rope_parameters.rope_type='yarn': lmspec's rope computes the default, linear and llama3"),
         ({"hidden_act": "gelu"}, r"hidden_act='gelu'"),
-        ({"attention_bias": True}, r"attention_bias=True but mlp_bias=False"),
     ],
 )
 def test_unsupported_configs_raise_a_clear_error(ckpts, changes, message):
@@ -490,7 +490,7 @@ def test_import_hf_command(ckpts, tmp_path, capsys):
     [
         ("missing_dir", "no such directory"),
         ("missing_config", "no config.json"),
-        ("unsupported", "model_type 'gpt_neox' is not supported"),
+        ("unsupported", "model_type 'mamba' is not supported"),
         ("bad_name", "is not an identifier"),
     ],
 )
@@ -500,7 +500,7 @@ def test_import_hf_command_errors_exit_2(ckpts, tmp_path, capsys, setup, message
     if setup != "missing_dir":
         path.mkdir()
     if setup == "unsupported":
-        (path / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
+        (path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
     if setup == "bad_name":
         args = [str(ckpts["gpt2"]), "--name", "not-a-name"]
     assert import_hf_main(args) == 2

@@ -26,6 +26,12 @@ HeadKind = Literal["lm", "mlm", "nsp", "classifier", "scalar"]
 
 #: activations whose MLP has a gate projection (three matrices instead of two)
 GATED_ACTIVATIONS = frozenset({"swiglu", "geglu", "geglu_tanh", "reglu"})
+#: how far `fraction x head_dim` may be from a whole number of rotated dimensions: a fraction
+#: written with 6 digits (0.291667 of 96 is 28.00003) means that whole number
+ROTARY_TOLERANCE = 1e-3
+
+#: the projections of a layer that `bias` switches, each also on its own (`qkv_bias`, ...)
+BIAS_PROJECTIONS = ("qkv", "out", "mlp")
 
 
 @dataclass(frozen=True)
@@ -37,11 +43,37 @@ class AttentionConfig:
 
 
 @dataclass(frozen=True)
+class RopeScaling:
+    """How RoPE's frequencies are stretched for a longer context than the model was trained on.
+
+    linear: every frequency divided by `factor` (positions interpolated). llama3 (Llama 3.1):
+    wavelengths longer than original_context / low_freq are divided by `factor`, those shorter
+    than original_context / high_freq are kept, and those between are interpolated smoothly."""
+
+    kind: Literal["linear", "llama3"]
+    factor: float
+    low_freq: float = 1.0  # llama3 only
+    high_freq: float = 4.0  # llama3 only
+    original_context: int = 8192  # llama3 only: the context the model was pre-trained with
+
+
+@dataclass(frozen=True)
 class PositionConfig:
     kind: PositionKind = "learned"
     theta: float = 10_000.0  # rope base
     buckets: int = 32  # relative (T5) bias buckets
     max_distance: int = 128  # relative (T5) bias: distances beyond this share the last bucket
+    fraction: float = 1.0  # rope: the share of each head's dimensions that rotate (GPT-NeoX: 0.25)
+    # rope: which dimensions pair up: "half" rotates i with i + dims/2 (Llama, GPT-NeoX), "interleaved"
+    # 2i with 2i + 1 (GPT-J)
+    layout: Literal["half", "interleaved"] = "half"
+    scaling: RopeScaling | None = None  # rope: stretched frequencies (Llama 3.1: llama3)
+
+    def rotary_dims(self, head_dim: int) -> int | None:
+        """How many of a head's dimensions RoPE rotates, or None when `fraction` of `head_dim`
+        is not a whole number."""
+        dims = self.fraction * head_dim
+        return round(dims) if abs(dims - round(dims)) < ROTARY_TOLERANCE else None
 
 
 @dataclass(frozen=True)
@@ -57,11 +89,36 @@ class LayerConfig:
     position: PositionConfig = field(default_factory=PositionConfig)  # used when rope/alibi/relative
     norm: NormKind = "layernorm"
     norm_eps: float = 1e-5
+    norm_bias: bool = True  # layernorm: a bias beside its weight (OLMo and MPT have none)
     placement: Placement = "pre"
     activation: Activation = "gelu"
-    bias: bool = True  # bias on the attention and MLP projections
+    bias: bool = True  # biases on every attention and MLP projection, unless one below says otherwise
+    # one kind of projection on its own, where it differs from `bias` (None: as `bias`): qkv the
+    # query, key and value projections (Qwen2 biases only these), out the attention output, mlp the MLP's
+    qkv_bias: bool | None = None
+    out_bias: bool | None = None
+    mlp_bias: bool | None = None
+    qk_norm: bool = False  # a norm (of the layer's kind) over each query and key head, before RoPE (Qwen3)
     dropout: float = 0.0
     cross_attention: bool = False  # decoder layers of an encoder-decoder
+    parallel: bool = False  # attention and MLP both read the layer's input; their outputs are added to it
+    shared_norm: bool = False  # parallel: one norm feeds both branches (GPT-J, Phi-2); else each its own
+
+    def __post_init__(self):
+        # one spelling per model, so that equal models compare equal: `bias` is true only when
+        # every projection has one, and a projection keeps its own flag only where it differs
+        biased = {p: self.biased(p) for p in BIAS_PROJECTIONS}
+        bias = all(biased.values())
+        object.__setattr__(self, "bias", bias)
+        for projection, value in biased.items():
+            object.__setattr__(self, f"{projection}_bias", None if value == bias else value)
+        if not self.parallel:  # a sequential layer has a norm per sublayer
+            object.__setattr__(self, "shared_norm", False)
+
+    def biased(self, projection: str) -> bool:
+        """Whether the projections of one kind ("qkv", "out" or "mlp") have biases."""
+        own = getattr(self, f"{projection}_bias")
+        return self.bias if own is None else own
 
 
 @dataclass(frozen=True)
@@ -93,6 +150,7 @@ class HeadConfig:
     # classifier/scalar: "pooler" reads the pooled first token; "last" the last real token;
     # "mean" the mean over real tokens
     pool: Literal["first", "last", "mean"] = "last"
+    bias: bool = False  # lm: a bias on the vocabulary projection (GPT-J, Phi-2)
 
 
 @dataclass(frozen=True)
@@ -117,6 +175,7 @@ class ArchConfig:
     tied_head_scale: float = 1.0
     norm: NormKind = "layernorm"  # for the embedding norm and the heads' norms
     norm_eps: float = 1e-5
+    norm_bias: bool = True  # whether those norms, when LayerNorms, have a bias
     activation: Activation = "gelu"  # for the heads' transforms
     dropout: float = 0.0
     pad_id: int | None = None
@@ -140,12 +199,15 @@ def arch_to_dict(arch: ArchConfig) -> dict:
 def arch_from_dict(data: dict) -> ArchConfig:
     """The inverse of `arch_to_dict`."""
 
+    def position(d: dict) -> PositionConfig:
+        scaling = d.get("scaling")
+        return PositionConfig(**{**d, "scaling": None if scaling is None else RopeScaling(**scaling)})
+
     def layer(d: dict) -> LayerConfig:
-        return LayerConfig(**{**d, "attention": AttentionConfig(**d["attention"]),
-                              "position": PositionConfig(**d["position"])})
+        return LayerConfig(**{**d, "attention": AttentionConfig(**d["attention"]), "position": position(d["position"])})
 
     def stack(d: dict | None) -> StackConfig | None:
         return None if d is None else StackConfig(tuple(layer(x) for x in d["layers"]), d["final_norm"])
 
-    return ArchConfig(**{**data, "position": PositionConfig(**data["position"]), "encoder": stack(data["encoder"]),
+    return ArchConfig(**{**data, "position": position(data["position"]), "encoder": stack(data["encoder"]),
                          "decoder": stack(data["decoder"]), "heads": tuple(HeadConfig(**h) for h in data["heads"])})

@@ -20,8 +20,10 @@ from .modules import (
     CrossAttention,
     FeedForward,
     MLMHead,
+    ParallelBlock,
     Pooler,
     RelativePositionBias,
+    Rotary,
     Stack,
     Transformer,
     make_activation,
@@ -100,8 +102,13 @@ def check_buildable(arch: ArchConfig) -> list[str]:
                 problems.append(f"{where}: head_dim and d_ff must be positive")
             if layer.attention.kind == "sliding" and (layer.attention.window or 0) < 1:
                 problems.append(f"{where}: sliding attention needs a window >= 1")
-            if layer.position.kind == "rope" and layer.head_dim % 2:
-                problems.append(f"{where}: rope needs an even head_dim, got {layer.head_dim}")
+            if layer.position.kind == "rope" and (layer.position.rotary_dims(layer.head_dim) or 1) % 2:
+                problems.append(f"{where}: rope needs an even head_dim, got {layer.head_dim}"
+                                if layer.position.fraction == 1 else
+                                f"{where}: rope rotates pairs of dimensions, but {layer.position.fraction:g} of "
+                                f"head_dim {layer.head_dim} is not an even number")
+            if layer.parallel and (layer.placement != "pre" or layer.cross_attention):
+                problems.append(f"{where}: a parallel layer needs pre-norm and no cross-attention")
             if layer.cross_attention and not (stack_name == "decoder" and arch.arch == "encoder_decoder"):
                 problems.append(f"{where}: cross-attention only exists in the decoder of an encoder-decoder")
     return problems
@@ -114,7 +121,22 @@ def _scale(layer: LayerConfig) -> float | None:
     return 1.0 if layer.attention.scale == "none" else None  # None: SDPA's 1/sqrt(head_dim)
 
 
+def _rotary(layer: LayerConfig) -> Rotary | None:
+    p = layer.position
+    if p.kind != "rope":
+        return None
+    s = p.scaling
+    scaling = () if s is None else ("linear", s.factor) if s.kind == "linear" else (
+        "llama3", s.factor, s.low_freq, s.high_freq, s.original_context)
+    return Rotary(p.rotary_dims(layer.head_dim), p.theta, p.layout == "interleaved", scaling)
+
+
 def build_attention(layer: LayerConfig) -> Attention:
+    def head_norm() -> nn.Module | None:
+        if not layer.qk_norm:
+            return None
+        return make_norm(layer.norm, layer.head_dim, layer.norm_eps, bias=layer.norm_bias)
+
     return Attention(
         d_model=layer.d_model,
         heads=layer.heads,
@@ -123,9 +145,12 @@ def build_attention(layer: LayerConfig) -> Attention:
         kind=layer.attention.kind,
         window=layer.attention.window,
         position=layer.position.kind,
-        theta=layer.position.theta,
+        rotary=_rotary(layer),
         scale=_scale(layer),
-        bias=layer.bias,
+        qkv_bias=layer.biased("qkv"),
+        out_bias=layer.biased("out"),
+        q_norm=head_norm(),
+        k_norm=head_norm(),
         dropout=layer.dropout,
     )
 
@@ -137,7 +162,8 @@ def build_cross_attention(layer: LayerConfig) -> CrossAttention:
         kv_heads=layer.kv_heads,
         head_dim=layer.head_dim,
         scale=_scale(layer),
-        bias=layer.bias,
+        qkv_bias=layer.biased("qkv"),
+        out_bias=layer.biased("out"),
         dropout=layer.dropout,
     )
 
@@ -149,19 +175,22 @@ def embedding(num: int, dim: int) -> nn.Embedding:
 
 
 def build_feed_forward(layer: LayerConfig) -> FeedForward:
-    gated = layer.activation in GATED_ACTIVATIONS
+    gated, bias = layer.activation in GATED_ACTIVATIONS, layer.biased("mlp")
     return FeedForward(
-        up_proj=nn.Linear(layer.d_model, layer.d_ff, bias=layer.bias),
-        gate_proj=nn.Linear(layer.d_model, layer.d_ff, bias=layer.bias) if gated else None,
-        down_proj=nn.Linear(layer.d_ff, layer.d_model, bias=layer.bias),
+        up_proj=nn.Linear(layer.d_model, layer.d_ff, bias=bias),
+        gate_proj=nn.Linear(layer.d_model, layer.d_ff, bias=bias) if gated else None,
+        down_proj=nn.Linear(layer.d_ff, layer.d_model, bias=bias),
         activation=make_activation(layer.activation),
     )
 
 
-def build_block(layer: LayerConfig) -> Block:
+def build_block(layer: LayerConfig) -> Block | ParallelBlock:
     def norm() -> nn.Module:
-        return make_norm(layer.norm, layer.d_model, layer.norm_eps)
+        return make_norm(layer.norm, layer.d_model, layer.norm_eps, bias=layer.norm_bias)
 
+    if layer.parallel:
+        return ParallelBlock(attn_norm=norm(), attn=build_attention(layer), mlp=build_feed_forward(layer),
+                             mlp_norm=None if layer.shared_norm else norm(), dropout=layer.dropout)
     return Block(
         attn_norm=norm(),
         attn=build_attention(layer),
@@ -181,7 +210,8 @@ def build_stack(stack: StackConfig, *, bidirectional: bool) -> Stack:
     last = stack.layers[-1]
     return Stack(
         [build_block(layer) for layer in stack.layers],
-        final_norm=make_norm(last.norm, last.d_model, last.norm_eps) if stack.final_norm else None,
+        final_norm=make_norm(last.norm, last.d_model, last.norm_eps, bias=last.norm_bias)
+        if stack.final_norm else None,
         rel_bias=None
         if relative is None
         else RelativePositionBias(
@@ -202,20 +232,20 @@ def _build_transformer(arch: ArchConfig) -> Transformer:
         pos_embed=embedding(arch.context, d) if arch.position.kind == "learned" else None,
         sinusoidal=arch.position.kind == "sinusoidal",
         segment_embed=embedding(arch.segments, d) if arch.segments > 0 else None,
-        embed_norm=make_norm(arch.norm, d, arch.norm_eps) if arch.embed_norm else None,
+        embed_norm=make_norm(arch.norm, d, arch.norm_eps, bias=arch.norm_bias) if arch.embed_norm else None,
         embed_scale=arch.embed_scale,
         dropout=arch.dropout,
         encoder=None if arch.encoder is None else build_stack(arch.encoder, bidirectional=True),
         decoder=None if arch.decoder is None else build_stack(arch.decoder, bidirectional=False),
         pooler=Pooler(d) if arch.pooler else None,
-        lm_head=nn.Linear(d, arch.vocab, bias=False) if lm else None,
+        lm_head=nn.Linear(d, arch.vocab, bias=lm.bias) if lm else None,
         mlm_head=None
         if mlm is None
         else MLMHead(
             d,
             arch.vocab,
             activation=make_activation(arch.activation) if mlm.transform else None,
-            norm=make_norm(arch.norm, d, arch.norm_eps) if mlm.transform else None,
+            norm=make_norm(arch.norm, d, arch.norm_eps, bias=arch.norm_bias) if mlm.transform else None,
         ),
         nsp_head=nn.Linear(d, 2) if nsp else None,
         classifier=nn.Linear(d, classifier.classes) if classifier else None,

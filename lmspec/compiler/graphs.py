@@ -448,7 +448,15 @@ class ModelSpans:
 def _position_text(layer_or_arch) -> str:
     p = layer_or_arch.position
     if p.kind == "rope":
-        return f"rope(theta: {p.theta:g})"
+        args = [f"theta: {p.theta:g}"]
+        if getattr(p, "fraction", 1.0) != 1.0:
+            args.append(f"fraction: {p.fraction:.0%}")
+        if getattr(p, "layout", "half") != "half":
+            args.append(f"layout: {p.layout}")
+        scaling = getattr(p, "scaling", None)
+        if scaling is not None:
+            args.append(f"scaling: {scaling.kind}(factor: {scaling.factor:g})")
+        return f"rope({', '.join(args)})"
     if p.kind == "relative":
         return f"relative(buckets: {p.buckets}, max_distance: {p.max_distance})"
     return p.kind
@@ -464,7 +472,8 @@ def _attention_text(layer: LayerConfig) -> str:
     else:
         heads = f"{layer.heads} heads, {layer.kv_heads} kv"
     pos = f", {_position_text(layer)}" if layer.position.kind in ("rope", "alibi", "relative") else ""
-    return f"{kind} attention\n{heads} x {layer.head_dim}{pos}"
+    qk = ", qk-norm" if getattr(layer, "qk_norm", False) else ""
+    return f"{kind} attention\n{heads} x {layer.head_dim}{pos}{qk}"
 
 
 def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
@@ -588,6 +597,22 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
                        where.layer(stack_name, i, "d_ff", "activation"), layer=i, d_ff=layer.d_ff,
                        activation=layer.activation,
                        gated=gated)
+            if getattr(layer, "parallel", False):  # x + attn(norm(x)) + mlp(norm'(x)): pre-norm, no cross-attention
+                attn_norm = parts[0][1]
+                mlp_norm = attn_norm if layer.shared_norm else node(
+                    f"{p}.mlp_norm", "norm", f"{p}: {layer.norm}", stack_name, norm_span, norm=layer.norm)
+                add = node(f"{p}.add", "add", f"{p}: + (attention and MLP in parallel)", stack_name,
+                           where.layer(stack_name, i, "residual"))
+                edge(prev, attn_norm, hidden)
+                edge(attn_norm, attn, hidden)
+                if mlp_norm is not attn_norm:
+                    edge(prev, mlp_norm, hidden)
+                edge(mlp_norm, mlp, hidden)
+                edge(attn, add, hidden)
+                edge(mlp, add, hidden)
+                edge(prev, add, hidden, residual=True)
+                prev = add
+                continue
             parts.append((mlp, node(f"{p}.mlp_norm", "norm", f"{p}: {layer.norm}", stack_name, norm_span,
                                     norm=layer.norm)))
             for sub, norm in parts:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from lmspec.compiler import schema as S
 from lmspec.compiler.arch import (
-    GATED_ACTIVATIONS, ArchConfig, AttentionConfig, HeadConfig, LayerConfig, PositionConfig, StackConfig,
+    GATED_ACTIVATIONS, ArchConfig, AttentionConfig, HeadConfig, LayerConfig, PositionConfig, RopeScaling, StackConfig,
 )
 
 __all__ = ["lower_model", "attention_config", "position_config", "head_configs"]
@@ -22,11 +22,19 @@ def attention_config(spec, scale: str) -> AttentionConfig:
 
 
 def position_config(spec) -> PositionConfig:
+    scaling = getattr(spec, "scaling", None)
+    if scaling is not None:  # linear reads only its factor: it keeps llama3's defaults for the rest
+        scaling = RopeScaling("linear", float(scaling.factor)) if scaling.kind == "linear" else RopeScaling(
+            "llama3", float(scaling.factor), float(scaling.low_freq), float(scaling.high_freq),
+            scaling.original_context)
     return PositionConfig(
         kind=spec.kind,
         theta=float(getattr(spec, "theta", 10_000.0)),
         buckets=getattr(spec, "buckets", 32),
         max_distance=getattr(spec, "max_distance", 128),
+        fraction=float(getattr(spec, "fraction", 1.0)),
+        layout=getattr(spec, "layout", "half"),
+        scaling=scaling,
     )
 
 
@@ -43,6 +51,8 @@ def head_configs(heads: list | None, arch: str) -> tuple[HeadConfig, ...]:
             out.append(HeadConfig("classifier", classes=h.classes, pool=h.pool))
         elif h.kind == "scalar":
             out.append(HeadConfig("scalar", pool=h.pool))
+        elif h.kind == "lm":
+            out.append(HeadConfig("lm", bias=h.bias))
         else:
             out.append(HeadConfig(h.kind))
     return tuple(out)
@@ -70,6 +80,10 @@ def _stack(spec: S.ModelSpec, stack: S.StackSpec | None, n_layers: int, default_
         norm=pick("norm"),
         activation=pick("activation"),
         bias=pick("bias"),
+        qkv_bias=pick("qkv_bias"),
+        out_bias=pick("out_bias"),
+        mlp_bias=pick("mlp_bias"),
+        qk_norm=pick("qk_norm"),
         dropout=pick("dropout"),
     )
     layers = []
@@ -89,11 +103,18 @@ def _stack(spec: S.ModelSpec, stack: S.StackSpec | None, n_layers: int, default_
             position=position_config(fields["position"]),
             norm=fields["norm"],
             norm_eps=spec.norm_eps,
+            norm_bias=spec.norm_bias,
             placement=spec.placement,
             activation=fields["activation"],
             bias=fields["bias"],
+            qkv_bias=fields["qkv_bias"],
+            out_bias=fields["out_bias"],
+            mlp_bias=fields["mlp_bias"],
+            qk_norm=fields["qk_norm"],
             dropout=fields["dropout"],
             cross_attention=cross,
+            parallel=spec.residual.kind == "parallel",
+            shared_norm=spec.residual.kind == "parallel" and spec.residual.norms == 1,
         ))
     final_norm = spec.final_norm if spec.final_norm is not None else spec.placement == "pre"
     return StackConfig(tuple(layers), final_norm=final_norm)
@@ -131,6 +152,7 @@ def lower_model(name: str, spec: S.ModelSpec, head_override: list | None = None)
         tied_head_scale=spec.head_scale,
         norm=spec.norm,
         norm_eps=spec.norm_eps,
+        norm_bias=spec.norm_bias,
         activation=spec.activation if spec.activation not in GATED_ACTIVATIONS else "gelu",  # for head transforms
         dropout=spec.dropout,
         pad_id=spec.pad_id,

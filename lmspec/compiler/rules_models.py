@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from lmspec.compiler import schema as S
-from lmspec.compiler.arch import ArchConfig, StackConfig
+from lmspec.compiler.arch import ROTARY_TOLERANCE, ArchConfig, StackConfig
 from lmspec.compiler.graphs import ModelSpans
 from lmspec.compiler.resolve import ResolvedBlock
 from lmspec.diagnostics import CODES, Diagnostic, Label, Span
@@ -39,6 +39,9 @@ CODES.update({
     "LMS081": "a size that is not a multiple of 64 (warning)",
     "LMS094": "a pad_id or mask_id outside the model's vocabulary",
     "LMS095": "a model-level key that the model's architecture does not read",
+    "LMS130": "llama3 rope scaling whose high_freq is not above its low_freq",
+    "LMS131": "a parallel residual with post-norm or cross-attention",
+    "LMS132": "norm_bias: false in a model with no LayerNorm",
 })
 
 
@@ -144,8 +147,9 @@ class _Shapes:
                 out[("LMS060", i)] = (heads, d_model)
             if heads % kv:
                 out[("LMS061", i)] = (kv, heads)
-            if s.values["position"].kind == "rope" and (head_dim or d_model // heads) % 2:
-                out[("LMS062", i)] = (head_dim or d_model // heads,)
+            position = s.values["position"]
+            if position.kind == "rope" and _rotated(position.fraction, head_dim or d_model // heads) is None:
+                out[("LMS062", i)] = (head_dim or d_model // heads, position.fraction)
             if s.values["position"].kind == "relative":
                 relative.setdefault(s.stack, set()).add(heads)
         out.update({("LMS068", stack): () for stack, heads in relative.items() if len(heads) > 1})
@@ -161,6 +165,20 @@ class _Shapes:
         for value in candidates:
             if value >= 1 and self.faults({(scope, key): value}).items() <= allowed:
                 yield value
+
+
+def _rotated(fraction: float, head_dim: int) -> int | None:
+    """The dimensions RoPE rotates in a head: `fraction` of `head_dim`, when that is a whole,
+    even, positive number (RoPE turns pairs of them); else None."""
+    dims = fraction * head_dim
+    whole = round(dims)
+    # a fraction written with 6 digits (0.291667 of 96 = 28.00003) means the whole number
+    return whole if abs(dims - whole) < ROTARY_TOLERANCE and whole >= 2 and whole % 2 == 0 else None
+
+
+def _percent(fraction: float) -> str:
+    text = f"{fraction * 100:.10g}"
+    return f"{text}%" if float(text) / 100 == fraction else f"{fraction:g}"
 
 
 def _stack_specs(spec: S.ModelSpec) -> list[tuple[tuple, S.StackSpec | None, int]]:
@@ -279,10 +297,19 @@ def _shape_rules(spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[Diagnostic
             d.notes += notes
             yield d
         hd = head_dim or (spec.d_model // heads if heads else 0)
-        if ("LMS062", i) in before:
+        fraction = s.values["position"].fraction if s.values["position"].kind == "rope" else 1.0
+        if ("LMS062", i) in before and fraction == 1:
             yield _err("LMS062", f"RoPE rotates pairs of dimensions, but head_dim is {hd} (odd)",
                        block.span_of(origin["position"] + ("position",)),
                        help="choose d_model and heads so that head_dim is even")
+        elif ("LMS062", i) in before:
+            # the even numbers of dimensions nearest to what was asked for, as fractions of the head
+            near = sorted(range(2, hd + 1, 2), key=lambda n: (abs(n - fraction * hd), n))[:1]
+            yield _err("LMS062", f"RoPE rotates pairs of dimensions, but {_percent(fraction)} of head_dim {hd} is "
+                       f"{fraction * hd:.6g}, not an even number",
+                       block.span_of(origin["position"] + ("position", "fraction")),
+                       help=f"try `fraction: {_percent(near[0] / hd)}` ({near[0]} dimensions)" if near else
+                       "give the heads at least two dimensions to rotate")
         att = s.values["attention"]
         if att is not None and att.kind == "sliding" and att.window > spec.context:
             yield _err("LMS063", f"sliding window ({att.window}) is longer than the context ({spec.context})",
@@ -378,9 +405,51 @@ def ignored_key_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iter
                    help="set attention inside `encoder { }` (and `decoder { }` for the decoder)")
 
 
+def _positions(spec: S.ModelSpec) -> Iterator[tuple[tuple, object]]:
+    """Every `position` written in the model block, with its path: the model's, each stack's and
+    each layer override's."""
+    scopes = [((), spec)] + [((part,), getattr(spec, part)) for part in ("encoder", "decoder")
+                             if getattr(spec, part) is not None]
+    for prefix, scope in list(scopes):
+        scopes += [(prefix + ("layer", j), o) for j, o in enumerate(scope.layer)]
+    for path, scope in scopes:
+        if scope.position is not None:
+            yield path + ("position",), scope.position
+
+
+def rope_scaling_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[Diagnostic]:
+    """LMS130: llama3 scaling interpolates between its two wavelength bounds, dividing by
+    high_freq - low_freq, so high_freq must lie above low_freq."""
+    for path, position in _positions(spec):
+        scaling = getattr(position, "scaling", None)
+        if scaling is not None and scaling.kind == "llama3" and scaling.high_freq <= scaling.low_freq:
+            yield _err("LMS130", f"llama3 rope scaling needs high_freq above low_freq, got high_freq "
+                       f"{scaling.high_freq:g} and low_freq {scaling.low_freq:g}",
+                       block.span_of(path + ("scaling", "high_freq")),
+                       help="Llama 3.1 uses `llama3(factor: 8, low_freq: 1, high_freq: 4, original_context: 8192)`")
+
+
+def parallel_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[Diagnostic]:
+    """LMS131: a parallel layer adds attention and MLP to the same input, so each branch takes a
+    normalised copy of it (pre-norm: post-norm has no place for the norm), and a decoder's
+    cross-attention, which must read the self-attention's output, has no parallel form."""
+    if spec.residual.kind != "parallel":
+        return
+    span = block.span_of(("residual",))
+    if spec.placement == "post":
+        yield _err("LMS131", f"model '{name}' has a parallel residual with placement: post; the branches of a "
+                   "parallel layer read a normalised copy of its input", span,
+                   labels=[Label(block.span_of(("placement",)), "post-norm set here")],
+                   help="use `placement: pre` (GPT-J, GPT-NeoX), or `residual: sequential`")
+    if spec.arch == "encoder_decoder":
+        yield _err("LMS131", f"encoder-decoder '{name}' has a parallel residual, but its decoder's cross-attention "
+                   "must read the self-attention's output", span,
+                   help="use `residual: sequential` in an encoder-decoder")
+
+
 #: rules on a model block as written; a model with an error here is not lowered
 MODEL_RULES: list[Callable[[str, S.ModelSpec, ResolvedBlock], Iterator[Diagnostic]]] = [
-    model_rules, token_id_rule, ignored_key_rule,
+    model_rules, token_id_rule, ignored_key_rule, rope_scaling_rule, parallel_rule,
 ]
 
 
@@ -472,9 +541,21 @@ def multiple_of_64_rule(arch: ArchConfig, block: ResolvedBlock) -> Iterator[Diag
                             span, help=f"write `d_ff: {up(layer.d_ff)}`")
 
 
+def norm_bias_rule(arch: ArchConfig, block: ResolvedBlock) -> Iterator[Diagnostic]:
+    """LMS132: only a LayerNorm has a bias to drop; in a model whose norms are all RMSNorms
+    (the layers', and the embedding's or heads' when it has them) `norm_bias: false` changes nothing."""
+    if arch.norm_bias:
+        return
+    kinds = {L.norm for s in arch.stacks for L in s.layers} | {arch.norm}
+    if "layernorm" not in kinds:
+        yield _err("LMS132", f"norm_bias: false has no effect in model '{arch.name}': its norms are RMSNorms, "
+                   "which have no bias", block.span_of(("norm_bias",)),
+                   help="remove `norm_bias: false`, or use `norm: layernorm` (OLMo, MPT: LayerNorm without bias)")
+
+
 #: rules on a lowered model (they need every default applied); errors drop the model
 ARCH_RULES: list[Callable[[ArchConfig, ResolvedBlock], Iterator[Diagnostic]]] = [
-    relative_bias_rule, decoder_prefix_rule, tie_rule, multiple_of_64_rule,
+    relative_bias_rule, decoder_prefix_rule, tie_rule, multiple_of_64_rule, norm_bias_rule,
 ]
 
 

@@ -998,6 +998,10 @@ _DERIVED_DEFAULTS: dict[str, dict[str, tuple[str, tuple[str, ...], Any]]] = {
                       lambda arch: Symbol("causal" if _choice(arch) == "decoder" else "bidirectional")),
         "final_norm": ("true for pre-norm", ("placement",), lambda placement: _choice(placement) == "pre"),
         "head": ("lm (mlm for encoders)", ("arch",), lambda arch: Symbol("mlm" if _choice(arch) == "encoder" else "lm")),
+        # the projections' own biases follow `bias` unless written
+        "qkv_bias": ("bias", ("bias",), lambda bias: bias),
+        "out_bias": ("bias", ("bias",), lambda bias: bias),
+        "mlp_bias": ("bias", ("bias",), lambda bias: bias),
     },
     # the stacks of an encoder-decoder: its decoder is causal whatever the model says
     "model.encoder": {"attention": ("bidirectional", (), lambda: Symbol("bidirectional"))},

@@ -52,9 +52,9 @@ class ParamCount:
     tensors: int
 
 
-def _norm(prefix: str, kind: str, dim: int, component: str) -> list[ParamShape]:
+def _norm(prefix: str, kind: str, dim: int, component: str, bias: bool = True) -> list[ParamShape]:
     shapes = [ParamShape(f"{prefix}.weight", (dim,), component)]
-    if kind == "layernorm":
+    if kind == "layernorm" and bias:
         shapes.append(ParamShape(f"{prefix}.bias", (dim,), component))
     return shapes
 
@@ -67,23 +67,28 @@ def _linear(prefix: str, d_in: int, d_out: int, bias: bool, component: str) -> l
 
 
 def _layer(prefix: str, layer: LayerConfig, stack: str) -> list[ParamShape]:
-    d, hd, b = layer.d_model, layer.head_dim, layer.bias
+    d, hd = layer.d_model, layer.head_dim
+    qkv_b, out_b, mlp_b = (layer.biased(p) for p in ("qkv", "out", "mlp"))
     q_dim, kv_dim = layer.heads * hd, layer.kv_heads * hd
     norms, attention, cross, mlp = (f"{stack}.{c}" for c in ("norms", "attention", "cross_attention", "mlp"))
-    shapes = _norm(f"{prefix}.attn_norm", layer.norm, d, norms)
+    shapes = _norm(f"{prefix}.attn_norm", layer.norm, d, norms, layer.norm_bias)
     # one fused projection for q, k and v: (heads + 2 * kv_heads) * head_dim outputs
-    shapes += _linear(f"{prefix}.attn.qkv_proj", d, q_dim + 2 * kv_dim, b, attention)
-    shapes += _linear(f"{prefix}.attn.o_proj", q_dim, d, b, attention)
+    shapes += _linear(f"{prefix}.attn.qkv_proj", d, q_dim + 2 * kv_dim, qkv_b, attention)
+    shapes += _linear(f"{prefix}.attn.o_proj", q_dim, d, out_b, attention)
+    if layer.qk_norm:  # one norm of head_dim for all query heads, one for all key heads
+        shapes += _norm(f"{prefix}.attn.q_norm", layer.norm, hd, norms, layer.norm_bias)
+        shapes += _norm(f"{prefix}.attn.k_norm", layer.norm, hd, norms, layer.norm_bias)
     if layer.cross_attention:
-        shapes += _norm(f"{prefix}.cross_norm", layer.norm, d, norms)
-        shapes += _linear(f"{prefix}.cross_attn.q_proj", d, q_dim, b, cross)
-        shapes += _linear(f"{prefix}.cross_attn.kv_proj", d, 2 * kv_dim, b, cross)
-        shapes += _linear(f"{prefix}.cross_attn.o_proj", q_dim, d, b, cross)
-    shapes += _norm(f"{prefix}.mlp_norm", layer.norm, d, norms)
-    shapes += _linear(f"{prefix}.mlp.up_proj", d, layer.d_ff, b, mlp)
+        shapes += _norm(f"{prefix}.cross_norm", layer.norm, d, norms, layer.norm_bias)
+        shapes += _linear(f"{prefix}.cross_attn.q_proj", d, q_dim, qkv_b, cross)
+        shapes += _linear(f"{prefix}.cross_attn.kv_proj", d, 2 * kv_dim, qkv_b, cross)
+        shapes += _linear(f"{prefix}.cross_attn.o_proj", q_dim, d, out_b, cross)
+    if not layer.shared_norm:  # a parallel layer may feed its MLP from the attention's norm
+        shapes += _norm(f"{prefix}.mlp_norm", layer.norm, d, norms, layer.norm_bias)
+    shapes += _linear(f"{prefix}.mlp.up_proj", d, layer.d_ff, mlp_b, mlp)
     if layer.activation in GATED_ACTIVATIONS:
-        shapes += _linear(f"{prefix}.mlp.gate_proj", d, layer.d_ff, b, mlp)
-    shapes += _linear(f"{prefix}.mlp.down_proj", layer.d_ff, d, b, mlp)
+        shapes += _linear(f"{prefix}.mlp.gate_proj", d, layer.d_ff, mlp_b, mlp)
+    shapes += _linear(f"{prefix}.mlp.down_proj", layer.d_ff, d, mlp_b, mlp)
     return shapes
 
 
@@ -98,8 +103,8 @@ def _stack(name: str, stack: StackConfig, arch: ArchConfig) -> list[ParamShape]:
         shapes.append(ParamShape(f"{name}.rel_bias.embed.weight", table, f"{name}.relative_bias"))
     if stack.final_norm:
         last = stack.layers[-1] if stack.layers else None
-        kind = last.norm if last else arch.norm
-        shapes += _norm(f"{name}.final_norm", kind, arch.d_model, f"{name}.final_norm")
+        kind, bias = (last.norm, last.norm_bias) if last else (arch.norm, arch.norm_bias)
+        shapes += _norm(f"{name}.final_norm", kind, arch.d_model, f"{name}.final_norm", bias)
     return shapes
 
 
@@ -113,7 +118,7 @@ def parameter_shapes(arch: ArchConfig) -> list[ParamShape]:
     if arch.segments:
         shapes.append(ParamShape("segment_embed.weight", (arch.segments, d), "segments"))
     if arch.embed_norm:
-        shapes += _norm("embed_norm", arch.norm, d, "embed_norm")
+        shapes += _norm("embed_norm", arch.norm, d, "embed_norm", arch.norm_bias)
     if arch.encoder is not None:
         shapes += _stack("encoder", arch.encoder, arch)
     if arch.decoder is not None:
@@ -121,12 +126,15 @@ def parameter_shapes(arch: ArchConfig) -> list[ParamShape]:
     if arch.pooler:
         shapes += _linear("pooler.dense", d, d, True, "pooler")
     for head in arch.heads:
-        if head.kind == "lm" and not arch.tie_embeddings:
-            shapes += _linear("lm_head", d, V, False, "lm_head")
+        if head.kind == "lm":
+            if not arch.tie_embeddings:
+                shapes += _linear("lm_head", d, V, head.bias, "lm_head")
+            elif head.bias:  # a tied head shares the matrix but keeps its own bias
+                shapes.append(ParamShape("lm_head.bias", (V,), "lm_head", matmul=True))
         elif head.kind == "mlm":
             if head.transform:  # BERT: dense + activation + norm before the vocabulary projection
                 shapes += _linear("mlm_head.dense", d, d, True, "mlm_head")
-                shapes += _norm("mlm_head.norm", arch.norm, d, "mlm_head")
+                shapes += _norm("mlm_head.norm", arch.norm, d, "mlm_head", arch.norm_bias)
             if not arch.tie_embeddings:
                 shapes.append(ParamShape("mlm_head.decoder.weight", (V, d), "mlm_head", matmul=True))
             shapes.append(ParamShape("mlm_head.decoder.bias", (V,), "mlm_head", matmul=True))
@@ -146,7 +154,7 @@ def count_parameters(arch: ArchConfig) -> ParamCount:
     for p in shapes:
         breakdown[p.component] = breakdown.get(p.component, 0) + p.numel
     if arch.head("lm") is not None and arch.tie_embeddings:
-        breakdown["lm_head"] = 0  # listed so a reader sees the head exists and is tied
+        breakdown.setdefault("lm_head", 0)  # listed so a reader sees the head exists and is tied
     total = sum(breakdown.values())
     embedding = sum(n for c, n in breakdown.items() if c in EMBEDDING_COMPONENTS)
     return ParamCount(total=total, breakdown=breakdown, non_embedding=total - embedding, tensors=len(shapes))

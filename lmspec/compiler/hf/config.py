@@ -23,6 +23,7 @@ from ..arch import (
     HeadConfig,
     LayerConfig,
     PositionConfig,
+    RopeScaling,
     StackConfig,
 )
 from .errors import HFImportError
@@ -36,6 +37,11 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "t5": ("T5ForConditionalGeneration", "T5Model"),
     "llama": ("LlamaForCausalLM", "LlamaModel"),
     "mistral": ("MistralForCausalLM", "MistralModel"),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2Model"),
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Model"),
+    "gpt_neox": ("GPTNeoXForCausalLM", "GPTNeoXModel"),
+    "phi": ("PhiForCausalLM", "PhiModel"),
+    "gptj": ("GPTJForCausalLM", "GPTJModel"),
 }
 
 # Hugging Face ACT2FN names -> lmspec activations (gelu_new is GPT-2's tanh approximation)
@@ -77,7 +83,9 @@ def arch_from_hf_config(
     leaves open (whether a BertModel was saved with its pooler).
     """
     cls = hf_class(config)
-    builder = {"gpt2": _gpt2, "bert": _bert, "t5": _t5, "llama": _llama, "mistral": _llama}
+    builder = {"gpt2": _gpt2, "bert": _bert, "t5": _t5, "llama": _llama, "mistral": _llama, "qwen2": _llama,
+               "qwen3": _llama, "gpt_neox": _gpt_neox, "phi": _phi,
+               "gptj": _gptj}
     return builder[config["model_type"]](_Config(config), name, cls, tensor_names)
 
 
@@ -114,7 +122,8 @@ def _activation(cfg: _Config, key: str, default: str) -> Activation:
 
 
 # the bare transformers: hidden states out, no head
-_BARE = frozenset({"GPT2Model", "BertModel", "T5Model", "LlamaModel", "MistralModel"})
+_BARE = frozenset({"GPT2Model", "BertModel", "T5Model", "LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model",
+                   "GPTNeoXModel", "PhiModel", "GPTJModel"})
 
 
 def _head_activation(activation: Activation) -> Activation:
@@ -298,56 +307,172 @@ def _t5(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None)
     )
 
 
-def _rope_theta(cfg: _Config) -> float:
-    # transformers 5 writes rope_parameters={"rope_type", "rope_theta", ...}; 4.x wrote
-    # rope_theta and rope_scaling at the top level
-    params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+#: rope_type -> the keys of rope_parameters each reads (beyond rope_theta)
+_ROPE_TYPES = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def _rope(cfg: _Config, head_dim: int, *, theta: float = 10_000.0, fraction: float = 1.0,
+          layout: str = "half") -> PositionConfig:
+    """RoPE as the config describes it: its base, its scaling (linear, llama3) and the share of
+    each head it rotates. transformers 5 writes rope_parameters={"rope_type", "rope_theta",
+    "partial_rotary_factor", ...}; 4.x wrote rope_theta, rope_scaling and partial_rotary_factor
+    at the top level. `theta` and `fraction` are the family's defaults."""
+    field = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
+    params = dict(cfg.get(field) or {})
     rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
+    if rope_type not in _ROPE_TYPES:
         raise HFImportError(
-            f"{cfg.model_type} config.json uses rope scaling {rope_type!r}; lmspec's rope supports only "
-            "the plain (default) frequencies"
+            f"{cfg.model_type} config.json sets {field}.rope_type={rope_type!r}: lmspec's rope computes the default, "
+            f"linear and llama3 frequencies only (see docs/architectures.md#rope)"
         )
-    return float(params.get("rope_theta", cfg.get("rope_theta", 10_000.0)))
+    for key in _ROPE_TYPES[rope_type]:
+        if key not in params and not (key == "original_max_position_embeddings" and cfg.get("max_position_embeddings")):
+            raise HFImportError(
+                f"{cfg.model_type} config.json sets {field}.rope_type={rope_type!r} but no {field}.{key}"
+            )
+    scaling = None
+    if rope_type == "linear":
+        scaling = RopeScaling("linear", float(params["factor"]))
+    elif rope_type == "llama3":  # the original context defaults to max_position_embeddings, as transformers does
+        scaling = RopeScaling("llama3", float(params["factor"]), float(params["low_freq_factor"]),
+                              float(params["high_freq_factor"]),
+                              int(params.get("original_max_position_embeddings", cfg.get("max_position_embeddings"))))
+    share = float(params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", fraction)))
+    dims = int(head_dim * share)  # transformers rounds the rotated dimensions down
+    if dims < 2 or dims % 2:
+        raise HFImportError(
+            f"{cfg.model_type} config.json rotates int({share} * head_dim {head_dim}) = {dims} dimensions of each "
+            "head; RoPE needs an even number of them, at least 2"
+        )
+    theta = float(params.get("rope_theta", cfg.get("rope_theta", theta)))
+    return PositionConfig("rope", theta=theta, fraction=dims / head_dim, layout=layout,  # type: ignore[arg-type]
+                          scaling=scaling)
+
+
+def _attentions(cfg: _Config, n_layers: int) -> list[AttentionConfig]:
+    """Each layer's attention. Mistral slides one window over every layer; Qwen2 and Qwen3 slide
+    it over the layers `layer_types` marks "sliding_attention" (from max_window_layers on), and
+    only when use_sliding_window is set; Llama never slides."""
+    window = cfg.get("sliding_window")
+    if cfg.model_type == "mistral":
+        kinds = ["sliding_attention" if window else "full_attention"] * n_layers
+    elif cfg.model_type in ("qwen2", "qwen3"):
+        window = window if cfg.get("use_sliding_window", False) else None
+        first = int(cfg.get("max_window_layers", n_layers))
+        kinds = cfg.get("layer_types") or [
+            "sliding_attention" if i >= first else "full_attention" for i in range(n_layers)
+        ]
+        unknown = sorted(set(kinds) - {"full_attention", "sliding_attention"})
+        if unknown or len(kinds) != n_layers:
+            raise HFImportError(
+                f"{cfg.model_type} config.json sets layer_types={kinds!r}: lmspec reads one of full_attention "
+                f"and sliding_attention per layer ({n_layers} layers)"
+            )
+    else:
+        kinds = ["full_attention"] * n_layers
+    # A window that covers the whole context slides over nothing: every position already sees
+    # all the positions before it, so the layer is plain causal (same logits), and `check`
+    # rejects a window longer than the context (LMS063).
+    if window and int(window) >= int(cfg["max_position_embeddings"]):
+        window = None
+    sliding = AttentionConfig("sliding", window=int(window)) if window else AttentionConfig("causal")
+    return [sliding if kind == "sliding_attention" else AttentionConfig("causal") for kind in kinds]
 
 
 def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    """Llama, and the families that are Llama with a twist: Mistral (a sliding window on every
+    layer, no biases), Qwen2 (biases on q, k and v only; sliding windows per layer) and Qwen3
+    (as Qwen2 but with an RMSNorm over each query and key head before RoPE, and attention_bias)."""
     hidden_act = cfg.get("hidden_act", "silu")
     if hidden_act not in ("silu", "swish"):
         raise HFImportError(
             f"{cfg.model_type} config.json sets hidden_act={hidden_act!r}; lmspec maps only silu (-> swiglu)"
         )
-    attention_bias, mlp_bias = bool(cfg.get("attention_bias", False)), bool(cfg.get("mlp_bias", False))
-    if attention_bias != mlp_bias:
-        raise HFImportError(
-            f"{cfg.model_type} config.json sets attention_bias={attention_bias} but mlp_bias={mlp_bias}; "
-            "lmspec's `bias` covers attention and MLP projections together"
-        )
+    if cfg.model_type == "qwen2":  # fixed by the family: q, k and v have biases, o and the MLP none
+        biases = dict(bias=False, qkv_bias=True)
+    elif cfg.model_type == "mistral":
+        biases = dict(bias=False)
+    elif cfg.model_type == "qwen3":  # attention_bias: q, k, v and o; the MLP has none
+        biases = dict(bias=bool(cfg.get("attention_bias", False)), mlp_bias=False)
+    else:  # attention_bias: q, k, v and o; mlp_bias: the three MLP projections
+        biases = dict(bias=bool(cfg.get("attention_bias", False)), mlp_bias=bool(cfg.get("mlp_bias", False)))
     d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-    window = cfg.get("sliding_window") if cfg.model_type == "mistral" else None
-    # A window that covers the whole context slides over nothing: every position already sees
-    # all the positions before it, so the model is plain causal (same logits), and `check`
-    # rejects a window longer than the context (LMS063).
-    if window and int(window) >= int(cfg["max_position_embeddings"]):
-        window = None
-    attention = AttentionConfig("sliding", window=int(window)) if window else AttentionConfig("causal")
-    position = PositionConfig("rope", theta=_rope_theta(cfg))
+    n_layers = cfg["num_hidden_layers"]
+    # Qwen3Config's own default is 128 (its head_dim is free of hidden_size / heads)
+    head_dim = cfg.get("head_dim") or (128 if cfg.model_type == "qwen3" else d // heads)
+    position = _rope(cfg, head_dim)
     eps = float(cfg.get("rms_norm_eps", 1e-6))
     dropout = float(cfg.get("attention_dropout", 0.0))
+    layers = tuple(
+        LayerConfig(
+            d_model=d,
+            heads=heads,
+            kv_heads=cfg.get("num_key_value_heads", heads),
+            head_dim=head_dim,
+            d_ff=cfg["intermediate_size"],
+            attention=attention,
+            position=position,
+            norm="rmsnorm",
+            norm_eps=eps,
+            placement="pre",
+            activation="swiglu",
+            qk_norm=cfg.model_type == "qwen3",
+            dropout=dropout,
+            **biases,
+        )
+        for attention in _attentions(cfg, n_layers)
+    )
+    return ArchConfig(
+        name=name,
+        arch="decoder",
+        vocab=cfg["vocab_size"],
+        context=cfg["max_position_embeddings"],
+        d_model=d,
+        position=position,
+        decoder=StackConfig(layers, final_norm=True),
+        heads=_lm_heads(cls),
+        tie_embeddings=_tied(cfg, False, _lm_heads(cls)),
+        norm="rmsnorm",
+        norm_eps=eps,
+        activation=_head_activation("swiglu"),
+        dropout=dropout,
+        pad_id=cfg.get("pad_token_id"),
+    )
+
+
+def _gpt_neox(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    """GPT-NeoX and Pythia: pre-norm LayerNorm, RoPE over the first rotary_pct of each head
+    (25%), attention and MLP side by side with a norm each (use_parallel_residual), biases."""
+    d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    head_dim = d // heads
+    activation = _activation(cfg, "hidden_act", "gelu")
+    eps = float(cfg.get("layer_norm_eps", 1e-5))
+    dropout = float(cfg.get("hidden_dropout", 0.0))
+    parallel = bool(cfg.get("use_parallel_residual", True))
+    # transformers 4 wrote rotary_emb_base and rotary_pct; 5 writes rope_parameters
+    position = _rope(cfg, head_dim, theta=float(cfg.get("rotary_emb_base", 10_000.0)),
+                     fraction=float(cfg.get("rotary_pct", 0.25)))
     layer = LayerConfig(
         d_model=d,
         heads=heads,
-        kv_heads=cfg.get("num_key_value_heads", heads),
-        head_dim=cfg.get("head_dim") or d // heads,
+        kv_heads=heads,
+        head_dim=head_dim,
         d_ff=cfg["intermediate_size"],
-        attention=attention,
+        attention=AttentionConfig("causal"),
         position=position,
-        norm="rmsnorm",
+        norm="layernorm",
         norm_eps=eps,
         placement="pre",
-        activation="swiglu",
-        bias=attention_bias,
+        activation=activation,
+        bias=bool(cfg.get("attention_bias", True)),  # query_key_value and dense
+        mlp_bias=True,
         dropout=dropout,
+        parallel=parallel,
+        shared_norm=False,  # input_layernorm for attention, post_attention_layernorm for the MLP
     )
     return ArchConfig(
         name=name,
@@ -359,9 +484,107 @@ def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | No
         decoder=StackConfig((layer,) * cfg["num_hidden_layers"], final_norm=True),
         heads=_lm_heads(cls),
         tie_embeddings=_tied(cfg, False, _lm_heads(cls)),
-        norm="rmsnorm",
+        norm="layernorm",
         norm_eps=eps,
-        activation=_head_activation("swiglu"),
+        activation=activation,
+        dropout=dropout,
+        pad_id=cfg.get("pad_token_id"),
+    )
+
+
+def _phi(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    """Phi-1, 1.5 and 2: one LayerNorm feeding attention and MLP side by side, RoPE over part of
+    each head (partial_rotary_factor), biases everywhere, the LM head's included; qk_layernorm
+    is a LayerNorm over each query and key head."""
+    d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    head_dim = d // heads
+    activation = _activation(cfg, "hidden_act", "gelu_new")
+    eps = float(cfg.get("layer_norm_eps", 1e-5))
+    dropout = float(cfg.get("resid_pdrop", 0.0))
+    position = _rope(cfg, head_dim, fraction=0.5)  # PhiConfig's own default
+    layer = LayerConfig(
+        d_model=d,
+        heads=heads,
+        kv_heads=cfg.get("num_key_value_heads", heads),
+        head_dim=head_dim,
+        d_ff=cfg["intermediate_size"],
+        attention=AttentionConfig("causal"),
+        position=position,
+        norm="layernorm",
+        norm_eps=eps,
+        placement="pre",
+        activation=activation,
+        bias=True,
+        qk_norm=bool(cfg.get("qk_layernorm", False)),
+        dropout=dropout,
+        parallel=True,
+        shared_norm=True,
+    )
+    heads_ = () if cls in _BARE else (HeadConfig("lm", bias=True),)
+    return ArchConfig(
+        name=name,
+        arch="decoder",
+        vocab=cfg["vocab_size"],
+        context=cfg["max_position_embeddings"],
+        d_model=d,
+        position=position,
+        decoder=StackConfig((layer,) * cfg["num_hidden_layers"], final_norm=True),
+        heads=heads_,
+        tie_embeddings=_tied(cfg, False, heads_),
+        norm="layernorm",
+        norm_eps=eps,
+        activation=activation,
+        dropout=dropout,
+        pad_id=cfg.get("pad_token_id"),
+    )
+
+
+def _gptj(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    """GPT-J: one LayerNorm feeding attention and MLP side by side, RoPE over the first
+    rotary_dim dimensions of each head in the interleaved layout (rotate_every_two, base 10 000),
+    no attention biases, biases on the MLP and the LM head."""
+    d, heads = cfg["n_embd"], cfg["n_head"]
+    head_dim = d // heads
+    rotary_dim = cfg["rotary_dim"]  # without it transformers sizes its table by n_embd, not the head
+    if not 2 <= int(rotary_dim) <= head_dim or int(rotary_dim) % 2:
+        raise HFImportError(f"gptj config.json sets rotary_dim={rotary_dim}: lmspec rotates an even number of "
+                            f"dimensions of each head, at most head_dim ({head_dim})")
+    activation = _activation(cfg, "activation_function", "gelu_new")
+    eps = float(cfg.get("layer_norm_epsilon", 1e-5))
+    dropout = float(cfg.get("resid_pdrop", 0.0))
+    position = PositionConfig("rope", theta=10_000.0, fraction=int(rotary_dim) / head_dim, layout="interleaved")
+    layer = LayerConfig(
+        d_model=d,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=head_dim,
+        d_ff=cfg.get("n_inner") or 4 * d,
+        attention=AttentionConfig("causal"),
+        position=position,
+        norm="layernorm",
+        norm_eps=eps,
+        placement="pre",
+        activation=activation,
+        bias=False,
+        mlp_bias=True,  # fc_in and fc_out
+        dropout=dropout,
+        parallel=True,
+        shared_norm=True,
+    )
+    heads_ = () if cls in _BARE else (HeadConfig("lm", bias=True),)
+    return ArchConfig(
+        name=name,
+        arch="decoder",
+        vocab=cfg["vocab_size"],
+        context=cfg["n_positions"],
+        d_model=d,
+        position=position,
+        decoder=StackConfig((layer,) * cfg["n_layer"], final_norm=True),
+        heads=heads_,
+        tie_embeddings=_tied(cfg, False, heads_),
+        norm="layernorm",
+        norm_eps=eps,
+        activation=activation,
         dropout=dropout,
         pad_id=cfg.get("pad_token_id"),
     )

@@ -27,11 +27,11 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..arch import ArchConfig, LayerConfig
+from ..arch import BIAS_PROJECTIONS, ArchConfig, LayerConfig, RopeScaling
 from .config import arch_from_hf_config
 from .errors import HFError
 from .mapping import hf_mapping
-from .spec import _attention, _bool, _float, _head, _heads, _position
+from .spec import _attention, _bool, _float, _head, _heads, _position, _residual
 
 __all__ = ["EXPORTS", "HFExportError", "export_family", "hf_config_from_arch", "hf_tensors", "export_hf"]
 
@@ -46,8 +46,11 @@ EXPORTS: dict[str, dict[tuple[str, ...], str]] = {
     "t5": {("lm",): "T5ForConditionalGeneration", (): "T5Model"},
     "llama": {("lm",): "LlamaForCausalLM", (): "LlamaModel"},
     "mistral": {("lm",): "MistralForCausalLM", (): "MistralModel"},
+    "qwen2": {("lm",): "Qwen2ForCausalLM", (): "Qwen2Model"},
+    "qwen3": {("lm",): "Qwen3ForCausalLM", (): "Qwen3Model"},
 }
-_CANDIDATES = {"decoder": ("llama", "mistral", "gpt2"), "encoder": ("bert",), "encoder_decoder": ("t5",)}
+_CANDIDATES = {"decoder": ("llama", "mistral", "qwen2", "qwen3", "gpt2"), "encoder": ("bert",),
+               "encoder_decoder": ("t5",)}
 
 # lmspec activation -> Hugging Face ACT2FN name (the inverse of config._PLAIN_ACTIVATIONS)
 _HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
@@ -68,6 +71,13 @@ class HFExportError(HFError):
 
 # --- reading an architecture as one family ------------------------------------------------
 
+def _bias(L: LayerConfig) -> str:
+    """`true`, `false`, or which projections have biases: "only qkv_bias" (Qwen2)."""
+    if L.bias or not any(L.biased(p) for p in BIAS_PROJECTIONS):
+        return _bool(L.bias)
+    return "only " + " and ".join(f"{p}_bias" for p in BIAS_PROJECTIONS if L.biased(p))
+
+
 # the per-layer keys of a model block, shown as a spec writes them
 _SHOW: dict[str, Callable[[LayerConfig], str]] = {
     "heads": lambda L: str(L.heads),
@@ -81,8 +91,10 @@ _SHOW: dict[str, Callable[[LayerConfig], str]] = {
     "norm_eps": lambda L: _float(L.norm_eps),
     "placement": lambda L: L.placement,
     "activation": lambda L: L.activation,
-    "bias": lambda L: _bool(L.bias),
+    "bias": _bias,
+    "qk_norm": lambda L: _bool(L.qk_norm),
     "dropout": lambda L: _float(L.dropout),
+    "residual": _residual,
 }
 
 
@@ -181,6 +193,14 @@ class _Fit:
         return self.arch.tie_embeddings and any(h.kind in ("lm", "mlm") for h in self.arch.heads)
 
 
+def _sequential(fit: _Fit) -> None:
+    fit.fixed("residual", lambda L: not L.parallel, "sequential: attention, then the MLP")
+
+
+def _no_qk_norm(fit: _Fit) -> None:
+    fit.fixed("qk_norm", lambda L: not L.qk_norm, "no norm on queries and keys; qwen3 has one")
+
+
 def _plain_activation(fit: _Fit) -> None:
     fit.fixed("activation", lambda L: L.activation in _HF_ACTIVATIONS, "an ungated one: gelu, gelu_tanh, relu or silu")
 
@@ -199,9 +219,12 @@ def _gpt2(arch: ArchConfig) -> _Fit:
     fit.fixed("attention_scale", lambda L: L.attention.scale == "inverse_sqrt", "inverse_sqrt")
     fit.fixed("position", lambda L: L.position.kind == "learned", "learned")
     fit.fixed("norm", lambda L: L.norm == "layernorm", "layernorm")
+    fit.model("norm_bias", _bool(arch.norm_bias), arch.norm_bias, "true: LayerNorms with a bias")
     fit.fixed("placement", lambda L: L.placement == "pre", "pre")
+    _sequential(fit)
     _plain_activation(fit)
     fit.fixed("bias", lambda L: L.bias, "true")
+    _no_qk_norm(fit)
     _mha(fit, arch.d_model)
     fit.model("position", _position(arch.position), arch.position.kind == "learned", "learned")
     fit.common(final_norm=True, embed_norm=False, segments=False, pooler=False)
@@ -235,9 +258,12 @@ def _bert(arch: ArchConfig) -> _Fit:
     fit.fixed("attention_scale", lambda L: L.attention.scale == "inverse_sqrt", "inverse_sqrt")
     fit.fixed("position", lambda L: L.position.kind == "learned", "learned")
     fit.fixed("norm", lambda L: L.norm == "layernorm", "layernorm")
+    fit.model("norm_bias", _bool(arch.norm_bias), arch.norm_bias, "true: LayerNorms with a bias")
     fit.fixed("placement", lambda L: L.placement == "post", "post")
+    _sequential(fit)
     _plain_activation(fit)
     fit.fixed("bias", lambda L: L.bias, "true")
+    _no_qk_norm(fit)
     _mha(fit, arch.d_model)
     fit.model("position", _position(arch.position), arch.position.kind == "learned", "learned")
     fit.model("norm", arch.norm, arch.norm == "layernorm", "layernorm")
@@ -277,8 +303,10 @@ def _t5(arch: ArchConfig) -> _Fit:
     fit.fixed("position", lambda L: L.position.kind == "relative", "relative(buckets, max_distance)")
     fit.fixed("norm", lambda L: L.norm == "rmsnorm", "rmsnorm")
     fit.fixed("placement", lambda L: L.placement == "pre", "pre")
+    _sequential(fit)
     fit.fixed("activation", lambda L: L.activation in _T5_PROJ, "relu, gelu, reglu, swiglu or geglu_tanh")
-    fit.fixed("bias", lambda L: not L.bias, "false")
+    fit.fixed("bias", lambda L: not any(L.biased(p) for p in BIAS_PROJECTIONS), "false")
+    _no_qk_norm(fit)
     _mha(fit, None)  # T5's d_kv is free
     fit.model("position", _position(arch.position), arch.position == L.position, _position(L.position))
     fit.common(final_norm=True, embed_norm=False, segments=False, pooler=False)
@@ -317,9 +345,22 @@ def _llama(arch: ArchConfig, family: str = "llama") -> _Fit:
     fit = _Fit(arch, family)
     if family == "mistral":
         fit.fixed("attention", lambda L: L.attention.kind == "sliding", "one sliding(window) on every layer")
-        fit.fixed("bias", lambda L: not L.bias, "no biases")
+        fit.fixed("bias", lambda L: not any(L.biased(p) for p in BIAS_PROJECTIONS), "no biases")
     else:
         fit.fixed("attention", lambda L: L.attention.kind == "causal", "causal (sliding windows: mistral)")
+    if family == "llama":
+        fit.fixed("bias", lambda L: L.biased("qkv") == L.biased("out"),
+                  "one attention_bias for q, k, v and o, and mlp_bias")
+    elif family == "qwen2":
+        fit.fixed("bias", lambda L: (L.biased("qkv"), L.biased("out"), L.biased("mlp")) == (True, False, False),
+                  "biases on q, k and v only: bias: false, qkv_bias: true")
+    elif family == "qwen3":
+        fit.fixed("bias", lambda L: L.biased("qkv") == L.biased("out") and not L.biased("mlp"),
+                  "one attention_bias for q, k, v and o, and no MLP biases")
+    if family == "qwen3":
+        fit.fixed("qk_norm", lambda L: L.qk_norm, "an RMSNorm over each query and key head: qk_norm: true")
+    else:
+        _no_qk_norm(fit)
     L = fit.one("heads", "kv_heads", "head_dim", "d_ff", "dropout", "norm_eps", "position", "bias", "attention")
     if family == "mistral":
         window = L.attention.window or 0
@@ -329,9 +370,12 @@ def _llama(arch: ArchConfig, family: str = "llama") -> _Fit:
     fit.fixed("position", lambda L: L.position.kind == "rope", "rope(theta)")
     fit.fixed("norm", lambda L: L.norm == "rmsnorm", "rmsnorm")
     fit.fixed("placement", lambda L: L.placement == "pre", "pre")
+    _sequential(fit)
     fit.fixed("activation", lambda L: L.activation == "swiglu", "swiglu")
     fit.model("position", _position(arch.position), arch.position == L.position, _position(L.position))
     fit.common(final_norm=True, embed_norm=False, segments=False, pooler=False)
+    fit.fixed("position", lambda L: L.position.fraction == 1 and L.position.layout == "half",
+              "rope over every dimension of a head, in the half layout", label="rope")
     fit.heads()
     theta = L.position.theta
     fit.config = {
@@ -348,15 +392,32 @@ def _llama(arch: ArchConfig, family: str = "llama") -> _Fit:
         "hidden_act": "silu",
         "attention_dropout": L.dropout,
         "tie_word_embeddings": fit.tied,
-        # transformers 5 reads rope_parameters, 4 reads rope_theta
+        # transformers 5 reads rope_parameters, 4 reads rope_theta (and rope_scaling)
         "rope_theta": theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+        "rope_parameters": {"rope_theta": theta, **_rope_scaling(L.position.scaling)},
     }
+    if L.position.scaling is not None:  # transformers 4 reads scaling only from rope_scaling
+        fit.config["rope_scaling"] = dict(fit.config["rope_parameters"])
     if family == "mistral":
         fit.config["sliding_window"] = L.attention.window
+    elif family in ("qwen2", "qwen3"):  # qwen2: q, k, v biased, o and the MLP not, fixed by the family
+        fit.config.update(use_sliding_window=False, sliding_window=None, max_window_layers=arch.decoder.n_layers,
+                          layer_types=["full_attention"] * arch.decoder.n_layers)
+        if family == "qwen3":
+            fit.config["attention_bias"] = L.biased("qkv")
     else:
-        fit.config.update(attention_bias=L.bias, mlp_bias=L.bias)
+        fit.config.update(attention_bias=L.biased("qkv"), mlp_bias=L.biased("mlp"))
     return fit
+
+
+def _rope_scaling(scaling: RopeScaling | None) -> dict[str, Any]:
+    """rope_parameters' rope_type and its arguments (the inverse of config._rope)."""
+    if scaling is None:
+        return {"rope_type": "default"}
+    if scaling.kind == "linear":
+        return {"rope_type": "linear", "factor": scaling.factor}
+    return {"rope_type": "llama3", "factor": scaling.factor, "low_freq_factor": scaling.low_freq,
+            "high_freq_factor": scaling.high_freq, "original_max_position_embeddings": scaling.original_context}
 
 
 _FITS: dict[str, Callable[[ArchConfig], _Fit]] = {
@@ -365,6 +426,8 @@ _FITS: dict[str, Callable[[ArchConfig], _Fit]] = {
     "t5": _t5,
     "llama": _llama,
     "mistral": lambda arch: _llama(arch, "mistral"),
+    "qwen2": lambda arch: _llama(arch, "qwen2"),
+    "qwen3": lambda arch: _llama(arch, "qwen3"),
 }
 
 
@@ -491,6 +554,9 @@ def hf_tensors(arch: ArchConfig, state: Mapping[str, Any]) -> dict[str, Any]:
             raise HFExportError(f"lmspec parameter {name} has no {model_type} tensor name",
                                 help="this is a bug in lmspec's export: please report it", family=model_type)
         rule, slots = found
+        if rule.per_head:  # GPT-NeoX's head-by-head qkv: no export family has it (the gaps rule it out)
+            raise HFExportError(f"lmspec parameter {name} has no {model_type} tensor layout",
+                                help="this is a bug in lmspec's export: please report it", family=model_type)
         tensor = tensor.detach()
         pieces = [tensor] if len(slots) == 1 else tensor.split(_split_sizes(name, arch, len(slots)), dim=0)
         for slot, piece in zip(slots, pieces):

@@ -28,6 +28,9 @@ class Rule:
     target: str  # lmspec parameter pattern, e.g. "decoder.layers.{i}.attn_norm.{wb}"
     sources: tuple[str, ...]  # HF name patterns; several are concatenated along dim 0
     transpose: bool = False  # GPT-2's Conv1D stores (in, out); nn.Linear wants (out, in)
+    # GPT-NeoX fuses q, k and v head by head, rows [q_0 k_0 v_0 | q_1 k_1 v_1 | ...]; lmspec's
+    # fused projection has all q rows, then all k, then all v
+    per_head: bool = False
 
     def match(self, name: str) -> dict[str, str] | None:
         found = _compile(self.target).fullmatch(name)
@@ -75,8 +78,8 @@ def _compile(pattern: str) -> re.Pattern[str]:
     return re.compile(regex)
 
 
-def R(target: str, *sources: str, transpose: bool = False) -> Rule:
-    return Rule(target, sources, transpose)
+def R(target: str, *sources: str, transpose: bool = False, per_head: bool = False) -> Rule:
+    return Rule(target, sources, transpose, per_head)
 
 
 def _gpt2(arch: ArchConfig) -> Mapping:
@@ -204,6 +207,8 @@ def _llama(arch: ArchConfig) -> Mapping:
                 attn + "v_proj.{wb}",
             ),
             R("decoder.layers.{i}.attn.o_proj.{wb}", attn + "o_proj.{wb}"),
+            R("decoder.layers.{i}.attn.q_norm.weight", attn + "q_norm.weight"),  # Qwen3
+            R("decoder.layers.{i}.attn.k_norm.weight", attn + "k_norm.weight"),
             R("decoder.layers.{i}.mlp_norm.weight", layer + "post_attention_layernorm.weight"),
             R("decoder.layers.{i}.mlp.gate_proj.{wb}", layer + "mlp.gate_proj.{wb}"),
             R("decoder.layers.{i}.mlp.up_proj.{wb}", layer + "mlp.up_proj.{wb}"),
@@ -216,7 +221,74 @@ def _llama(arch: ArchConfig) -> Mapping:
     )
 
 
-_MAPPINGS = {"gpt2": _gpt2, "bert": _bert, "t5": _t5, "llama": _llama, "mistral": _llama}
+def _gpt_neox(arch: ArchConfig) -> Mapping:
+    layer = "{p}layers.{i}."
+    head = "embed_out.weight|lm_head.weight"  # transformers 5 loads embed_out as lm_head, and saves it back
+    return Mapping(
+        rules=(
+            R("embed.weight", "{p}embed_in.weight" + (f"|{head}" if arch.tie_embeddings else "")),
+            R("decoder.layers.{i}.attn_norm.{wb}", layer + "input_layernorm.{wb}"),
+            R("decoder.layers.{i}.attn.qkv_proj.{wb}", layer + "attention.query_key_value.{wb}", per_head=True),
+            R("decoder.layers.{i}.attn.o_proj.{wb}", layer + "attention.dense.{wb}"),
+            R("decoder.layers.{i}.mlp_norm.{wb}", layer + "post_attention_layernorm.{wb}"),
+            R("decoder.layers.{i}.mlp.up_proj.{wb}", layer + "mlp.dense_h_to_4h.{wb}"),
+            R("decoder.layers.{i}.mlp.down_proj.{wb}", layer + "mlp.dense_4h_to_h.{wb}"),
+            R("decoder.final_norm.{wb}", "{p}final_layer_norm.{wb}"),
+            R("lm_head.weight", head),
+        ),
+        prefix="gpt_neox.",
+        head_tensors=r"^(embed_out|lm_head)\.",
+        # the causal-mask and rotary buffers older versions of transformers saved with the weights
+        ignored=(r"\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)$",),
+    )
+
+
+def _phi(arch: ArchConfig) -> Mapping:
+    layer = "{p}layers.{i}."
+    attn = layer + "self_attn."
+    return Mapping(
+        rules=(
+            R("embed.weight", "{p}embed_tokens.weight" + ("|lm_head.weight" if arch.tie_embeddings else "")),
+            R("decoder.layers.{i}.attn_norm.{wb}", layer + "input_layernorm.{wb}"),
+            R("decoder.layers.{i}.attn.qkv_proj.{wb}",
+              attn + "q_proj.{wb}", attn + "k_proj.{wb}", attn + "v_proj.{wb}"),
+            R("decoder.layers.{i}.attn.o_proj.{wb}", attn + "dense.{wb}"),
+            R("decoder.layers.{i}.attn.q_norm.{wb}", attn + "q_layernorm.{wb}"),
+            R("decoder.layers.{i}.attn.k_norm.{wb}", attn + "k_layernorm.{wb}"),
+            R("decoder.layers.{i}.mlp.up_proj.{wb}", layer + "mlp.fc1.{wb}"),
+            R("decoder.layers.{i}.mlp.down_proj.{wb}", layer + "mlp.fc2.{wb}"),
+            R("decoder.final_norm.{wb}", "{p}final_layernorm.{wb}"),
+            R("lm_head.{wb}", "lm_head.{wb}"),
+        ),
+        prefix="model.",
+        ignored=(r"\.rotary_emb\.inv_freq$",),
+    )
+
+
+def _gptj(arch: ArchConfig) -> Mapping:
+    layer = "{p}h.{i}."
+    attn = layer + "attn."
+    return Mapping(
+        rules=(
+            R("embed.weight", "{p}wte.weight" + ("|lm_head.weight" if arch.tie_embeddings else "")),
+            R("decoder.layers.{i}.attn_norm.{wb}", layer + "ln_1.{wb}"),
+            R("decoder.layers.{i}.attn.qkv_proj.weight", attn + "q_proj.weight", attn + "k_proj.weight",
+              attn + "v_proj.weight"),
+            R("decoder.layers.{i}.attn.o_proj.weight", attn + "out_proj.weight"),
+            R("decoder.layers.{i}.mlp.up_proj.{wb}", layer + "mlp.fc_in.{wb}"),
+            R("decoder.layers.{i}.mlp.down_proj.{wb}", layer + "mlp.fc_out.{wb}"),
+            R("decoder.final_norm.{wb}", "{p}ln_f.{wb}"),
+            R("lm_head.{wb}", "lm_head.{wb}"),
+        ),
+        prefix="transformer.",
+        # the causal-mask buffers older versions of transformers saved with the weights
+        ignored=(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$",),
+    )
+
+
+_MAPPINGS = {"gpt2": _gpt2, "bert": _bert, "t5": _t5, "llama": _llama, "mistral": _llama, "qwen2": _llama,
+             "qwen3": _llama, "gpt_neox": _gpt_neox, "phi": _phi,
+             "gptj": _gptj}
 
 
 def hf_mapping(model_type: str, arch: ArchConfig) -> Mapping:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..arch import ArchConfig, AttentionConfig, HeadConfig, LayerConfig, PositionConfig, StackConfig
+from ..arch import ArchConfig, AttentionConfig, HeadConfig, LayerConfig, PositionConfig, RopeScaling, StackConfig
 from .config import arch_from_hf_config, hf_class
 from .errors import HFError, HFImportError
 from .files import read_hf_config, tensor_shapes
@@ -46,15 +46,37 @@ def _attention(a: AttentionConfig) -> str:
     return f"sliding(window: {_int(a.window)})" if a.kind == "sliding" else a.kind  # type: ignore[arg-type]
 
 
+def _percent(x: float) -> str:
+    """A fraction as a percentage when that reads back exactly (0.25 -> 25%), else as a number."""
+    text = f"{_float(x * 100)}%"
+    return text if float(text[:-1].replace("_", "")) / 100 == x else _float(x)
+
+
+def _rope_scaling(s: RopeScaling) -> str:
+    if s.kind == "linear":
+        return f"linear(factor: {_float(s.factor)})"
+    return (f"llama3(factor: {_float(s.factor)}, low_freq: {_float(s.low_freq)}, high_freq: {_float(s.high_freq)}, "
+            f"original_context: {_int(s.original_context)})")
+
+
 def _position(p: PositionConfig) -> str:
     if p.kind == "rope":
-        return f"rope(theta: {_float(p.theta)})"
+        args = [f"theta: {_float(p.theta)}"]
+        if p.scaling is not None:
+            args.append(f"scaling: {_rope_scaling(p.scaling)}")
+        if p.fraction != 1:
+            args.append(f"fraction: {_percent(p.fraction)}")
+        if p.layout != "half":
+            args.append(f"layout: {p.layout}")
+        return f"rope({', '.join(args)})"
     if p.kind == "relative":
         return f"relative(buckets: {p.buckets}, max_distance: {p.max_distance})"
     return p.kind
 
 
 def _head(h: HeadConfig) -> str:
+    if h.kind == "lm" and h.bias:
+        return "lm(bias: true)"
     if h.kind == "mlm":
         return "mlm(transform: true)" if h.transform else "mlm"
     if h.kind == "classifier":
@@ -84,11 +106,23 @@ _LAYER_KEYS = {
     "position": lambda L: _position(L.position),
     "norm": lambda L: L.norm,
     "activation": lambda L: L.activation,
-    "bias": lambda L: _bool(L.bias),
+    # `bias` is written from these three (see `_bias_lines`), so that a layer override never
+    # needs it: each projection's flag is stated where it differs
+    "qkv_bias": lambda L: _bool(L.biased("qkv")),
+    "out_bias": lambda L: _bool(L.biased("out")),
+    "mlp_bias": lambda L: _bool(L.biased("mlp")),
+    "qk_norm": lambda L: _bool(L.qk_norm),
     "dropout": lambda L: _float(L.dropout),
 }
+_BIAS_KEYS = ("qkv_bias", "out_bias", "mlp_bias")
 # LayerConfig fields no override can change: they must agree across the whole model
-_UNIFORM = ("d_model", "norm_eps", "placement")
+_UNIFORM = ("d_model", "norm_eps", "norm_bias", "placement", "parallel", "shared_norm")
+
+
+def _residual(layer: LayerConfig) -> str:
+    if not layer.parallel:
+        return "sequential"
+    return "parallel" if layer.shared_norm else "parallel(norms: 2)"
 
 
 def _layer_values(layer: LayerConfig) -> dict[str, str]:
@@ -119,6 +153,14 @@ def _overrides(stack: StackConfig, base: dict[str, str], indent: str) -> list[st
     return lines
 
 
+def _bias_lines(values: dict[str, str], indent: str) -> list[str]:
+    """`bias: true` when every projection of the common layer has biases, else `bias: false`
+    and the projections that do have them (Qwen2: `qkv_bias: true`)."""
+    everywhere = all(values[k] == "true" for k in _BIAS_KEYS)
+    lines = [f"{indent}bias: {_bool(everywhere)}"]
+    return lines + [f"{indent}{k}: {values[k]}" for k in _BIAS_KEYS if values[k] != _bool(everywhere)]
+
+
 # --- the model block ---------------------------------------------------------------------
 
 
@@ -145,6 +187,9 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
             )
     if len({s.final_norm for s in stacks}) > 1:
         raise ValueError(f"model {arch.name}: the stacks differ in final_norm, which lmspec cannot express")
+    if first.norm_bias != arch.norm_bias:
+        raise ValueError(f"model {arch.name}: the layers' norm_bias differs from the embedding and head norms', "
+                         "which lmspec cannot express")
     if len({L.attention.scale for s in stacks for L in s.layers}) > 1:
         raise ValueError(f"model {arch.name}: layers differ in attention scale, which lmspec cannot express")
 
@@ -169,9 +214,12 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
         f"  position: {base['position']}",
         f"  norm: {base['norm']}",
         f"  norm_eps: {_float(first.norm_eps)}",
+        f"  norm_bias: {_bool(arch.norm_bias)}",
         f"  placement: {first.placement}",
+        f"  residual: {_residual(first)}",
         f"  activation: {base['activation']}",
-        f"  bias: {base['bias']}",
+        *_bias_lines(base, "  "),
+        f"  qk_norm: {base['qk_norm']}",
         f"  dropout: {base['dropout']}",
         f"  tie_embeddings: {_bool(arch.tie_embeddings)}",
         f"  segments: {arch.segments}",

@@ -36,6 +36,7 @@ class _Copy:
     name: str  # the lmspec name reported in errors
     rule: Rule
     sources: list[str]  # HF tensor names, concatenated along dim 0 in this order
+    heads: int = 0  # rule.per_head: the layer's heads, whose [q k v] row groups are regrouped
 
 
 # the lmspec modules that are output heads (a `with head ...` model may replace them)
@@ -62,6 +63,8 @@ def load_hf_weights(model: nn.Module, directory: str | Path, *, new_heads: bool 
                 if copy.rule.transpose:
                     tensors = [t.t() for t in tensors]
                 value = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+                if copy.rule.per_head:  # (heads, 3, hd, ...) -> (3, heads, hd, ...): all q, all k, all v
+                    value = value.reshape(copy.heads, 3, -1, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
                 copy.param.copy_(value)
 
 
@@ -138,7 +141,11 @@ def _plan(
         if found_shape != tuple(param.shape):
             mismatched.append((name, tuple(param.shape), found_shape, tuple(sources)))
             continue
-        plan.append(_Copy(param, name, rule, sources))
+        heads = 0
+        if rule.per_head:
+            found = re.match(r"(encoder|decoder)\.layers\.(\d+)\.", name)
+            heads = getattr(arch, found[1]).layers[int(found[2])].heads
+        plan.append(_Copy(param, name, rule, sources, heads))
 
     unexpected = sorted(available[n] for n in set(available) - used)
     if new_heads:

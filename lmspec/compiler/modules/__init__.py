@@ -7,6 +7,7 @@ masks.py      AttentionContext: every layer's mask, built once per forward
 attention.py  Attention (self, fused qkv), CrossAttention, attend (SDPA)
 mlp.py        FeedForward (plain or gated)
 block.py      Block: attention (+ cross-attention) + feed-forward, pre- or post-norm
+parallel_block.py  ParallelBlock: attention and feed-forward side by side (GPT-J, GPT-NeoX)
 heads.py      Pooler, MLMHead, pool
 kv_cache.py   KVCache, LayerCache
 model.py      Stack, Transformer (forward, new_cache, generate), ModelOutput
@@ -20,7 +21,8 @@ from .masks import AttentionContext, AttentionMask
 from .mlp import FeedForward, make_activation
 from .model import ModelOutput, Stack, Transformer, sample_next
 from .norms import make_norm
-from .positions import RelativePositionBias
+from .parallel_block import ParallelBlock
+from .positions import RelativePositionBias, Rotary
 
 __all__ = [
     "Attention",
@@ -33,8 +35,10 @@ __all__ = [
     "LayerCache",
     "MLMHead",
     "ModelOutput",
+    "ParallelBlock",
     "Pooler",
     "RelativePositionBias",
+    "Rotary",
     "Stack",
     "Transformer",
     "attend",

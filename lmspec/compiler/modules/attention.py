@@ -12,7 +12,7 @@ from torch import nn
 
 from .kv_cache import LayerCache
 from .masks import AttentionContext, AttentionMask
-from .positions import apply_rope
+from .positions import Rotary, apply_rope
 
 __all__ = ["Attention", "CrossAttention", "attend"]
 
@@ -40,8 +40,11 @@ class Attention(nn.Module):
     """Multi-head self-attention with grouped-query support.
 
     kind: "causal" | "bidirectional" | "sliding" | "prefix"; position: "rope", "alibi" and
-    "relative" act here, anything else is ignored (added to the embeddings, or absent).
-    scale: None for 1/sqrt(head_dim), or a number (T5: 1.0).
+    "relative" act here, anything else is ignored (added to the embeddings, or absent); rotary:
+    what RoPE rotates and how (required with position "rope"). scale: None for 1/sqrt(head_dim),
+    or a number (T5: 1.0). qkv_bias: biases on the fused q/k/v projection; out_bias: on the
+    output projection. q_norm, k_norm: norms over each query and key head (width head_dim),
+    applied before RoPE (Qwen3's QK-norm).
     """
 
     def __init__(
@@ -54,41 +57,54 @@ class Attention(nn.Module):
         kind: str = "causal",
         window: int | None = None,
         position: str = "none",
-        theta: float = 10_000.0,
+        rotary: Rotary | None = None,
         scale: float | None = None,
-        bias: bool = True,
+        qkv_bias: bool = True,
+        out_bias: bool = True,
+        q_norm: nn.Module | None = None,
+        k_norm: nn.Module | None = None,
         dropout: float = 0.0,
     ):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.kind, self.window = kind, window
-        self.position, self.theta = position, theta
+        if (position == "rope") != (rotary is not None):
+            raise ValueError("position 'rope' needs a rotary, and only it takes one")
+        self.position, self.rotary = position, rotary
         self.scale, self.dropout = scale, dropout
         # one matmul for all three: rows are q (heads*hd), then k (kv*hd), then v (kv*hd)
-        self.qkv_proj = nn.Linear(d_model, (heads + 2 * kv_heads) * head_dim, bias=bias)
-        self.o_proj = nn.Linear(heads * head_dim, d_model, bias=bias)
+        self.qkv_proj = nn.Linear(d_model, (heads + 2 * kv_heads) * head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(heads * head_dim, d_model, bias=out_bias)
+        self.q_norm, self.k_norm = q_norm, k_norm
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         q, k, v = self.qkv_proj(x).split((q_size, kv_size, kv_size), dim=-1)
-        q = q.view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        # per-head work happens in (B, T, heads, hd), the projection's own layout
+        q, k = q.view(B, T, self.heads, self.head_dim), k.view(B, T, self.kv_heads, self.head_dim)
+        if self.q_norm is not None:  # over head_dim: each head is normalised on its own
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            cos, sin = ctx.rope(self.rotary)
+            q, k = apply_rope(q, cos, sin, self.rotary), apply_rope(k, cos, sin, self.rotary)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, nh, T, hd), (B, nkv, T, hd)
         v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        if self.position == "rope":
-            cos, sin = ctx.rope(self.head_dim, self.theta)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # keys are cached rotated: a key's position never changes
             k, v = cache.update(k, v, ctx.start)  # (B, nkv, S, hd)
-        mask = ctx.mask(
-            self.kind,
-            self.window,
-            alibi_heads=self.heads if self.position == "alibi" else None,
-            relative=self.position == "relative",
-        )
-        y = attend(q, k, v, mask, dropout=self.dropout if self.training else 0.0, scale=self.scale)
+        y = attend(q, k, v, self._mask(ctx), dropout=self.dropout if self.training else 0.0, scale=self.scale)
         y = y.transpose(1, 2).reshape(B, T, q_size)  # (B, T, nh*hd): heads side by side
         return self.o_proj(y)
+
+    def _mask(self, ctx: AttentionContext):
+        return ctx.mask(self.kind, self.window, alibi_heads=self.heads if self.position == "alibi" else None,
+                        relative=self.position == "relative")
+
+    def prepare(self, ctx: AttentionContext) -> None:
+        """Ask `ctx` now for the rope tables and the mask `forward` will ask for (see Block.prepare)."""
+        if self.rotary is not None:
+            ctx.rope(self.rotary)
+        self._mask(ctx)
 
 
 class CrossAttention(nn.Module):
@@ -103,15 +119,16 @@ class CrossAttention(nn.Module):
         kv_heads: int,
         head_dim: int,
         scale: float | None = None,
-        bias: bool = True,
+        qkv_bias: bool = True,
+        out_bias: bool = True,
         dropout: float = 0.0,
     ):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.scale, self.dropout = scale, dropout
-        self.q_proj = nn.Linear(d_model, heads * head_dim, bias=bias)
-        self.kv_proj = nn.Linear(d_model, 2 * kv_heads * head_dim, bias=bias)  # k rows, then v rows
-        self.o_proj = nn.Linear(heads * head_dim, d_model, bias=bias)
+        self.q_proj = nn.Linear(d_model, heads * head_dim, bias=qkv_bias)
+        self.kv_proj = nn.Linear(d_model, 2 * kv_heads * head_dim, bias=qkv_bias)  # k rows, then v rows
+        self.o_proj = nn.Linear(heads * head_dim, d_model, bias=out_bias)
 
     def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, S, _ = memory.shape

@@ -48,6 +48,15 @@ class Block(nn.Module):
             x = self._residual(x, self.cross_norm, lambda h: self.cross_attn(h, memory_kv, ctx.cross_mask))
         return self._residual(x, self.mlp_norm, self.mlp)
 
+    def prepare(self, ctx: AttentionContext) -> None:
+        """Build the rope tables and the mask this layer's attention will ask `ctx` for.
+
+        With activation checkpointing a block's forward runs twice, and the second run finds
+        them memoised: built inside the first run, their ops (T5's masked_fill of a trained
+        bias) would keep tensors for backward that the second run never recomputes. Built
+        here, before the checkpointed blocks, they are computed once and shared as usual."""
+        self.attn.prepare(ctx)
+
     def _residual(self, x: torch.Tensor, norm: nn.Module, branch) -> torch.Tensor:
         if self.post_norm:
             return norm(x + self.drop(branch(x)))

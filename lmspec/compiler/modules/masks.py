@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .positions import alibi_bias, alibi_slopes, rope_cos_sin
+from .positions import Rotary, alibi_bias, alibi_slopes, rope_cos_sin
 
 __all__ = ["AttentionMask", "AttentionContext"]
 
@@ -61,11 +61,11 @@ class AttentionContext:
         self.T, self.S = q_pos.shape[1], k_pos.shape[1]
         self._memo: dict[tuple, object] = {}
 
-    def rope(self, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin (B|1, 1, T, hd) for the queries; keys of this call share their positions."""
-        key = ("rope", head_dim, theta)
+    def rope(self, rotary: Rotary) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (B|1, T, 1, dims) for the queries; keys of this call share their positions."""
+        key = ("rope", rotary)
         if key not in self._memo:
-            self._memo[key] = rope_cos_sin(self.q_pos, head_dim, theta, self.dtype)
+            self._memo[key] = rope_cos_sin(self.q_pos, rotary, self.dtype)
         return self._memo[key]  # type: ignore[return-value]
 
     def mask(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .block import Block
 from .heads import MLMHead, Pooler, pool
@@ -33,7 +34,11 @@ class ModelOutput:
 
 class Stack(nn.Module):
     """The layers of an encoder or a decoder, a final norm, and (T5) the relative-position
-    bias table that all its layers share."""
+    bias table that all its layers share.
+
+    With `checkpoint_activations` set, a training forward pass with gradients keeps only each
+    block's inputs and recomputes the block's activations during backward
+    (`torch.utils.checkpoint`, non-reentrant; dropout draws the same masks both times)."""
 
     def __init__(
         self, layers: list[Block], *, final_norm: nn.Module | None = None, rel_bias: RelativePositionBias | None = None
@@ -42,6 +47,7 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.rel_bias = rel_bias
         self.final_norm = final_norm
+        self.checkpoint_activations = False
 
     def forward(
         self,
@@ -68,8 +74,14 @@ class Stack(nn.Module):
             memory_mask=memory_mask,
             dtype=x.dtype,
         )
-        for i, layer in enumerate(self.layers):
-            x = layer(x, ctx, None if cache is None else cache.layers[i], memory)
+        if self.checkpoint_activations and self.training and cache is None and torch.is_grad_enabled():
+            for layer in self.layers:
+                layer.prepare(ctx)  # shared tensors outside the recomputed region: see Block.prepare
+            for layer in self.layers:
+                x = checkpoint(layer, x, ctx, None, memory, use_reentrant=False)
+        else:
+            for i, layer in enumerate(self.layers):
+                x = layer(x, ctx, None if cache is None else cache.layers[i], memory)
         if cache is not None:
             cache.advance(x.shape[1])
         return x if self.final_norm is None else self.final_norm(x)
@@ -128,6 +140,16 @@ class Transformer(nn.Module):
         self.tied_head_scale = tied_head_scale
         self.pad_id = pad_id
         self.tie_weights()
+
+    def checkpoint_activations(self, on: bool = True) -> "Transformer":
+        """Recompute each block's activations during backward instead of keeping them
+        (training forward passes with gradients only; evaluation and generation are unchanged).
+        Saves memory for about one more forward pass of the blocks; `train { checkpoint_activations:
+        true }` sets it. Returns the model."""
+        for stack in (self.encoder, self.decoder):
+            if stack is not None:
+                stack.checkpoint_activations = on
+        return self
 
     def tie_weights(self) -> None:
         """Make the vocabulary projections share the token embedding matrix (again: moving a

@@ -1,4 +1,4 @@
-"""Normalisation layers: LayerNorm (weight + bias) and RMSNorm (weight only).
+"""Normalisation layers: LayerNorm (weight + bias, or weight only) and RMSNorm (weight only).
 
 Both are torch's own modules (fused kernels where the backend has them); this file
 only maps the spec's names onto them so the builders never spell a class name.
@@ -11,10 +11,11 @@ from torch import nn
 __all__ = ["make_norm"]
 
 
-def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
-    """A norm over the last dimension: "layernorm" (weight and bias) or "rmsnorm" (weight)."""
+def make_norm(kind: str, dim: int, eps: float, *, bias: bool = True) -> nn.Module:
+    """A norm over the last dimension: "layernorm" (weight, and a bias unless bias=False: OLMo,
+    MPT) or "rmsnorm" (weight)."""
     if kind == "layernorm":
-        return nn.LayerNorm(dim, eps=eps)
+        return nn.LayerNorm(dim, eps=eps, bias=bias)
     if kind == "rmsnorm":
         # x * rsqrt(mean(x^2) + eps) * weight, as in T5 and Llama
         return nn.RMSNorm(dim, eps=eps)

@@ -10,12 +10,15 @@ the modules free of buffers (nothing to allocate when a model is built on "meta"
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 __all__ = [
     "sinusoidal_positions",
+    "Rotary",
+    "rope_inv_freq",
     "rope_cos_sin",
     "apply_rope",
     "alibi_slopes",
@@ -35,15 +38,50 @@ def sinusoidal_positions(positions: torch.Tensor, dim: int, dtype: torch.dtype) 
     return table[..., :dim].to(dtype)  # (B, T, d)
 
 
-def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for rotary embeddings, Hugging Face Llama layout: the angle for frequency i
-    sits at both i and i + head_dim/2 (rotate_half pairs the first half with the second)."""
-    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float() / head_dim
-    inv_freq = 1.0 / (theta**exponents)  # (hd/2,)
-    freqs = positions[..., None].float() * inv_freq  # (B, T, hd/2), in fp32 for long contexts
-    angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, hd): broadcast over heads
+@dataclass(frozen=True)
+class Rotary:
+    """One rotary embedding: the first `dims` dimensions of each head rotate (the rest pass
+    through: GPT-NeoX, Phi-2), at frequencies theta^(-2i/dims), optionally scaled: () or
+    ("linear", factor) or ("llama3", factor, low_freq, high_freq, original_context).
+    interleaved: dimension 2i pairs with 2i + 1 (GPT-J); otherwise i with i + dims/2 (Llama)."""
+
+    dims: int
+    theta: float = 10_000.0
+    interleaved: bool = False
+    scaling: tuple = ()
+
+
+def rope_inv_freq(rotary: Rotary, device: torch.device | None = None) -> torch.Tensor:
+    """The (dims/2,) angular frequencies, in fp32, computed as Hugging Face computes them."""
+    exponents = torch.arange(0, rotary.dims, 2, device=device, dtype=torch.int64).float() / rotary.dims
+    inv_freq = 1.0 / (rotary.theta**exponents)
+    if not rotary.scaling:
+        return inv_freq
+    kind, factor, *rest = rotary.scaling
+    if kind == "linear":
+        return inv_freq / factor
+    if kind != "llama3":
+        raise ValueError(f"unknown rope scaling {kind!r}")
+    low_freq, high_freq, original = rest
+    # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between
+    # interpolated by where the wavelength falls relative to the original context
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > original / low_freq, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low_freq) / (high_freq - low_freq)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < original / high_freq) * ~(wavelen > original / low_freq)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(positions: torch.Tensor, rotary: Rotary, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (B|1, T, 1, dims) for queries or keys laid out (B, T, heads, head_dim). The
+    angle of frequency i sits at i and i + dims/2 (half layout), or at 2i and 2i + 1."""
+    freqs = positions[..., None].float() * rope_inv_freq(rotary, positions.device)  # (B, T, dims/2), fp32
+    if rotary.interleaved:
+        angles = freqs.repeat_interleave(2, dim=-1)
+    else:
+        angles = torch.cat((freqs, freqs), dim=-1)
+    angles = angles[:, :, None]  # (B, T, 1, dims): broadcast over heads
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
@@ -52,9 +90,19 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate queries or keys (B, nh, T, hd) by their positions."""
-    return x * cos + _rotate_half(x) * sin
+def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    # (x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+    """Rotate queries or keys (B, T, heads, head_dim) by their positions: the first
+    `rotary.dims` dimensions of each head; the others pass through."""
+    rotate = _rotate_pairs if rotary.interleaved else _rotate_half
+    if rotary.dims == x.shape[-1]:
+        return x * cos + rotate(x) * sin
+    x_rot, x_pass = x[..., : rotary.dims], x[..., rotary.dims :]
+    return torch.cat((x_rot * cos + rotate(x_rot) * sin, x_pass), dim=-1)
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
