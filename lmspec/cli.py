@@ -55,18 +55,25 @@ def cmd_check(args) -> int:
 
     status = 0
     results = []
+    from lmspec.compiler.rules_parallel import device_plans, render_device_plans
+
     for path in args.specs:
-        report = check_file(path)
+        report = check_file(path, devices=args.devices, device_memory=args.device_memory)
         figures = schedule = None
+        plans = {}
         if report.ok:
             with use_meta_cache():  # a model checked before on this machine is not run again
                 schedule, figures = check_stages(report, meta=not args.no_meta)
+            plans = device_plans(report)  # stages with devices or a device memory: memory per device
         status = status or (0 if report.ok else 1)
         if args.json:
+            shown = figures.to_json() if figures is not None and report.ok else None
+            for name, plan in plans.items():
+                if shown is not None and name in shown["stages"]:
+                    shown["stages"][name]["per_device"] = plan.to_json()
             results.append({"file": path, "ok": report.ok,
                             "blocks": {n: b.kind for n, b in report.spec.resolved.blocks.items()} if report.spec else {},
-                            "figures": figures.to_json() if figures is not None and report.ok else None,
-                            "diagnostics": json.loads(render_json(report.diagnostics))})
+                            "figures": shown, "diagnostics": json.loads(render_json(report.diagnostics))})
             continue
         if report.diagnostics:
             print(render_text(report.diagnostics, report.sources, colour=use_colour(sys.stderr)), file=sys.stderr)
@@ -77,6 +84,8 @@ def cmd_check(args) -> int:
                 print(summary)
             if figures is not None and (figures.models or figures.stages):
                 print(render_figures(figures))
+            if plans:
+                print(render_device_plans(plans))
     if args.json:  # one shape for one file or many: {"ok": every file ok, "files": [one report a file]}
         print(json.dumps({"ok": status == 0, "files": results}, indent=2))
     return status
@@ -267,6 +276,17 @@ def _at_least(low, kind):
     return parse
 
 
+def _size(text: str) -> str:
+    """--device-memory: a size such as 80GB or 80GiB, checked here; kept as written."""
+    from lmspec.compiler.rules_parallel import parse_size
+
+    try:
+        parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -286,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-meta", action="store_true",
                    help="skip the forward/backward pass of each model on the meta device, and the "
                         "comparison of init: hf(...) checkpoints with their models")
+    p.add_argument("--devices", type=_at_least(1, int), metavar="N",
+                   help="plan every train stage for N devices (processes): memory per device under its parallel, "
+                        "and a batch that splits over them; overrides the stages' devices:")
+    p.add_argument("--device-memory", type=_size, metavar="SIZE",
+                   help="the memory of one device, e.g. 80GB (10^9 bytes) or 80GiB (2^30): say whether each stage "
+                        "fits; overrides the stages' device_memory:")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("run", help="train every stage of a spec into a run directory (or --resume one)")
     p.add_argument("spec", nargs="?", metavar="SPEC")

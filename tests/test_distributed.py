@@ -207,14 +207,6 @@ def test_the_stage_says_it_too_when_no_check_saw_the_world_size():
     assert distributed.split_batch(8, 2, 2, stage="pretrain") == 2
 
 
-def test_fsdp_is_not_built_yet(project, env_cache):
-    with pytest.raises(LmspecError) as err:
-        run("spec.lmspec", overrides=["pretrain.parallel=fsdp"], out="never", progress=quiet())
-    d = err.value.diagnostics[0]
-    assert d.code == "LMS044" and d.message.startswith("parallel: fsdp is not built yet")
-    assert "parallel: ddp" in d.help and not (project / "never").exists()
-
-
 def test_a_port_in_use_is_refused_before_a_worker_starts(project, env_cache):
     with socket.socket() as busy:
         busy.bind(("", 0))
@@ -235,27 +227,6 @@ def test_nproc_inside_torchrun_is_refused(project, env_cache, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RunError, match="--nproc 2 inside a worker of a launcher that already started 2"):
         run("spec.lmspec", nproc=2, out="never", progress=quiet())
-
-
-RL = """lmspec 1
-tokenizer tok { kind: bytes }
-data stories { source: builtin("tiny-stories") }
-data reviews { source: builtin("tiny-reviews"), label: "sentiment" }
-model gpt { vocab: 262, context: 64, layers: 1, d_model: 32, heads: 4 }
-model critic { vocab: 262, context: 64, layers: 1, d_model: 32, heads: 4, head: classifier(classes: 2) }
-train pre { model: gpt, objective: clm, data: stories, steps: 2, batch: 2 }
-train fit { model: critic, objective: classify(label: "sentiment"), data: reviews, steps: 2, batch: 2 }
-judge sentiment { model: critic from fit }
-rl align { policy: gpt from pre, reward: sentiment, rollouts { prompts: stories.prefixes(tokens: 8) } }
-"""
-
-
-def test_rl_stages_refuse_several_processes(project, env_cache):
-    (project / "rl.lmspec").write_text(RL)
-    with pytest.raises(RunError, match="stage 'align' is an rl stage, which runs in one process for now; this run "
-                                       "asked for 2") as err:
-        run("rl.lmspec", nproc=2, out="never", progress=quiet())
-    assert "--only STAGE --nproc N" in err.value.help and not (project / "never").exists()
 
 
 def test_cli_usage(project):

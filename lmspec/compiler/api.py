@@ -35,6 +35,7 @@ class CheckReport:
     diagnostics: list[Diagnostic]
     spec: ValidatedSpec | None = None
     models: dict[str, ArchConfig] = field(default_factory=dict)
+    hardware: object = None  # rules_parallel.Hardware: the devices the check was told of, or None
 
     @property
     def ok(self) -> bool:
@@ -75,31 +76,48 @@ def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
     return out
 
 
-def _check(resolved: ResolvedSpec) -> CheckReport:
+def _hardware(devices: int | None, device_memory: str | None):
+    """The devices `check` plans every stage for (`lmspec check --devices N --device-memory 80GB`);
+    None: each stage's own `devices:` and `device_memory:`. A ValueError for a bad size."""
+    if devices is None and device_memory is None:
+        return None
+    from lmspec.compiler.rules_parallel import Hardware
+
+    return Hardware(devices, device_memory)
+
+
+def _check(resolved: ResolvedSpec, hardware=None) -> CheckReport:
     validated = validate(resolved)
     diagnostics = list(validated.diagnostics)
     models: dict[str, ArchConfig] = {}
     if validated.blocks:
-        rule_diagnostics, models = rules.check(validated)
+        rule_diagnostics, models = rules.check(validated, hardware)
         diagnostics += rule_diagnostics + allow_problems(validated)
-    return CheckReport(resolved.root, resolved.sources, _dedupe(silence(validated, diagnostics)), validated, models)
+    return CheckReport(resolved.root, resolved.sources, _dedupe(silence(validated, diagnostics)), validated, models,
+                       hardware)
 
 
-def check_file(path: str | Path, *, overrides: tuple[str, ...] = ()) -> CheckReport:
+def check_file(path: str | Path, *, overrides: tuple[str, ...] = (), devices: int | None = None,
+               device_memory: str | None = None) -> CheckReport:
+    """Check a spec file. `devices` and `device_memory` ("80GB") plan every train stage for that
+    many devices of that memory (rl stages: one), in place of the stages' own keys."""
+    hardware = _hardware(devices, device_memory)
     with gc_paused():  # a check allocates much and builds no cycles: see parser.gc_paused
-        return _check(resolve(path, overrides=overrides))
+        return _check(resolve(path, overrides=overrides), hardware)
 
 
-def check_text(text: str, path: str = "<string>", *, overrides: tuple[str, ...] = ()) -> CheckReport:
+def check_text(text: str, path: str = "<string>", *, overrides: tuple[str, ...] = (), devices: int | None = None,
+               device_memory: str | None = None) -> CheckReport:
+    hardware = _hardware(devices, device_memory)
     with gc_paused():
-        return _check(resolve(path, text=text, overrides=overrides))
+        return _check(resolve(path, text=text, overrides=overrides), hardware)
 
 
-def check(source: str | Path) -> CheckReport:
+def check(source: str | Path, *, devices: int | None = None, device_memory: str | None = None) -> CheckReport:
     """Check a spec given as a path, or as text when it contains a newline or a brace."""
     if isinstance(source, str) and ("\n" in source or "{" in source):
-        return check_text(source)
-    return check_file(source)
+        return check_text(source, devices=devices, device_memory=device_memory)
+    return check_file(source, devices=devices, device_memory=device_memory)
 
 
 def load_arch(source: str | Path, model: str | None = None) -> ArchConfig:

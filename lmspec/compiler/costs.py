@@ -170,7 +170,8 @@ def spec_figures(report, *, meta: bool = True) -> tuple[Figures, list[Diagnostic
         precision = _precision(spec.precision)
         momentum = getattr(spec.optimizer, "momentum", 0.0)  # sgd keeps a buffer only with momentum
         memory = A.training_memory(arch, batch=micro, seq_len=seq_len, precision=precision,
-                                   optimizer=spec.optimizer.kind, decoder_seq_len=dec, momentum=momentum)
+                                   optimizer=spec.optimizer.kind, decoder_seq_len=dec, momentum=momentum,
+                                   checkpoint_activations=getattr(spec, "checkpoint_activations", False))
         if rl is not None:
             memory = _rl_memory(report, stage, arch, memory, rl)
         figures.stages[stage] = StageFigures(stage, kind, model, batch, seq_len, steps, tokens, flops, precision,
@@ -353,8 +354,8 @@ def human(n: float, unit: str = "") -> str:
 
 def human_bytes(n: float) -> str:
     for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if n >= scale:
-            return f"{n / scale:.3g} {suffix}"
+        if n >= scale:  # 1000 to 1023 of a unit: whole numbers, not 1.02e+03
+            return f"{n / scale:.3g} {suffix}" if n / scale < 999.5 else f"{n / scale:.0f} {suffix}"
     return f"{int(n)} B"
 
 

@@ -6,7 +6,8 @@ uses, the pre-launch checks, and the launcher — torch's elastic launch API, wh
 
 A worker is `lmspec run` itself, started with the environment torchrun sets (RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR, MASTER_PORT); `process_group` joins them (gloo on CPU, NCCL on CUDA).
-Every rank runs every step on its share of the batch; only rank 0 prints and writes the run
+Every rank runs every step on its share of the batch, with the model replicated (DDP,
+`data_parallel`) or sharded (FSDP2, `shard_model`); only rank 0 prints and writes the run
 directory. Without those variables every helper here is the identity of one process.
 
 A worker that fails writes its error to TORCHELASTIC_ERROR_FILE (the file torch's elastic agent
@@ -33,7 +34,8 @@ import torch
 from lmspec.runtime.errors import RunError
 
 __all__ = ["World", "world", "is_main", "env_world_size", "env_rank", "process_group", "barrier", "rank_zero_first",
-           "sum_over_ranks", "any_rank", "broadcast_json", "gather_json", "data_parallel", "split_batch",
+           "sum_over_ranks", "any_rank", "broadcast_json", "gather_json", "data_parallel", "shard_model",
+           "sharded_grad_scaler", "split_batch", "rollout_split", "split_rollouts",
            "check_world", "refuse_single_process_stages", "resolve_backend", "check_port", "launch",
            "report_failure", "launched", "WORKER_PROGRESS"]
 
@@ -268,6 +270,72 @@ def data_parallel(model: torch.nn.Module, device: torch.device):
     return ddp
 
 
+def shard_model(model: torch.nn.Module, device: torch.device, precision) -> torch.nn.Module:
+    """`model` sharded in place with FSDP2 (`fully_shard`): each rank keeps 1/N of every
+    parameter (and so of its gradient and optimizer state). Each transformer block is one unit,
+    all-gathered just before its forward and its backward and freed after; the root unit holds
+    the rest (embeddings, heads, final norms). Gradients are reduce-scattered as sums, as DDP's
+    are here (`_sum_gradients`): the engine already divides the loss by the units of the whole
+    step on all ranks. Only SUM reaches the backend (gloo has no pre-multiplied sum). On CUDA a
+    bf16/fp16 stage all-gathers and computes in that dtype and reduces gradients in fp32; on
+    the CPU everything stays fp32 (autocast still applies as in one process)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from lmspec.compiler.modules.block import Block
+    from lmspec.compiler.modules.parallel_block import ParallelBlock
+
+    # the mesh of this run's device type (FSDP's default would be CUDA whenever there is a GPU)
+    mesh = init_device_mesh(device.type, (world().size,))
+    if precision.dtype is not None and precision.device_type == "cuda":
+        policy = MixedPrecisionPolicy(param_dtype=precision.dtype, reduce_dtype=torch.float32)
+    else:
+        policy = MixedPrecisionPolicy()
+    blocks = [m for m in model.modules() if isinstance(m, (Block, ParallelBlock))]  # one unit per layer
+    for i, block in enumerate(blocks):
+        # the last block's backward comes right after its forward: keeping it gathered saves an all-gather
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=i < len(blocks) - 1)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    for unit in (*blocks, model):
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)
+    return model
+
+
+def sharded_grad_scaler():
+    """fp16 loss scaling for a sharded model: torch's ShardedGradScaler agrees across ranks on
+    whether a step overflowed (each rank sees only its slices of the gradients)."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    return ShardedGradScaler("cuda")
+
+
+def resolve_parallel(report, stage: str, parallel: str, device: torch.device) -> str:
+    """What `parallel: auto` means for this run, the same on every rank: fsdp when the stage
+    fits one GPU only sharded, by the per-device estimate `lmspec check --devices N
+    --device-memory SIZE` prints (the smallest GPU of the run's), else ddp. On the CPU there is
+    no device memory to fit: ddp. Explicit ddp and fsdp stay as written."""
+    size = world().size
+    if parallel != "auto" or size == 1 or device.type != "cuda":
+        return "ddp" if parallel == "auto" else parallel
+    from lmspec.compiler.rules_parallel import Hardware, stage_plan
+
+    own = float(torch.cuda.get_device_properties(device).total_memory)
+    smallest = _min_over_ranks(own)
+    plan = stage_plan(report, stage, Hardware(devices=size, device_memory=f"{int(smallest)}B"))
+    return plan.chosen if plan is not None and plan.chosen in ("ddp", "fsdp") else "ddp"
+
+
+def _min_over_ranks(value: float) -> float:
+    if not _initialised() or world().size == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return float(t.item())
+
+
 def split_batch(batch: int, grad_accum: int, size: int, *, stage: str) -> int:
     """Sequences per micro-batch per rank; a RunError with the figures when they do not divide
     (a spec checked with the world size known has been told at check time, `check_world`)."""
@@ -279,58 +347,69 @@ def split_batch(batch: int, grad_accum: int, size: int, *, stage: str) -> int:
 
 
 def _split_help(batch: int, grad_accum: int, size: int) -> str:
-    unit = grad_accum * size
-    lower = batch - batch % unit
-    sizes = [f"batch: {b}" for b in (lower, lower + unit) if b > 0]
-    text = f"use {' or '.join(sizes)} (a multiple of {grad_accum} x {size})"
-    if batch % grad_accum == 0:
-        per = batch // grad_accum
-        fits = [str(n) for n in range(1, per + 1) if per % n == 0][:8]
-        text += f", or run with --nproc {', '.join(fits)}"
-    return text + "; `batch` is the global batch of one optimizer step, whatever the number of processes"
+    from lmspec.compiler.rules_parallel import split_help
+
+    return split_help(batch, grad_accum, size, world="run with --nproc")
+
+
+def rollout_split(name: str, spec, size: int, *, world: str = "run with --nproc") -> list[tuple[tuple, str, str]]:
+    """`compiler.rules_parallel.rollout_split`: what keeps an rl stage's rollouts from
+    splitting over `size` processes (`lmspec check --devices N` says the same)."""
+    from lmspec.compiler.rules_parallel import rollout_split as split
+
+    return split(name, spec, size, world=world)
+
+
+def split_rollouts(name: str, spec, size: int) -> tuple[int, int | None]:
+    """(rollouts per rank of one step, of one minibatch) for rl stage `name`; a RunError with the
+    figures when they do not split (a spec checked with the world size known was told so at
+    check time, `check_world`)."""
+    problems = rollout_split(name, spec, size)
+    if problems:
+        _, message, help = problems[0]
+        raise RunError(message, help=help)
+    mb = spec.minibatch
+    return spec.rollouts.per_step // size, (None if mb is None else mb // size)
 
 
 # ----------------------------------------------------------------------------- checks before launching
 
 
 def check_world(report, schedule, selected: list[str], size: int) -> list:
-    """Located errors for what the chosen parallelism and the world size make impossible, before
-    any process starts: `parallel: fsdp` (not built yet), and a global batch that does not split
-    into grad_accum x world-size equal micro-batches."""
+    """Located errors for what the world size makes impossible, before any process starts: a
+    train stage's global batch that does not split into grad_accum x world-size equal
+    micro-batches, as `lmspec check --devices N` says it (`compiler.rules_parallel.world_diagnostics`);
+    an rl stage's rollouts whose prompt groups or minibatches do not split over the ranks
+    (`rollout_split`). Both LMS089, the code of the batch rules at check time."""
+    from lmspec.compiler.rules_parallel import world_diagnostics
     from lmspec.diagnostics import Diagnostic
 
-    out = []
-    for plan in schedule:
-        if plan.name not in selected or plan.kind != "train":
-            continue
-        spec, block = plan.spec, report.spec.resolved.blocks[plan.name]
-        if spec.parallel == "fsdp":
-            out.append(Diagnostic(
-                "error", "LMS044", f"parallel: fsdp is not built yet: stage '{plan.name}' would shard its model with "
-                "FSDP2, which arrives in a later milestone", block.span_of(("parallel",)),
-                help="use parallel: ddp (or auto): every process holds the whole model and the batch is split "
-                     "across them (docs/scaling.md)"))
-        if size > 1 and spec.batch % (spec.grad_accum * size):
-            out.append(Diagnostic(
-                "error", "LMS089", f"batch ({spec.batch}) of stage '{plan.name}' does not split over {size} processes "
-                f"x grad_accum ({spec.grad_accum}) = {spec.grad_accum * size} equal micro-batches",
-                block.span_of(("batch",)), help=_split_help(spec.batch, spec.grad_accum, size)))
+    stages = [plan.name for plan in schedule if plan.name in selected and plan.kind == "train"]
+    out = world_diagnostics(report, stages, size)
+    for plan in schedule:  # rl stages: prompt groups and minibatches that split over the ranks
+        if plan.name in selected and plan.kind == "rl":
+            block = report.spec.resolved.blocks[plan.name]
+            out += [Diagnostic("error", "LMS089", message, block.span_of(path), [], help)
+                    for path, message, help in rollout_split(plan.name, report.spec.blocks[plan.name], size)]
     return out
 
 
+#: the stage kinds that run across ranks: train (DDP or FSDP2), rl (DDP, its rollouts split
+#: across the ranks), feedback (its prompts split, its pairs judged on rank 0)
+ACROSS_RANKS = ("train", "rl", "feedback")
+
+
 def refuse_single_process_stages(schedule, selected: list[str], size: int) -> None:
-    """Feedback and rl stages run in one process for now (their rollouts are not yet split
-    across ranks): a world size above 1 is refused before anything runs, naming the stage."""
+    """A stage of a kind that does not run across ranks (a kind added before its distributed
+    path) is refused before anything runs with a world size above 1, naming the stage."""
     if size == 1:
         return
     for plan in schedule:
-        if plan.name in selected and plan.kind in ("feedback", "rl"):
-            article = "an" if plan.kind == "rl" else "a"
-            raise RunError(f"stage '{plan.name}' is {article} {plan.kind} stage, which runs in one process for now; "
-                           f"this run asked for {size}",
-                           help="run the spec with --nproc 1, or train its train stages alone with "
-                                "`--only STAGE --nproc N` (splitting rollouts across ranks is a later milestone; "
-                                "docs/scaling.md)")
+        if plan.name in selected and plan.kind not in ACROSS_RANKS:
+            raise RunError(f"stage '{plan.name}' is a {plan.kind} stage, which runs in one process; this run asked "
+                           f"for {size}",
+                           help="run the spec with --nproc 1, or run its other stages alone with "
+                                "`--only STAGE --nproc N` (docs/scaling.md)")
 
 
 def check_port(port: int) -> None:

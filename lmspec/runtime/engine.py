@@ -87,12 +87,12 @@ def check_compile(device: torch.device, stage: str) -> None:
     from lmspec.runtime.errors import RunError
 
     if device.type == "cuda":
-        import importlib.util
+        from torch.utils._triton import has_triton  # torch's own test (triton importable, a GPU it supports)
 
-        if importlib.util.find_spec("triton") is None:
+        if not has_triton():
             raise RunError(f"stage '{stage}' has compile: true, but triton, which torch.compile builds GPU kernels "
-                           "with, is not installed", help="pip install triton (it comes with torch's CUDA wheels), "
-                                                          "or set compile: false")
+                           "with, is not available here (not installed, or it does not support this GPU)",
+                           help="pip install triton (it comes with torch's CUDA wheels), or set compile: false")
         return
     from torch._inductor import cpp_builder
 

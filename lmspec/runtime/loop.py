@@ -5,7 +5,10 @@ loss, write its final artifacts. Every stage kind goes through this one loop.
 With several processes (`distributed`) every rank runs the loop in step; only rank 0 writes the
 stage's files (status, metrics, samples, checkpoints, final/) and evaluates. Rank 0 chooses the
 checkpoint to resume from and the others load that one; all ranks agree on stopping (Ctrl-C)
-after the same step; the others wait for rank 0's final/ before they read it.
+after the same step; the others wait for rank 0's final/ before they read it. A stage whose
+model is sharded across the ranks (`stage.sharded`, FSDP) evaluates and samples on every rank
+(each forward gathers the weights from all of them), has every rank write its slices of each
+checkpoint, and gathers its weights onto rank 0 (`stage.consolidate()`) before final/.
 """
 
 from __future__ import annotations
@@ -117,12 +120,12 @@ def reset_stage(run: RunDir, stage: str) -> None:
 
 
 def _checkpoint(stage: Stage, directory: Path, step: int, seconds: float, tokens: int) -> None:
-    """Every rank gives its state (a stage may gather from all of them); rank 0 writes it, and
-    no rank goes on before it is on disk, so a rank that dies after step N finds N saved."""
+    """Every rank gives its state (a stage may gather from all of them); rank 0 writes it (every
+    rank its slices of a sharded one), and no rank goes on before it is on disk, so a rank that
+    dies after step N finds N saved."""
     tensors, state = stage.state_dict()
-    if distributed.is_main():
-        save_checkpoint(directory, step, tensors, {"step": step, "seconds": seconds, "tokens": tokens, "stage": state},
-                        keep=stage.keep_checkpoints)
+    save_checkpoint(directory, step, tensors, {"step": step, "seconds": seconds, "tokens": tokens, "stage": state},
+                    keep=stage.keep_checkpoints)
     distributed.barrier()
 
 
@@ -134,7 +137,7 @@ def _resume_point(ckpt_dir: Path, total: int, progress):
     name = distributed.broadcast_json(found[0].name if found is not None else None)
     if main or name is None:
         return found
-    tensors, state = load_checkpoint(ckpt_dir / name)
+    tensors, state = load_checkpoint(ckpt_dir / name, check=False)  # rank 0 has just verified its checksums
     return ckpt_dir / name, tensors, state
 
 
@@ -162,6 +165,7 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
     sdir = run.stage_dir(name) if main else run.path / "stages" / name
     ckpt_dir = sdir / "checkpoints"
     stage.setup()
+    sharded = stage.sharded  # known after setup (a train stage with parallel: fsdp)
     total = stage.total_steps  # known after setup for some kinds (a feedback stage counts its prompts)
     if stage.plan.arch is not None and main:  # open_run reads it to rebuild the model of an unfinished stage
         from lmspec.compiler.arch import arch_to_dict
@@ -203,7 +207,7 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
                 now = time.perf_counter()
                 record["tokens"] = tokens
                 record["tokens_per_s"] = (tokens - tokens_at_log) / max(now - t_log, 1e-9)
-                if evaluate and main:  # the replicas are identical: rank 0 evaluates for all
+                if evaluate and (main or sharded):  # replicas are identical: rank 0 evaluates for all
                     try:
                         record.update(stage.evaluate())
                     except RunError:
@@ -234,6 +238,8 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
         metrics.close()
         samples.close()
         progress.end_stage()
+    if sharded:
+        stage.consolidate()
     if not main:  # rank 0 writes final/; the stages after this one read it, on every rank
         distributed.barrier()
         done = finished_artifacts(run, name, stage.plan.model)

@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any
 from .flops import FlopCount, StageCost, flops_per_token, forward_flops, stage_cost
 from .memory import (
     OPTIMIZERS,
+    PARALLELISMS,
     PRECISIONS,
+    DeviceMemory,
     KVCacheEstimate,
     MemoryEstimate,
     activation_bytes,
+    device_memory,
     kv_cache_memory,
     optimizer_state_bytes,
     training_memory,
@@ -44,6 +47,9 @@ __all__ = [
     "activation_bytes",
     "training_memory",
     "kv_cache_memory",
+    "PARALLELISMS",
+    "DeviceMemory",
+    "device_memory",
     "meta_check",
     "meta_pass",
     "MetaResult",

@@ -17,6 +17,13 @@ weight copies mixed precision makes). Conventions, written out in docs/analysis.
   `saved_tensors_hooks` in tests/test_analysis.py, in fp32 and under bf16 autocast.
 - Not counted: temporaries that live only inside one op, the allocator's caching and
   fragmentation, kernel workspaces, and the logits tensor itself.
+- **Activation checkpointing** (`checkpoint_activations=True`) keeps each block's input and
+  recomputes one block at a time during backward; the figure is the most alive at once, the end
+  of the forward pass or one block's recomputation (`_Timeline.peak`), also checked against a
+  real pass on CPU (tests/test_parallel_check.py).
+- **Per device** (`device_memory`): one of `world` devices under DDP (everything replicated,
+  plus the all-reduce buckets) or FSDP2 (`fully_shard` per block and root: shards, plus the
+  root and two blocks gathered at once); docs/analysis.md#per-device-memory.
 """
 
 from __future__ import annotations
@@ -39,12 +46,16 @@ __all__ = [
     "activation_bytes",
     "training_memory",
     "kv_cache_memory",
+    "PARALLELISMS",
+    "DeviceMemory",
+    "device_memory",
 ]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 Device = Literal["cuda", "cpu"]
 DEVICES: tuple[str, ...] = ("cuda", "cpu")
+PARALLELISMS: tuple[str, ...] = ("ddp", "fsdp")
 
 #: optimizer -> (fp32 values kept per parameter element, whether torch keeps a `step` tensor
 #: per parameter). Adafactor is special-cased: it factors the second moment of a matrix into
@@ -214,9 +225,10 @@ def _attention_bytes(layer: LayerConfig, B: int, T: int, S: int, kernel: str, k:
     act = k.act
     if kernel == "fused":
         per_query = layer.d_model + 2 * q  # projection input, q, attention output
-        if not cross and layer.position.kind == "rope":
-            per_query += q  # rotated q; the unrotated q is a view of the projection output
-            per_key = 2 * kv + kv  # the projection output holds k and v; rotated k
+        if not cross and (layer.position.kind == "rope" or layer.qk_norm):
+            # rotated (or normalised) q; the raw q is a view of the projection output
+            per_query += q
+            per_key = 2 * kv + kv  # the projection output holds k and v; rotated (or normalised) k
         else:
             per_key = 2 * kv
         if not cross:
@@ -231,6 +243,20 @@ def _attention_bytes(layer: LayerConfig, B: int, T: int, S: int, kernel: str, k:
         per_key = m * q + act * (2 * kv if cross else 0)
         probs += 0 if cross else act * (q + 2 * kv)  # per query = per key in self-attention
     return B * (T * (act * (layer.d_model + q) + m * q + probs) + S * per_key)
+
+
+def _qk_norm_bytes(layer: LayerConfig, kernel: str, k: _Kernels) -> int:
+    """Per position, what the norms over each query and key head keep (QK-norm): what
+    `_Kernels.norm` adds to their input per head, and under autocast an RMSNorm's fp32 copy of
+    its input. Otherwise the input is a view of the projection output, which a fused kernel
+    keeps anyway; the math kernel keeps copies instead, so the norms alone keep it then (but
+    for one head, whose math kernel keeps a view of it too)."""
+    q, kv = layer.heads * layer.head_dim, layer.kv_heads * layer.head_dim
+    upcast = FP32 if k.half and layer.norm == "rmsnorm" else 0
+    kept = (layer.heads + layer.kv_heads) * k.norm(layer.norm, layer.head_dim, upcast)
+    if kernel == "math" and not upcast and not (layer.heads == 1 and k.math_element == k.act):
+        kept += k.act * (q + 2 * kv)
+    return kept
 
 
 def _mask_bytes(layer: LayerConfig, B: int, T: int, kernel: str, k: _Kernels) -> tuple[tuple, int, int]:
@@ -258,46 +284,164 @@ def _mask_bytes(layer: LayerConfig, B: int, T: int, kernel: str, k: _Kernels) ->
     return key, shared, k.act * rows * T * T
 
 
-def _stack_activations(
-    name: str, stack: StackConfig, B: int, T: int, S: int, k: _Kernels, into: dict[str, int]
-) -> None:
-    """Activations of one stack over T positions (S: encoder positions for cross-attention)."""
+def _layer_activations(layer: LayerConfig, B: int, T: int, S: int, k: _Kernels) -> tuple[dict[str, int], tuple, int]:
+    """What one layer keeps for backward over T positions (S: encoder positions for
+    cross-attention), by component; and its attention mask's sharing key and the bytes the
+    stack's layers with that key share (`_mask_bytes`)."""
+    out: dict[str, int] = {}
 
     def add(component: str, n: int) -> None:
         if n:
-            into[f"{name}.{component}"] = into.get(f"{name}.{component}", 0) + n
+            out[component] = out.get(component, 0) + n
 
-    masks: dict[tuple, int] = {}
-    rope: set[tuple] = set()
-    for layer in stack.layers:
-        d = layer.d_model
-        _, masked = _self_attention_masked(layer, T)
-        kernel = k.attention(layer, masked=masked, trained_bias=layer.position.kind == "relative")
+    d = layer.d_model
+    _, masked = _self_attention_masked(layer, T)
+    kernel = k.attention(layer, masked=masked, trained_bias=layer.position.kind == "relative")
+    if not layer.parallel:
         add("norms", 2 * B * T * k.norm(layer.norm, d))  # attn_norm, mlp_norm
-        add("attention", _attention_bytes(layer, B, T, T, kernel, k, cross=False))
-        # up_proj's input, and under autocast gate_proj's own half-precision copy of it
-        inputs = 2 if k.half and layer.activation in GATED_ACTIVATIONS else 1
-        add("mlp", B * T * k.act * (inputs * d + _mlp_elements(layer)))
-        key, shared, own = _mask_bytes(layer, B, T, kernel, k)
+    elif layer.shared_norm:
+        add("norms", B * T * k.norm(layer.norm, d))  # one norm feeds both branches
+    else:  # both norms read the layer's input: it is kept once
+        add("norms", B * T * (k.norm(layer.norm, d) + k.norm(layer.norm, d, 0)))
+    add("attention", _attention_bytes(layer, B, T, T, kernel, k, cross=False))
+    if layer.qk_norm:
+        add("norms", B * T * _qk_norm_bytes(layer, kernel, k))
+    # up_proj's input, and under autocast gate_proj's own half-precision copy of it
+    inputs = 2 if k.half and layer.activation in GATED_ACTIVATIONS else 1
+    if layer.shared_norm and not k.half:
+        inputs -= 1  # up_proj reads the tensor qkv_proj reads (autocast casts it for each apart)
+    add("mlp", B * T * k.act * (inputs * d + _mlp_elements(layer)))
+    key, shared, own = _mask_bytes(layer, B, T, kernel, k)
+    add("masks", own)
+    if layer.cross_attention:
+        cross_kernel = k.attention(layer, masked=False, trained_bias=False)
+        add("norms", B * T * k.norm(layer.norm, d))  # cross_norm
+        add("cross_attention", _attention_bytes(layer, B, T, S, cross_kernel, k, cross=True))
+        if k.half:  # kv_proj's half-precision copy of the encoder output, one per layer
+            add("cross_attention", k.act * B * S * d)
+    if layer.dropout > 0:  # one mask per residual branch, over its half-or-fp32 output
+        add("dropout", B * T * d * k.dropout_mask(k.act) * (3 if layer.cross_attention else 2))
+    return out, key, shared
+
+
+def _rope_bytes(stack: StackConfig, T: int) -> int:
+    """cos and sin (1, T, 1, rotated dims) in fp32, one pair per distinct rotary embedding (the
+    dimensions it rotates, theta, layout and scaling)."""
+    tables = {(l.position.rotary_dims(l.head_dim), l.position.theta, l.position.layout, l.position.scaling)
+              for l in stack.layers if l.position.kind == "rope"}
+    return sum(FP32 * 2 * T * dims for dims, *_ in tables)
+
+
+def _final_norm_bytes(stack: StackConfig, B: int, T: int, k: _Kernels) -> int:
+    last = stack.layers[-1]
+    return B * T * k.norm(last.norm, last.d_model) if stack.final_norm else 0
+
+
+class _Timeline:
+    """What a forward pass keeps, in the order it makes it: tensors kept until backward
+    reaches the op that saved them, and (activation checkpointing) blocks, each keeping its
+    input until its backward and its recomputed activations during it."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, int, int]] = []  # (component, bytes kept, bytes recomputed)
+
+    def keep(self, component: str, n: int) -> None:
+        if n:
+            self.entries.append((component, n, 0))
+
+    def block(self, stack: str, inputs: int, recomputed: int) -> None:
+        self.entries.append((f"{stack}.block_inputs", inputs, recomputed))
+
+    def kept(self) -> dict[str, int]:
+        """Every kept tensor at once: the end of the forward pass."""
+        out: dict[str, int] = {}
+        for component, n, _ in self.entries:
+            out[component] = out.get(component, 0) + n
+        return out
+
+    def peak(self) -> dict[str, int]:
+        """The most that is alive at once, by component. Backward runs the forward's ops in
+        reverse and frees what each kept as it passes it, so while block i recomputes, what the
+        forward made before block i and block i's input are alive, and nothing made after it;
+        the other candidate is the end of the forward pass, when everything kept is alive."""
+        alive: dict[str, int] = {}
+        best, at = -1, {}
+        for component, n, recomputed in self.entries:
+            alive[component] = alive.get(component, 0) + n
+            if recomputed:
+                total = sum(alive.values()) + recomputed
+                if total > best:
+                    stack = component.rsplit(".", 1)[0]
+                    best, at = total, {**alive, f"{stack}.recomputed": recomputed}
+        return dict(alive) if sum(alive.values()) >= best else at
+
+
+def _stack_activations(
+    name: str, stack: StackConfig, B: int, T: int, S: int, k: _Kernels, into: _Timeline
+) -> None:
+    """Activations of one stack over T positions (S: encoder positions for cross-attention)."""
+    masks: dict[tuple, int] = {}
+    for layer in stack.layers:
+        parts, key, shared = _layer_activations(layer, B, T, S, k)
+        for component, n in parts.items():
+            into.keep(f"{name}.{component}", n)
         masks[key] = shared
-        add("masks", own)
-        if layer.position.kind == "rope":
-            rope.add((layer.head_dim, layer.position.theta))
-        if layer.cross_attention:
-            cross_kernel = k.attention(layer, masked=False, trained_bias=False)
-            add("norms", B * T * k.norm(layer.norm, d))  # cross_norm
-            add("cross_attention", _attention_bytes(layer, B, T, S, cross_kernel, k, cross=True))
-            if k.half:  # kv_proj's half-precision copy of the encoder output, one per layer
-                add("cross_attention", k.act * B * S * d)
-        if layer.dropout > 0:  # one mask per residual branch, over its half-or-fp32 output
-            add("dropout", B * T * d * k.dropout_mask(k.act) * (3 if layer.cross_attention else 2))
     # layers that agree share one mask tensor and one rope table
-    add("masks", sum(masks.values()))
-    add("rope", sum(FP32 * 2 * T * hd for hd, _ in rope))
+    into.keep(f"{name}.masks", sum(masks.values()))
+    into.keep(f"{name}.rope", _rope_bytes(stack, T))
     if stack.relative_layer is not None:
-        add("relative_bias", INDEX * T * T)  # the bucket of every (query, key) pair
-    if stack.final_norm:
-        add("final_norm", B * T * k.norm(stack.layers[-1].norm, stack.layers[-1].d_model))
+        into.keep(f"{name}.relative_bias", INDEX * T * T)  # the bucket of every (query, key) pair
+    into.keep(f"{name}.final_norm", _final_norm_bytes(stack, B, T, k))
+
+
+def _context_bytes(stack: StackConfig, B: int, T: int) -> int:
+    """What a stack's `AttentionContext` holds, which under activation checkpointing stays
+    alive with the blocks that read it: the masks and biases it memoises (one per distinct
+    mask of the layers, built before the blocks run), T5's bias table output, and the boolean
+    structure T5's masked_fill keeps for backward. Position ids are counted by the caller."""
+    n = FP32 * stack.relative_layer.heads * T * T if stack.relative_layer is not None else 0
+    seen: set[tuple] = set()
+    for layer in stack.layers:
+        kind, window = layer.attention.kind, layer.attention.window
+        alibi, relative = layer.position.kind == "alibi", layer.position.kind == "relative"
+        key = (kind, window, layer.heads if alibi else None, relative)
+        if key in seen:
+            continue
+        seen.add(key)
+        if kind == "sliding" and window is not None and T <= window:
+            kind = "causal"
+        rows = B if kind == "prefix" else 1
+        structured = kind != "bidirectional"
+        if alibi or relative:
+            if structured:  # the masked copy of the bias (B|1, h, T, T), and for T5 the mask it keeps
+                n += FP32 * rows * layer.heads * T * T + (rows * T * T if relative else 0)
+            elif alibi:  # the bias itself (1, h, T, T); T5's unmasked bias is the table output above
+                n += FP32 * layer.heads * T * T
+        elif kind in ("sliding", "prefix"):
+            n += rows * T * T  # the boolean structure (B|1, 1, T, T)
+    return n
+
+
+def _checkpointed_stack(
+    name: str, stack: StackConfig, B: int, T: int, S: int, k: _Kernels, into: _Timeline, *, position_ids: bool
+) -> None:
+    """A stack whose blocks run under activation checkpointing: the shared tensors its
+    attention context holds, then per block its fp32 input (the residual stream) and what it
+    keeps when recomputed less the storage it shares with that input (a pre-norm block's norm
+    keeps its input; so does a post-norm block's first projection in fp32)."""
+    into.keep(f"{name}.positions", INDEX * T if position_ids else 0)  # (1, T), held by the context
+    if any(layer.attention.kind == "prefix" for layer in stack.layers):
+        into.keep(f"{name}.positions", INDEX * B)  # and the prefix lengths (B,)
+    into.keep(f"{name}.masks", _context_bytes(stack, B, T))
+    into.keep(f"{name}.rope", _rope_bytes(stack, T))
+    if stack.relative_layer is not None:
+        into.keep(f"{name}.relative_bias", INDEX * T * T)
+    for layer in stack.layers:
+        parts, _, _ = _layer_activations(layer, B, T, S, k)
+        block_input = FP32 * B * T * layer.d_model
+        shared = block_input if layer.placement == "pre" or not k.half else 0
+        into.block(name, block_input, sum(parts.values()) - shared)
+    into.keep(f"{name}.final_norm", _final_norm_bytes(stack, B, T, k))
 
 
 def _mlm_transform_bytes(arch: ArchConfig, k: _Kernels) -> int:
@@ -324,9 +468,12 @@ def activation_bytes(
     decoder_seq_len: int | None = None,
     precision: Precision = "fp32",
     device: Device = "cuda",
+    checkpoint_activations: bool = False,
 ) -> dict[str, int]:
     """Bytes autograd saves for backward during one training forward pass and the loss,
-    by component; see the module docstring."""
+    by component; see the module docstring. With `checkpoint_activations`, the most that is
+    alive at once while every block runs under activation checkpointing, by component at that
+    moment (`_Timeline.peak`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if device not in DEVICES:
@@ -336,15 +483,20 @@ def activation_bytes(
     act = FP32 if precision == "fp32" else 2
     kernels = _Kernels(device, act)
     B, T, d, V = batch, seq_len, arch.d_model, arch.vocab
-    out: dict[str, int] = {}
+    timeline = _Timeline()
+    add = timeline.keep
+    learned = arch.position.kind == "learned"
 
-    def add(component: str, n: int) -> None:
-        out[component] = out.get(component, 0) + n
+    def stack(name: str, s: StackConfig, T_stack: int, S: int) -> None:
+        if checkpoint_activations:
+            _checkpointed_stack(name, s, B, T_stack, S, kernels, timeline, position_ids=not learned)
+        else:
+            _stack_activations(name, s, B, T_stack, S, kernels, timeline)
 
     # embeddings keep the ids they looked up; the encoder-decoder's decoder embeds its own ids
     def embed(T_stack: int) -> None:
         add("embeddings", INDEX * B * T_stack)
-        if arch.position.kind == "learned":
+        if learned:
             add("embeddings", INDEX * T_stack)  # position ids (1, T)
         if arch.segments:
             add("embeddings", INDEX * B * T_stack)
@@ -358,18 +510,20 @@ def activation_bytes(
         assert arch.encoder is not None and arch.decoder is not None
         T_out = T if decoder_seq_len is None else decoder_seq_len
         embed(T)
-        _stack_activations("encoder", arch.encoder, B, T, T, kernels, out)
-        if not kernels.half:  # the memory every cross-attention reads (autocast: per-layer copies)
+        stack("encoder", arch.encoder, T, T)
+        # the memory every cross-attention reads (autocast: per-layer copies); checkpointed
+        # decoder blocks hold it as an input whatever the precision
+        if not kernels.half or checkpoint_activations:
             add("encoder.output", FP32 * B * T * d)
         embed(T_out)
-        _stack_activations("decoder", arch.decoder, B, T_out, T, kernels, out)
+        stack("decoder", arch.decoder, T_out, T)
     else:
         if decoder_seq_len is not None:
             raise ValueError("decoder_seq_len applies to encoder_decoder models only")
-        for name, stack in (("encoder", arch.encoder), ("decoder", arch.decoder)):
-            if stack is not None:
+        for name, s in (("encoder", arch.encoder), ("decoder", arch.decoder)):
+            if s is not None:
                 embed(T)
-                _stack_activations(name, stack, B, T, T, kernels, out)
+                stack(name, s, T, T)
 
     # The heads. In fp32 the last stack's hidden states (B, T_out, d) are kept once if any head
     # reads them whole or through a view (the first or the last token); mean pooling keeps
@@ -410,7 +564,7 @@ def activation_bytes(
         else:
             classes = 2 if head.kind == "nsp" else head.classes
             add("loss", FP32 * B * classes + INDEX * B + FP32)  # cross-entropy
-    return out
+    return timeline.peak() if checkpoint_activations else timeline.kept()
 
 
 # ---- totals ------------------------------------------------------------------------------
@@ -426,14 +580,16 @@ def training_memory(
     decoder_seq_len: int | None = None,
     device: Device = "cuda",
     momentum: float = 0.0,
+    checkpoint_activations: bool = False,
 ) -> MemoryEstimate:
     """Bytes to train `arch` on batches of `batch` x `seq_len` tokens: one device, no
-    sharding, no activation checkpointing; `batch` is the micro-batch one forward pass sees.
+    sharding; `batch` is the micro-batch one forward pass sees.
 
     precision: "fp32", or "bf16"/"fp16" autocast (fp32 master weights, gradients and optimizer
     state; half-precision copies of the matmul weights). optimizer: one of `OPTIMIZERS`
     (`momentum` > 0 turns "sgd" into SGD with a momentum buffer). device: whose attention and
-    dropout kernels decide what is kept for backward, "cuda" (the default) or "cpu"."""
+    dropout kernels decide what is kept for backward, "cuda" (the default) or "cpu".
+    checkpoint_activations: every block runs under activation checkpointing (`activation_bytes`)."""
     shapes = parameter_shapes(arch)  # listed once for the weights, their copies and the optimizer
     n = sum(p.numel for p in shapes)  # == count_parameters(arch).total: a tied weight is listed once
     weights = FP32 * n
@@ -441,7 +597,8 @@ def training_memory(
     gradients = FP32 * n
     state = _optimizer_state_bytes(shapes, optimizer, momentum)
     acts = activation_bytes(
-        arch, batch=batch, seq_len=seq_len, decoder_seq_len=decoder_seq_len, precision=precision, device=device
+        arch, batch=batch, seq_len=seq_len, decoder_seq_len=decoder_seq_len, precision=precision, device=device,
+        checkpoint_activations=checkpoint_activations,
     )
     activations = sum(acts.values())
     return MemoryEstimate(
@@ -455,6 +612,114 @@ def training_memory(
         precision=precision,
         optimizer_name=optimizer,
     )
+
+
+# ---- per device, under a parallelism -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """Bytes one of `world` devices holds at the peak of a training step under `parallel`
+    ("ddp" or "fsdp"); conventions in docs/analysis.md#per-device-memory. `batch` is the
+    micro-batch one forward pass on this device sees. `gathered`: FSDP's all-gathered
+    parameters; `gradient_buffers`: DDP's all-reduce buckets, or FSDP's unsharded gradients
+    waiting for their reduce-scatter; `whole_model`: FSDP's fp32 model, which each process
+    builds whole before sharding it; `frozen`: frozen models the stage also holds (dpo's
+    reference). `total` is `frozen` plus the larger of the training peak and `whole_model`."""
+
+    parallel: str
+    world: int
+    batch: int
+    weights: int
+    weight_copies: int
+    gathered: int
+    gradients: int
+    gradient_buffers: int
+    optimizer: int
+    activations: int
+    total: int
+    activation_breakdown: dict[str, int]
+    checkpoint_activations: bool
+    whole_model: int = 0
+    frozen: int = 0
+
+    @property
+    def training(self) -> int:
+        """The training peak: everything but the frozen models and the build before sharding."""
+        return (self.weights + self.weight_copies + self.gathered + self.gradients + self.gradient_buffers
+                + self.optimizer + self.activations)
+
+
+def _shard(shape: tuple[int, ...], world: int) -> tuple[int, ...]:
+    """One device's shard of a parameter under FSDP2: its first dimension cut into `world`
+    equal chunks, the last one padded."""
+    return (-(-shape[0] // world),) + shape[1:]
+
+
+def _fsdp_group(name: str) -> str:
+    """The `fully_shard` group a parameter belongs to: its block ("decoder.layers.3"), or the
+    root (embeddings, final norms, T5's bias tables, the pooler and the heads)."""
+    parts = name.split(".")
+    return ".".join(parts[:3]) if len(parts) > 3 and parts[1] == "layers" else "root"
+
+
+def device_memory(
+    arch: ArchConfig,
+    *,
+    world: int,
+    parallel: str,
+    batch: int,
+    seq_len: int,
+    precision: Precision = "fp32",
+    optimizer: str = "adamw",
+    decoder_seq_len: int | None = None,
+    device: Device = "cuda",
+    momentum: float = 0.0,
+    checkpoint_activations: bool = False,
+) -> DeviceMemory:
+    """Bytes on one of `world` devices training `arch` on micro-batches of `batch` x `seq_len`
+    tokens per device, under `parallel`:
+
+    - "ddp": every device holds the whole model, its gradients and optimizer state, plus (with
+      `world` > 1) DDP's all-reduce buckets, a second fp32 copy of the gradients;
+    - "fsdp": FSDP2 `fully_shard` on every block and then on the root. Parameters, gradients and
+      optimizer state are sharded (`_shard`); at the peak a device also holds the unsharded
+      parameters of the root and of the two largest blocks (the one computing and the one
+      prefetched), in the compute dtype, and their unsharded fp32 gradients before the
+      reduce-scatter. Under bf16/fp16 the mixed-precision policy gathers half-precision
+      parameters, so autocast makes no weight copies. Each process first builds the whole
+      model in fp32 and then shards it, so that must fit too (`whole_model`).
+
+    Activations are `activation_bytes` of the micro-batch, either way."""
+    if parallel not in PARALLELISMS:
+        raise ValueError(f"unknown parallelism {parallel!r}: expected one of {', '.join(PARALLELISMS)}")
+    if world < 1:
+        raise ValueError(f"world must be 1 or more, got {world}")
+    base = training_memory(arch, batch=batch, seq_len=seq_len, precision=precision, optimizer=optimizer,
+                           decoder_seq_len=decoder_seq_len, device=device, momentum=momentum,
+                           checkpoint_activations=checkpoint_activations)
+    if parallel == "ddp":
+        buckets = base.gradients if world > 1 else 0
+        return DeviceMemory("ddp", world, batch, base.weights, base.weight_copies, 0, base.gradients, buckets,
+                            base.optimizer, base.activations, base.total + buckets, base.activation_breakdown,
+                            checkpoint_activations)
+    shapes = parameter_shapes(arch)
+    shards = [ParamShape(p.name, _shard(p.shape, world), p.component, p.matmul) for p in shapes]
+    sharded = sum(p.numel for p in shards)
+    full: dict[str, int] = {}  # group -> padded unsharded elements
+    for p in shards:
+        group = _fsdp_group(p.name)
+        full[group] = full.get(group, 0) + world * p.numel
+    root = full.pop("root", 0)
+    at_once = root + sum(sorted(full.values(), reverse=True)[:2])
+    compute = FP32 if precision == "fp32" else 2
+    weights, gradients = FP32 * sharded, FP32 * sharded
+    gathered, in_flight = compute * at_once, FP32 * at_once
+    state = _optimizer_state_bytes(shards, optimizer, momentum)
+    whole = FP32 * sum(p.numel for p in shapes)
+    total = max(weights + gathered + gradients + in_flight + state + base.activations, whole)
+    return DeviceMemory("fsdp", world, batch, weights, 0, gathered, gradients, in_flight, state, base.activations,
+                        total, base.activation_breakdown, checkpoint_activations, whole)
 
 
 def kv_cache_memory(

@@ -10,21 +10,30 @@ Conventions (docs/rl/ppo.md#shapes-and-masks):
   temperature the sampler used; padding positions hold 0.
 - Reductions run in float32 (float64 stays float64): bf16 sums over thousands of tokens lose
   the digits the advantages live in.
+- With several processes each rank holds a share of the batch (whole prompt groups). The
+  statistics an algorithm takes over the whole batch (PPO's whitening, GRPO's batch std, RLOO's
+  normalised advantages) are then summed across the ranks by `reduce` (a `Reduce`); `loss`
+  stays a function of one rank's rows, and the stage rescales it by the share of the units its
+  mean is over (`Algorithm.loss_units`) that this rank holds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 import torch
 
 __all__ = ["RolloutBatch", "Advantages", "Algorithm", "KLEstimator", "upcast", "sequence_logprobs", "entropy",
            "masked_sum", "masked_mean", "masked_var", "masked_whiten", "kl_estimate", "last_token_index",
-           "reward_at_last_token", "detached", "nanstd", "clipped_surrogate"]
+           "reward_at_last_token", "detached", "nanstd", "clipped_surrogate", "Reduce", "batch_moments"]
 
 Tensor = torch.Tensor
 KLEstimator = Literal["k1", "k2", "k3"]
+#: sums a 1-d float64 tensor over the ranks that hold the rest of the batch (an all-reduce);
+#: None where the whole batch is in this process
+Reduce = Callable[[Tensor], Tensor]
+LossUnits = Literal["tokens", "sequences"]
 
 
 def upcast(x: Tensor) -> Tensor:
@@ -90,10 +99,15 @@ class Algorithm(Protocol):
 
     name: str
 
-    def advantages(self, batch: RolloutBatch, cfg: Any) -> Advantages: ...
+    def advantages(self, batch: RolloutBatch, cfg: Any, *, reduce: Reduce | None = None) -> Advantages: ...
 
     def loss(self, new_logprobs: Tensor, new_values: Tensor | None, batch: RolloutBatch, adv: Advantages, cfg: Any,
              *, entropy: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+    def loss_units(self, cfg: Any) -> LossUnits:
+        """What `loss` is a mean over, the real response tokens or the responses of its rows: a
+        data-parallel stage divides by their count on every rank instead."""
+        ...
 
 
 def detached(metrics: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -162,11 +176,33 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return var * (n / (n - 1)) if unbiased else var
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def batch_moments(x: Tensor, mask: Tensor, reduce: Reduce) -> tuple[Tensor, Tensor]:
+    """(mean, Bessel-corrected variance) of x over the True positions of `mask` on every rank,
+    in two passes as in one process (the sum and count, then the squared deviations from the
+    global mean); the variance is NaN when fewer than two values are True on all ranks."""
+    x64 = x.double()
+    sums = reduce(torch.stack([masked_sum(x64, mask), mask.sum().double()]))
+    n = float(sums[1])
+    mean = sums[0] / max(n, 1.0)
+    squares = reduce(masked_sum((x64 - mean) ** 2, mask).reshape(1))[0]
+    var = squares / (n - 1) if n >= 2 else torch.full_like(squares, float("nan"))
+    dtype = upcast(x).dtype
+    return mean.to(dtype), var.to(dtype)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  reduce: Reduce | None = None) -> Tensor:
     """(x - mean) / sqrt(var + eps) over the True positions (unbiased var, as TRL's masked_whiten);
     with shift_mean=False the mean is added back: unit variance, mean kept. Padding positions are
-    whitened too: the caller zeroes them if it reads them."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened too: the caller zeroes them if it reads them. With `reduce`, mean and var are those
+    of the True positions on every rank."""
+    if reduce is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        mean, var = batch_moments(x, mask, reduce)
+        if not bool(torch.isfinite(var)):
+            raise ValueError("a variance over fewer than 2 real tokens in the batch (on all ranks) is undefined; "
+                             "whitening needs at least 2 (use a larger rollout batch)")
     white = (upcast(x) - mean) * torch.rsqrt(var + eps)
     return white if shift_mean else white + mean
 

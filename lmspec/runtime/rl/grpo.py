@@ -11,8 +11,8 @@ from typing import Literal
 
 import torch
 
-from .common import (Advantages, KLEstimator, RolloutBatch, Tensor, clipped_surrogate, detached, kl_estimate,
-                     masked_mean, masked_sum, nanstd, upcast)
+from .common import (Advantages, KLEstimator, LossUnits, Reduce, RolloutBatch, Tensor, batch_moments,
+                     clipped_surrogate, detached, kl_estimate, masked_mean, masked_sum, nanstd, upcast)
 
 __all__ = ["GRPOConfig", "GRPO", "group_advantages", "advantages", "aggregate", "loss"]
 
@@ -52,12 +52,13 @@ class GRPOConfig:
 
 
 def group_advantages(scores: Tensor, group_size: int, scale_rewards: str = "group",
-                     eps: float = 1e-4) -> tuple[Tensor, dict[str, Tensor]]:
+                     eps: float = 1e-4, reduce: Reduce | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """scores (B,), B = prompts * group_size, a prompt's responses consecutive -> advantages (B,):
         A_i = (r_i - mean_group(r)) / (std + eps)
-    std: the group's (scale_rewards "group"), the whole batch's ("batch"), or no division
-    ("none"); both Bessel-corrected. A NaN score (unscorable) is left out of its group's mean
-    and std and gets advantage 0."""
+    std: the group's (scale_rewards "group"), the whole batch's ("batch"; with `reduce`, of the
+    scores on every rank), or no division ("none"); both Bessel-corrected. A NaN score
+    (unscorable) is left out of its group's mean and std and gets advantage 0. The metrics are
+    of these scores."""
     r = upcast(scores)
     if r.dim() != 1 or r.shape[0] % group_size:
         raise ValueError(f"{tuple(r.shape)} scores do not split into groups of {group_size}: a rollout batch holds "
@@ -65,7 +66,10 @@ def group_advantages(scores: Tensor, group_size: int, scale_rewards: str = "grou
     grouped = r.view(-1, group_size)  # (N, G)
     mean = torch.nanmean(grouped, dim=1).repeat_interleave(group_size)  # (B,)
     group_std = nanstd(grouped, dim=1).repeat_interleave(group_size)  # (B,)
-    std = nanstd(r).expand_as(r) if scale_rewards == "batch" else group_std
+    if scale_rewards == "batch":
+        std = (nanstd(r) if reduce is None else batch_moments(r, ~torch.isnan(r), reduce)[1].sqrt()).expand_as(r)
+    else:
+        std = group_std
     adv = r - mean
     if scale_rewards != "none":
         adv = adv / (std + eps)
@@ -75,10 +79,11 @@ def group_advantages(scores: Tensor, group_size: int, scale_rewards: str = "grou
     return torch.nan_to_num(adv, nan=0.0), metrics
 
 
-def advantages(batch: RolloutBatch, cfg: GRPOConfig) -> Advantages:
+def advantages(batch: RolloutBatch, cfg: GRPOConfig, *, reduce: Reduce | None = None) -> Advantages:
     """Group-relative advantages of one rollout batch: per_sequence (B,), and per_token (B, T)
-    the same value on every real token of the response."""
-    adv, metrics = group_advantages(batch.scores, cfg.group_size, cfg.scale_rewards, cfg.eps)
+    the same value on every real token of the response. `reduce`: this batch is one rank's share
+    (whole groups), for scale_rewards "batch"."""
+    adv, metrics = group_advantages(batch.scores, cfg.group_size, cfg.scale_rewards, cfg.eps, reduce)
     per_token = adv.unsqueeze(1) * batch.response_mask  # (B, T)
     return Advantages(per_token=per_token, per_sequence=adv, metrics=detached(metrics))
 
@@ -137,3 +142,8 @@ class GRPO:
     config = GRPOConfig
     advantages = staticmethod(advantages)
     loss = staticmethod(loss)
+
+    @staticmethod
+    def loss_units(cfg: GRPOConfig) -> LossUnits:
+        # sequence_mean averages per-response means; dr_grpo divides by B x a constant length
+        return "tokens" if cfg.aggregation == "token_mean" else "sequences"

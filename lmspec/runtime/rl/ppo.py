@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import (Advantages, KLEstimator, RolloutBatch, Tensor, clipped_surrogate, detached, kl_estimate,
-                     masked_mean, masked_sum, masked_whiten, reward_at_last_token, upcast)
+from .common import (Advantages, KLEstimator, LossUnits, Reduce, RolloutBatch, Tensor, clipped_surrogate, detached,
+                     kl_estimate, masked_mean, masked_sum, masked_whiten, reward_at_last_token, upcast)
 
 __all__ = ["PPOConfig", "PPO", "token_rewards", "gae", "advantages", "policy_loss", "value_loss", "loss",
            "FixedKLController", "AdaptiveKLController", "kl_controller", "adaptive_kl_update"]
@@ -46,9 +46,10 @@ class PPOConfig:
 # ----------------------------------------------------------------------------- advantages
 
 
-def token_rewards(batch: RolloutBatch, cfg: PPOConfig) -> tuple[Tensor, Tensor]:
+def token_rewards(batch: RolloutBatch, cfg: PPOConfig, reduce: Reduce | None = None) -> tuple[Tensor, Tensor]:
     """(rewards, kl), both (B, T): kl_t = KL estimate of log pi_old vs log pi_ref at token t, and
-    r_t = -kl_coef * kl_t + score * [t is the row's last real token]; 0 at padding."""
+    r_t = -kl_coef * kl_t + score * [t is the row's last real token]; 0 at padding. `reduce`: the
+    whitening's statistics are the whole batch's, on every rank."""
     mask = batch.response_mask
     if batch.ref_logprobs is None:
         if cfg.kl_coef != 0:
@@ -58,7 +59,7 @@ def token_rewards(batch: RolloutBatch, cfg: PPOConfig) -> tuple[Tensor, Tensor]:
         kl = kl_estimate(batch.old_logprobs, batch.ref_logprobs, cfg.kl_estimator).masked_fill(~mask, 0.0)
     rewards = -cfg.kl_coef * kl + reward_at_last_token(batch.scores, mask)  # (B, T)
     if cfg.whiten_rewards:
-        rewards = masked_whiten(rewards, mask, shift_mean=False).masked_fill(~mask, 0.0)
+        rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=reduce).masked_fill(~mask, 0.0)
     return rewards, kl
 
 
@@ -83,22 +84,23 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return adv, (adv + values) * m
 
 
-def advantages(batch: RolloutBatch, cfg: PPOConfig) -> Advantages:
+def advantages(batch: RolloutBatch, cfg: PPOConfig, *, reduce: Reduce | None = None) -> Advantages:
     """Per-token rewards, GAE and (by default) whitened advantages of one rollout batch. metrics:
     `kl` (mean over sequences of the summed per-token KL: what an adaptive controller reads),
     `non_score_reward` (the same for -kl_coef * kl), `score`, `returns`, `advantages` (means
-    before whitening)."""
+    before whitening). With `reduce` (one rank's share of the batch) the whitening is over the
+    real tokens of every rank; the metrics stay this rank's."""
     if batch.values is None:
         raise ValueError("PPO needs the value model's values in the rollout batch")
     mask = batch.response_mask
-    rewards, kl = token_rewards(batch, cfg)
+    rewards, kl = token_rewards(batch, cfg, reduce)
     adv, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.gae_lambda)
     kl_per_sequence = masked_sum(kl, mask, dim=1)  # (B,)
     metrics = {"kl": kl_per_sequence.mean(), "non_score_reward": -cfg.kl_coef * kl_per_sequence.mean(),
                "score": upcast(batch.scores).mean(), "returns": masked_mean(returns, mask),
                "advantages": masked_mean(adv, mask)}
     if cfg.whiten_advantages:
-        adv = masked_whiten(adv, mask).masked_fill(~mask, 0.0)
+        adv = masked_whiten(adv, mask, reduce=reduce).masked_fill(~mask, 0.0)
     return Advantages(per_token=adv, returns=returns, rewards=rewards, metrics=detached(metrics))
 
 
@@ -165,6 +167,10 @@ class PPO:
     config = PPOConfig
     advantages = staticmethod(advantages)
     loss = staticmethod(loss)
+
+    @staticmethod
+    def loss_units(cfg: PPOConfig) -> LossUnits:
+        return "tokens"  # the policy, value and entropy terms are all means over real tokens
 
 
 # ----------------------------------------------------------------------------- KL coefficient

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import (Advantages, KLEstimator, RolloutBatch, Tensor, clipped_surrogate, detached, kl_estimate,
-                     masked_mean, masked_sum, nanstd, upcast)
+from .common import (Advantages, KLEstimator, LossUnits, Reduce, RolloutBatch, Tensor, batch_moments,
+                     clipped_surrogate, detached, kl_estimate, masked_mean, masked_sum, nanstd, upcast)
 
 __all__ = ["RLOOConfig", "RLOO", "leave_one_out", "advantages", "loss"]
 
@@ -60,10 +60,11 @@ def _leave_one_out(rewards: Tensor, group_size: int) -> Tensor:
     return r - baseline.view(-1)
 
 
-def advantages(batch: RolloutBatch, cfg: RLOOConfig) -> Advantages:
+def advantages(batch: RolloutBatch, cfg: RLOOConfig, *, reduce: Reduce | None = None) -> Advantages:
     """Sequence rewards r_i = score_i - kl_coef * sum_t KL_t(old vs ref), leave-one-out
-    advantages, optionally whitened over the batch ((A - mean) / (std + eps), Bessel-corrected).
-    per_sequence (B,); per_token (B, T) repeats it on the real tokens; rewards (B,)."""
+    advantages, optionally whitened over the batch ((A - mean) / (std + eps), Bessel-corrected;
+    with `reduce`, over the advantages of every rank). per_sequence (B,); per_token (B, T)
+    repeats it on the real tokens; rewards (B,). The metrics are of this batch."""
     mask = batch.response_mask
     rewards = upcast(batch.scores)
     metrics = {"score": torch.nanmean(rewards)}
@@ -75,7 +76,11 @@ def advantages(batch: RolloutBatch, cfg: RLOOConfig) -> Advantages:
         metrics["kl"] = kl.mean()
     adv = _leave_one_out(rewards, cfg.group_size)  # NaN: no learning signal, left out of the normalisation
     if cfg.normalize_advantages:
-        adv = (adv - torch.nanmean(adv)) / (nanstd(adv) + cfg.eps)
+        if reduce is None:
+            adv = (adv - torch.nanmean(adv)) / (nanstd(adv) + cfg.eps)
+        else:
+            mean, var = batch_moments(adv, ~torch.isnan(adv), reduce)
+            adv = (adv - mean) / (var.sqrt() + cfg.eps)
     adv = torch.nan_to_num(adv, nan=0.0)
     return Advantages(per_token=adv.unsqueeze(1) * mask, per_sequence=adv, rewards=rewards,
                       metrics=detached(metrics))
@@ -105,3 +110,7 @@ class RLOO:
     config = RLOOConfig
     advantages = staticmethod(advantages)
     loss = staticmethod(loss)
+
+    @staticmethod
+    def loss_units(cfg: RLOOConfig) -> LossUnits:
+        return "sequences"  # one action per response

@@ -99,6 +99,10 @@ class Stage:
     eval_every: int = 0
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
+    sharded: bool = False  # the model is sharded across the ranks (FSDP): every rank evaluates and samples
+
+    def consolidate(self) -> None:
+        """A sharded stage gathers its weights onto rank 0 before final/ is written."""
 
     def setup(self) -> None:
         raise NotImplementedError

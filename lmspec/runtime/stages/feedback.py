@@ -7,6 +7,12 @@ generator seeded by (seed, step), so a resumed collection writes the pairs the u
 one would have; the records collected so far are part of every checkpoint (one per step),
 and the judgments themselves are cached in RUN/judgments/, so a crash pays for none twice.
 
+With N processes rank r samples the r-th of N near-equal consecutive parts of the step's
+prompts, with a generator seeded by (seed, step, r) — so the samples depend on N — and rank 0
+gathers every rank's texts, in prompt order, and judges all the pairs: the judge, its cache in
+RUN/judgments/ and the preference set have one writer, and the records are those one process
+would make of the same samples.
+
 The preference set (final/preferences.jsonl) has one line per pair:
     {"prompt", "a", "b", "p", "split", "prompt_index", "judge", "scores": [s_a, s_b] | null,
      "p_ab", "p_ba"}
@@ -24,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from lmspec.runtime import engine
+from lmspec.runtime import distributed, engine
 from lmspec.runtime.checkpoint import write_json_atomic
 from lmspec.runtime.errors import RunError
 from lmspec.runtime.stages.base import Stage, StageArtifacts
@@ -140,29 +146,47 @@ class FeedbackStage(Stage):
         from lmspec.runtime.tokenizers import load_tokenizer
 
         s, plan, ctx = self.spec, self.plan, self.ctx
+        self.world = distributed.world()
         engine.seed_everything(s.seed)
         self.device = ctx.device
         source = ctx.artifacts.get(plan.init.stage) if plan.init and plan.init.stage else None
-        self.tokenizer = load_tokenizer(source.tokenizer) if source and source.tokenizer else ctx.tokenizer(None)[0]
+        with distributed.rank_zero_first():  # rank 0 saves the tokenizer and tokenises the prompts into the cache
+            self.tokenizer = load_tokenizer(source.tokenizer) if source and source.tokenizer else \
+                ctx.tokenizer(None)[0]
+            self.prompts = prompt_prefixes(ctx, s.prompts, self.tokenizer)
         self.model = build_stage_model(plan, device=self.device,
                                        artifacts={k: a.weights for k, a in ctx.artifacts.items() if a.weights}).eval()
-        self.prompts = prompt_prefixes(ctx, s.prompts, self.tokenizer)
         self.total_steps = math.ceil(len(self.prompts) / s.batch)
         n_val = round(len(self.prompts) * s.validation)
         self.first_validation = len(self.prompts) - n_val  # the last prompts are held out
-        self.judge = build_judge(s.judge, ctx)
+        self.judge = build_judge(s.judge, ctx) if self.world.main else None  # rank 0 judges for all
         self.pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
+
+    def _sample(self, i: int, lo: int, hi: int) -> tuple[list[str], int]:
+        """This rank's share of prompts lo..hi-1, `samples` responses each: (their texts, prompt
+        by prompt, and their tokens)."""
+        s, w = self.spec, self.world
+        cut = [lo + (hi - lo) * r // w.size for r in range(w.size + 1)]  # near-equal consecutive parts
+        mine = self.prompts[cut[w.rank]:cut[w.rank + 1]]
+        if not mine:
+            return [], 0
+        gen = torch.Generator(device=self.device).manual_seed(engine.step_seed(s.seed, i, w.rank, salt=2))
+        _, _, response = generate_responses(self.model, [p for p in mine for _ in range(s.samples)],
+                                            max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                            top_k=s.top_k, eos_id=self.tokenizer.eos_id, pad_id=self.pad_id,
+                                            generator=gen, device=self.device)
+        mask = response_mask(response, self.tokenizer.eos_id)
+        return [self.tokenizer.decode(r[m].tolist()) for r, m in zip(response, mask)], int(mask.sum())
 
     def step(self, i: int) -> dict[str, float]:
         s = self.spec
         lo, hi = i * s.batch, min((i + 1) * s.batch, len(self.prompts))
-        prompts = [p for p in self.prompts[lo:hi] for _ in range(s.samples)]
-        gen = torch.Generator(device=self.device).manual_seed(engine.step_seed(s.seed, i, salt=2))
-        _, _, response = generate_responses(self.model, prompts, max_new_tokens=s.max_new_tokens,
-                                            temperature=s.temperature, top_k=s.top_k, eos_id=self.tokenizer.eos_id,
-                                            pad_id=self.pad_id, generator=gen, device=self.device)
-        mask = response_mask(response, self.tokenizer.eos_id)
-        texts = [self.tokenizer.decode(r[m].tolist()) for r, m in zip(response, mask)]
+        texts, tokens = self._sample(i, lo, hi)
+        if self.world.size > 1:
+            shares = distributed.gather_json([texts, tokens])
+            texts, tokens = [t for part, _ in shares for t in part], sum(n for _, n in shares)
+            if not self.world.main:
+                return {"tokens": tokens}  # rank 0 judges, logs and keeps the records
         prompt_texts = [self.tokenizer.decode(p.tolist()) for p in self.prompts[lo:hi]]
         rows = []  # (prompt index, j, k)
         for n in range(hi - lo):
@@ -198,7 +222,7 @@ class FeedbackStage(Stage):
             })
         new = self.records[-len(rows):]
         out = {"pairs": float(len(rows)), "label_mean": sum(x["p"] for x in new) / max(len(new), 1),
-               "response_length": float(mask.sum()) / max(len(texts), 1), "tokens": int(mask.sum())}
+               "response_length": tokens / max(len(texts), 1), "tokens": tokens}
         if scores is not None and hasattr(self.judge, "probability"):
             both = torch.sigmoid(torch.cat(scores)) if self.judge.how == "probability" else None
             if both is not None:

@@ -14,6 +14,16 @@ What the algorithms compute is in lmspec/runtime/rl/ (one module each, docs/rl/)
 drives them. Forward passes run with dropout off (eval mode; gradients still flow), so the
 importance ratio of the first update is exactly 1: the log-probs of a rollout and of its first
 update come from the same function of the same weights.
+
+With N processes (`distributed`) `per_step` and `minibatch` stay the step's and the update's
+global counts: rank r takes the r-th N-th of the step's prompts (whole groups), samples with a
+generator seeded by (seed, step, r), scores and measures its rollouts, and updates on
+minibatch / N of its rows at a time. What the algorithms take over the whole batch (whitening)
+is summed across the ranks; each rank's loss is its share of the global mean (divided by the
+tokens or responses of all ranks), and DDP sums the gradients, so an update is that of the
+global minibatch. The logged figures are the global batch's. A judge's scores are asked on
+rank 0 for every rank (one writer of RUN/judgments/); a reward model scores on each rank.
+Samples depend on the world size: the same spec at another N draws other rollouts.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from lmspec.runtime import engine
+from lmspec.runtime import distributed, engine
 from lmspec.runtime.checkpoint import (load_model_state, load_optimizer, optimizer_tensors, rng_state, save_weights,
                                        set_rng_state, unique_state, write_json_atomic)
 from lmspec.runtime.errors import RunError
@@ -65,24 +75,32 @@ class RLStage(Stage):
         from lmspec.runtime.tokenizers import load_tokenizer
 
         s, plan, ctx = self.spec, self.plan, self.ctx
+        self.world = distributed.world()
+        self.per_rank, self.minibatch = distributed.split_rollouts(self.name, s, self.world.size)
         engine.seed_everything(s.seed)
         self.device = ctx.device
         self.precision = engine.resolve_precision(s.precision, self.device)
         artifacts = {k: a.weights for k, a in ctx.artifacts.items() if a.weights}
         source = ctx.artifacts.get(plan.init.stage) if plan.init and plan.init.stage else None
-        self.tokenizer = load_tokenizer(source.tokenizer) if source and source.tokenizer else ctx.tokenizer(None)[0]
+        with distributed.rank_zero_first():  # rank 0 saves the tokenizer and tokenises the prompts into the cache
+            self.tokenizer = load_tokenizer(source.tokenizer) if source and source.tokenizer else \
+                ctx.tokenizer(None)[0]
+            prompts = prompt_prefixes(ctx, s.rollouts.prompts, self.tokenizer)
         self.pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
         self.policy = build_stage_model(plan, device=self.device, artifacts=artifacts)
         self.reference = self._reference(artifacts)
-        self.reward = self._reward()
+        # a judge answers on rank 0 for all ranks, the only writer of its cache; a reward model on each
+        judged = ctx.report.spec.resolved.blocks[s.reward].kind == "judge"
+        self.central = judged and self.world.size > 1
+        self.reward = self._reward() if self.world.main or not judged else None
         from lmspec.runtime.judges.build import build_judge
 
-        self.eval_judges = {name: build_judge(name, ctx) for name in s.eval_judges}
+        # evaluation runs on rank 0 alone (the replicas are identical)
+        self.eval_judges = {name: build_judge(name, ctx) for name in s.eval_judges} if self.world.main else {}
         self.value = self._value_model() if s.algorithm.kind == "ppo" else None
         self.algo = ALGORITHMS[s.algorithm.kind]
         self.cfg = self._config()
         self.kl_ctl = kl_controller(self.cfg) if s.algorithm.kind == "ppo" else None
-        prompts = prompt_prefixes(ctx, s.rollouts.prompts, self.tokenizer)
         n_eval = min(s.eval_prompts, max(1, len(prompts) // 10))
         if len(prompts) - n_eval < 1:
             raise RunError(f"stage '{self.name}': the rollout prompts hold {len(prompts)} prompts, too few to hold "
@@ -95,6 +113,38 @@ class RLStage(Stage):
         self.policy.eval()  # dropout off: see the module docstring
         if self.value is not None:
             self.value.eval()
+        self.train_policy, self.train_value = self.policy, self.value  # what the updates' forward passes call
+        if self.world.size > 1:
+            self._data_parallel()
+
+    def _data_parallel(self) -> None:
+        """The policy (and PPO's value model) replicated with DDP, which sums their gradients
+        across the ranks during backward: each rank's loss is already its share of the global
+        mean (`_shares`). Parameters no loss reaches (a head the rl stage never reads) would
+        make DDP wait for their gradients forever; they get none in one process either, so the
+        optimizer never moves them: frozen first (after the optimizer was built, so its state
+        keeps one process's layout)."""
+        for p in self._unreached():
+            p.requires_grad_(False)
+        self.params = [p for p in self.params if p.requires_grad]
+        self.train_policy = distributed.data_parallel(self.policy, self.device)
+        if self.value is not None:
+            self.train_value = distributed.data_parallel(self.value, self.device)
+
+    def _unreached(self) -> list[torch.nn.Parameter]:
+        """The trainable parameters of the policy and value model the loss has no gradient for,
+        by one backward pass through the log-probs (and values) of a two-token sequence."""
+        ids = self.prompts[0][:2].reshape(1, -1).to(self.device)
+        if ids.shape[1] < 2:
+            ids = ids.repeat(1, 2)
+        mask, positions = torch.ones_like(ids, dtype=torch.bool), torch.arange(2, device=self.device).unsqueeze(0)
+        lp, _ = self._logprobs(self.policy, ids, mask, positions, ids[:, 1:], mask[:, 1:])
+        total = lp.sum() + (self._values(ids, mask, positions, 1).sum() if self.value is not None else 0.0)
+        total.backward()
+        unreached = [p for p in self.params if p.grad is None]
+        for p in self.params:
+            p.grad = None
+        return unreached
 
     def _reference(self, artifacts):
         """The frozen model KL is measured against: `reference`, else the stage the policy starts from."""
@@ -116,7 +166,7 @@ class RLStage(Stage):
         name = self.spec.reward
         kind = self.ctx.report.spec.resolved.blocks[name].kind
         if kind == "judge":
-            return build_judge(name, self.ctx)
+            return build_judge(name, self.ctx)  # its answers cached in RUN/judgments/
         stage = self.ctx.schedule[name]
         from lmspec.compiler.schema import ModelUse
 
@@ -150,9 +200,11 @@ class RLStage(Stage):
     # ------------------------------------------------------------------ rollouts
 
     def _prompts(self, i: int) -> list[torch.Tensor]:
-        n = self.spec.rollouts.per_step // self.group
-        start = i * n
-        return [self.prompts[(start + j) % len(self.prompts)] for j in range(n) for _ in range(self.group)]
+        """This rank's prompts of step i, each `group` times: the rank-th share of the step's
+        per_step // group prompts (all of them in one process)."""
+        n, mine = self.spec.rollouts.per_step // self.group, self.per_rank // self.group
+        start = i * n + self.world.rank * mine
+        return [self.prompts[(start + j) % len(self.prompts)] for j in range(mine) for _ in range(self.group)]
 
     def _sequences(self, query, qmask, response, rmask):
         """[query; response] with its mask and positions (real tokens count from 0, as in generate)."""
@@ -173,9 +225,9 @@ class RLStage(Stage):
         lp = sequence_logprobs(logits, response.to(self.device), rmask.to(self.device), temperature=T)
         return lp, (token_entropy(logits, rmask.to(self.device), temperature=T) if entropy else None)
 
-    def _values(self, full, mask, positions, R: int):
+    def _values(self, full, mask, positions, R: int, model=None):
         with self.precision.autocast():
-            hidden = self.value(full, attention_mask=mask, position_ids=positions).hidden
+            hidden = (model or self.value)(full, attention_mask=mask, position_ids=positions).hidden
         P = full.shape[1] - R
         return self.value.score(hidden[:, P - 1:P - 1 + R]).squeeze(-1).float()  # (B, R): V(s_t)
 
@@ -194,8 +246,28 @@ class RLStage(Stage):
         return query, qmask, response, rmask, prompt_texts, texts
 
     def _score(self, prompt_texts, texts, i: int) -> torch.Tensor:
+        """The rewards of this rank's rollouts. A judge's are asked on rank 0 for every rank's
+        texts, in rank order (its cache has one writer), and each rank takes its share back."""
+        if self.central:
+            every = distributed.gather_json([prompt_texts, texts])
+            scores = None
+            if self.world.main:
+                scores = self._ask([p for ps, _ in every for p in ps], [t for _, ts in every for t in ts], i).tolist()
+            scores = distributed.broadcast_json(scores)
+            lo = self.world.rank * len(texts)
+            scores = torch.tensor(scores[lo:lo + len(texts)], dtype=torch.float32)
+        else:
+            scores = self._ask(prompt_texts, texts, i)
+        bad, n = distributed.sum_over_ranks([float((~torch.isfinite(scores)).sum()), float(len(scores))])
+        if bad:
+            raise RunError(f"stage '{self.name}', step {i + 1}: the reward '{self.spec.reward}' is not finite for "
+                           f"{int(bad)} of {int(n)} rollouts; the run stopped and keeps its last good checkpoint",
+                           help="check the reward model's stage (was its loss finite?) or the judge")
+        return scores
+
+    def _ask(self, prompt_texts, texts, i: int) -> torch.Tensor:
         try:
-            scores = self.reward.score(prompt_texts, texts).float()
+            return self.reward.score(prompt_texts, texts).float()
         except RunError:
             raise
         except Exception as err:
@@ -204,23 +276,17 @@ class RLStage(Stage):
             if isinstance(err, JudgeError):
                 raise RunError(f"stage '{self.name}', step {i + 1}: {err}", help=err.help) from None
             raise
-        if not bool(torch.isfinite(scores).all()):
-            bad = int((~torch.isfinite(scores)).sum())
-            raise RunError(f"stage '{self.name}', step {i + 1}: the reward '{self.spec.reward}' is not finite for {bad} "
-                           f"of {len(scores)} rollouts; the run stopped and keeps its last good checkpoint",
-                           help="check the reward model's stage (was its loss finite?) or the judge")
-        return scores
 
     # ------------------------------------------------------------------ a step
 
     def step(self, i: int) -> dict[str, float]:
         from lmspec.runtime.rl import RolloutBatch
 
-        s = self.spec
+        s, w = self.spec, self.world
         if self.before is None:  # the held-out reward of the policy as it starts, before any update
-            self.before = self._held_out(self.policy)
+            self.before = self._held_out(self.policy) if w.main else {}  # rank 0 evaluates for all
         prompts = self._prompts(i)
-        gen = torch.Generator(device=self.device).manual_seed(engine.step_seed(s.seed, i, salt=3))
+        gen = torch.Generator(device=self.device).manual_seed(engine.step_seed(s.seed, i, w.rank, salt=3))
         query, qmask, response, rmask, prompt_texts, texts = self._rollout(prompts, gen)
         scores = self._score(prompt_texts, texts, i).to(self.device)
         full, mask, positions = self._sequences(query, qmask, response, rmask)
@@ -228,12 +294,15 @@ class RLStage(Stage):
         with torch.no_grad():
             ref, _ = self._logprobs(self.reference, full, mask, positions, response, rmask)
         epochs = getattr(s.algorithm, "epochs", 1)
+        B = len(prompts)  # this rank's rollouts
+        mb = self.minibatch or B
         live = None
-        if epochs == 1 and (s.minibatch or len(prompts)) >= len(prompts):
+        if epochs == 1 and mb >= B:
             # one update over the whole batch: its own log-probs (and values), detached, are the
             # rollout's — the same function of the same weights — so one forward pass is saved
-            new, ent = self._logprobs(self.policy, full, mask, positions, response, rmask, entropy=True)
-            new_values = self._values(full, mask, positions, response.shape[1]) if self.value is not None else None
+            new, ent = self._logprobs(self.train_policy, full, mask, positions, response, rmask, entropy=True)
+            new_values = self._values(full, mask, positions, response.shape[1], self.train_value) \
+                if self.value is not None else None
             old, values = new.detach(), (None if new_values is None else new_values.detach())
             live = (new, ent, new_values)
         else:
@@ -244,9 +313,10 @@ class RLStage(Stage):
             self.cfg = dataclasses.replace(self.cfg, kl_coef=self.kl_ctl.value)
         batch = RolloutBatch(query.to(self.device), qmask.to(self.device), response.to(self.device), rmask_d, old,
                              scores, ref_logprobs=ref, values=values)
-        adv = self.algo.advantages(batch, self.cfg)
+        adv = self.algo.advantages(batch, self.cfg, reduce=self._reduce if w.size > 1 else None)
         kl_seq = ((old - ref) * rmask_d).sum(dim=1)  # (B,) k1 per sequence, summed over its tokens
-        kl = float(kl_seq.mean())
+        figures = self._figures(scores, kl_seq, rmask)
+        kl = figures["kl"]
         if not math.isfinite(kl) or kl > KL_LIMIT:
             raise KLExploded(f"stage '{self.name}', step {i + 1}: the KL to the reference exploded ({kl:.3g} nats per "
                              f"sequence, limit {KL_LIMIT:g}); the run stopped and keeps its last good checkpoint",
@@ -255,38 +325,60 @@ class RLStage(Stage):
         lr = engine.lr_at(i, s.schedule, s.optimizer.lr, s.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        sums: dict[str, float] = {}
-        updates = 0
-        B = batch.batch_size
-        mb = s.minibatch or B
-        order_gen = engine.micro_generator(s.seed, i, 0, salt=4)
+        order_gen = engine.micro_generator(s.seed, i, w.rank, salt=4)
+        updates = []  # the rows of each update, every epoch's minibatches in order
         for _ in range(epochs):
             order = torch.randperm(B, generator=order_gen) if mb < B else torch.arange(B)
-            for start in range(0, B, mb):
-                idx = order[start:start + mb].to(self.device)
-                loss, metrics = self._update(batch, adv, full, mask, positions, idx, live=live)
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                sums["loss"] = sums.get("loss", 0.0) + float(loss)
-                updates += 1
+            updates += [order[start:start + mb] for start in range(0, B, mb)]
+        sums: dict[str, float] = {}
+        for idx, share in zip(updates, self._shares(updates, rmask)):
+            loss, metrics = self._update(batch, adv, full, mask, positions, idx.to(self.device), share, live=live)
+            for k, v in metrics.items():  # weighed by this rank's share of the update, as its loss is
+                sums[k] = sums.get(k, 0.0) + float(v) * share
+            sums["loss"] = sums.get("loss", 0.0) + float(loss)
         if self.kl_ctl is not None:
-            self.kl_ctl.update(kl, B)
-        out = {k: v / max(updates, 1) for k, v in sums.items()}
-        out.update(reward=float(scores.mean()), reward_std=float(scores.std()) if B > 1 else 0.0, kl=kl,
-                   response_length=float(rmask.sum()) / B, lr=lr, tokens=int(rmask.sum()))
+            self.kl_ctl.update(kl, figures["rollouts"])
+        keys = list(sums)  # the same keys in the same order on every rank
+        out = {k: v / max(len(updates), 1) for k, v in zip(keys, distributed.sum_over_ranks([sums[k] for k in keys]))}
+        out.update(reward=figures["reward"], reward_std=figures["reward_std"], kl=kl,
+                   response_length=figures["response_length"], lr=lr, tokens=figures["tokens"])
         if self.kl_ctl is not None:
             out["kl_coef"] = self.cfg.kl_coef
         return out
 
-    def _update(self, batch, adv, full, mask, positions, idx, *, live=None):
-        """One optimizer update on rows `idx`; `live`: the (log-probs, entropy, values) of the whole
-        batch already computed with gradients (a single update per step)."""
+    @staticmethod
+    def _reduce(t: torch.Tensor) -> torch.Tensor:
+        """A 1-d tensor summed over the ranks (float64): the algorithms' whole-batch statistics."""
+        return torch.tensor(distributed.sum_over_ranks(t.tolist()), dtype=torch.float64, device=t.device)
+
+    def _figures(self, scores, kl_seq, rmask) -> dict[str, float]:
+        """The step's figures over the rollouts of every rank: reward mean and (Bessel-corrected)
+        std, per-sequence KL, response length, tokens; two passes, as one process computes them."""
+        n, total, kl_total, tokens = distributed.sum_over_ranks(
+            [float(len(scores)), float(scores.double().sum()), float(kl_seq.double().sum()), float(rmask.sum())])
+        mean = total / n
+        squares = distributed.sum_over_ranks([float(((scores.double() - mean) ** 2).sum())])[0]
+        return {"rollouts": int(n), "reward": mean, "reward_std": math.sqrt(squares / (n - 1)) if n > 1 else 0.0,
+                "kl": kl_total / n, "response_length": tokens / n, "tokens": int(tokens)}
+
+    def _shares(self, updates, rmask) -> list[float]:
+        """Each update's share on this rank of what the loss is a mean over (real tokens or
+        responses, `Algorithm.loss_units`), counted on every rank: 1 in one process."""
+        tokens = self.algo.loss_units(self.cfg) == "tokens"
+        here = [float(rmask[idx].sum()) if tokens else float(len(idx)) for idx in updates]
+        return [h / total for h, total in zip(here, distributed.sum_over_ranks(here))]
+
+    def _update(self, batch, adv, full, mask, positions, idx, share: float, *, live=None):
+        """One optimizer update on rows `idx`, whose loss (a mean over them) is multiplied by
+        their `share` of the update on all ranks, so that the ranks' losses add up to the global
+        mean; `live`: the (log-probs, entropy, values) of the whole batch already computed with
+        gradients (a single update per step). Returns the scaled loss and the unscaled metrics."""
         from lmspec.runtime.rl import RolloutBatch
 
         if live is not None:
             new, ent, values = live
             loss, metrics = self.algo.loss(new, values, batch, adv, self.cfg, entropy=ent)
-            return self._apply(loss, metrics)
+            return self._apply(loss * share if share != 1.0 else loss, metrics)
 
         def pick(t):
             return None if t is None else t[idx]
@@ -297,19 +389,19 @@ class RLStage(Stage):
         sub_adv = dataclasses.replace(adv, per_token=adv.per_token[idx], returns=pick(adv.returns),
                                       per_sequence=pick(adv.per_sequence),
                                       rewards=None if adv.rewards is None else adv.rewards[idx])
-        new, ent = self._logprobs(self.policy, full[idx], mask[idx], positions[idx], sub.response_tokens,
+        new, ent = self._logprobs(self.train_policy, full[idx], mask[idx], positions[idx], sub.response_tokens,
                                   sub.response_mask, entropy=True)
-        values = self._values(full[idx], mask[idx], positions[idx], sub.response_tokens.shape[1]) \
-            if self.value is not None else None
+        values = None if self.value is None else \
+            self._values(full[idx], mask[idx], positions[idx], sub.response_tokens.shape[1], self.train_value)
         loss, metrics = self.algo.loss(new, values, sub, sub_adv, self.cfg, entropy=ent)
-        return self._apply(loss, metrics)
+        return self._apply(loss * share if share != 1.0 else loss, metrics)
 
     def _apply(self, loss, metrics):
-        if not bool(torch.isfinite(loss)):
+        if distributed.any_rank(not bool(torch.isfinite(loss))):  # every rank stops at the same update
             raise RunError(f"stage '{self.name}': a non-finite loss ({float(loss)}); the run stopped and keeps its last "
                            "good checkpoint", help="lower the learning rate")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # with DDP the ranks' gradients are summed: their shares add up to the global mean
         if self.spec.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.params, self.spec.clip_grad)
         self.optimizer.step()

@@ -9,6 +9,12 @@ With N processes (`distributed`), `batch` stays the global batch of one optimize
 takes micro-batches m*N + r of the step's N x grad_accum micro-batches, each drawn with that
 index's generator, so N processes with grad_accum A compute what one process computes with
 grad_accum N x A (and, for objectives without random masks, what it computes with A).
+
+With `parallel: fsdp` and several processes the model is sharded (FSDP2): each rank keeps its
+slices of the weights, gradients and optimizer state; the batch is split as for DDP. Evaluation
+and samples then run on every rank in step (each forward gathers the weights), checkpoints
+are written by every rank (`checkpoint.Sharded`), and the final weights are gathered into one
+file.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import torch
 
 from lmspec.compiler.compile import build_stage_model
 from lmspec.runtime import distributed, engine
-from lmspec.runtime.checkpoint import (load_model_state, load_optimizer, optimizer_tensors, rng_state, save_weights,
-                                       set_rng_state, unique_state, write_json_atomic)
+from lmspec.runtime.checkpoint import (ShardedTensors, gathered_model_state, load_model_state, load_optimizer,
+                                       load_sharded_state, load_whole_state_sharded, optimizer_layout,
+                                       optimizer_tensors, rng_state, save_weights, set_rng_state, sharded_state,
+                                       tied_names, unique_state, write_json_atomic)
 from lmspec.runtime.errors import RunError
 from lmspec.runtime.objectives import Context, build_objective, compose
 from lmspec.runtime.stages.base import Stage, StageArtifacts
@@ -50,17 +58,17 @@ class TrainStage(Stage):
     def setup(self) -> None:
         s, plan, ctx = self.spec, self.plan, self.ctx
         self.world = distributed.world()
-        if s.parallel == "fsdp":  # `lmspec run` said so at check time; this is for the Python API
-            raise RunError(f"stage '{self.name}': parallel: fsdp is not built yet (FSDP2 arrives in a later milestone)",
-                           help="use parallel: ddp (or auto); see docs/scaling.md")
+        # `auto`: fsdp on GPUs the stage fits only sharded, else ddp; with one process nothing is wrapped
+        self.parallel = distributed.resolve_parallel(ctx.report, self.name, s.parallel, ctx.device)
+        self.sharded = self.parallel == "fsdp" and self.world.size > 1
         self.micro = distributed.split_batch(s.batch, s.grad_accum, self.world.size, stage=self.name)
-        self.eval_micro = s.batch // s.grad_accum  # rank 0 evaluates alone, in one process's batches
+        self.eval_micro = s.batch // s.grad_accum  # evaluation runs in one process's batches
         engine.seed_everything(s.seed)
         self.device = ctx.device
         self.precision = engine.resolve_precision(s.precision, self.device)
         with distributed.rank_zero_first():  # rank 0 writes the tokenizer and the data cache; the others read them
             self._setup_tokens_and_data()
-        self.model = self._build_model(plan)
+        self.model = self._build_model(plan).checkpoint_activations(s.checkpoint_activations)
         self.reference = None
         if any(getattr(obj, "needs_reference", False) for _, obj in self.terms):  # dpo: the model as it starts
             import copy
@@ -69,11 +77,18 @@ class TrainStage(Stage):
             for p in self.reference.parameters():
                 p.requires_grad_(False)
         self.model.train()
-        self.optimizer = engine.make_optimizer(s.optimizer, self.model, self.device)
-        self.ddp = self._data_parallel() if self.world.size > 1 else None
+        self.tied = tied_names(self.model)
+        self.ddp = None
+        if self.sharded:
+            self._shard()
+        else:
+            self.optimizer = engine.make_optimizer(s.optimizer, self.model, self.device)
+            self.ddp = self._data_parallel() if self.world.size > 1 else None
         replica = self.ddp if self.ddp is not None else self.model
         self.forward_model = torch.compile(replica) if s.compile else replica
-        self.scaler = self.precision.scaler()
+        sharded_fp16 = self.sharded and self.precision.name == "fp16"
+        self.scaler = distributed.sharded_grad_scaler() if sharded_fp16 else self.precision.scaler()
+        self.final_weights: dict[str, torch.Tensor] | None = None
 
     def _setup_tokens_and_data(self) -> None:
         s, plan, ctx = self.spec, self.plan, self.ctx
@@ -105,18 +120,35 @@ class TrainStage(Stage):
         engine.seed_everything(engine.step_seed(self.spec.seed, 0, 0, salt=2 + self.world.rank))
         return ddp
 
+    def _shard(self) -> None:
+        """FSDP2 (`parallel: fsdp`): the model sharded across the ranks, then the optimizer built
+        on the shards (fully_shard replaces the parameters). Parameters the loss never reaches
+        are frozen first, as for DDP. `layout` is the order a one-process optimizer numbers its
+        state in, to read a single-process checkpoint into the shards."""
+        self.layout = optimizer_layout(self.model, engine.param_groups(self.model, 0.0))
+        for p in self._unreached_parameters():
+            p.requires_grad_(False)
+        distributed.shard_model(self.model, self.device, self.precision)
+        self.optimizer = engine.make_optimizer(self.spec.optimizer, self.model, self.device)
+        engine.seed_everything(engine.step_seed(self.spec.seed, 0, 0, salt=2 + self.world.rank))
+
     def _unreached_parameters(self) -> list[torch.nn.Parameter]:
-        """The trainable parameters the loss of the first micro-batch has no gradient for, by
-        one backward pass in eval mode (no dropout: the global generator is not drawn from)."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.model.eval()
-        try:
-            batch = self._batch(self.train_stream, 0, engine.micro_generator(self.spec.seed, 0, 0))
-            _, losses = engine.forward_terms(self.model, batch, self.terms, self.precision)
-            grads = torch.autograd.grad(sum(losses), params, allow_unused=True)
-        finally:
-            self.model.train()
-        return [p for p, g in zip(params, grads) if g is None]
+        """The trainable parameters the stage's loss never reaches (a head no objective reads,
+        LMS096): the meta-device pass of `check` finds them, on the meta device, so that finding
+        them costs no memory (a backward pass of the whole model, before it is sharded, would
+        need more than a device of a stage that fits only sharded)."""
+        from lmspec.compiler.analysis import meta_pass
+        from lmspec.compiler.costs import LOSS_READS
+
+        reads = tuple(sorted({LOSS_READS[t.objective.kind] for t in self.spec.objective}))
+        T = min(self.seq_len, 8)
+        dec = T if self.plan.arch.arch == "encoder_decoder" else None
+        result = meta_pass(self.plan.arch, batch=1, seq_len=T, decoder_seq_len=dec, reads=reads)
+        if result.problems:  # `check` ran the same pass at the stage's own shapes and passed
+            raise RunError(f"stage '{self.name}': the meta-device pass failed: {result.problems[0]}",
+                           help="this is a bug in lmspec; please report it")
+        unreached = set(result.unreached)
+        return [p for name, p in self.model.named_parameters() if name in unreached and p.requires_grad]
 
     def _build_model(self, plan):
         try:
@@ -352,10 +384,14 @@ class TrainStage(Stage):
     # ------------------------------------------------------------------ state
 
     def state_dict(self):
-        """Called on every rank (it gathers each rank's dropout generator); rank 0 writes it. The
-        replicas are identical, so the model and optimizer are one process's: any number of
-        processes can resume from it."""
-        opt_tensors, opt_meta = optimizer_tensors(self.optimizer)
+        """Called on every rank (it gathers each rank's dropout generator). DDP's replicas are
+        identical, so rank 0 writes one process's model and optimizer; a sharded model's state
+        is written by every rank, its slices. Any number of processes can resume from either."""
+        if self.sharded:
+            tensors, opt_meta = sharded_state(self.model, self.optimizer, self.tied)
+        else:
+            opt_tensors, opt_meta = optimizer_tensors(self.optimizer)
+            tensors = {"model": unique_state(self.model), "optimizer": opt_tensors}
         rngs = distributed.gather_json(rng_state())
         # the next example of the training stream (informative: positions are a function of the step)
         state = {"rng": rngs[0], "optimizer": opt_meta, "data_position": self.steps_done * self.spec.batch}
@@ -363,11 +399,18 @@ class TrainStage(Stage):
             state["rng_ranks"] = rngs
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
-        return {"model": unique_state(self.model), "optimizer": opt_tensors}, state
+        return tensors, state
 
     def load_state_dict(self, tensors, state) -> None:
-        load_model_state(self.model, tensors["model"], f"the checkpoint of stage '{self.name}'")
-        load_optimizer(self.optimizer, tensors.get("optimizer", {}), state["optimizer"])
+        where = f"the checkpoint of stage '{self.name}'"
+        if isinstance(tensors, ShardedTensors):  # written sharded: read into any sharding (DCP reshards)
+            load_sharded_state(self.model, self.optimizer, tensors, state["optimizer"], self.tied, where)
+        elif self.sharded:  # written by one process (or DDP's rank 0): each rank keeps its slices
+            load_whole_state_sharded(self.model, self.optimizer, tensors, state["optimizer"], self.tied, self.layout,
+                                     where)
+        else:
+            load_model_state(self.model, tensors["model"], where)
+            load_optimizer(self.optimizer, tensors.get("optimizer", {}), state["optimizer"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.steps_done = state.get("data_position", 0) // self.spec.batch
@@ -379,11 +422,18 @@ class TrainStage(Stage):
         else:  # resumed with more processes than wrote the checkpoint: a fresh dropout stream of its own
             engine.seed_everything(engine.step_seed(self.spec.seed, self.steps_done, 0, salt=2 + rank))
 
+    def consolidate(self) -> None:
+        """Called on every rank before rank 0 writes the artifacts: a sharded model's weights
+        gathered onto rank 0, for the single-process weights file."""
+        if self.sharded:
+            self.final_weights = gathered_model_state(self.model, self.tied)
+
     def artifacts(self, directory: Path) -> StageArtifacts:
         from lmspec.compiler.arch import arch_to_dict
 
         directory.mkdir(parents=True, exist_ok=True)
-        save_weights(self.model, directory / "model.safetensors", metadata={"stage": self.name})
+        save_weights(self.model, directory / "model.safetensors", metadata={"stage": self.name},
+                     state=self.final_weights if self.sharded else None)
         write_json_atomic(directory / "arch.json", arch_to_dict(self.plan.arch))
         self.tokenizer.save(directory / "tokenizer")
         return StageArtifacts({"weights": directory / "model.safetensors", "arch": directory / "arch.json",
