@@ -10,7 +10,9 @@ line (docs/validation.md explains every one with an example):
   graph (`compiler.graphs`): does the objective fit the architecture, does the vocabulary
   cover the tokenizer, does `from STAGE` name a stage that trained this model, ...
   (`compiler.rules_stages`: what a stage meets at run time; `compiler.rules_tokens`:
-  tokenizer sizes and token ids).
+  tokenizer sizes and token ids; `compiler.rules_settings`: settings the runtime would
+  ignore, cut or override; `compiler.rules_parallel`: memory per device and batches split
+  over devices).
 
 `check(validated) -> (diagnostics, models)` runs them all and returns the lowered models.
 """
@@ -29,6 +31,8 @@ from lmspec.compiler.rules_models import (
     ARCH_RULES, MODEL_RULES, _an, _duplicate_heads, _err, _first_layer, _heads_text, _stacks, _warn,
 )
 from lmspec.compiler.rules_judges import JUDGE_RULES
+from lmspec.compiler.rules_parallel import PARALLEL_RULES
+from lmspec.compiler.rules_settings import SETTINGS_RULES
 from lmspec.compiler.rules_stages import STAGE_RULES
 from lmspec.compiler.rules_tokens import TOKEN_RULES, tokenizer_vocab_size, unknown_value_rule  # noqa: F401 - re-exported
 from lmspec.compiler.schema_check import ValidatedSpec
@@ -62,6 +66,7 @@ class Experiment:
     validated: ValidatedSpec
     models: dict[str, ArchConfig]
     graph: FlowGraph
+    hardware: object = None  # rules_parallel.Hardware: `lmspec check --devices N --device-memory SIZE`
     _archs: dict = field(default_factory=dict)
 
     def block(self, name: str) -> ResolvedBlock:
@@ -587,15 +592,16 @@ def unused_rule(x: Experiment) -> Iterator[Diagnostic]:
 #: rules on the whole experiment
 EXPERIMENT_RULES: list[Callable[[Experiment], Iterator[Diagnostic]]] = [
     stage_heads_rule, objective_rule, *TOKEN_RULES, stage_reference_rule, reward_rule, judge_rule, policy_rule,
-    unused_rule, *STAGE_RULES, *JUDGE_RULES,
+    unused_rule, *STAGE_RULES, *JUDGE_RULES, *SETTINGS_RULES, *PARALLEL_RULES,
 ]
 
 
 # =============================================================================== check
 
 
-def check(validated: ValidatedSpec) -> tuple[list[Diagnostic], dict[str, ArchConfig]]:
-    """Every design rule over a validated spec; the lowered models that passed the model rules."""
+def check(validated: ValidatedSpec, hardware=None) -> tuple[list[Diagnostic], dict[str, ArchConfig]]:
+    """Every design rule over a validated spec; the lowered models that passed the model rules.
+    `hardware` (rules_parallel.Hardware): the devices `lmspec check` was told of, for every stage."""
     diagnostics: list[Diagnostic] = []
     models: dict[str, ArchConfig] = {}
     for name, spec in validated.of_kind("model").items():
@@ -610,7 +616,7 @@ def check(validated: ValidatedSpec) -> tuple[list[Diagnostic], dict[str, ArchCon
     diagnostics += unknown_value_rule(validated)
     graph = flow_graph(validated)
     diagnostics += stage_cycles(graph)
-    x = Experiment(validated, models, graph)
+    x = Experiment(validated, models, graph, hardware)
     for rule in EXPERIMENT_RULES:
         diagnostics += rule(x)
     return collapse_inherited(diagnostics, validated.resolved.blocks), models

@@ -150,9 +150,36 @@ class Sinusoidal(Variant):
     kind: Literal["sinusoidal"] = "sinusoidal"
 
 
+class LinearRopeScaling(Variant):
+    """`linear(factor: 4)`: every RoPE frequency divided by factor (position interpolation)."""
+
+    kind: Literal["linear"] = "linear"
+    factor: float = Field(gt=0, description="frequencies are divided by this")
+
+
+class Llama3RopeScaling(Variant):
+    """`llama3(factor: 8)`: Llama 3.1's frequency-dependent scaling of RoPE."""
+
+    kind: Literal["llama3"] = "llama3"
+    factor: float = Field(8.0, gt=0, description="the low frequencies are divided by this")
+    low_freq: float = Field(1.0, gt=0, description="wavelengths above original_context / low_freq are scaled")
+    high_freq: float = Field(4.0, gt=0, description="wavelengths below original_context / high_freq are kept; "
+                                                    "those between are interpolated")
+    original_context: int = Field(8192, ge=1, description="the context the model was pre-trained with")
+
+
+RopeScaling = Annotated[Union[LinearRopeScaling, Llama3RopeScaling], Field(discriminator="kind")]
+
+
 class Rope(Variant):
     kind: Literal["rope"] = "rope"
     theta: float = Field(10_000.0, gt=0, description="the rotary base")
+    scaling: RopeScaling | None = Field(None, description="linear(factor) | llama3(factor, low_freq, high_freq, "
+                                                          "original_context); none: the plain frequencies")
+    fraction: float = Field(1.0, gt=0, le=1, description="the share of each head's dimensions that rotate "
+                                                         "(GPT-NeoX: 25%); the rest pass through")
+    layout: Literal["half", "interleaved"] = Field("half", description="half: dimension i pairs with i + d/2 "
+                                                   "(Llama, GPT-NeoX); interleaved: 2i with 2i + 1 (GPT-J)")
 
 
 class Alibi(Variant):
@@ -174,6 +201,7 @@ Position = Annotated[Union[Learned, Sinusoidal, Rope, Alibi, Relative, NoPositio
 
 class LMHead(Variant):
     kind: Literal["lm"] = "lm"
+    bias: bool = Field(False, description="a bias on the vocabulary projection (GPT-J, Phi-2)")
 
 
 class MLMHead(Variant):
@@ -204,6 +232,19 @@ class NoHead(Variant):
 
 
 Head = Annotated[Union[LMHead, MLMHead, NSPHead, ClassifierHead, ScalarHead, NoHead], Field(discriminator="kind")]
+class Sequential(Variant):
+    kind: Literal["sequential"] = "sequential"
+
+
+class Parallel(Variant):
+    """`parallel`: attention and MLP both read the layer's input (GPT-J, GPT-NeoX, Phi-2)."""
+
+    kind: Literal["parallel"] = "parallel"
+    norms: int = Field(1, ge=1, le=2, description="1: one norm feeds both (GPT-J, Phi-2, Falcon); "
+                                                  "2: each has its own (GPT-NeoX, Pythia)")
+
+
+Residual = Annotated[Union[Sequential, Parallel], Field(discriminator="kind")]
 NormName = Literal["layernorm", "rmsnorm"]
 ActivationName = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh", "reglu"]
 
@@ -220,6 +261,10 @@ class LayerFields(Schema):
     norm: NormName | None = Field(None, description="layernorm | rmsnorm")
     activation: ActivationName | None = Field(None, description="gelu | gelu_tanh | relu | silu | swiglu | geglu | geglu_tanh | reglu")
     bias: bool | None = Field(None, description="biases on the attention and MLP projections")
+    qkv_bias: bool | None = Field(None, description="biases on the query, key and value projections; default bias")
+    out_bias: bool | None = Field(None, description="a bias on the attention output projection; default bias")
+    mlp_bias: bool | None = Field(None, description="biases on the MLP projections; default bias")
+    qk_norm: bool | None = Field(None, description="normalise each query and key head before RoPE")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="dropout probability")
 
 
@@ -255,9 +300,19 @@ class ModelSpec(Block):
                                                      "relative(buckets, max_distance) | none")
     norm: NormName = Field("layernorm", description="layernorm | rmsnorm")
     norm_eps: float = Field(1e-5, gt=0, lt=1, description="epsilon of every norm")
+    norm_bias: bool = Field(True, description="LayerNorms have a bias beside their weight; false: weight only "
+                                              "(OLMo, MPT)")
     placement: Literal["pre", "post"] = Field("pre", description="pre: norm before each sublayer; post: after the residual add")
+    residual: Residual = Field(Sequential(), description="sequential: x + attn, then + mlp; parallel(norms): "
+                                                         "x + attn(norm(x)) + mlp(norm(x)) (GPT-J, GPT-NeoX)")
     activation: ActivationName = Field("gelu", description="MLP activation; swiglu/geglu/geglu_tanh/reglu are gated")
     bias: bool = Field(True, description="biases on the attention and MLP projections")
+    qkv_bias: bool | None = Field(None, description="biases on the query, key and value projections; default bias "
+                                                     "(Qwen2: true beside bias: false)")
+    out_bias: bool | None = Field(None, description="a bias on the attention output projection; default bias")
+    mlp_bias: bool | None = Field(None, description="biases on the MLP projections; default bias")
+    qk_norm: bool = Field(False, description="normalise each query and key head (with the layer's norm) before "
+                                             "RoPE: Qwen3, OLMo-2, Gemma 3")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability")
     tie_embeddings: bool = Field(False, description="the output head reuses the token embeddings")
     segments: int = Field(0, ge=0, description="token-type (segment) embeddings; BERT uses 2")
@@ -284,7 +339,8 @@ class CLM(Variant):
 
 class MLM(Variant):
     kind: Literal["mlm"] = "mlm"
-    mask: Fraction = Field(0.15, description="fraction of tokens selected for prediction")
+    mask: float = Field(0.15, gt=0.0, le=1.0, description="fraction of tokens selected for prediction (0 would "
+                        "still select one per batch)")
     replace: list[Fraction] = Field([0.8, 0.1, 0.1], min_length=3, max_length=3,
                                     description="of those: [mask token, random token, unchanged], summing to 100%")
 
@@ -295,13 +351,15 @@ class NSP(Variant):
 
 class SpanCorruption(Variant):
     kind: Literal["span_corruption"] = "span_corruption"
-    noise: Fraction = Field(0.15, description="fraction of tokens corrupted")
+    noise: float = Field(0.15, gt=0.0, lt=1.0, description="fraction of tokens corrupted (at least one, and one "
+                         "left uncorrupted)")
     mean_span: float = Field(3.0, ge=1.0, description="mean length of a corrupted span")
 
 
 class PrefixLM(Variant):
     kind: Literal["prefix_lm"] = "prefix_lm"
-    prefix: Fraction = Field(0.5, description="mean fraction of each sequence used as the prefix")
+    prefix: float = Field(0.5, gt=0.0, lt=1.0, description="mean fraction of each sequence used as the prefix "
+                          "(at least one token, and one after it)")
 
 
 class SFT(Variant):
@@ -420,8 +478,16 @@ class TrainSpec(Block):
     log_every: int = Field(10, ge=1, description="log metrics every N steps")
     compile: bool = Field(False, description="run the model through torch.compile")
     parallel: Literal["auto", "ddp", "fsdp"] = Field("auto", description="with several processes: ddp replicates "
-                                                     "the model (batch split across them); fsdp is not built yet; "
-                                                     "auto: ddp")
+                                                     "the model (batch split across them); fsdp shards its weights, "
+                                                     "gradients and optimizer state across them (FSDP2); auto: ddp")
+    checkpoint_activations: bool = Field(False, description="recompute each block's activations during backward "
+                                                            "instead of keeping them: less memory, one more forward "
+                                                            "pass of the blocks")
+    devices: int | None = Field(None, ge=1, description="the devices (processes) `check` plans the stage for: "
+                                                        "memory per device, and the batch split over them; "
+                                                        "default 1 (`run` uses the processes it is given)")
+    device_memory: str | None = Field(None, description='the memory of one device, e.g. "80GB" or "80GiB": `check` '
+                                                        "says whether the stage fits (and parallel: auto chooses by it)")
     seed: int = Field(0, ge=0, description="random seed")
 
 
@@ -626,6 +692,9 @@ class RLSpec(Block):
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every N steps (and on Ctrl-C)")
     keep_checkpoints: int = Field(3, ge=1)
     log_every: int = Field(10, ge=1)
+    device_memory: str | None = Field(None, description='the memory of the device, e.g. "80GB" or "80GiB": `check` '
+                                                        "says whether the stage fits (on several devices: DDP, every model "
+                                                        "whole on each, the rollouts split)")
     seed: int = Field(0, ge=0)
 
 
