@@ -10,6 +10,8 @@ the machine).
     cold             lmspec check SPEC, empty meta cache each run   imports torch, runs the pass
     warm             lmspec check SPEC, meta cache filled before    the on-save case: no torch
     no-meta          lmspec check --no-meta SPEC
+    floor            python -c "import pydantic, lark": the libraries any check must import
+                     (printed for the record: what no front end built on them can go below)
 
 Goals (ratios to `import torch`): (a) a full check no slower than importing torch, `warm` <= 1.0;
 (b) `no-meta` <= 0.15. `cold` is printed for the record: it imports torch itself, so it can be no
@@ -67,6 +69,7 @@ def main() -> int:
             "cold": (check, lambda i: {**base, "LMSPEC_CACHE_DIR": str(Path(tmp) / f"cold-{i}")}),
             "warm": (check, lambda i: warm_env),
             "no-meta": (check[:4] + ["--no-meta", args.spec], lambda i: base),
+            "floor": ([sys.executable, "-c", "import pydantic, lark; from pydantic import BaseModel"], lambda i: base),
         }
         walls: dict[str, list[float]] = {name: [] for name in commands}
         cpus: dict[str, list[float]] = {name: [] for name in commands}
