@@ -13,8 +13,9 @@ others still run):
               training-memory estimate `lmspec check` prints, for 3 stage shapes (a GPT-2, a
               Llama-style decoder with GQA, RoPE, RMSNorm and SwiGLU, a BERT-style encoder
               with mlm). Goal: within 15%.
-  fsdp        a train stage with `parallel: fsdp` launched through torchrun on one GPU: it
-              runs, and its losses and tokens/s.
+  fsdp        a GPT-2 train stage sharded with FSDP2 (fully_shard per layer, as `parallel:
+              fsdp` shards it) in a process group of one GPU: it runs, its losses, tokens/s
+              and peak memory.
   generate    greedy generation with the KV cache, lmspec `Transformer.generate` against
               transformers' `generate` on the same GPT-2 weights: new tokens/s and the ratio.
 
@@ -32,7 +33,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -227,29 +227,53 @@ def section_memory(cases: list, tmp: Path, device: torch.device) -> dict:
     return {"cases": out, "goal": "measured within 15% of the estimate"}
 
 
-def section_fsdp(cfg: dict, tmp: Path, device: torch.device, timeout: float) -> dict:
+def section_fsdp(cfg: dict, tmp: Path, device: torch.device) -> dict:
+    """FSDP2 on one device: the train stage set up as `lmspec run` does, then sharded the way a
+    `parallel: fsdp` stage on several processes is (`TrainStage._shard`: fully_shard per layer
+    and the root, the optimizer on the shards) in a process group of one, and stepped. With one
+    process `lmspec run` itself shards nothing (there is nothing to shard across)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from lmspec.runtime import distributed
+
     shape = dict(cfg)
     steps = shape.pop("steps")
-    spec = tmp / "fsdp.lmspec"
-    spec.write_text(GPT2.format(**shape).replace("steps: 1000", f"steps: {steps}"))
-    out_dir = tmp / "run-fsdp"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--standalone",
-           "-m", "lmspec", "run", str(spec), "--out", str(out_dir), "--plain",
-           "--device", "cuda" if device.type == "cuda" else "cpu"]
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    wall = time.perf_counter() - start
-    result = {"command": " ".join(cmd[1:]), "returncode": done.returncode, "wall_s": wall}
-    if done.returncode != 0:
-        result["error"] = (done.stderr or done.stdout)[-3000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    try:
+        _, plan, stage = stage_of(GPT2, shape, tmp, device, "fsdp")
+        stage.world = distributed.world()
+        stage._shard()
+        stage.sharded, stage.forward_model = True, stage.model
+        if stage.precision.name == "fp16":
+            stage.scaler = distributed.sharded_grad_scaler()
+        sharded = sum(1 for p in stage.model.parameters() if type(p).__name__ == "DTensor" or
+                      type(getattr(p, "data", None)).__name__ == "DTensor")
+        B, T = shape["batch"], shape["context"]
+        losses, times = [], []
+        for i in range(steps):
+            start = time.perf_counter()
+            out = stage.step(i)
+            sync(device)
+            times.append(time.perf_counter() - start)
+            losses.append(float(out["loss"]))
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device)
+        step_s = statistics.median(times[1:] or times)
+        result = {"shape": cfg, "sharded_parameters": sharded, "losses": losses, "median_step_s": step_s,
+                  "tokens_per_s": B * T / step_s, "finite": all(map(lambda v: v == v and abs(v) < 1e9, losses))}
+        if device.type == "cuda":
+            result["max_memory_allocated"] = peak
+        if not result["finite"] or not sharded:
+            result["error"] = "non-finite losses" if not result["finite"] else "no parameter was sharded"
         return result
-    metrics = out_dir / "stages" / "pretrain" / "metrics.jsonl"
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-    losses = [r["loss"] for r in rows if "loss" in r]
-    result.update({"steps": steps, "losses": losses, "tokens_per_s": [r["tokens_per_s"] for r in rows
-                                                                       if "tokens_per_s" in r]})
-    return result
+    finally:
+        dist.destroy_process_group()
 
 
 def section_generate(cfg: dict, device: torch.device) -> dict:
@@ -304,7 +328,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=("train", "memory", "fsdp", "generate"),
                         help="run only these sections (repeatable)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
-    parser.add_argument("--fsdp-timeout", type=float, default=240.0)
     args = parser.parse_args(argv)
     cfg = REDUCED if args.reduced else FULL
     if not args.reduced and not torch.cuda.is_available():
@@ -333,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif name == "memory":
                     res = section_memory(cfg["memory"], tmp, device)
                 elif name == "fsdp":
-                    res = section_fsdp(cfg["fsdp"], tmp, device, args.fsdp_timeout)
+                    res = section_fsdp(cfg["fsdp"], tmp, device)
                 else:
                     res = section_generate(cfg["generate"], device)
                 res["ok"] = "error" not in res
