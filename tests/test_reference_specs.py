@@ -69,6 +69,26 @@ PUBLISHED: dict[str, tuple[dict, int]] = {
                   8_030_261_248),
     "llama3_70b": (dict(_LLAMA3, hidden_size=8192, intermediate_size=28672, num_attention_heads=64,
                         num_hidden_layers=80), 70_553_706_496),
+    # meta-llama/Llama-3.1-8B: Llama 3 8B with llama3 rope scaling to a 128k context
+    "llama3_1_8b": (dict(_LLAMA3, intermediate_size=14336, num_attention_heads=32, num_hidden_layers=32,
+                         max_position_embeddings=131072,
+                         rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                       "original_max_position_embeddings": 8192, "rope_type": "llama3"}),
+                    8_030_261_248),
+    # Qwen/Qwen2.5-7B: biases on q, k and v only
+    "qwen2_5_7b": (dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_act="silu", hidden_size=3584,
+                        intermediate_size=18944, max_position_embeddings=131072, max_window_layers=28,
+                        num_attention_heads=28, num_hidden_layers=28, num_key_value_heads=4, rms_norm_eps=1e-06,
+                        rope_theta=1000000.0, sliding_window=131072, use_sliding_window=False,
+                        tie_word_embeddings=False, vocab_size=152064, bos_token_id=151643, eos_token_id=151643),
+                   7_615_616_512),
+    # Qwen/Qwen3-8B: RMSNorm on each query and key head (qk_norm)
+    "qwen3_8b": (dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"], attention_bias=False, head_dim=128,
+                      hidden_act="silu", hidden_size=4096, intermediate_size=12288, max_position_embeddings=40960,
+                      max_window_layers=36, num_attention_heads=32, num_hidden_layers=36, num_key_value_heads=8,
+                      rms_norm_eps=1e-06, rope_theta=1000000, sliding_window=None, use_sliding_window=False,
+                      tie_word_embeddings=False, vocab_size=151936, bos_token_id=151643, eos_token_id=151645),
+                 8_190_735_360),
     # mistralai/Mistral-7B-v0.1
     "mistral_7b": (dict(model_type="mistral", architectures=["MistralForCausalLM"], vocab_size=32000,
                         hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_hidden_layers=32,
