@@ -533,3 +533,20 @@ def test_the_shipped_specs_draw_none_of_these():
     for path in sorted(SPECS.glob("*.lmspec")) + sorted(SPECS.glob("*/*.lmspec")):
         drawn += [(path.name, d.code) for d in check_file(path).diagnostics if d.code in new]
     assert drawn == []
+
+
+def test_a_data_field_nothing_reads_is_a_warning():
+    """GAP 24's last static case: `prompt:` on data only clm reads, `text:` on data only sft reads."""
+    prelude = 'lmspec 1\ntokenizer tok { kind: bytes }\n'
+    sft_data = 'data d { source: builtin("tiny-instructions"), prompt: "instruction" }\n'
+    (d,) = [d for d in _diagnostics(f"{sft_data}{GPT}\ntrain t {{ model: gpt, objective: clm, data: d }}", prelude)
+            if d.code == "LMS106"]
+    assert d.message == ("data 'd' names its prompts (sft) (prompt), but nothing reads them: it is read by "
+                         "train 't' (clm)")
+    assert (d.span.line, d.help) == (4, "remove `prompt:`, or read the data with an objective that uses it")
+    assert "LMS106" not in {d.code for d in _diagnostics(
+        f"{sft_data}{GPT}\ntrain t {{ model: gpt, objective: sft, data: d }}", prelude)}
+    texts = 'data d { source: builtin("tiny-instructions"), text: "instruction" }\n'
+    (d,) = [d for d in _diagnostics(f"{texts}{GPT}\ntrain t {{ model: gpt, objective: sft, data: d }}", prelude)
+            if d.code == "LMS106"]
+    assert d.message.startswith("data 'd' names its texts (text), but nothing reads them")

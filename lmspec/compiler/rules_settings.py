@@ -580,5 +580,57 @@ def pool_rule(x) -> Iterator[Diagnostic]:
 
 
 #: rules on the whole experiment (they read an `Experiment`, see compiler.rules)
-SETTINGS_RULES = [schedule_rule, evaluation_rule, samples_rule, prompts_rule, tokenizer_continuity_rule,
+# ------------------------------------------------------------------------------- data fields
+
+#: the record keys of a data block, and what reads each (runtime.data.sources)
+_FIELD_READERS = {"text": "texts", "prompt": "prompts (sft)", "response": "responses (sft)",
+                  "label": "labels (classify)"}
+
+
+def _fields_read(x, data: str) -> tuple[set[str], list[str]]:
+    """(the record keys of data block `data` some block reads, who reads it: "train 't' (clm)")."""
+    read: set[str] = set()
+    readers: list[str] = []
+    for name, spec in x.of_kind("train").items():
+        if spec.data != data:
+            continue
+        kinds = [t.objective.kind for t in spec.objective]
+        readers.append(f"train '{name}' ({' + '.join(kinds)})")
+        for kind in kinds:
+            read |= {"prompt", "response"} if kind == "sft" else {"text", "label"} if kind == "classify" else \
+                set() if kind in ("dpo", "bradley_terry") else {"text"}
+    for kind in ("feedback", "rl"):
+        for name, spec in x.of_kind(kind).items():
+            prompts = (spec.rollouts if kind == "rl" else spec).prompts
+            if prompts.data == data:
+                read.add("text")
+                readers.append(f"the prompts of {kind} '{name}'")
+    for name, spec in x.of_kind("tokenizer").items():
+        if getattr(spec.kind, "train_on", None) == data:
+            read.add("text")
+            readers.append(f"tokenizer '{name}' (learns its merges)")
+    return read, readers
+
+
+def unread_fields_rule(x) -> Iterator[Diagnostic]:
+    """LMS106: a record key a data block names (`text:`, `prompt:`, `response:`, `label:`) that no
+    block reading the data reads: clm reads texts, sft prompts and responses, classify texts
+    and labels, rollout and feedback prompts and tokenizers texts. Said only of data some block
+    reads (unread data is LMS080)."""
+    for data in x.of_kind("data"):
+        block = x.block(data)
+        written = [k for k in _FIELD_READERS if k in block.fields]
+        if not written:
+            continue
+        read, readers = _fields_read(x, data)
+        if not readers:
+            continue
+        for key in written:
+            if key not in read:
+                yield _warn("LMS106", f"data '{data}' names its {_FIELD_READERS[key]} ({key}), but nothing reads "
+                            f"them: it is read by {', '.join(readers)}", block.span_of((key,)),
+                            help=f"remove `{key}:`, or read the data with an objective that uses it")
+
+
+SETTINGS_RULES = [unread_fields_rule, schedule_rule, evaluation_rule, samples_rule, prompts_rule, tokenizer_continuity_rule,
                   special_ids_rule, position_override_rule, pool_rule]
