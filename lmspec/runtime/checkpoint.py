@@ -369,7 +369,7 @@ def _write_all_shards(tensors: dict[str, torch.Tensor], directory: Path, w, step
         _write_shards(tensors, directory, w.rank, w.size)
     except CheckpointException as err:  # DCP wraps what went wrong: say that instead
         failure = next(iter(err.failures.values()))[0] if err.failures else err
-    except OSError as err:
+    except Exception as err:  # a full disk, or anything else: the other ranks must hear of it, not wait
         failure = err
     text = None
     if isinstance(failure, OSError):
