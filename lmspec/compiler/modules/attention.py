@@ -92,13 +92,14 @@ class Attention(nn.Module):
         v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         if cache is not None:  # keys are cached rotated: a key's position never changes
             k, v = cache.update(k, v, ctx.start)  # (B, nkv, S, hd)
-        y = attend(q, k, v, self._mask(ctx), dropout=self.dropout if self.training else 0.0, scale=self.scale)
+        ring = None if cache is None else cache.ring  # a ring buffer's keys are not in slot order
+        y = attend(q, k, v, self._mask(ctx, ring), dropout=self.dropout if self.training else 0.0, scale=self.scale)
         y = y.transpose(1, 2).reshape(B, T, q_size)  # (B, T, nh*hd): heads side by side
         return self.o_proj(y)
 
-    def _mask(self, ctx: AttentionContext):
+    def _mask(self, ctx: AttentionContext, ring: int | None = None):
         return ctx.mask(self.kind, self.window, alibi_heads=self.heads if self.position == "alibi" else None,
-                        relative=self.position == "relative")
+                        relative=self.position == "relative", ring=ring)
 
     def prepare(self, ctx: AttentionContext) -> None:
         """Ask `ctx` now for the rope tables and the mask `forward` will ask for (see Block.prepare)."""

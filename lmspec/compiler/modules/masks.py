@@ -8,6 +8,11 @@ Vocabulary: a *slot* is a token's index in the sequence seen so far (cached keys
 queries of this call occupy slots start .. start+T-1); a *position id* is what positional
 encodings read. They differ only under left padding, where real tokens start at position 0.
 Causal, sliding and prefix structure is defined on slots; rope/alibi/relative on positions.
+
+A sliding-window layer decoding with a KV cache keeps its keys in a ring buffer (kv_cache.py),
+so the keys it attends to are not slots 0 .. S-1 in order: its mask is asked for with `ring=`
+the ring's rows, and built over the slots `ring_key_slots` says those keys hold, reading their
+position ids and padding from the per-slot records as for any other layer.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .kv_cache import ring_key_count, ring_key_slots
 from .positions import Rotary, alibi_bias, alibi_slopes, rope_cos_sin
 
 __all__ = ["AttentionMask", "AttentionContext"]
@@ -69,36 +75,56 @@ class AttentionContext:
         return self._memo[key]  # type: ignore[return-value]
 
     def mask(
-        self, kind: str, window: int | None = None, *, alibi_heads: int | None = None, relative: bool = False
+        self,
+        kind: str,
+        window: int | None = None,
+        *,
+        alibi_heads: int | None = None,
+        relative: bool = False,
+        ring: int | None = None,
     ) -> AttentionMask:
-        key = ("mask", kind, window, alibi_heads, relative)
+        """The mask of a layer of this kind; ring: the rows of the layer's ring-buffer cache
+        (its keys are then those `ring_key_slots` names), or None for slots 0 .. S-1."""
+        key = ("mask", kind, window, alibi_heads, relative, ring)
         if key not in self._memo:
-            self._memo[key] = self._build(kind, window, alibi_heads, relative)
+            self._memo[key] = self._build(kind, window, alibi_heads, relative, ring)
         return self._memo[key]  # type: ignore[return-value]
 
-    def _build(self, kind: str, window: int | None, alibi_heads: int | None, relative: bool) -> AttentionMask:
-        bias = None
-        if alibi_heads is not None:
-            bias = alibi_bias(alibi_slopes(alibi_heads), self.q_pos, self.k_pos)
-        if relative:
-            if self.relative_bias is None:
-                raise ValueError("a layer uses relative positions but its stack has no relative bias table")
-            bias = self.relative_bias if bias is None else bias + self.relative_bias
-
-        if kind == "sliding" and window is not None and self.S <= window:
-            kind = "causal"  # every key is inside the window: plain causal attention
-        if bias is None and self.key_mask is None:
+    def _build(
+        self, kind: str, window: int | None, alibi_heads: int | None, relative: bool, ring: int | None
+    ) -> AttentionMask:
+        if relative and self.relative_bias is None:
+            raise ValueError("a layer uses relative positions but its stack has no relative bias table")
+        # every key is inside every query's window: plain causal attention. With a ring that is
+        # when it hands over at most `window` keys: the ring before it wraps (slots 0 .. S-1,
+        # S <= window), or a single query's last `window` slots.
+        n_keys = self.S if ring is None else ring_key_count(self.start, self.T, ring)
+        if kind == "sliding" and window is not None and n_keys <= window:
+            kind = "causal"
+        if alibi_heads is None and not relative and self.key_mask is None:
             # the fast paths: no mask tensor at all
             if kind == "bidirectional" or (kind == "causal" and self.T == 1):
                 return AttentionMask()
             if kind == "causal" and self.start == 0:
                 return AttentionMask(is_causal=True)
 
-        allowed = self._structure(kind, window)  # (B|1, 1, T, S) or None: all allowed
-        if self.key_mask is not None:
+        k_slot = self._key_slots(ring)  # (S',) the slot of every key this layer attends to
+        k_pos, key_mask, relative_bias = self.k_pos, self.key_mask, self.relative_bias
+        if ring is not None:  # what the cache records per slot, for the slots the ring holds
+            k_pos = k_pos[:, k_slot]
+            key_mask = None if key_mask is None else key_mask[:, k_slot]
+            relative_bias = None if relative_bias is None else relative_bias[..., k_slot]
+        bias = None
+        if alibi_heads is not None:
+            bias = alibi_bias(alibi_slopes(alibi_heads), self.q_pos, k_pos)
+        if relative:
+            bias = relative_bias if bias is None else bias + relative_bias
+
+        allowed = self._structure(kind, window, k_slot)  # (B|1, 1, T, S) or None: all allowed
+        if key_mask is not None:
             # a padding key is hidden from everyone except itself, so no row is ever fully
             # masked (a softmax over nothing is NaN); padding queries' outputs are ignored anyway
-            keys = self.key_mask[:, None, None, :] | self._diagonal()
+            keys = key_mask[:, None, None, :] | self._diagonal(k_slot)
             allowed = keys if allowed is None else allowed & keys
         if bias is None:
             return AttentionMask(allowed)
@@ -107,19 +133,21 @@ class AttentionContext:
             bias = bias.masked_fill(~allowed, float("-inf"))
         return AttentionMask(bias)
 
-    def _slots(self) -> tuple[torch.Tensor, torch.Tensor]:
-        device = self.q_pos.device
-        q_slot = torch.arange(self.start, self.start + self.T, device=device)
-        return q_slot, torch.arange(self.S, device=device)
+    def _query_slots(self) -> torch.Tensor:
+        return torch.arange(self.start, self.start + self.T, device=self.q_pos.device)  # (T,)
 
-    def _diagonal(self) -> torch.Tensor:
-        q_slot, k_slot = self._slots()
-        return (k_slot[None, :] == q_slot[:, None])[None, None]  # (1, 1, T, S)
+    def _key_slots(self, ring: int | None) -> torch.Tensor:
+        if ring is None:
+            return torch.arange(self.S, device=self.q_pos.device)
+        return ring_key_slots(self.start, self.T, ring, self.q_pos.device)
 
-    def _structure(self, kind: str, window: int | None) -> torch.Tensor | None:
+    def _diagonal(self, k_slot: torch.Tensor) -> torch.Tensor:
+        return (k_slot[None, :] == self._query_slots()[:, None])[None, None]  # (1, 1, T, S)
+
+    def _structure(self, kind: str, window: int | None, k_slot: torch.Tensor) -> torch.Tensor | None:
         if kind == "bidirectional":
             return None
-        q_slot, k_slot = self._slots()
+        q_slot = self._query_slots()
         causal = k_slot[None, :] <= q_slot[:, None]  # (T, S)
         if kind == "causal":
             return causal[None, None]

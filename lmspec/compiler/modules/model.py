@@ -300,10 +300,12 @@ class Transformer(nn.Module):
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache for `batch` sequences of up to `max_len` tokens (default: the
         model's context) on the decoder side. Tensors are allocated on first use, in the
-        dtype and on the device of the model's activations."""
+        dtype and on the device of the model's activations; a sliding-window layer keeps only
+        its window of keys (a ring buffer, see kv_cache.py)."""
         if self.decoder is None:
             raise ValueError("an encoder-only model has no KV cache")
-        return KVCache(batch, max_len or self.context, len(self.decoder.layers))
+        windows = [layer.attn.window if layer.attn.kind == "sliding" else None for layer in self.decoder.layers]
+        return KVCache(batch, max_len or self.context, len(windows), windows)
 
     @torch.no_grad()
     def generate(
