@@ -35,6 +35,14 @@ QWEN = dict(LLAMA, num_hidden_layers=3)
 NEOX = dict(vocab_size=VOCAB, hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=96,
             max_position_embeddings=64)  # head_dim 16: rotary_pct 0.25 rotates 4 of them
 PHI = dict(NEOX, num_attention_heads=4, intermediate_size=128)
+MT5 = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4)
+# a pad id the test inputs never draw (ids < VOCAB): RoBERTa numbers positions from the pad tokens
+ROBERTA = dict(vocab_size=VOCAB + 1, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+               pad_token_id=VOCAB, max_position_embeddings=VOCAB + 1 + 64)
+OPT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+           max_position_embeddings=64, word_embed_proj_dim=32)
+DISTILBERT = dict(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64,
+                  activation="gelu")
 
 # name -> (model class, config): the model is built from the config with seed 0
 FAMILIES = {
@@ -77,6 +85,21 @@ FAMILIES = {
     "phi_qk_layernorm": (T.PhiForCausalLM, T.PhiConfig(**PHI, num_key_value_heads=2, qk_layernorm=True,
                                                        rope_parameters={"rope_type": "default", "rope_theta": 1e4,
                                                                         "partial_rotary_factor": 0.25})),
+    # DistilBERT: BERT's post-norm encoder without token types or pooler; BERT's MLM head, tied
+    "distilbert": (T.DistilBertForMaskedLM, T.DistilBertConfig(**DISTILBERT)),
+    "distilbert_bare": (T.DistilBertModel, T.DistilBertConfig(**DISTILBERT)),
+    "distilbert_untied": (T.DistilBertForMaskedLM, T.DistilBertConfig(**DISTILBERT, tie_word_embeddings=False)),
+    # mT5: T5 v1.1 (gated-gelu, the tanh approximation) whose head is never scaled
+    "mt5": (T.MT5ForConditionalGeneration, T.MT5Config(**MT5)),
+    "mt5_bare": (T.MT5Model, T.MT5Config(**MT5, feed_forward_proj="gated-silu")),
+    # RoBERTa: BERT with learned positions from row pad_token_id + 1 (here 101); one token type as released
+    "roberta": (T.RobertaForMaskedLM, T.RobertaConfig(**ROBERTA, type_vocab_size=1)),
+    "roberta_bare": (T.RobertaModel, T.RobertaConfig(**ROBERTA)),
+    # OPT: learned positions from row 2, relu, pre-norm with a final LayerNorm, tied head
+    "opt": (T.OPTForCausalLM, T.OPTConfig(**OPT)),
+    # OPT-350m's post-norm layers, without a final LayerNorm (but here without its projections)
+    "opt_post_norm": (T.OPTForCausalLM, T.OPTConfig(**OPT, do_layer_norm_before=False)),
+    "opt_bare": (T.OPTModel, T.OPTConfig(**OPT, enable_bias=False)),
 }
 
 
@@ -127,13 +150,16 @@ def test_the_imported_spec_checks_with_the_parameter_count_of_transformers(ckpts
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_logits_match_transformers_with_padding(ckpts, name):
     ids, mask = _inputs()
-    _, model = load_hf_model(ckpts[name])
+    arch, model = load_hf_model(ckpts[name])
     hf = _hf(ckpts[name])
+    # an encoder-decoder reads the padded batch in its encoder and 7 other tokens in its decoder
+    extra = {"decoder_input_ids": torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(2))
+             } if arch.arch == "encoder_decoder" else {}
     with torch.no_grad():
-        torch.testing.assert_close(_outputs(model(ids)), _outputs(hf(ids)), atol=TOL, rtol=0)
-        real = mask.bool()
-        ours = _outputs(model(ids, attention_mask=mask))
-        theirs = _outputs(hf(ids, attention_mask=mask))
+        torch.testing.assert_close(_outputs(model(ids, **extra)), _outputs(hf(ids, **extra)), atol=TOL, rtol=0)
+        real = mask.bool() if not extra else torch.ones(2, 7, dtype=torch.bool)  # decoder rows are all real
+        ours = _outputs(model(ids, attention_mask=mask, **extra))
+        theirs = _outputs(hf(ids, attention_mask=mask, **extra))
         torch.testing.assert_close(ours[real], theirs[real], atol=TOL, rtol=0)
 
 
@@ -300,7 +326,7 @@ def test_gpt_neox_qkv_rows_are_regrouped_head_by_head(ckpts):
         assert (wrong(ids).logits - _hf(ckpts["gpt_neox"])(ids).logits).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", ["gpt_neox", "phi_qk_layernorm", "gptj", "qwen3", "llama3_scaling"])
+@pytest.mark.parametrize("name", ["gpt_neox", "phi_qk_layernorm", "gptj", "qwen3", "llama3_scaling", "opt"])
 def test_greedy_generation_matches_transformers_with_left_padding(ckpts, name):
     """The KV cache with partial rotary, QK-norm, parallel layers and scaled RoPE, token for token."""
     g = torch.Generator().manual_seed(3)
@@ -413,6 +439,8 @@ model gpt2_qk_norm { arch: decoder, vocab: 100, context: 64, layers: 2, d_model:
                      qk_norm: true, tie_embeddings: true }
 model head_bias { arch: decoder, vocab: 100, context: 64, layers: 2, d_model: 32, heads: 4, position: rope,
                   norm: rmsnorm, activation: swiglu, bias: false, head: lm(bias: true) }
+model roberta { arch: encoder, vocab: 100, context: 64, layers: 2, d_model: 32, heads: 4, segments: 1,
+                embed_norm: true, placement: post, position_offset: 2, head: mlm(transform: true) }
 """
 
 
@@ -420,6 +448,7 @@ model head_bias { arch: decoder, vocab: 100, context: 64, layers: 2, d_model: 32
     ("out_only", "llama", "bias: only out_bias (llama has one attention_bias for q, k, v and o, and mlp_bias)"),
     ("head_bias", "llama", "head: lm(bias: true) (llama has lm or none)"),
     ("gpt2_qk_norm", "gpt2", "qk_norm: true (gpt2 has no norm on queries and keys; qwen3 has one)"),
+    ("roberta", "bert", "position_offset: 2 (bert has positions from row 0)"),
     ("partial_rope", "llama",
      "rope: rope(theta: 10_000, fraction: 50%) (llama has rope over every dimension of a head, in the half layout)"),
 ])
@@ -430,3 +459,155 @@ def test_what_no_family_expresses_is_refused_naming_the_feature(name, family, ga
     with pytest.raises(HFExportError) as info:
         export_family(load_arch(REFUSED, name))
     assert info.value.family == family and gap in info.value.gaps, info.value.gaps
+
+
+# --- DistilBERT, T5 v1.1 / mT5, RoBERTa, OPT ------------------------------------------------
+
+
+def test_distilbert_is_bert_without_token_types_or_pooler_with_bert_s_mlm_head(ckpts):
+    arch, model = load_hf_model(ckpts["distilbert"])
+    layer = arch.encoder.layers[0]
+    assert (arch.segments, arch.pooler, arch.embed_norm, layer.placement, layer.norm_eps) == (0, False, True,
+                                                                                              "post", 1e-12)
+    assert arch.heads == (arch.heads[0],) and arch.heads[0].transform and arch.tie_embeddings
+    assert model.mlm_head.decoder.weight is model.embed.weight and model.mlm_head.decoder.bias is not None
+    text = spec_from_hf(ckpts["distilbert"], "d")
+    assert "  segments: 0\n" in text and "  head: mlm(transform: true)\n" in text
+    assert not load_hf_model(ckpts["distilbert_untied"])[0].tie_embeddings
+    assert load_hf_model(ckpts["distilbert_bare"])[0].heads == ()
+
+
+def test_distilbert_sinusoidal_positions_are_refused_naming_the_field(ckpts):
+    config = {**read_hf_config(ckpts["distilbert"]), "sinusoidal_pos_embds": True}
+    with pytest.raises(HFImportError, match=r"distilbert config.json sets sinusoidal_pos_embds=True"):
+        arch_from_hf_config(config, "d")
+
+
+def test_mt5_is_t5_v1_1_with_an_unscaled_head(ckpts):
+    arch = load_hf_model(ckpts["mt5"])[0]
+    assert arch.tie_embeddings and arch.tied_head_scale == 1.0
+    assert (arch.encoder.n_layers, arch.decoder.n_layers) == (2, 3)
+    assert arch.encoder.layers[0].activation == "geglu_tanh"
+    text = spec_from_hf(ckpts["mt5"], "mt5")
+    assert "  head_scale: 1.0\n" in text and "  activation: geglu_tanh\n" in text
+    assert load_hf_model(ckpts["mt5_bare"])[0].heads == ()
+
+
+@pytest.mark.parametrize("model_type", ["mt5", "t5"])
+def test_an_untied_v1_1_head_resaved_by_transformers_5_stays_untied(ckpts, tmp_path, model_type):
+    """transformers 5 writes tie_word_embeddings: true into every (m)T5 config, and unties when the
+    file holds its own lm_head.weight; read as tied, the head would be the embeddings."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / model_type
+    shutil.copytree(ckpts["mt5"], path)
+    tensors = load_file(path / "model.safetensors")
+    tensors["lm_head.weight"] = torch.randn(VOCAB, 32)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    if model_type == "t5":  # a T5 v1.1 as transformers 5 re-saves it
+        config.update(model_type="t5", architectures=["T5ForConditionalGeneration"], scale_decoder_outputs=False)
+    (path / "config.json").write_text(json.dumps(config))
+    assert config["tie_word_embeddings"] is True
+    arch, model = load_hf_model(path)
+    assert not arch.tie_embeddings and arch.tied_head_scale == 1.0
+    torch.testing.assert_close(model.lm_head.weight, tensors["lm_head.weight"])
+    hf = _hf(path)
+    assert hf.lm_head.weight is not hf.shared.weight
+    assert count_parameters(arch).total == sum(p.numel() for p in hf.parameters())
+    ids, mask = _inputs()
+    decoder_ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits,
+                                   hf(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits,
+                                   atol=TOL, rtol=0)
+
+
+def test_roberta_positions_start_after_the_pad_row(ckpts, tmp_path):
+    """As released: pad_token_id 1, so position p reads row p + 2 of a table of context + 2 rows;
+    the padded tail holds pad tokens, which transformers reads as such."""
+    config = T.RobertaConfig(**{**ROBERTA, "vocab_size": VOCAB, "pad_token_id": 1, "max_position_embeddings": 66})
+    torch.manual_seed(0)
+    T.RobertaForMaskedLM(config).save_pretrained(tmp_path / "r", safe_serialization=True)
+    arch, model = load_hf_model(tmp_path / "r")
+    assert (arch.context, arch.position_offset) == (64, 2)
+    assert model.pos_embed.weight.shape == (66, 32) and count_parameters(arch).total == sum(
+        p.numel() for p in _hf(tmp_path / "r").parameters())
+    text = spec_from_hf(tmp_path / "r", "r")
+    assert "  context: 64\n" in text and "  position_offset: 2\n" in text and "  pad_id: 1\n" in text
+    ids = torch.randint(2, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 8:] = 0
+    ids = ids.masked_fill(mask == 0, 1)
+    with torch.no_grad():
+        ours = model(ids, attention_mask=mask).logits
+        theirs = _hf(tmp_path / "r")(ids, attention_mask=mask).logits
+    torch.testing.assert_close(ours[mask.bool()], theirs[mask.bool()], atol=TOL, rtol=0)
+    with pytest.raises(ValueError, match=r"65 positions do not fit the learned position table \(64 positions"):
+        model(torch.full((1, 65), 2))
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"max_position_embeddings": 2}, r"max_position_embeddings=2, which leaves no position after pad_token_id=1"),
+    ({"pad_token_id": None}, r"roberta config.json has no 'pad_token_id'"),
+    ({"hidden_act": "relu"}, r"hidden_act='relu': RobertaForMaskedLM's head applies the exact gelu"),
+    ({"position_embedding_type": "relative_key"}, r"position_embedding_type='relative_key'"),
+])
+def test_roberta_options_lmspec_cannot_reproduce_are_refused(ckpts, changes, message):
+    config = {**read_hf_config(ckpts["roberta"]), "pad_token_id": 1, **changes}
+    with pytest.raises(HFImportError, match=message):
+        arch_from_hf_config(config, "r")
+
+
+OFFSET = """lmspec 1
+model m { arch: encoder, vocab: 100, context: 64, layers: 1, d_model: 32, heads: 4, position: learned,
+          position_offset: 2 }
+model rope { arch: decoder, vocab: 100, context: 64, layers: 1, d_model: 32, heads: 4, position: rope,
+             position_offset: 2 }
+"""
+
+
+def test_position_offset_adds_rows_before_position_zero_and_needs_learned_positions():
+    from lmspec.compiler.analysis.params import parameter_shapes
+
+    report = check_text(OFFSET, "offset.lmspec")
+    arch = report.models["m"]
+    assert arch.position_offset == 2
+    assert next(s.shape for s in parameter_shapes(arch) if s.name == "pos_embed.weight") == (66, 32)
+    assert meta_check(arch, seq_len=8, check_unused=False) == []
+    from lmspec.compiler.graphs import architecture_graph
+
+    node = architecture_graph(arch, report.spec).nodes["position_embedding"]
+    assert node["rows"] == 66 and node["label"] == "learned positions\n66 x 32, from row 2"
+    [d] = [d for d in report.diagnostics if d.code == "LMS095"]
+    assert "model 'rope' does not read 'position_offset'" in d.message and d.span.line == 5
+    assert d.help == "remove `position_offset`, or set `position: learned`"
+
+
+def test_opt_reads_its_positions_from_row_2(ckpts):
+    arch, model = load_hf_model(ckpts["opt"])
+    layer = arch.decoder.layers[0]
+    assert (arch.position_offset, arch.context, layer.placement, layer.activation) == (2, 64, "pre", "relu")
+    assert arch.decoder.final_norm and arch.tie_embeddings and model.pos_embed.weight.shape == (66, 32)
+    text = spec_from_hf(ckpts["opt"], "opt")
+    assert "  position_offset: 2\n" in text and "  placement: pre\n" in text and "  final_norm: true\n" in text
+    post = load_hf_model(ckpts["opt_post_norm"])[0]
+    assert post.decoder.layers[0].placement == "post" and not post.decoder.final_norm
+    assert not load_hf_model(ckpts["opt_bare"])[0].decoder.layers[0].bias
+    config = {**read_hf_config(ckpts["opt"]), "_remove_final_layer_norm": True}
+    assert not arch_from_hf_config(config, "o").decoder.final_norm
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"word_embed_proj_dim": 16}, r"opt config.json sets word_embed_proj_dim=16 beside hidden_size=32: lmspec has no "
+                                  r"project_in/project_out"),
+    ({"layer_norm_elementwise_affine": False}, r"layer_norm_elementwise_affine=False: lmspec's LayerNorms always"),
+    ({"layerdrop": 0.1}, r"layerdrop=0.1: lmspec has no LayerDrop"),
+    ({"activation_function": "quick_gelu"}, r"activation_function='quick_gelu', which has no lmspec activation"),
+])
+def test_opt_options_lmspec_cannot_reproduce_are_refused(ckpts, changes, message):
+    with pytest.raises(HFImportError, match=message):
+        arch_from_hf_config({**read_hf_config(ckpts["opt"]), **changes}, "o")

@@ -89,6 +89,13 @@ PUBLISHED: dict[str, tuple[dict, int]] = {
                       rms_norm_eps=1e-06, rope_theta=1000000, sliding_window=None, use_sliding_window=False,
                       tie_word_embeddings=False, vocab_size=151936, bos_token_id=151643, eos_token_id=151645),
                  8_190_735_360),
+    # mistralai/Mixtral-8x7B-v0.1: 8 experts, 2 active per token (12,879,925,248 active parameters)
+    "mixtral_8x7b": (dict(model_type="mixtral", architectures=["MixtralForCausalLM"], hidden_act="silu",
+                          hidden_size=4096, intermediate_size=14336, max_position_embeddings=32768,
+                          num_attention_heads=32, num_experts_per_tok=2, num_hidden_layers=32, num_key_value_heads=8,
+                          num_local_experts=8, output_router_logits=False, rms_norm_eps=1e-05, rope_theta=1000000.0,
+                          router_aux_loss_coef=0.02, sliding_window=None, tie_word_embeddings=False, vocab_size=32000,
+                          bos_token_id=1, eos_token_id=2), 46_702_792_704),
     # mistralai/Mistral-7B-v0.1
     "mistral_7b": (dict(model_type="mistral", architectures=["MistralForCausalLM"], vocab_size=32000,
                         hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_hidden_layers=32,

@@ -58,6 +58,21 @@ class RopeScaling:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """A mixture-of-experts MLP: a router (linear d_model -> experts, no bias) scores every token,
+    softmax then top-k picks its experts and the k weights are renormalised to sum to one
+    (Mixtral); each routed expert is an MLP of the layer's d_ff, activation and biases.
+    `shared_experts` more run on every token (DeepSeek, Qwen-MoE), built as one MLP of
+    shared_experts x d_ff (the same function as that many of width d_ff, summed)."""
+
+    experts: int = 8
+    top_k: int = 2
+    shared_experts: int = 0
+    router_jitter: float = 0.0  # training only: the layer's input times uniform(1 - j, 1 + j), as Mixtral
+    aux_loss: float = 0.001  # coefficient of the load-balancing loss in the objective (Mixtral's default)
+
+
+@dataclass(frozen=True)
 class PositionConfig:
     kind: PositionKind = "learned"
     theta: float = 10_000.0  # rope base
@@ -103,6 +118,7 @@ class LayerConfig:
     cross_attention: bool = False  # decoder layers of an encoder-decoder
     parallel: bool = False  # attention and MLP both read the layer's input; their outputs are added to it
     shared_norm: bool = False  # parallel: one norm feeds both branches (GPT-J, Phi-2); else each its own
+    moe: MoEConfig | None = None  # None: one dense MLP; else a mixture of experts of that MLP
 
     def __post_init__(self):
         # one spelling per model, so that equal models compare equal: `bias` is true only when
@@ -171,6 +187,7 @@ class ArchConfig:
     pooler: bool = False  # BERT's dense + tanh over the first token
     embed_norm: bool = False  # a norm right after the embeddings (BERT)
     embed_scale: float = 1.0  # token embeddings are multiplied by this
+    position_offset: int = 0  # learned position p reads row p + offset of a context + offset table (OPT, RoBERTa)
     # T5 multiplies the final hidden states by d_model**-0.5 before a tied lm head
     tied_head_scale: float = 1.0
     norm: NormKind = "layernorm"  # for the embedding norm and the heads' norms
@@ -204,7 +221,9 @@ def arch_from_dict(data: dict) -> ArchConfig:
         return PositionConfig(**{**d, "scaling": None if scaling is None else RopeScaling(**scaling)})
 
     def layer(d: dict) -> LayerConfig:
-        return LayerConfig(**{**d, "attention": AttentionConfig(**d["attention"]), "position": position(d["position"])})
+        moe = d.get("moe")
+        return LayerConfig(**{**d, "attention": AttentionConfig(**d["attention"]), "position": position(d["position"]),
+                              "moe": None if moe is None else MoEConfig(**moe)})
 
     def stack(d: dict | None) -> StackConfig | None:
         return None if d is None else StackConfig(tuple(layer(x) for x in d["layers"]), d["final_norm"])

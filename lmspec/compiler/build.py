@@ -29,6 +29,7 @@ from .modules import (
     make_activation,
     make_norm,
 )
+from .modules.moe import MixtureOfExperts
 
 __all__ = ["build_model", "build_block", "build_stack", "init_weights", "check_buildable"]
 
@@ -174,13 +175,27 @@ def embedding(num: int, dim: int) -> nn.Embedding:
     return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
 
 
-def build_feed_forward(layer: LayerConfig) -> FeedForward:
-    gated, bias = layer.activation in GATED_ACTIVATIONS, layer.biased("mlp")
+def build_feed_forward(layer: LayerConfig, d_ff: int | None = None) -> FeedForward:
+    gated, bias, d_ff = layer.activation in GATED_ACTIVATIONS, layer.biased("mlp"), d_ff or layer.d_ff
     return FeedForward(
-        up_proj=nn.Linear(layer.d_model, layer.d_ff, bias=bias),
-        gate_proj=nn.Linear(layer.d_model, layer.d_ff, bias=bias) if gated else None,
-        down_proj=nn.Linear(layer.d_ff, layer.d_model, bias=bias),
+        up_proj=nn.Linear(layer.d_model, d_ff, bias=bias),
+        gate_proj=nn.Linear(layer.d_model, d_ff, bias=bias) if gated else None,
+        down_proj=nn.Linear(d_ff, layer.d_model, bias=bias),
         activation=make_activation(layer.activation),
+    )
+
+
+def build_mlp(layer: LayerConfig) -> FeedForward | MixtureOfExperts:
+    moe = layer.moe
+    if moe is None:
+        return build_feed_forward(layer)
+    return MixtureOfExperts(
+        router=nn.Linear(layer.d_model, moe.experts, bias=False),
+        experts=[build_feed_forward(layer) for _ in range(moe.experts)],
+        top_k=moe.top_k,
+        shared=build_feed_forward(layer, moe.shared_experts * layer.d_ff) if moe.shared_experts else None,
+        router_jitter=moe.router_jitter,
+        aux_weight=moe.aux_loss,
     )
 
 
@@ -189,7 +204,7 @@ def build_block(layer: LayerConfig) -> Block | ParallelBlock:
         return make_norm(layer.norm, layer.d_model, layer.norm_eps, bias=layer.norm_bias)
 
     if layer.parallel:
-        return ParallelBlock(attn_norm=norm(), attn=build_attention(layer), mlp=build_feed_forward(layer),
+        return ParallelBlock(attn_norm=norm(), attn=build_attention(layer), mlp=build_mlp(layer),
                              mlp_norm=None if layer.shared_norm else norm(), dropout=layer.dropout)
     return Block(
         attn_norm=norm(),
@@ -197,7 +212,7 @@ def build_block(layer: LayerConfig) -> Block | ParallelBlock:
         cross_norm=norm() if layer.cross_attention else None,
         cross_attn=build_cross_attention(layer) if layer.cross_attention else None,
         mlp_norm=norm(),
-        mlp=build_feed_forward(layer),
+        mlp=build_mlp(layer),
         post_norm=layer.placement == "post",
         dropout=layer.dropout,
     )
@@ -229,7 +244,8 @@ def _build_transformer(arch: ArchConfig) -> Transformer:
     return Transformer(
         embed=embedding(arch.vocab, d),
         context=arch.context,
-        pos_embed=embedding(arch.context, d) if arch.position.kind == "learned" else None,
+        pos_embed=embedding(arch.context + arch.position_offset, d) if arch.position.kind == "learned" else None,
+        position_offset=arch.position_offset,
         sinusoidal=arch.position.kind == "sinusoidal",
         segment_embed=embedding(arch.segments, d) if arch.segments > 0 else None,
         embed_norm=make_norm(arch.norm, d, arch.norm_eps, bias=arch.norm_bias) if arch.embed_norm else None,
@@ -279,6 +295,8 @@ def init_weights(model: Transformer, std: float = 0.02) -> None:
         residual_std = std / math.sqrt(2 * len(stack.layers))
         for block in stack.layers:
             block.attn.o_proj.weight.normal_(0.0, residual_std)
-            block.mlp.down_proj.weight.normal_(0.0, residual_std)
+            for mlp in block.mlp.modules():  # a mixture of experts has one down_proj per expert
+                if isinstance(mlp, FeedForward):
+                    mlp.down_proj.weight.normal_(0.0, residual_std)
             if block.cross_attn is not None:
                 block.cross_attn.o_proj.weight.normal_(0.0, residual_std)

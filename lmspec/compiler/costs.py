@@ -44,7 +44,7 @@ class ModelFigures:
         return {
             "name": self.name, "arch": self.arch, "layers": self.layers,
             "params": {"total": self.params.total, "non_embedding": self.params.non_embedding,
-                       "breakdown": self.params.breakdown},
+                       "active": self.params.active, "breakdown": self.params.breakdown},
             "flops_per_token": {"seq_len": self.flops.seq_len, "forward": self.flops.forward,
                                 "training": self.flops.training, "breakdown": self.flops.breakdown},
             "kv_cache_bytes": {"batch": 1, "seq_len": self.flops.seq_len, "dtype": "bf16",
@@ -282,7 +282,7 @@ def rl_figures(report, stage: str, arch: ArchConfig) -> RLFigures:
         "reward": 4 * A.count_parameters(reward).total if reward is not None else 0,
         "judges": judges,
         # generate runs outside autocast, so its cache is fp32; every rollout of a step at once
-        "kv_cache": A.kv_cache_memory(arch, batch=B, seq_len=T, dtype_bytes=4, evict_sliding=False).total,
+        "kv_cache": A.kv_cache_memory(arch, batch=B, seq_len=T, dtype_bytes=4).total,  # sliding layers: a ring of W
     }
     return RLFigures(rollouts=steps * B, prompt_tokens=prompt, new_tokens=new,
                      updates=steps * epochs * -(-B // mb), minibatch=mb, flops=flops, memory=memory, scorer=scorer,
@@ -373,6 +373,11 @@ def render_figures(f: Figures) -> str:
                  human(m.flops.forward, "FLOP"), human(m.flops.training, "FLOP"), human_bytes(m.kv_cache.total)]
                 for m in f.models.values()]
         out += _table(["model", "arch", "layers", "params", "non-emb", "fwd/token", "train/token", "kv-cache@ctx"], rows)
+        for m in f.models.values():  # a mixture of experts: what one token reads (fwd/token counts only that)
+            if m.params.active != m.params.total:
+                out.append(f"  {m.name}: active {m.params.active:,} of {m.params.total:,} parameters per token "
+                           f"({human(m.params.active)}), fwd/token {human(m.flops.forward, 'FLOP')} counts the "
+                           f"active experts only")
     if f.stages:
         out.append("stages")
         rows = [[s.name, s.model, f"{s.batch}x{s.seq_len}", str(s.steps), human(s.tokens), human(s.flops, "FLOP"),

@@ -522,8 +522,10 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
     sources = [(emb, _shape("B", shared, d))]
     if arch.position.kind == "learned":
         node("position_ids", "input", "position_ids", "embeddings", where.model("position"))
-        pos = node("position_embedding", "embedding", f"learned positions\n{arch.context} x {d}", "embeddings",
-                   where.model("position"), rows=arch.context)
+        rows, offset = arch.context + arch.position_offset, arch.position_offset  # OPT, RoBERTa: from row 2
+        label = f"learned positions\n{rows} x {d}" + (f", from row {offset}" if offset else "")
+        pos = node("position_embedding", "embedding", label, "embeddings",
+                   where.model("position", "position_offset"), rows=rows)
         edge("position_ids", pos, _shape(1, shared))
         sources.append((pos, _shape(1, shared, d)))
     elif arch.position.kind == "sinusoidal":
@@ -593,10 +595,16 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
                 parts.append((cross, node(f"{p}.cross_norm", "norm", f"{p}: {layer.norm}", stack_name, norm_span,
                                           norm=layer.norm)))
             gated = layer.activation in GATED_ACTIVATIONS
-            mlp = node(f"{p}.mlp", "mlp", f"{p}: MLP {d} -> {layer.d_ff} -> {d}\n{layer.activation}", stack_name,
-                       where.layer(stack_name, i, "d_ff", "activation"), layer=i, d_ff=layer.d_ff,
+            moe = getattr(layer, "moe", None)
+            mlp_text = f"{p}: MLP {d} -> {layer.d_ff} -> {d}\n{layer.activation}"
+            if moe is not None:  # a router picks top_k of the experts for each token
+                shared = f" + {moe.shared_experts} shared" if moe.shared_experts else ""
+                mlp_text = (f"{p}: mixture of experts, top-{moe.top_k} of {moe.experts}{shared}\n"
+                            f"each MLP {d} -> {layer.d_ff} -> {d}, {layer.activation}")
+            mlp = node(f"{p}.mlp", "mlp", mlp_text, stack_name,
+                       where.layer(stack_name, i, "d_ff", "activation", "mlp"), layer=i, d_ff=layer.d_ff,
                        activation=layer.activation,
-                       gated=gated)
+                       gated=gated, experts=moe.experts if moe else 0, top_k=moe.top_k if moe else 0)
             if getattr(layer, "parallel", False):  # x + attn(norm(x)) + mlp(norm'(x)): pre-norm, no cross-attention
                 attn_norm = parts[0][1]
                 mlp_norm = attn_norm if layer.shared_norm else node(

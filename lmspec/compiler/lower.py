@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from lmspec.compiler import schema as S
 from lmspec.compiler.arch import (
-    GATED_ACTIVATIONS, ArchConfig, AttentionConfig, HeadConfig, LayerConfig, PositionConfig, RopeScaling, StackConfig,
+    GATED_ACTIVATIONS, ArchConfig, AttentionConfig, HeadConfig, LayerConfig, MoEConfig, PositionConfig, RopeScaling,
+    StackConfig,
 )
 
 __all__ = ["lower_model", "attention_config", "position_config", "head_configs"]
@@ -36,6 +37,12 @@ def position_config(spec) -> PositionConfig:
         layout=getattr(spec, "layout", "half"),
         scaling=scaling,
     )
+
+
+def moe_config(spec) -> MoEConfig | None:
+    if spec.kind == "dense":
+        return None
+    return MoEConfig(spec.experts, spec.top_k, spec.shared_experts, float(spec.router_jitter), float(spec.aux_loss))
 
 
 def head_configs(heads: list | None, arch: str) -> tuple[HeadConfig, ...]:
@@ -115,6 +122,7 @@ def _stack(spec: S.ModelSpec, stack: S.StackSpec | None, n_layers: int, default_
             cross_attention=cross,
             parallel=spec.residual.kind == "parallel",
             shared_norm=spec.residual.kind == "parallel" and spec.residual.norms == 1,
+            moe=moe_config(spec.mlp),
         ))
     final_norm = spec.final_norm if spec.final_norm is not None else spec.placement == "pre"
     return StackConfig(tuple(layers), final_norm=final_norm)
@@ -149,6 +157,7 @@ def lower_model(name: str, spec: S.ModelSpec, head_override: list | None = None)
         pooler=spec.pooler,
         embed_norm=spec.embed_norm,
         embed_scale=spec.embed_scale,
+        position_offset=spec.position_offset,
         tied_head_scale=spec.head_scale,
         norm=spec.norm,
         norm_eps=spec.norm_eps,

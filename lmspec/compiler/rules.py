@@ -382,6 +382,7 @@ def _shapes(arch: ArchConfig) -> dict[str, object]:
     out["position"] = arch.position.kind
     if arch.position.kind == "learned":
         out["context (learned positions)"] = arch.context
+        out["position_offset"] = arch.position_offset
     for stack_name, stack in _stacks(arch):
         out[f"{stack_name} layers"] = stack.n_layers
         out[f"{stack_name} final_norm"] = stack.final_norm

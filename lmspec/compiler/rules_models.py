@@ -388,7 +388,13 @@ def token_id_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterato
 def ignored_key_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[Diagnostic]:
     """LMS095: in an encoder-decoder each stack has its own layer count and attention, so the
     model-level `layers` is never read and the model-level `attention` reaches the encoder
-    only (the decoder stays causal unless `decoder { }` says otherwise)."""
+    only (the decoder stays causal unless `decoder { }` says otherwise). `position_offset` is
+    read by a learned position table only."""
+    if spec.position_offset and spec.position.kind != "learned":
+        yield _err("LMS095", f"model '{name}' does not read 'position_offset': it offsets a learned position table, "
+                   f"and its positions are {spec.position.kind}",
+                   block.span_of(("position_offset",), key=True),
+                   help="remove `position_offset`, or set `position: learned`")
     if spec.arch != "encoder_decoder":
         return
     if spec.layers is not None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "BLOCK_KINDS", "TokenizerSpec", "DataSpec", "ModelSpec", "TrainSpec", "JudgeSpec", "FeedbackSpec", "RLSpec",
@@ -245,6 +246,36 @@ class Parallel(Variant):
 
 
 Residual = Annotated[Union[Sequential, Parallel], Field(discriminator="kind")]
+
+
+class DenseMLP(Variant):
+    """`dense`: one MLP that every token passes through."""
+
+    kind: Literal["dense"] = "dense"
+
+
+class MoEMLP(Variant):
+    """`moe(experts: 8, top_k: 2)`: a mixture of experts, each token routed to top_k of them (Mixtral)."""
+
+    kind: Literal["moe"] = "moe"
+    experts: int = Field(8, ge=2, le=4096, description="routed experts, each an MLP of d_ff")
+    top_k: int = Field(2, ge=1, description="experts each token is routed to; their weights are renormalised")
+    shared_experts: int = Field(0, ge=0, description="experts every token also passes through (DeepSeek, Qwen-MoE)")
+    router_jitter: float = Field(0.0, ge=0.0, lt=1.0, description="training only: the input is multiplied by "
+                                                                  "uniform(1 - jitter, 1 + jitter) noise (Mixtral)")
+    aux_loss: float = Field(0.001, ge=0.0, description="coefficient of the load-balancing loss added to the "
+                                                       "objective (Switch; Mixtral's default 0.001)")
+
+    @model_validator(mode="after")
+    def _top_k_fits(self):
+        if self.top_k > self.experts:
+            raise PydanticCustomError("moe_top_k", "top_k ({top_k}) must be at most experts ({experts}): write "
+                                      "`top_k: {experts}` or `experts: {top_k}`",
+                                      {"top_k": self.top_k, "experts": self.experts})
+        return self
+
+
+MLP = Annotated[Union[DenseMLP, MoEMLP], Field(discriminator="kind")]
 NormName = Literal["layernorm", "rmsnorm"]
 ActivationName = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh", "reglu"]
 
@@ -306,6 +337,8 @@ class ModelSpec(Block):
     residual: Residual = Field(Sequential(), description="sequential: x + attn, then + mlp; parallel(norms): "
                                                          "x + attn(norm(x)) + mlp(norm(x)) (GPT-J, GPT-NeoX)")
     activation: ActivationName = Field("gelu", description="MLP activation; swiglu/geglu/geglu_tanh/reglu are gated")
+    mlp: MLP = Field(DenseMLP(), description="dense | moe(experts, top_k, shared_experts, router_jitter, aux_loss): "
+                                             "a mixture of experts (Mixtral)")
     bias: bool = Field(True, description="biases on the attention and MLP projections")
     qkv_bias: bool | None = Field(None, description="biases on the query, key and value projections; default bias "
                                                      "(Qwen2: true beside bias: false)")
@@ -319,6 +352,8 @@ class ModelSpec(Block):
     pooler: bool = Field(False, description="BERT's dense + tanh over the first token")
     embed_norm: bool = Field(False, description="a norm right after the embeddings (BERT)")
     embed_scale: float = Field(1.0, gt=0, description="token embeddings are multiplied by this")
+    position_offset: int = Field(0, ge=0, description="learned positions start at this row of a table of context + "
+                                                      "position_offset rows (RoBERTa, OPT: 2)")
     head_scale: float = Field(1.0, gt=0, description="final hidden states are multiplied by this before a tied lm head (T5: d_model ** -0.5)")
     final_norm: bool | None = Field(None, description="a norm after the last layer; default true for pre-norm")
     head: list[Head] | None = Field(None, min_length=1, description="lm | mlm(transform) | nsp | classifier(classes, pool) | "

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lmspec.compiler.modules.moe import moe_aux_loss
 from lmspec.runtime import distributed
 from lmspec.runtime.objectives import model_inputs
 
@@ -189,6 +190,7 @@ class StepResult:
     tokens: int  # input tokens processed (padding excluded)
     finite: bool  # the loss is finite (else the update was not applied)
     skipped: bool = False  # fp16: the grad scaler found inf/nan gradients and skipped the update
+    moe_aux: float | None = None  # a mixture of experts: its load-balancing loss, mean over the step (unweighted)
 
 
 def input_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -219,24 +221,33 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     counts = distributed.sum_over_ranks(counts)  # ... on every rank
     sums = [0.0] * len(terms)
     tokens = 0
+    # a mixture of experts' load-balancing loss is a mean per micro-batch: it joins the loss as
+    # its mean over every micro-batch of the step on every rank (the ranks' gradients are summed)
+    shares = len(micro_batches) * distributed.world().size
+    aux_sum, aux_weighted = 0.0, 0.0
     for k, batch in enumerate(micro_batches):
         hold = no_sync() if no_sync is not None and k < len(micro_batches) - 1 else contextlib.nullcontext()
         with hold:
             _, losses = forward_terms(model, batch, terms, precision)
             loss = sum(w * l / max(c, 1) for (w, _), l, c in zip(terms, losses, counts))
+            aux = moe_aux_loss(model)
+            if aux is not None:  # (weighted by each layer's aux_loss, unweighted)
+                loss = loss + aux[0] / shares
+                aux_weighted, aux_sum = aux_weighted + float(aux[0].detach()), aux_sum + float(aux[1].detach())
             (scaler.scale(loss) if scaler is not None else loss).backward()
         for i, l in enumerate(losses):
             sums[i] += float(l.detach())
         tokens += input_tokens(batch)
-    *sums, tokens = distributed.sum_over_ranks(sums + [float(tokens)])
+    *sums, tokens, aux_sum, aux_weighted = distributed.sum_over_ranks(sums + [float(tokens), aux_sum, aux_weighted])
     tokens = int(tokens)
+    moe_aux = aux_sum / shares if aux is not None else None
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     max_norm = clip_grad if clip_grad is not None else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     term_means = {obj.kind: s / max(c, 1) for (_, obj), s, c in zip(terms, sums, counts)}
-    total = sum(w * s / max(c, 1) for (w, _), s, c in zip(terms, sums, counts))
+    total = sum(w * s / max(c, 1) for (w, _), s, c in zip(terms, sums, counts)) + aux_weighted / shares
     finite = math.isfinite(total) and (math.isfinite(grad_norm) or scaler is not None)
     skipped = False
     if finite:
@@ -247,4 +258,4 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
         else:
             optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(total, term_means, grad_norm, tokens, finite, skipped)
+    return StepResult(total, term_means, grad_norm, tokens, finite, skipped, moe_aux)

@@ -9,6 +9,8 @@ checked against a real forward):
   causal, prefix and sliding-window masks hide scores but do not skip them, so no discount;
 - element-wise work (norms, activations, softmax, rotary embeddings, residual adds,
   biases) and embedding lookups are free: together they are a few percent at most;
+- a mixture of experts counts what runs: the router, each token's top_k experts and the shared
+  ones (any routing gives the same figure, since every token reaches exactly top_k experts);
 - training = 3 x forward: the backward pass computes a gradient for each matrix product's
   input and one for its weight, each as large as the forward product.
 
@@ -59,8 +61,16 @@ def _layer_flops(layer: LayerConfig, T: int, S: int) -> dict[str, int]:
         # q k^T and p v, one (T x T x head_dim) product each per query head: grouped-query
         # attention shares k and v between heads but still scores every query head
         "attention_scores": 4 * T * T * q_dim,
-        "mlp": 2 * T * d * layer.d_ff * (3 if layer.activation in GATED_ACTIVATIONS else 2),
     }
+    matrices = 3 if layer.activation in GATED_ACTIVATIONS else 2
+    moe = layer.moe
+    if moe is None:
+        out["mlp"] = 2 * T * d * layer.d_ff * matrices
+    else:  # each token runs the router, its top_k experts and the shared ones: the other experts are idle
+        out["router"] = 2 * T * d * moe.experts
+        out["experts"] = 2 * T * moe.top_k * d * layer.d_ff * matrices
+        if moe.shared_experts:
+            out["mlp"] = 2 * T * d * moe.shared_experts * layer.d_ff * matrices
     if layer.cross_attention:
         # q and o over the T decoder positions, k and v over the S encoder positions
         out["cross_attention"] = 2 * T * d * q_dim + 2 * S * d * 2 * kv_dim + 2 * T * q_dim * d

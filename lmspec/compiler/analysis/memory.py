@@ -158,6 +158,31 @@ def _mlp_elements(layer: LayerConfig) -> int:
     return layer.d_ff * (1 if layer.activation == "relu" else 2)
 
 
+def _moe_bytes(layer: LayerConfig, N: int, k: "_Kernels") -> int:
+    """What a mixture of experts keeps over N positions (modules/moe.py). Which expert a token
+    reaches depends on the data, but not how much is kept: every position makes top_k
+    (position, expert) pairs and each pair keeps the same tensors, so the figure holds for any
+    routing (an expert no token reaches keeps nothing)."""
+    moe, d, a = layer.moe, layer.d_model, k.act
+    gated = layer.activation in GATED_ACTIVATIONS
+    jitter = FP32 * d if moe.router_jitter > 0 else 0  # the noise the input was multiplied by
+    # the router's input (under autocast its half copy; in fp32 the norm's output, which a
+    # shared norm's qkv_proj already keeps unless jitter made a new tensor of it), its softmax,
+    # the chosen experts (int64), their probabilities and the sum that renormalises them
+    shares = layer.shared_norm and not k.half and not jitter
+    router = (0 if shares else a * d) + FP32 * moe.experts + 8 * moe.top_k + FP32 * moe.top_k + FP32
+    # per pair: the expert's input (gathered; under autocast a half copy per projection that
+    # reads it), its activations, its output, the weighted output, the weight, and two int64
+    # indices (the pair's place in the sort by expert, and its position)
+    copies = 2 if k.half and gated else 1
+    pair = a * d * copies + a * _mlp_elements(layer) + a * d + FP32 * d + FP32 + 2 * 8
+    # the shared experts read the router's input (under autocast, copies of their own)
+    shared = moe.shared_experts * a * _mlp_elements(layer) + (a * d * copies if k.half else 0) \
+        if moe.shared_experts else 0
+    # and once per layer the load-balancing loss keeps each expert's share of the pairs
+    return N * (jitter + router + moe.top_k * pair + shared) + FP32 * moe.experts
+
+
 @dataclass(frozen=True)
 class _Kernels:
     """What decides which tensors are kept: the device's kernels and the precision."""
@@ -306,11 +331,14 @@ def _layer_activations(layer: LayerConfig, B: int, T: int, S: int, k: _Kernels) 
     add("attention", _attention_bytes(layer, B, T, T, kernel, k, cross=False))
     if layer.qk_norm:
         add("norms", B * T * _qk_norm_bytes(layer, kernel, k))
-    # up_proj's input, and under autocast gate_proj's own half-precision copy of it
-    inputs = 2 if k.half and layer.activation in GATED_ACTIVATIONS else 1
-    if layer.shared_norm and not k.half:
-        inputs -= 1  # up_proj reads the tensor qkv_proj reads (autocast casts it for each apart)
-    add("mlp", B * T * k.act * (inputs * d + _mlp_elements(layer)))
+    if layer.moe is not None:
+        add("mlp", _moe_bytes(layer, B * T, k))
+    else:
+        # up_proj's input, and under autocast gate_proj's own half-precision copy of it
+        inputs = 2 if k.half and layer.activation in GATED_ACTIVATIONS else 1
+        if layer.shared_norm and not k.half:
+            inputs -= 1  # up_proj reads the tensor qkv_proj reads (autocast casts it for each apart)
+        add("mlp", B * T * k.act * (inputs * d + _mlp_elements(layer)))
     key, shared, own = _mask_bytes(layer, B, T, kernel, k)
     add("masks", own)
     if layer.cross_attention:
@@ -734,8 +762,9 @@ def kv_cache_memory(
     """Bytes of the KV cache for generating `seq_len` tokens (prompt included) per sequence.
 
     Each decoder layer keeps keys and values of kv_heads x head_dim per token; a sliding-window
-    layer needs only its last `window` tokens when `evict_sliding` (lmspec's own `KVCache`
-    keeps every token and masks old ones: pass False for what it allocates). An encoder-decoder
+    layer only its last min(window, seq_len), a ring buffer, when `evict_sliding`: exactly what
+    lmspec's `KVCache` allocates for `new_cache(batch, seq_len)` (False: a cache that keeps
+    every token, as one without eviction would). An encoder-decoder
     also keeps each cross-attention layer's keys and values over `encoder_seq_len` (default
     `seq_len`) encoder positions. An encoder-only model has no cache: all zeros."""
     if arch.decoder is None:

@@ -44,12 +44,15 @@ class ParamCount:
     count and sums to `total`. `non_embedding` is `total` less the token, position and
     segment lookup tables (Kaplan et al.'s N); an untied output head is counted in it.
     `tensors` is the number of distinct parameter tensors (optimizers keep a `step` per tensor).
+    `active` is what one token's forward reads: `total` less the routed experts a mixture of
+    experts leaves idle ((experts - top_k) of them per MoE layer); equal to `total` otherwise.
     """
 
     total: int
     breakdown: dict[str, int]
     non_embedding: int
     tensors: int
+    active: int
 
 
 def _norm(prefix: str, kind: str, dim: int, component: str, bias: bool = True) -> list[ParamShape]:
@@ -85,11 +88,24 @@ def _layer(prefix: str, layer: LayerConfig, stack: str) -> list[ParamShape]:
         shapes += _linear(f"{prefix}.cross_attn.o_proj", q_dim, d, out_b, cross)
     if not layer.shared_norm:  # a parallel layer may feed its MLP from the attention's norm
         shapes += _norm(f"{prefix}.mlp_norm", layer.norm, d, norms, layer.norm_bias)
-    shapes += _linear(f"{prefix}.mlp.up_proj", d, layer.d_ff, mlp_b, mlp)
-    if layer.activation in GATED_ACTIVATIONS:
-        shapes += _linear(f"{prefix}.mlp.gate_proj", d, layer.d_ff, mlp_b, mlp)
-    shapes += _linear(f"{prefix}.mlp.down_proj", layer.d_ff, d, mlp_b, mlp)
+    if layer.moe is None:
+        return shapes + _feed_forward(f"{prefix}.mlp", layer, layer.d_ff, mlp)
+    # a mixture of experts: the router, then each routed expert, then the shared ones as one MLP
+    moe = layer.moe
+    shapes += _linear(f"{prefix}.mlp.router", d, moe.experts, False, f"{stack}.router")
+    for e in range(moe.experts):
+        shapes += _feed_forward(f"{prefix}.mlp.experts.{e}", layer, layer.d_ff, f"{stack}.experts")
+    if moe.shared_experts:
+        shapes += _feed_forward(f"{prefix}.mlp.shared", layer, moe.shared_experts * layer.d_ff, mlp)
     return shapes
+
+
+def _feed_forward(prefix: str, layer: LayerConfig, d_ff: int, component: str) -> list[ParamShape]:
+    d, bias = layer.d_model, layer.biased("mlp")
+    shapes = _linear(f"{prefix}.up_proj", d, d_ff, bias, component)
+    if layer.activation in GATED_ACTIVATIONS:
+        shapes += _linear(f"{prefix}.gate_proj", d, d_ff, bias, component)
+    return shapes + _linear(f"{prefix}.down_proj", d_ff, d, bias, component)
 
 
 def _stack(name: str, stack: StackConfig, arch: ArchConfig) -> list[ParamShape]:
@@ -114,7 +130,8 @@ def parameter_shapes(arch: ArchConfig) -> list[ParamShape]:
     d, V = arch.d_model, arch.vocab
     shapes = [ParamShape("embed.weight", (V, d), "embeddings")]
     if arch.position.kind == "learned":
-        shapes.append(ParamShape("pos_embed.weight", (arch.context, d), "positions"))
+        # position_offset rows come before position 0's (OPT, RoBERTa)
+        shapes.append(ParamShape("pos_embed.weight", (arch.context + arch.position_offset, d), "positions"))
     if arch.segments:
         shapes.append(ParamShape("segment_embed.weight", (arch.segments, d), "segments"))
     if arch.embed_norm:
@@ -157,4 +174,11 @@ def count_parameters(arch: ArchConfig) -> ParamCount:
         breakdown.setdefault("lm_head", 0)  # listed so a reader sees the head exists and is tied
     total = sum(breakdown.values())
     embedding = sum(n for c, n in breakdown.items() if c in EMBEDDING_COMPONENTS)
-    return ParamCount(total=total, breakdown=breakdown, non_embedding=total - embedding, tensors=len(shapes))
+    idle = 0
+    for stack in arch.stacks:
+        for layer in stack.layers:
+            if layer.moe is not None:  # every routed expert has the same shapes: one of them, times the idle ones
+                expert = sum(p.numel for p in _feed_forward("", layer, layer.d_ff, ""))
+                idle += (layer.moe.experts - layer.moe.top_k) * expert
+    return ParamCount(total=total, breakdown=breakdown, non_embedding=total - embedding, tensors=len(shapes),
+                      active=total - idle)

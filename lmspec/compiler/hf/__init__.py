@@ -8,9 +8,9 @@ back as one (`export_hf`; `lmspec export-hf` does it for a run).
     load_hf_weights(model, "ckpt/")                                # into a model you built
     config, tensors = export_hf(arch, model.state_dict())          # back: config.json + HF tensors
 
-Supported model types: gpt2, bert, t5, llama, mistral, qwen2, qwen3 both ways; gpt_neox,
-gptj and phi import only (`export_hf` refuses an architecture no exported family computes
-exactly). Nothing is ever downloaded and pickle checkpoints (pytorch_model.bin) are refused. The weight loaders import torch; the
+Supported model types: gpt2, bert, t5, mt5, llama, mistral, qwen2, qwen3 both ways; gpt_neox,
+gptj, phi, distilbert, roberta, opt and mixtral import only (`export_hf` refuses an
+architecture no exported family computes exactly, naming what it lacks). Nothing is ever downloaded and pickle checkpoints (pytorch_model.bin) are refused. The weight loaders import torch; the
 rest of this package does not, so `lmspec import-hf` starts fast.
 """
 

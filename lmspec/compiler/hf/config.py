@@ -22,6 +22,7 @@ from ..arch import (
     AttentionConfig,
     HeadConfig,
     LayerConfig,
+    MoEConfig,
     PositionConfig,
     RopeScaling,
     StackConfig,
@@ -37,11 +38,16 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "t5": ("T5ForConditionalGeneration", "T5Model"),
     "llama": ("LlamaForCausalLM", "LlamaModel"),
     "mistral": ("MistralForCausalLM", "MistralModel"),
+    "mixtral": ("MixtralForCausalLM", "MixtralModel"),
     "qwen2": ("Qwen2ForCausalLM", "Qwen2Model"),
     "qwen3": ("Qwen3ForCausalLM", "Qwen3Model"),
     "gpt_neox": ("GPTNeoXForCausalLM", "GPTNeoXModel"),
     "phi": ("PhiForCausalLM", "PhiModel"),
     "gptj": ("GPTJForCausalLM", "GPTJModel"),
+    "distilbert": ("DistilBertForMaskedLM", "DistilBertModel"),
+    "mt5": ("MT5ForConditionalGeneration", "MT5Model"),
+    "roberta": ("RobertaForMaskedLM", "RobertaModel"),
+    "opt": ("OPTForCausalLM", "OPTModel"),
 }
 
 # Hugging Face ACT2FN names -> lmspec activations (gelu_new is GPT-2's tanh approximation)
@@ -84,8 +90,9 @@ def arch_from_hf_config(
     """
     cls = hf_class(config)
     builder = {"gpt2": _gpt2, "bert": _bert, "t5": _t5, "llama": _llama, "mistral": _llama, "qwen2": _llama,
-               "qwen3": _llama, "gpt_neox": _gpt_neox, "phi": _phi,
-               "gptj": _gptj}
+               "qwen3": _llama, "mixtral": _llama, "gpt_neox": _gpt_neox, "phi": _phi,
+               "gptj": _gptj, "distilbert": _distilbert,
+               "mt5": _t5, "roberta": _bert, "opt": _opt}
     return builder[config["model_type"]](_Config(config), name, cls, tensor_names)
 
 
@@ -123,7 +130,8 @@ def _activation(cfg: _Config, key: str, default: str) -> Activation:
 
 # the bare transformers: hidden states out, no head
 _BARE = frozenset({"GPT2Model", "BertModel", "T5Model", "LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model",
-                   "GPTNeoXModel", "PhiModel", "GPTJModel"})
+                   "GPTNeoXModel", "PhiModel", "GPTJModel", "DistilBertModel",
+                   "MT5Model", "RobertaModel", "OPTModel"})
 
 
 def _head_activation(activation: Activation) -> Activation:
@@ -183,10 +191,12 @@ def _gpt2(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | Non
 
 
 def _bert(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    """BERT, and RoBERTa: BERT whose learned positions start at row pad_token_id + 1 (fairseq
+    numbers the real tokens from there), and whose MLM head always uses the exact gelu."""
     cfg.require(
         "position_embedding_type", {"absolute"}, "absolute", "only absolute (learned) positions are supported"
     )
-    cfg.require("is_decoder", {False}, False, "BERT as a decoder is not supported")
+    cfg.require("is_decoder", {False}, False, f"{cfg.model_type} as a decoder is not supported")
     d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     activation = _activation(cfg, "hidden_act", "gelu")
     dropout = float(cfg.get("hidden_dropout_prob", 0.1))
@@ -206,10 +216,22 @@ def _bert(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | Non
         bias=True,
         dropout=dropout,
     )
+    offset = 0
+    if cfg.model_type == "roberta":
+        # positions are numbered from input ids: a pad token gets row pad_token_id, real tokens the
+        # rows after it; with pad tokens only where the attention mask is 0 that is an offset
+        offset = int(cfg["pad_token_id"]) + 1
+        if cfg["max_position_embeddings"] <= offset:
+            raise HFImportError(f"roberta config.json sets max_position_embeddings={cfg['max_position_embeddings']}, "
+                                f"which leaves no position after pad_token_id={offset - 1}")
+        if cls != "RobertaModel":
+            cfg.require("hidden_act", {"gelu"}, "gelu",
+                        "RobertaForMaskedLM's head applies the exact gelu whatever hidden_act says, and lmspec's "
+                        "mlm head applies the layers' activation")
     mlm = HeadConfig("mlm", transform=True)
     if cls == "BertForPreTraining":
         heads_, pooler = (mlm, HeadConfig("nsp")), True
-    elif cls == "BertForMaskedLM":
+    elif cls in ("BertForMaskedLM", "RobertaForMaskedLM"):
         heads_, pooler = (mlm,), False  # BertForMaskedLM is built without the pooler
     else:  # BertModel: pooler unless it was saved with add_pooling_layer=False
         heads_ = ()
@@ -218,14 +240,60 @@ def _bert(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | Non
         name=name,
         arch="encoder",
         vocab=cfg["vocab_size"],
-        context=cfg["max_position_embeddings"],
+        context=cfg["max_position_embeddings"] - offset,
         d_model=d,
         position=PositionConfig("learned"),
+        position_offset=offset,
         encoder=StackConfig((layer,) * cfg["num_hidden_layers"], final_norm=False),
         heads=heads_,
         tie_embeddings=_tied(cfg, True, heads_),
         segments=int(cfg.get("type_vocab_size", 2)),
         pooler=pooler,
+        embed_norm=True,
+        norm="layernorm",
+        norm_eps=eps,
+        activation=activation,
+        dropout=dropout,
+        pad_id=cfg.get("pad_token_id"),
+    )
+
+
+def _distilbert(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    """DistilBERT: BERT's post-norm encoder without token types or a pooler; every LayerNorm's
+    epsilon is fixed at 1e-12, and the MLM head is BERT's (dense, activation, LayerNorm, tied
+    decoder with a bias)."""
+    cfg.require("sinusoidal_pos_embds", {False}, False,
+                "lmspec's sinusoidal table differs from DistilBERT's frozen one, and learned positions would train it")
+    d, heads = cfg["dim"], cfg["n_heads"]
+    activation = _activation(cfg, "activation", "gelu")
+    dropout = float(cfg.get("dropout", 0.1))
+    eps = 1e-12  # hard-coded in modeling_distilbert, not a config field
+    layer = LayerConfig(
+        d_model=d,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=d // heads,
+        d_ff=cfg["hidden_dim"],
+        attention=AttentionConfig("bidirectional"),
+        position=PositionConfig("learned"),
+        norm="layernorm",
+        norm_eps=eps,
+        placement="post",
+        activation=activation,
+        bias=True,
+        dropout=dropout,
+    )
+    heads_ = () if cls in _BARE else (HeadConfig("mlm", transform=True),)
+    return ArchConfig(
+        name=name,
+        arch="encoder",
+        vocab=cfg["vocab_size"],
+        context=cfg["max_position_embeddings"],
+        d_model=d,
+        position=PositionConfig("learned"),
+        encoder=StackConfig((layer,) * cfg["n_layers"], final_norm=False),
+        heads=heads_,
+        tie_embeddings=_tied(cfg, True, heads_),
         embed_norm=True,
         norm="layernorm",
         norm_eps=eps,
@@ -247,10 +315,12 @@ _T5_ACTIVATIONS: dict[str, Activation] = {
 
 
 def _t5(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
-    proj = cfg.get("feed_forward_proj", "relu")
+    """T5 (v1.0: relu, tied head scaled by d_model**-0.5; v1.1 and Flan-T5: gated-gelu, untied)
+    and mT5, which is T5 v1.1 by default and never scales its head."""
+    proj = cfg.get("feed_forward_proj", "gated-gelu" if cfg.model_type == "mt5" else "relu")
     if proj not in _T5_ACTIVATIONS:
         raise HFImportError(
-            f"t5 config.json sets feed_forward_proj={proj!r}: no lmspec activation matches it "
+            f"{cfg.model_type} config.json sets feed_forward_proj={proj!r}: no lmspec activation matches it "
             f"(supported: {', '.join(_T5_ACTIVATIONS)})"
         )
     activation = _T5_ACTIVATIONS[proj]
@@ -281,10 +351,14 @@ def _t5(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None)
             cross_attention=cross,
         )
 
-    tied = _tied(cfg, True, _lm_heads(cls))
+    said_tied = _tied(cfg, True, _lm_heads(cls))
+    # transformers 5 writes tie_word_embeddings: true into every T5 and mT5 config, even one
+    # re-saved from an untied v1.1 checkpoint, and then unties when the file holds its own
+    # lm_head.weight: so does this import
+    tied = said_tied and (tensor_names is None or "lm_head.weight" not in tensor_names)
     # Original T5 scales the decoder output by d_model**-0.5 before its tied head; v1.1 does not.
-    # transformers 5 always ties and records the choice as scale_decoder_outputs instead.
-    scaled = bool(cfg.get("scale_decoder_outputs", tied))
+    # transformers 5 records the choice as scale_decoder_outputs; mT5 never scales.
+    scaled = bool(_lm_heads(cls)) and cfg.model_type == "t5" and bool(cfg.get("scale_decoder_outputs", said_tied))
     n_enc = cfg["num_layers"]
     n_dec = cfg.get("num_decoder_layers", n_enc)
     return ArchConfig(
@@ -298,7 +372,7 @@ def _t5(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None)
         decoder=StackConfig((layer("causal", True),) * n_dec, final_norm=True),
         heads=_lm_heads(cls),
         tie_embeddings=tied,
-        tied_head_scale=d**-0.5 if (tied and scaled) else 1.0,
+        tied_head_scale=d**-0.5 if scaled else 1.0,
         norm="rmsnorm",
         norm_eps=eps,
         activation=_head_activation(activation),
@@ -358,7 +432,7 @@ def _attentions(cfg: _Config, n_layers: int) -> list[AttentionConfig]:
     it over the layers `layer_types` marks "sliding_attention" (from max_window_layers on), and
     only when use_sliding_window is set; Llama never slides."""
     window = cfg.get("sliding_window")
-    if cfg.model_type == "mistral":
+    if cfg.model_type in ("mistral", "mixtral"):
         kinds = ["sliding_attention" if window else "full_attention"] * n_layers
     elif cfg.model_type in ("qwen2", "qwen3"):
         window = window if cfg.get("use_sliding_window", False) else None
@@ -394,7 +468,7 @@ def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | No
         )
     if cfg.model_type == "qwen2":  # fixed by the family: q, k and v have biases, o and the MLP none
         biases = dict(bias=False, qkv_bias=True)
-    elif cfg.model_type == "mistral":
+    elif cfg.model_type in ("mistral", "mixtral"):
         biases = dict(bias=False)
     elif cfg.model_type == "qwen3":  # attention_bias: q, k, v and o; the MLP has none
         biases = dict(bias=bool(cfg.get("attention_bias", False)), mlp_bias=False)
@@ -422,6 +496,7 @@ def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | No
             activation="swiglu",
             qk_norm=cfg.model_type == "qwen3",
             dropout=dropout,
+            moe=_moe(cfg),
             **biases,
         )
         for attention in _attentions(cfg, n_layers)
@@ -442,6 +517,20 @@ def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | No
         dropout=dropout,
         pad_id=cfg.get("pad_token_id"),
     )
+
+
+def _moe(cfg: _Config) -> MoEConfig | None:
+    """Mixtral's sparse MLP: num_local_experts SwiGLU experts of intermediate_size, the top
+    num_experts_per_tok renormalised. transformers adds router_aux_loss_coef x its load-balancing
+    loss only when output_router_logits is set: aux_loss is that coefficient then, else 0."""
+    if cfg.model_type != "mixtral":
+        return None
+    experts, top_k = int(cfg["num_local_experts"]), int(cfg["num_experts_per_tok"])
+    if not 1 <= top_k <= experts or experts < 2:
+        raise HFImportError(f"mixtral config.json sets num_local_experts={experts}, num_experts_per_tok={top_k}: "
+                            "lmspec needs at least 2 experts and 1 <= num_experts_per_tok <= num_local_experts")
+    coefficient = float(cfg.get("router_aux_loss_coef", 0.001)) if cfg.get("output_router_logits", False) else 0.0
+    return MoEConfig(experts, top_k, 0, float(cfg.get("router_jitter_noise", 0.0)), coefficient)
 
 
 def _gpt_neox(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
@@ -584,6 +673,54 @@ def _gptj(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | Non
         tie_embeddings=_tied(cfg, False, heads_),
         norm="layernorm",
         norm_eps=eps,
+        activation=activation,
+        dropout=dropout,
+        pad_id=cfg.get("pad_token_id"),
+    )
+
+
+def _opt(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    """OPT: GPT-2's decoder with nn.Linear projections, learned positions from row 2 (position_offset),
+    relu; pre-norm with a final LayerNorm (do_layer_norm_before), or post-norm without (OPT-350m)."""
+    d, proj = cfg["hidden_size"], cfg.get("word_embed_proj_dim", cfg["hidden_size"])
+    if proj != d:
+        raise HFImportError(f"opt config.json sets word_embed_proj_dim={proj} beside hidden_size={d}: lmspec has no "
+                            "project_in/project_out between narrower embeddings and the layers (OPT-350m)")
+    cfg.require("layer_norm_elementwise_affine", {True}, True, "lmspec's LayerNorms always have a weight")
+    cfg.require("layerdrop", {0, 0.0}, 0.0, "lmspec has no LayerDrop (layers skipped at random in training)")
+    pre = bool(cfg.get("do_layer_norm_before", True))
+    activation = _activation(cfg, "activation_function", "relu")
+    dropout = float(cfg.get("dropout", 0.1))
+    heads = cfg["num_attention_heads"]
+    layer = LayerConfig(
+        d_model=d,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=d // heads,
+        d_ff=cfg["ffn_dim"],
+        attention=AttentionConfig("causal"),
+        position=PositionConfig("learned"),
+        norm="layernorm",
+        norm_eps=1e-5,  # nn.LayerNorm's default: OPT's config has no epsilon
+        placement="pre" if pre else "post",
+        activation=activation,
+        bias=bool(cfg.get("enable_bias", True)),
+        dropout=dropout,
+    )
+    return ArchConfig(
+        name=name,
+        arch="decoder",
+        vocab=cfg["vocab_size"],
+        context=cfg["max_position_embeddings"],
+        d_model=d,
+        position=PositionConfig("learned"),
+        position_offset=2,  # fixed by OPTLearnedPositionalEmbedding, whatever pad_token_id is
+        decoder=StackConfig((layer,) * cfg["num_hidden_layers"],
+                            final_norm=pre and not cfg.get("_remove_final_layer_norm", False)),
+        heads=_lm_heads(cls),
+        tie_embeddings=_tied(cfg, True, _lm_heads(cls)),
+        norm="layernorm",
+        norm_eps=1e-5,
         activation=activation,
         dropout=dropout,
         pad_id=cfg.get("pad_token_id"),

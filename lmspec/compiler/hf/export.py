@@ -174,6 +174,8 @@ class _Fit:
         if pooler is not None:
             self.model("pooler", _bool(a.pooler), a.pooler == pooler, _bool(pooler))
         self.model("embed_scale", _float(a.embed_scale), a.embed_scale == 1.0, "1.0")
+        # OPT and RoBERTa have offset tables, but lmspec imports them only
+        self.model("position_offset", str(a.position_offset), a.position_offset == 0, "positions from row 0")
 
     def heads(self, head_scale: Callable[[ArchConfig], bool] = lambda a: a.tied_head_scale == 1.0,
               scales: str = "1.0") -> None:
@@ -433,6 +435,11 @@ _FITS: dict[str, Callable[[ArchConfig], _Fit]] = {
 
 def _fit(arch: ArchConfig) -> _Fit:
     """The first family that expresses `arch` exactly, or HFExportError for the closest."""
+    layers = [L for stack in arch.stacks for L in stack.layers]
+    if any(getattr(L, "moe", None) is not None for L in layers):
+        raise HFExportError(f"cannot export model '{arch.name}' to Hugging Face: its MLP is a mixture of experts "
+                            "(mlp: moe(...)), and no family lmspec exports has one (mixtral export is not built)",
+                            help="keep using the model in lmspec; lmspec import-hf reads Mixtral checkpoints")
     order = list(_CANDIDATES.get(arch.arch, ()))
     if arch.arch == "decoder" and any(L.attention.kind == "sliding" for L in arch.decoder.layers):
         order.remove("mistral")

@@ -145,6 +145,72 @@ def _bert(arch: ArchConfig) -> Mapping:
     )
 
 
+def _roberta(arch: ArchConfig) -> Mapping:
+    """BERT's names under "roberta.", with the MLM head's own."""
+    decoder = "lm_head.decoder.weight"
+    body = tuple(r for r in _bert(arch).rules if not r.target.startswith(("embed.", "mlm_head.", "nsp_head.")))
+    return Mapping(
+        rules=(
+            R("embed.weight", "{p}embeddings.word_embeddings.weight" + (f"|{decoder}" if arch.tie_embeddings else "")),
+            *body,
+            R("mlm_head.dense.{wb}", "lm_head.dense.{wb}"),
+            R("mlm_head.norm.{wb}", "lm_head.layer_norm.{wb}"),
+            R("mlm_head.decoder.weight", decoder),
+            # the decoder's bias is a separate parameter tied to lm_head.bias
+            R("mlm_head.decoder.bias", "lm_head.bias|lm_head.decoder.bias"),
+        ),
+        prefix="roberta.",
+        ignored=_bert(arch).ignored,
+    )
+
+
+def _opt(arch: ArchConfig) -> Mapping:
+    layer = "{p}decoder.layers.{i}."
+    attn = layer + "self_attn."
+    return Mapping(
+        rules=(
+            R("embed.weight", "{p}decoder.embed_tokens.weight" + ("|lm_head.weight" if arch.tie_embeddings else "")),
+            R("pos_embed.weight", "{p}decoder.embed_positions.weight"),
+            R("decoder.layers.{i}.attn_norm.{wb}", layer + "self_attn_layer_norm.{wb}"),
+            R("decoder.layers.{i}.attn.qkv_proj.{wb}",
+              attn + "q_proj.{wb}", attn + "k_proj.{wb}", attn + "v_proj.{wb}"),
+            R("decoder.layers.{i}.attn.o_proj.{wb}", attn + "out_proj.{wb}"),
+            R("decoder.layers.{i}.mlp_norm.{wb}", layer + "final_layer_norm.{wb}"),
+            R("decoder.layers.{i}.mlp.up_proj.{wb}", layer + "fc1.{wb}"),
+            R("decoder.layers.{i}.mlp.down_proj.{wb}", layer + "fc2.{wb}"),
+            R("decoder.final_norm.{wb}", "{p}decoder.final_layer_norm.{wb}"),
+            R("lm_head.weight", "lm_head.weight"),
+        ),
+        prefix="model.",
+    )
+
+
+def _distilbert(arch: ArchConfig) -> Mapping:
+    layer = "{p}transformer.layer.{i}."
+    attn = layer + "attention."
+    projector = "vocab_projector.weight"
+    return Mapping(
+        rules=(
+            R("embed.weight",
+              "{p}embeddings.word_embeddings.weight" + (f"|{projector}" if arch.tie_embeddings else "")),
+            R("pos_embed.weight", "{p}embeddings.position_embeddings.weight"),
+            R("embed_norm.{wb}", "{p}embeddings.LayerNorm.{wb}"),
+            R("encoder.layers.{i}.attn.qkv_proj.{wb}", attn + "q_lin.{wb}", attn + "k_lin.{wb}", attn + "v_lin.{wb}"),
+            R("encoder.layers.{i}.attn.o_proj.{wb}", attn + "out_lin.{wb}"),
+            R("encoder.layers.{i}.attn_norm.{wb}", layer + "sa_layer_norm.{wb}"),  # post-norm, as BERT
+            R("encoder.layers.{i}.mlp.up_proj.{wb}", layer + "ffn.lin1.{wb}"),
+            R("encoder.layers.{i}.mlp.down_proj.{wb}", layer + "ffn.lin2.{wb}"),
+            R("encoder.layers.{i}.mlp_norm.{wb}", layer + "output_layer_norm.{wb}"),
+            R("mlm_head.dense.{wb}", "vocab_transform.{wb}"),
+            R("mlm_head.norm.{wb}", "vocab_layer_norm.{wb}"),
+            R("mlm_head.decoder.{wb}", "vocab_projector.{wb}"),
+        ),
+        prefix="distilbert.",
+        head_tensors=r"^vocab_(transform|layer_norm|projector)\.",
+        ignored=(r"(^|\.)embeddings\.position_ids$",),
+    )
+
+
 def _t5(arch: ArchConfig) -> Mapping:
     embed = "shared.weight|encoder.embed_tokens.weight|decoder.embed_tokens.weight"
     if arch.tie_embeddings:
@@ -221,6 +287,20 @@ def _llama(arch: ArchConfig) -> Mapping:
     )
 
 
+def _mixtral(arch: ArchConfig) -> Mapping:
+    """Llama's attention; each layer's MLP a router (`gate`) and experts whose w1 is the gate
+    projection, w3 the up projection and w2 the down projection."""
+    llama = _llama(arch)
+    moe = "{p}layers.{i}.block_sparse_moe."
+    experts = arch.decoder.layers[0].moe.experts if arch.decoder and arch.decoder.layers[0].moe else 0
+    rules = [r for r in llama.rules if ".mlp." not in r.target]
+    rules.append(R("decoder.layers.{i}.mlp.router.weight", moe + "gate.weight"))
+    for e in range(experts):
+        for ours, theirs in (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2")):
+            rules.append(R(f"decoder.layers.{{i}}.mlp.experts.{e}.{ours}.weight", moe + f"experts.{e}.{theirs}.weight"))
+    return Mapping(rules=tuple(rules), prefix=llama.prefix, ignored=llama.ignored)
+
+
 def _gpt_neox(arch: ArchConfig) -> Mapping:
     layer = "{p}layers.{i}."
     head = "embed_out.weight|lm_head.weight"  # transformers 5 loads embed_out as lm_head, and saves it back
@@ -287,8 +367,9 @@ def _gptj(arch: ArchConfig) -> Mapping:
 
 
 _MAPPINGS = {"gpt2": _gpt2, "bert": _bert, "t5": _t5, "llama": _llama, "mistral": _llama, "qwen2": _llama,
-             "qwen3": _llama, "gpt_neox": _gpt_neox, "phi": _phi,
-             "gptj": _gptj}
+             "qwen3": _llama, "mixtral": _mixtral, "gpt_neox": _gpt_neox, "phi": _phi,
+             "gptj": _gptj, "distilbert": _distilbert,
+             "mt5": _t5, "roberta": _roberta, "opt": _opt}
 
 
 def hf_mapping(model_type: str, arch: ArchConfig) -> Mapping:

@@ -116,13 +116,21 @@ _LAYER_KEYS = {
 }
 _BIAS_KEYS = ("qkv_bias", "out_bias", "mlp_bias")
 # LayerConfig fields no override can change: they must agree across the whole model
-_UNIFORM = ("d_model", "norm_eps", "norm_bias", "placement", "parallel", "shared_norm")
+_UNIFORM = ("d_model", "norm_eps", "norm_bias", "placement", "parallel", "shared_norm", "moe")
 
 
 def _residual(layer: LayerConfig) -> str:
     if not layer.parallel:
         return "sequential"
     return "parallel" if layer.shared_norm else "parallel(norms: 2)"
+
+
+def _mlp(layer: LayerConfig) -> str:
+    m = layer.moe
+    if m is None:
+        return "dense"
+    return (f"moe(experts: {m.experts}, top_k: {m.top_k}, shared_experts: {m.shared_experts}, "
+            f"router_jitter: {_float(m.router_jitter)}, aux_loss: {_float(m.aux_loss)})")
 
 
 def _layer_values(layer: LayerConfig) -> dict[str, str]:
@@ -218,6 +226,7 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
         f"  placement: {first.placement}",
         f"  residual: {_residual(first)}",
         f"  activation: {base['activation']}",
+        f"  mlp: {_mlp(first)}",
         *_bias_lines(base, "  "),
         f"  qk_norm: {base['qk_norm']}",
         f"  dropout: {base['dropout']}",
@@ -226,6 +235,7 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
         f"  pooler: {_bool(arch.pooler)}",
         f"  embed_norm: {_bool(arch.embed_norm)}",
         f"  embed_scale: {_float(arch.embed_scale)}",
+        *([f"  position_offset: {arch.position_offset}"] if arch.position.kind == "learned" else []),
         f"  head_scale: {_float(arch.tied_head_scale)}",
         f"  final_norm: {_bool(stacks[0].final_norm)}",
         f"  head: {_heads(arch.heads)}",

@@ -11,6 +11,7 @@ from .attention import Attention, CrossAttention
 from .kv_cache import LayerCache
 from .masks import AttentionContext
 from .mlp import FeedForward
+from .moe import MixtureOfExperts
 
 __all__ = ["Block"]
 
@@ -22,7 +23,7 @@ class Block(nn.Module):
         attn_norm: nn.Module,
         attn: Attention,
         mlp_norm: nn.Module,
-        mlp: FeedForward,
+        mlp: FeedForward | MixtureOfExperts,
         cross_norm: nn.Module | None = None,
         cross_attn: CrossAttention | None = None,
         post_norm: bool = False,

@@ -100,6 +100,7 @@ class Transformer(nn.Module):
         decoder: Stack | None = None,
         pos_embed: nn.Embedding | None = None,
         sinusoidal: bool = False,  # add sinusoidal position tables to the embeddings
+        position_offset: int = 0,  # position p reads row p + position_offset of pos_embed (OPT, RoBERTa)
         segment_embed: nn.Embedding | None = None,
         embed_norm: nn.Module | None = None,
         embed_scale: float = 1.0,
@@ -123,6 +124,7 @@ class Transformer(nn.Module):
         self.embed = embed
         self.pos_embed = pos_embed
         self.sinusoidal = sinusoidal
+        self.position_offset = position_offset
         self.segment_embed = segment_embed
         self.embed_norm = embed_norm
         self.embed_scale = embed_scale
@@ -257,10 +259,10 @@ class Transformer(nn.Module):
 
     def _check_positions(self, n: int) -> None:
         """Learned positions stop at the context; other kinds extrapolate (well or badly)."""
-        if self.pos_embed is not None and n > self.pos_embed.num_embeddings:
+        if self.pos_embed is not None and n > self.pos_embed.num_embeddings - self.position_offset:
             raise ValueError(
                 f"{n} positions do not fit the learned position table "
-                f"({self.pos_embed.num_embeddings} positions, the model's context)"
+                f"({self.pos_embed.num_embeddings - self.position_offset} positions, the model's context)"
             )
 
     def _embed(self, ids: torch.Tensor, positions: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor:
@@ -268,6 +270,8 @@ class Transformer(nn.Module):
         if self.embed_scale != 1.0:
             x = x * self.embed_scale
         if self.pos_embed is not None:
+            if self.position_offset:  # a new index tensor, which the lookup keeps for backward
+                positions = positions + self.position_offset
             x = x + self.pos_embed(positions)  # (B|1, T, d) broadcast over the batch
         elif self.sinusoidal:
             x = x + sinusoidal_positions(positions, x.shape[-1], x.dtype)

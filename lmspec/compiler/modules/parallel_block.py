@@ -12,6 +12,7 @@ from .attention import Attention
 from .kv_cache import LayerCache
 from .masks import AttentionContext
 from .mlp import FeedForward
+from .moe import MixtureOfExperts
 
 __all__ = ["ParallelBlock"]
 
@@ -24,7 +25,7 @@ class ParallelBlock(nn.Module):
         *,
         attn_norm: nn.Module,
         attn: Attention,
-        mlp: FeedForward,
+        mlp: FeedForward | MixtureOfExperts,
         mlp_norm: nn.Module | None = None,  # None: attn_norm's output feeds the MLP too
         dropout: float = 0.0,
     ):

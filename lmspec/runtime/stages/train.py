@@ -294,6 +294,8 @@ class TrainStage(Stage):
         out = {"loss": r.loss, "lr": lr, "grad_norm": r.grad_norm, "tokens": r.tokens}
         if len(r.terms) > 1:
             out.update({f"loss_{k}": v for k, v in r.terms.items()})
+        if r.moe_aux is not None:  # the load-balancing loss; `loss` holds it times the aux_loss coefficient
+            out["moe_aux"] = r.moe_aux
         return out
 
     # ------------------------------------------------------------------ evaluation
