@@ -121,6 +121,17 @@ def test_an_encoder_decoder_samples_with_its_encoder_reading_the_prompt(tmp_path
     assert out[0]["prompt"] == "Once upon a time" and "".join(streamed) == out[0]["text"]
     again = sample_texts(model, tok, ["Once upon a time"], max_tokens=12, seed=1)
     assert again == out
+    # the decoder starts from what training started it from: the tokenizer's pad, not the model's pad_id
+    starts = []
+    real = model.generate
+
+    def spy(*args, **kwargs):
+        starts.append(kwargs.get("decoder_start_id"))
+        return real(*args, **kwargs)
+
+    model.generate = spy
+    sample_texts(model, tok, ["Once upon a time"], max_tokens=2, seed=1)
+    assert starts == [tok.pad_id if tok.pad_id is not None else 0]
     from lmspec.runtime.errors import RunError
 
     with pytest.raises(RunError, match="encoder-only model, which cannot generate"):
