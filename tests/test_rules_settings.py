@@ -528,7 +528,7 @@ def test_mlm_may_select_every_token():
 
 
 def test_the_shipped_specs_draw_none_of_these():
-    new = {f"LMS{n}" for n in range(105, 115)} | {"LMS073", "LMS089"}
+    new = {f"LMS{n}" for n in range(105, 116)} | {"LMS073", "LMS089"}
     drawn = []
     for path in sorted(SPECS.glob("*.lmspec")) + sorted(SPECS.glob("*/*.lmspec")):
         drawn += [(path.name, d.code) for d in check_file(path).diagnostics if d.code in new]
@@ -550,3 +550,12 @@ def test_a_data_field_nothing_reads_is_a_warning():
     (d,) = [d for d in _diagnostics(f"{texts}{GPT}\ntrain t {{ model: gpt, objective: sft, data: d }}", prelude)
             if d.code == "LMS106"]
     assert d.message.startswith("data 'd' names its texts (text), but nothing reads them")
+
+
+def test_position_none_under_embedded_positions_removes_nothing():
+    body = ("model gpt { vocab: 262, context: 64, layers: 4, d_model: 64, heads: 4, position: learned, "
+            "layer 2..3 { position: none } }")
+    (d,) = [d for d in _diagnostics(body) if d.code == "LMS115"]
+    assert d.severity == "warning" and "removes nothing" in d.message and "learned positions" in d.message
+    rope = body.replace("position: learned", "position: rope")  # rope is the layers' own: none removes it
+    assert "LMS115" not in {d.code for d in _diagnostics(rope)}

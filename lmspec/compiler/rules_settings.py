@@ -39,7 +39,7 @@ from lmspec.diagnostics import CODES, Diagnostic, Label
 __all__ = ["SETTINGS_RULES", "BUILTIN_RECORDS", "held_out", "builtin_split"]
 
 CODES.setdefault("LMS105", "a warm-up not shorter than its stage (warning)")
-CODES.setdefault("LMS106", "an evaluation or checkpoint setting that has no effect (warning)")
+CODES.setdefault("LMS106", "an evaluation, checkpoint or data setting that has no effect (warning)")
 CODES.setdefault("LMS107", "samples a stage never draws, or cuts (warning)")
 CODES.setdefault("LMS108", "prompts that repeat: a count above the documents of their data (warning)")
 CODES.setdefault("LMS109", "prompts that the data cannot supply: a count above its documents")
@@ -47,6 +47,8 @@ CODES.setdefault("LMS110", "a stage that continues weights with another tokenize
 CODES.setdefault("LMS111", "a model's pad_id or mask_id that is not its tokenizer's")
 CODES.setdefault("LMS112", "learned or sinusoidal positions in a stack or layer override")
 CODES.setdefault("LMS113", "a head that pools the first token of a causal decoder (warning)")
+CODES.setdefault("LMS115", "position: none in an override of a model whose positions are added at the embeddings "
+                           "(warning)")
 
 
 def _err(code: str, message: str, span, help: str | None = None, labels: list[Label] | None = None) -> Diagnostic:
@@ -539,6 +541,14 @@ def position_override_rule(x) -> Iterator[Diagnostic]:
         block = x.block(name)
         model_kind = spec.position.kind
         for path, where, position in _overrides(spec):
+            if position is not None and position.kind == "none" and model_kind in _EMBEDDED:
+                yield _warn("LMS115", f"position: none in {where} of '{name}' removes nothing: the model's "
+                            f"{model_kind} positions are added once, at the embeddings, before any layer",
+                            block.span_of(path), help="remove it; to give layers no position, set `position: none` "
+                            "on the model (and rope, alibi or relative where layers need one)",
+                            labels=[Label(block.span_of(("position",)), f"position: {model_kind}")]
+                            if "position" in block.fields else [])
+                continue
             if position is None or position.kind not in _EMBEDDED or position.kind == model_kind:
                 continue
             result = (f"its layers keep the {model_kind} positions of the embeddings" if model_kind in _EMBEDDED
