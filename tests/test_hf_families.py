@@ -41,6 +41,11 @@ ROBERTA = dict(vocab_size=VOCAB + 1, hidden_size=32, num_hidden_layers=2, num_at
                pad_token_id=VOCAB, max_position_embeddings=VOCAB + 1 + 64)
 OPT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
            max_position_embeddings=64, word_embed_proj_dim=32)
+# head_dim 16 beside hidden_size / heads = 8; one key-value head, as Gemma-2b
+GEMMA = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=1, head_dim=16, max_position_embeddings=64)
+PHI3 = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
 DISTILBERT = dict(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64,
                   activation="gelu")
 
@@ -100,6 +105,13 @@ FAMILIES = {
     # OPT-350m's post-norm layers, without a final LayerNorm (but here without its projections)
     "opt_post_norm": (T.OPTForCausalLM, T.OPTConfig(**OPT, do_layer_norm_before=False)),
     "opt_bare": (T.OPTModel, T.OPTConfig(**OPT, enable_bias=False)),
+    # Gemma: embeddings times sqrt(hidden_size), gated tanh-GELU, free head_dim, tied head, RMSNorm x * (1 + w)
+    "gemma": (T.GemmaForCausalLM, T.GemmaConfig(**GEMMA)),
+    "gemma_bare": (T.GemmaModel, T.GemmaConfig(**GEMMA, attention_bias=True)),
+    # Phi-3: fused qkv_proj and gate_up_proj; here RoPE on half of each head and a window shorter than the input
+    "phi3": (T.Phi3ForCausalLM, T.Phi3Config(**PHI3, sliding_window=5, rope_parameters={
+        "rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5})),
+    "phi3_bare": (T.Phi3Model, T.Phi3Config(**PHI3)),
 }
 
 
@@ -611,3 +623,164 @@ def test_opt_reads_its_positions_from_row_2(ckpts):
 def test_opt_options_lmspec_cannot_reproduce_are_refused(ckpts, changes, message):
     with pytest.raises(HFImportError, match=message):
         arch_from_hf_config({**read_hf_config(ckpts["opt"]), **changes}, "o")
+
+
+# --- Gemma ---------------------------------------------------------------------------------
+
+
+def test_gemma_scales_its_embeddings_and_loads_each_norm_weight_as_1_plus_w(ckpts):
+    arch, model = load_hf_model(ckpts["gemma"])
+    layer = arch.decoder.layers[0]
+    assert (arch.embed_scale, layer.activation, layer.head_dim, arch.tie_embeddings) == (32**0.5, "geglu_tanh", 16,
+                                                                                       True)
+    hf = _hf(ckpts["gemma"])
+    for ours, theirs in ((model.decoder.layers[1].attn_norm, hf.model.layers[1].input_layernorm),
+                         (model.decoder.layers[0].mlp_norm, hf.model.layers[0].post_attention_layernorm),
+                         (model.decoder.final_norm, hf.model.norm)):
+        assert torch.equal(ours.weight, 1.0 + theirs.weight)
+    text = spec_from_hf(ckpts["gemma"], "g")
+    assert "  embed_scale: 5.656854249492381\n" in text and "  activation: geglu_tanh\n" in text
+    assert "  head_dim: 16\n" in text and "  tie_embeddings: true\n" in text
+    bare = load_hf_model(ckpts["gemma_bare"])[0]
+    assert bare.heads == () and bare.decoder.layers[0].biased("qkv") and not bare.decoder.layers[0].biased("mlp")
+
+
+def test_gemma_norm_gradients_match_transformers(ckpts):
+    """d(x * w')/dw' = d(x * (1 + w))/dw: the folded weights train as the original ones do."""
+    ids, mask = _inputs()
+    _, model = load_hf_model(ckpts["gemma"])
+    hf = _hf(ckpts["gemma"])
+    model(ids, attention_mask=mask).logits[mask.bool()].square().mean().backward()
+    hf(ids, attention_mask=mask).logits[mask.bool()].square().mean().backward()
+    for ours, theirs in ((model.decoder.layers[0].attn_norm, hf.model.layers[0].input_layernorm),
+                         (model.decoder.final_norm, hf.model.norm)):
+        torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_gemma_legacy_gelu_is_the_tanh_approximation(ckpts):
+    config = {**read_hf_config(ckpts["gemma"]), "hidden_act": "gelu", "hidden_activation": "gelu_pytorch_tanh"}
+    assert arch_from_hf_config(config, "g").decoder.layers[0].activation == "geglu_tanh"
+    config = {**read_hf_config(ckpts["gemma"]), "head_dim": None}  # GemmaConfig's own default
+    assert arch_from_hf_config(config, "g").decoder.layers[0].head_dim == 256
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"hidden_act": "gelu", "hidden_activation": "gelu_new"}, None),  # the same tanh approximation: accepted
+    ({"hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu"},
+     r"gemma config.json sets hidden_act='gelu_pytorch_tanh' and hidden_activation='gelu': transformers 5"),
+    ({"hidden_act": "quick_gelu"}, r"gemma config.json sets hidden_act='quick_gelu', which has no lmspec activation"),
+    ({"use_bidirectional_attention": True}, r"gemma config.json sets use_bidirectional_attention=True"),
+    ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}}, r"rope_type='dynamic'"),
+])
+def test_gemma_options_lmspec_cannot_reproduce_are_refused(ckpts, changes, message):
+    config = {**read_hf_config(ckpts["gemma"]), **changes}
+    if message is None:
+        assert arch_from_hf_config(config, "g").decoder.layers[0].activation == "geglu_tanh"
+        return
+    with pytest.raises(HFImportError, match=message):
+        arch_from_hf_config(config, "g")
+
+
+def test_gemma_is_not_exported(ckpts):
+    """No export family scales its embeddings; and the folded norm weights would need w - 1."""
+    from lmspec.compiler.hf import HFExportError, export_family
+
+    with pytest.raises(HFExportError) as info:
+        export_family(load_hf_model(ckpts["gemma"])[0])
+    assert "embed_scale: 5.656854249492381 (llama has 1.0)" in info.value.gaps, info.value.gaps
+
+
+# --- Phi-3 ---------------------------------------------------------------------------------
+
+
+def test_phi3_splits_gate_up_proj_and_slides_a_window_over_half_rotated_heads(ckpts):
+    arch, model = load_hf_model(ckpts["phi3"])
+    layer = arch.decoder.layers[0]
+    assert (layer.attention.kind, layer.attention.window, layer.activation) == ("sliding", 5, "swiglu")
+    assert layer.position.rotary_dims(layer.head_dim) == 4 and not layer.bias and not arch.tie_embeddings
+    hf = _hf(ckpts["phi3"])
+    gate, up = hf.model.layers[1].mlp.gate_up_proj.weight.chunk(2, dim=0)
+    assert torch.equal(model.decoder.layers[1].mlp.gate_proj.weight, gate)
+    assert torch.equal(model.decoder.layers[1].mlp.up_proj.weight, up)
+    assert torch.equal(model.decoder.layers[1].attn.qkv_proj.weight, hf.model.layers[1].self_attn.qkv_proj.weight)
+    text = spec_from_hf(ckpts["phi3"], "p")
+    assert "  attention: sliding(window: 5)\n" in text and "  position: rope(theta: 10_000, fraction: 50%)\n" in text
+    bare = load_hf_model(ckpts["phi3_bare"])[0]
+    assert bare.heads == () and bare.decoder.layers[0].attention.kind == "causal"
+
+
+def test_phi3_window_changes_the_logits(ckpts):
+    """The window is shorter than the input, so the logits comparison really tests it."""
+    ids, _ = _inputs()
+    _, model = load_hf_model(ckpts["phi3"])
+    for layer in model.decoder.layers:
+        layer.attn.kind = "causal"
+    with torch.no_grad():
+        assert (model(ids).logits - _hf(ckpts["phi3"])(ids).logits).abs().max() > 1e-3
+
+
+def test_phi3_gate_up_proj_of_odd_rows_is_a_shape_mismatch(ckpts, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from lmspec.compiler.hf import HFWeightsError
+
+    path = tmp_path / "phi3_broken"
+    shutil.copytree(ckpts["phi3_bare"], path)
+    tensors = load_file(path / "model.safetensors")
+    tensors["layers.0.mlp.gate_up_proj.weight"] = torch.randn(127, 32)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(HFWeightsError) as info:
+        load_hf_model(path)
+    assert {m[0] for m in info.value.mismatched} == {"decoder.layers.0.mlp.gate_proj.weight",
+                                                      "decoder.layers.0.mlp.up_proj.weight"}
+    assert not info.value.missing and not info.value.unexpected
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"rope_parameters": None, "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 4,
+                                                "long_factor": [2.0] * 4}},
+     r"phi3 config.json sets rope_scaling.type='longrope': lmspec's rope computes the default"),
+    ({"rope_parameters": None, "rope_scaling": {"type": "su", "short_factor": [1.0] * 4, "long_factor": [2.0] * 4}},
+     r"rope_scaling.type='su'"),
+    ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 4,
+                          "long_factor": [2.0] * 4}}, r"rope_parameters.rope_type='longrope'"),
+    ({"resid_pdrop": 0.1}, r"phi3 config.json sets attention_dropout=0.0, resid_pdrop=0.1, embd_pdrop=0.0: lmspec "
+                           r"has one dropout rate"),
+    ({"hidden_act": "quick_gelu"}, r"phi3 config.json sets hidden_act='quick_gelu', which has no lmspec activation"),
+])
+def test_phi3_options_lmspec_cannot_reproduce_are_refused(ckpts, changes, message):
+    with pytest.raises(HFImportError, match=message):
+        arch_from_hf_config({**read_hf_config(ckpts["phi3"]), **changes}, "p")
+
+
+def test_phi3_mini_window_and_equal_dropouts_are_read(ckpts):
+    config = {**read_hf_config(ckpts["phi3"]), "sliding_window": 2047, "max_position_embeddings": 4096,
+              "attention_dropout": 0.1, "resid_pdrop": 0.1, "embd_pdrop": 0.1, "hidden_act": "gelu_pytorch_tanh"}
+    arch = arch_from_hf_config(config, "p")
+    layer = arch.decoder.layers[0]
+    assert (layer.attention.window, layer.dropout, arch.dropout, layer.activation) == (2047, 0.1, 0.1, "geglu_tanh")
+
+
+def test_phi3_exports_as_the_llama_it_equals_and_a_partial_rotary_factor_is_refused(ckpts, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from lmspec.compiler.hf import HFExportError, export_family, export_hf
+
+    arch, model = load_hf_model(ckpts["phi3_bare"])
+    config, tensors = export_hf(arch, model.state_dict())
+    assert config["architectures"] == ["LlamaModel"] and "layers.0.mlp.gate_proj.weight" in tensors
+    assert not any("gate_up_proj" in name or "qkv_proj" in name for name in tensors)
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(config))
+    save_file(tensors, str(tmp_path / "llama" / "model.safetensors"), metadata={"format": "pt"})
+    ids, mask = _inputs()
+    with torch.no_grad():
+        ours = T.LlamaModel.from_pretrained(tmp_path / "llama").eval()(ids, attention_mask=mask).last_hidden_state
+        theirs = _hf(ckpts["phi3_bare"])(ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(ours[mask.bool()], theirs[mask.bool()], atol=TOL, rtol=0)
+    with pytest.raises(HFExportError, match=r"fraction: 50%"):
+        export_family(load_hf_model(ckpts["phi3"])[0])

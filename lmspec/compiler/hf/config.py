@@ -41,6 +41,8 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "mixtral": ("MixtralForCausalLM", "MixtralModel"),
     "qwen2": ("Qwen2ForCausalLM", "Qwen2Model"),
     "qwen3": ("Qwen3ForCausalLM", "Qwen3Model"),
+    "gemma": ("GemmaForCausalLM", "GemmaModel"),
+    "phi3": ("Phi3ForCausalLM", "Phi3Model"),
     "gpt_neox": ("GPTNeoXForCausalLM", "GPTNeoXModel"),
     "phi": ("PhiForCausalLM", "PhiModel"),
     "gptj": ("GPTJForCausalLM", "GPTJModel"),
@@ -90,7 +92,7 @@ def arch_from_hf_config(
     """
     cls = hf_class(config)
     builder = {"gpt2": _gpt2, "bert": _bert, "t5": _t5, "llama": _llama, "mistral": _llama, "qwen2": _llama,
-               "qwen3": _llama, "mixtral": _llama, "gpt_neox": _gpt_neox, "phi": _phi,
+               "qwen3": _llama, "gemma": _llama, "phi3": _llama, "mixtral": _llama, "gpt_neox": _gpt_neox, "phi": _phi,
                "gptj": _gptj, "distilbert": _distilbert,
                "mt5": _t5, "roberta": _bert, "opt": _opt}
     return builder[config["model_type"]](_Config(config), name, cls, tensor_names)
@@ -130,8 +132,30 @@ def _activation(cfg: _Config, key: str, default: str) -> Activation:
 
 # the bare transformers: hidden states out, no head
 _BARE = frozenset({"GPT2Model", "BertModel", "T5Model", "LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model",
+                   "GemmaModel", "Phi3Model",
                    "GPTNeoXModel", "PhiModel", "GPTJModel", "DistilBertModel",
                    "MT5Model", "RobertaModel", "OPTModel"})
+
+
+# an ungated activation -> the gated lmspec activation that applies it to the gate: act(gate) * up
+_GATED: dict[Activation, Activation] = {"silu": "swiglu", "gelu": "geglu", "gelu_tanh": "geglu_tanh", "relu": "reglu"}
+
+
+def _gemma_activation(cfg: _Config) -> Activation:
+    """Gemma's gated MLP activation. transformers 5 applies hidden_act and reads its legacy "gelu"
+    (the first releases' value) as the tanh approximation; transformers 4 applied
+    hidden_activation instead (the tanh approximation when unset), so a config whose two fields
+    disagree computes differently in the two, and is refused."""
+    act = cfg.get("hidden_act", "gelu_pytorch_tanh")
+    if act not in _PLAIN_ACTIVATIONS:
+        raise HFImportError(f"gemma config.json sets hidden_act={act!r}, which has no lmspec activation "
+                            f"(supported: {', '.join(_PLAIN_ACTIVATIONS)})")
+    ours = "gelu_tanh" if act == "gelu" else _PLAIN_ACTIVATIONS[act]
+    legacy = cfg.get("hidden_activation")
+    if legacy is not None and _PLAIN_ACTIVATIONS.get(legacy) != ours:
+        raise HFImportError(f"gemma config.json sets hidden_act={act!r} and hidden_activation={legacy!r}: "
+                            "transformers 5 applies the first, transformers 4 the second; make them agree")
+    return _GATED[ours]
 
 
 def _head_activation(activation: Activation) -> Activation:
@@ -397,16 +421,17 @@ def _rope(cfg: _Config, head_dim: int, *, theta: float = 10_000.0, fraction: flo
     at the top level. `theta` and `fraction` are the family's defaults."""
     field = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
     params = dict(cfg.get(field) or {})
-    rope_type = params.get("rope_type", params.get("type", "default"))
+    type_key = "rope_type" if "rope_type" in params or "type" not in params else "type"  # transformers 4: type
+    rope_type = params.get(type_key, "default")
     if rope_type not in _ROPE_TYPES:
         raise HFImportError(
-            f"{cfg.model_type} config.json sets {field}.rope_type={rope_type!r}: lmspec's rope computes the default, "
+            f"{cfg.model_type} config.json sets {field}.{type_key}={rope_type!r}: lmspec's rope computes the default, "
             f"linear and llama3 frequencies only (see docs/architectures.md#rope)"
         )
     for key in _ROPE_TYPES[rope_type]:
         if key not in params and not (key == "original_max_position_embeddings" and cfg.get("max_position_embeddings")):
             raise HFImportError(
-                f"{cfg.model_type} config.json sets {field}.rope_type={rope_type!r} but no {field}.{key}"
+                f"{cfg.model_type} config.json sets {field}.{type_key}={rope_type!r} but no {field}.{key}"
             )
     scaling = None
     if rope_type == "linear":
@@ -430,9 +455,10 @@ def _rope(cfg: _Config, head_dim: int, *, theta: float = 10_000.0, fraction: flo
 def _attentions(cfg: _Config, n_layers: int) -> list[AttentionConfig]:
     """Each layer's attention. Mistral slides one window over every layer; Qwen2 and Qwen3 slide
     it over the layers `layer_types` marks "sliding_attention" (from max_window_layers on), and
-    only when use_sliding_window is set; Llama never slides."""
+    only when use_sliding_window is set; Llama never slides. Phi-3, as Mistral, slides over every
+    layer when sliding_window is set (Phi-3-mini: 2047 positions, the query's own included)."""
     window = cfg.get("sliding_window")
-    if cfg.model_type in ("mistral", "mixtral"):
+    if cfg.model_type in ("mistral", "mixtral", "phi3"):
         kinds = ["sliding_attention" if window else "full_attention"] * n_layers
     elif cfg.model_type in ("qwen2", "qwen3"):
         window = window if cfg.get("use_sliding_window", False) else None
@@ -459,28 +485,41 @@ def _attentions(cfg: _Config, n_layers: int) -> list[AttentionConfig]:
 
 def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
     """Llama, and the families that are Llama with a twist: Mistral (a sliding window on every
-    layer, no biases), Qwen2 (biases on q, k and v only; sliding windows per layer) and Qwen3
-    (as Qwen2 but with an RMSNorm over each query and key head before RoPE, and attention_bias)."""
-    hidden_act = cfg.get("hidden_act", "silu")
-    if hidden_act not in ("silu", "swish"):
-        raise HFImportError(
-            f"{cfg.model_type} config.json sets hidden_act={hidden_act!r}; lmspec maps only silu (-> swiglu)"
-        )
+    layer, no biases), Qwen2 (biases on q, k and v only; sliding windows per layer), Qwen3
+    (as Qwen2 but with an RMSNorm over each query and key head before RoPE, and attention_bias)
+    and Gemma (embeddings times sqrt(hidden_size), a gated tanh-GELU MLP, head_dim 256 by default,
+    a tied head, and RMSNorms of x * (1 + w), which the loader folds into the weights). Phi-3 is
+    Mistral with q, k, v fused and gate, up fused (the loader splits them), RoPE over
+    partial_rotary_factor of each head, and one dropout rate for everything."""
+    if cfg.model_type == "gemma":
+        cfg.require("use_bidirectional_attention", {False}, False, "lmspec's Gemma decoder is causal")
+        activation = _gemma_activation(cfg)
+    elif cfg.model_type == "phi3":  # up * act(gate), whatever act is
+        activation = _GATED[_activation(cfg, "hidden_act", "silu")]
+    else:
+        hidden_act = cfg.get("hidden_act", "silu")
+        if hidden_act not in ("silu", "swish"):
+            raise HFImportError(
+                f"{cfg.model_type} config.json sets hidden_act={hidden_act!r}; lmspec maps only silu (-> swiglu)"
+            )
+        activation = "swiglu"
     if cfg.model_type == "qwen2":  # fixed by the family: q, k and v have biases, o and the MLP none
         biases = dict(bias=False, qkv_bias=True)
-    elif cfg.model_type in ("mistral", "mixtral"):
+    elif cfg.model_type in ("mistral", "mixtral", "phi3"):
         biases = dict(bias=False)
-    elif cfg.model_type == "qwen3":  # attention_bias: q, k, v and o; the MLP has none
+    elif cfg.model_type in ("qwen3", "gemma"):  # attention_bias: q, k, v and o; the MLP has none
         biases = dict(bias=bool(cfg.get("attention_bias", False)), mlp_bias=False)
     else:  # attention_bias: q, k, v and o; mlp_bias: the three MLP projections
         biases = dict(bias=bool(cfg.get("attention_bias", False)), mlp_bias=bool(cfg.get("mlp_bias", False)))
     d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     n_layers = cfg["num_hidden_layers"]
-    # Qwen3Config's own default is 128 (its head_dim is free of hidden_size / heads)
-    head_dim = cfg.get("head_dim") or (128 if cfg.model_type == "qwen3" else d // heads)
+    # Qwen3Config's and GemmaConfig's own defaults (their head_dim is free of hidden_size / heads)
+    head_dim = cfg.get("head_dim") or {"qwen3": 128, "gemma": 256}.get(cfg.model_type, d // heads)
     position = _rope(cfg, head_dim)
-    eps = float(cfg.get("rms_norm_eps", 1e-6))
+    eps = float(cfg.get("rms_norm_eps", 1e-5 if cfg.model_type == "phi3" else 1e-6))
     dropout = float(cfg.get("attention_dropout", 0.0))
+    if cfg.model_type == "phi3":
+        _one_dropout(cfg, ("attention_dropout", "resid_pdrop", "embd_pdrop"))
     layers = tuple(
         LayerConfig(
             d_model=d,
@@ -493,7 +532,7 @@ def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | No
             norm="rmsnorm",
             norm_eps=eps,
             placement="pre",
-            activation="swiglu",
+            activation=activation,
             qk_norm=cfg.model_type == "qwen3",
             dropout=dropout,
             moe=_moe(cfg),
@@ -510,13 +549,26 @@ def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | No
         position=position,
         decoder=StackConfig(layers, final_norm=True),
         heads=_lm_heads(cls),
-        tie_embeddings=_tied(cfg, False, _lm_heads(cls)),
+        tie_embeddings=_tied(cfg, cfg.model_type == "gemma", _lm_heads(cls)),
+        # Gemma's normalizer is sqrt(hidden_size) as a float32 tensor (then the weights' dtype): in
+        # float32 that is this float rounded once, as lmspec's multiplication rounds it
+        embed_scale=d**0.5 if cfg.model_type == "gemma" else 1.0,
         norm="rmsnorm",
         norm_eps=eps,
-        activation=_head_activation("swiglu"),
+        activation=_head_activation(activation),
         dropout=dropout,
         pad_id=cfg.get("pad_token_id"),
     )
+
+
+def _one_dropout(cfg: _Config, keys: tuple[str, ...]) -> None:
+    """lmspec has one dropout rate, for the embeddings, the attention weights and each residual
+    branch alike: a config that sets those apart is refused."""
+    rates = {key: float(cfg.get(key, 0.0)) for key in keys}
+    if len(set(rates.values())) > 1:
+        shown = ", ".join(f"{key}={rate!r}" for key, rate in rates.items())
+        raise HFImportError(f"{cfg.model_type} config.json sets {shown}: lmspec has one dropout rate for the "
+                            "embeddings, the attention weights and the residual branches; make them equal")
 
 
 def _moe(cfg: _Config) -> MoEConfig | None:

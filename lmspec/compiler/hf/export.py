@@ -561,7 +561,9 @@ def hf_tensors(arch: ArchConfig, state: Mapping[str, Any]) -> dict[str, Any]:
             raise HFExportError(f"lmspec parameter {name} has no {model_type} tensor name",
                                 help="this is a bug in lmspec's export: please report it", family=model_type)
         rule, slots = found
-        if rule.per_head:  # GPT-NeoX's head-by-head qkv: no export family has it (the gaps rule it out)
+        # GPT-NeoX's head-by-head qkv, Phi-3's fused [gate | up], Gemma's 1 + w norms: import only, so no
+        # export family has them (the gaps rule them out), and writing them back would need the inverse
+        if rule.per_head or rule.split is not None or rule.add:
             raise HFExportError(f"lmspec parameter {name} has no {model_type} tensor layout",
                                 help="this is a bug in lmspec's export: please report it", family=model_type)
         tensor = tensor.detach()

@@ -4,7 +4,8 @@ A mapping is a list of rules, each an lmspec parameter name pattern and the HF t
 that fill it, written with two placeholders: `{i}` a layer index, `{wb}` weight or bias.
 Several sources are concatenated along dim 0 (q, k and v become lmspec's fused `qkv_proj`,
 rows [q | k | v]); a source may list alternatives separated by `|` (the first present is
-used, the others are tied copies and are accepted unused). `{p}` is the prefix of the base
+used, the others are tied copies and are accepted unused). A rule may also take one piece of a
+fused source (Phi-3's [gate | up]) or add a constant to it (Gemma's 1 + w norms). `{p}` is the prefix of the base
 model's tensors, which depends on the class that saved them: "transformer." in
 GPT2LMHeadModel, nothing in GPT2Model or OpenAI's original upload.
 
@@ -13,6 +14,7 @@ Nothing here imports torch: `docs/huggingface.md` prints these tables.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Collection
@@ -31,6 +33,12 @@ class Rule:
     # GPT-NeoX fuses q, k and v head by head, rows [q_0 k_0 v_0 | q_1 k_1 v_1 | ...]; lmspec's
     # fused projection has all q rows, then all k, then all v
     per_head: bool = False
+    # Phi-3 fuses [gate | up] into one tensor: (part, parts) takes piece `part` of the source cut
+    # into `parts` equal pieces along dim 0, as transformers' chunk(parts) does
+    split: tuple[int, int] | None = None
+    # added to the tensor as it is loaded: Gemma's RMSNorm multiplies by (1 + w), lmspec's by its
+    # weight, so the weight is loaded as 1 + w (the same function, and the same gradients)
+    add: float = 0.0
 
     def match(self, name: str) -> dict[str, str] | None:
         found = _compile(self.target).fullmatch(name)
@@ -78,8 +86,9 @@ def _compile(pattern: str) -> re.Pattern[str]:
     return re.compile(regex)
 
 
-def R(target: str, *sources: str, transpose: bool = False, per_head: bool = False) -> Rule:
-    return Rule(target, sources, transpose, per_head)
+def R(target: str, *sources: str, transpose: bool = False, per_head: bool = False,
+      split: tuple[int, int] | None = None, add: float = 0.0) -> Rule:
+    return Rule(target, sources, transpose, per_head, split, add)
 
 
 def _gpt2(arch: ArchConfig) -> Mapping:
@@ -287,6 +296,37 @@ def _llama(arch: ArchConfig) -> Mapping:
     )
 
 
+def _gemma(arch: ArchConfig) -> Mapping:
+    """Llama's names. Gemma's RMSNorms compute x * (1 + w) in float32: each norm weight is
+    loaded as 1 + w (in float32), which lmspec's RMSNorm, x * w, then computes exactly."""
+    llama = _llama(arch)
+    rules = tuple(dataclasses.replace(r, add=1.0) if r.target.endswith("norm.weight") else r for r in llama.rules)
+    return dataclasses.replace(llama, rules=rules)
+
+
+def _phi3(arch: ArchConfig) -> Mapping:
+    """Llama's names, but for two fused projections: qkv_proj is already [q | k | v], as lmspec's;
+    gate_up_proj is [gate | up], each half filling one lmspec projection."""
+    layer = "{p}layers.{i}."
+    fused = layer + "mlp.gate_up_proj.weight"
+    return Mapping(
+        rules=(
+            R("embed.weight", "{p}embed_tokens.weight" + ("|lm_head.weight" if arch.tie_embeddings else "")),
+            R("decoder.layers.{i}.attn_norm.weight", layer + "input_layernorm.weight"),
+            R("decoder.layers.{i}.attn.qkv_proj.weight", layer + "self_attn.qkv_proj.weight"),
+            R("decoder.layers.{i}.attn.o_proj.weight", layer + "self_attn.o_proj.weight"),
+            R("decoder.layers.{i}.mlp_norm.weight", layer + "post_attention_layernorm.weight"),
+            R("decoder.layers.{i}.mlp.gate_proj.weight", fused, split=(0, 2)),
+            R("decoder.layers.{i}.mlp.up_proj.weight", fused, split=(1, 2)),
+            R("decoder.layers.{i}.mlp.down_proj.weight", layer + "mlp.down_proj.weight"),
+            R("decoder.final_norm.weight", "{p}norm.weight"),
+            R("lm_head.weight", "lm_head.weight"),
+        ),
+        prefix="model.",
+        ignored=(r"\.rotary_emb\.inv_freq$",),
+    )
+
+
 def _mixtral(arch: ArchConfig) -> Mapping:
     """Llama's attention; each layer's MLP a router (`gate`) and experts whose w1 is the gate
     projection, w3 the up projection and w2 the down projection."""
@@ -367,7 +407,7 @@ def _gptj(arch: ArchConfig) -> Mapping:
 
 
 _MAPPINGS = {"gpt2": _gpt2, "bert": _bert, "t5": _t5, "llama": _llama, "mistral": _llama, "qwen2": _llama,
-             "qwen3": _llama, "mixtral": _mixtral, "gpt_neox": _gpt_neox, "phi": _phi,
+             "qwen3": _llama, "gemma": _gemma, "phi3": _phi3, "mixtral": _mixtral, "gpt_neox": _gpt_neox, "phi": _phi,
              "gptj": _gptj, "distilbert": _distilbert,
              "mt5": _t5, "roberta": _roberta, "opt": _opt}
 

@@ -59,13 +59,23 @@ def load_hf_weights(model: nn.Module, directory: str | Path, *, new_heads: bool 
         plan = _plan(model, str(directory), model_type, arch, handles, new_heads)
         with torch.no_grad():
             for copy in plan:
-                tensors = [handles[s].get_tensor(s) for s in copy.sources]
-                if copy.rule.transpose:
-                    tensors = [t.t() for t in tensors]
-                value = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
-                if copy.rule.per_head:  # (heads, 3, hd, ...) -> (3, heads, hd, ...): all q, all k, all v
-                    value = value.reshape(copy.heads, 3, -1, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
-                copy.param.copy_(value)
+                copy.param.copy_(_value(copy, [handles[s].get_tensor(s) for s in copy.sources]))
+
+
+def _value(copy: _Copy, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The rule's sources made into the lmspec parameter's value."""
+    rule = copy.rule
+    if rule.transpose:
+        tensors = [t.t() for t in tensors]
+    if rule.split is not None:  # Phi-3's [gate | up]: this rule's piece
+        part, parts = rule.split
+        tensors = [t.chunk(parts, dim=0)[part] for t in tensors]
+    value = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+    if rule.per_head:  # (heads, 3, hd, ...) -> (3, heads, hd, ...): all q, all k, all v
+        value = value.reshape(copy.heads, 3, -1, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
+    if rule.add:  # in float32 at least, as Gemma computes 1 + w; copy_ then rounds once to the model's dtype
+        value = value.to(torch.promote_types(value.dtype, torch.float32)) + rule.add
+    return value
 
 
 def check_hf_weights(arch: ArchConfig, directory: str | Path, *, new_heads: bool = False) -> None:
@@ -137,6 +147,9 @@ def _plan(
         shapes = [tuple(handles[s].get_slice(s).get_shape()) for s in sources]
         if rule.transpose:
             shapes = [s[::-1] for s in shapes]
+        if rule.split is not None:  # a piece of each; a length that does not divide is reported whole
+            parts = rule.split[1]
+            shapes = [(s[0] // parts, *s[1:]) if s and s[0] % parts == 0 else s for s in shapes]
         found_shape = _concatenated(shapes)
         if found_shape != tuple(param.shape):
             mismatched.append((name, tuple(param.shape), found_shape, tuple(sources)))
