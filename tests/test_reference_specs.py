@@ -96,6 +96,13 @@ PUBLISHED: dict[str, tuple[dict, int]] = {
                           num_local_experts=8, output_router_logits=False, rms_norm_eps=1e-05, rope_theta=1000000.0,
                           router_aux_loss_coef=0.02, sliding_window=None, tie_word_embeddings=False, vocab_size=32000,
                           bos_token_id=1, eos_token_id=2), 46_702_792_704),
+    # microsoft/Phi-3-mini-4k-instruct: fused qkv and gate_up projections, a sliding window of 2047
+    "phi3_mini": (dict(model_type="phi3", architectures=["Phi3ForCausalLM"], attention_dropout=0.0, embd_pdrop=0.0,
+                       resid_pdrop=0.0, hidden_act="silu", hidden_size=3072, intermediate_size=8192,
+                       max_position_embeddings=4096, original_max_position_embeddings=4096, num_attention_heads=32,
+                       num_hidden_layers=32, num_key_value_heads=32, rms_norm_eps=1e-05, rope_scaling=None,
+                       rope_theta=10000.0, sliding_window=2047, tie_word_embeddings=False, vocab_size=32064,
+                       bos_token_id=1, eos_token_id=32000, pad_token_id=32000), 3_821_079_552),
     # mistralai/Mistral-7B-v0.1
     "mistral_7b": (dict(model_type="mistral", architectures=["MistralForCausalLM"], vocab_size=32000,
                         hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_hidden_layers=32,
