@@ -173,6 +173,32 @@ def _tied(cfg: _Config, default: bool, heads: tuple[HeadConfig, ...]) -> bool:
     return bool(cfg.get("tie_word_embeddings", default)) and any(h.kind in ("lm", "mlm") for h in heads)
 
 
+def _decoder_arch(cfg: _Config, name: str, layers: tuple[LayerConfig, ...], *, context: int,
+                  position: PositionConfig, heads: tuple[HeadConfig, ...], tied_by_default: bool,
+                  final_norm: bool = True, **extra: Any) -> ArchConfig:
+    """The ArchConfig of a decoder-only family: its layers, and the model-level fields every
+    decoder builder fills alike (the embeddings' and heads' norm, activation and dropout are
+    its layers')."""
+    first = layers[0]
+    return ArchConfig(
+        name=name,
+        arch="decoder",
+        vocab=cfg["vocab_size"],
+        context=context,
+        d_model=first.d_model,
+        position=position,
+        decoder=StackConfig(layers, final_norm=final_norm),
+        heads=heads,
+        tie_embeddings=_tied(cfg, tied_by_default, heads),
+        norm=first.norm,
+        norm_eps=first.norm_eps,
+        activation=_head_activation(first.activation),
+        dropout=first.dropout,
+        pad_id=cfg.get("pad_token_id"),
+        **extra,
+    )
+
+
 def _gpt2(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
     cfg.require("scale_attn_weights", {True}, True, "lmspec always scales attention by 1/sqrt(head_dim)")
     cfg.require("scale_attn_by_inverse_layer_idx", {False}, False, "lmspec has no per-layer attention scaling")
@@ -196,22 +222,8 @@ def _gpt2(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | Non
         bias=True,
         dropout=dropout,
     )
-    return ArchConfig(
-        name=name,
-        arch="decoder",
-        vocab=cfg["vocab_size"],
-        context=cfg["n_positions"],
-        d_model=d,
-        position=PositionConfig("learned"),
-        decoder=StackConfig((layer,) * cfg["n_layer"], final_norm=True),
-        heads=_lm_heads(cls),
-        tie_embeddings=_tied(cfg, True, _lm_heads(cls)),
-        norm="layernorm",
-        norm_eps=eps,
-        activation=activation,
-        dropout=dropout,
-        pad_id=cfg.get("pad_token_id"),
-    )
+    return _decoder_arch(cfg, name, (layer,) * cfg["n_layer"], context=cfg["n_positions"],
+                         position=PositionConfig("learned"), heads=_lm_heads(cls), tied_by_default=True)
 
 
 def _bert(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
@@ -540,25 +552,11 @@ def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | No
         )
         for attention in _attentions(cfg, n_layers)
     )
-    return ArchConfig(
-        name=name,
-        arch="decoder",
-        vocab=cfg["vocab_size"],
-        context=cfg["max_position_embeddings"],
-        d_model=d,
-        position=position,
-        decoder=StackConfig(layers, final_norm=True),
-        heads=_lm_heads(cls),
-        tie_embeddings=_tied(cfg, cfg.model_type == "gemma", _lm_heads(cls)),
-        # Gemma's normalizer is sqrt(hidden_size) as a float32 tensor (then the weights' dtype): in
-        # float32 that is this float rounded once, as lmspec's multiplication rounds it
-        embed_scale=d**0.5 if cfg.model_type == "gemma" else 1.0,
-        norm="rmsnorm",
-        norm_eps=eps,
-        activation=_head_activation(activation),
-        dropout=dropout,
-        pad_id=cfg.get("pad_token_id"),
-    )
+    return _decoder_arch(cfg, name, layers, context=cfg["max_position_embeddings"], position=position,
+                         heads=_lm_heads(cls), tied_by_default=cfg.model_type == "gemma",
+                         # Gemma's normalizer is sqrt(hidden_size) as a float32 tensor (then the weights'
+                         # dtype): in float32 that is this float rounded once, as lmspec's product rounds it
+                         embed_scale=d**0.5 if cfg.model_type == "gemma" else 1.0)
 
 
 def _one_dropout(cfg: _Config, keys: tuple[str, ...]) -> None:
@@ -615,22 +613,8 @@ def _gpt_neox(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] |
         parallel=parallel,
         shared_norm=False,  # input_layernorm for attention, post_attention_layernorm for the MLP
     )
-    return ArchConfig(
-        name=name,
-        arch="decoder",
-        vocab=cfg["vocab_size"],
-        context=cfg["max_position_embeddings"],
-        d_model=d,
-        position=position,
-        decoder=StackConfig((layer,) * cfg["num_hidden_layers"], final_norm=True),
-        heads=_lm_heads(cls),
-        tie_embeddings=_tied(cfg, False, _lm_heads(cls)),
-        norm="layernorm",
-        norm_eps=eps,
-        activation=activation,
-        dropout=dropout,
-        pad_id=cfg.get("pad_token_id"),
-    )
+    return _decoder_arch(cfg, name, (layer,) * cfg["num_hidden_layers"], context=cfg["max_position_embeddings"],
+                         position=position, heads=_lm_heads(cls), tied_by_default=False)
 
 
 def _phi(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
@@ -662,22 +646,8 @@ def _phi(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None
         shared_norm=True,
     )
     heads_ = () if cls in _BARE else (HeadConfig("lm", bias=True),)
-    return ArchConfig(
-        name=name,
-        arch="decoder",
-        vocab=cfg["vocab_size"],
-        context=cfg["max_position_embeddings"],
-        d_model=d,
-        position=position,
-        decoder=StackConfig((layer,) * cfg["num_hidden_layers"], final_norm=True),
-        heads=heads_,
-        tie_embeddings=_tied(cfg, False, heads_),
-        norm="layernorm",
-        norm_eps=eps,
-        activation=activation,
-        dropout=dropout,
-        pad_id=cfg.get("pad_token_id"),
-    )
+    return _decoder_arch(cfg, name, (layer,) * cfg["num_hidden_layers"], context=cfg["max_position_embeddings"],
+                         position=position, heads=heads_, tied_by_default=False)
 
 
 def _gptj(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
@@ -713,22 +683,8 @@ def _gptj(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | Non
         shared_norm=True,
     )
     heads_ = () if cls in _BARE else (HeadConfig("lm", bias=True),)
-    return ArchConfig(
-        name=name,
-        arch="decoder",
-        vocab=cfg["vocab_size"],
-        context=cfg["n_positions"],
-        d_model=d,
-        position=position,
-        decoder=StackConfig((layer,) * cfg["n_layer"], final_norm=True),
-        heads=heads_,
-        tie_embeddings=_tied(cfg, False, heads_),
-        norm="layernorm",
-        norm_eps=eps,
-        activation=activation,
-        dropout=dropout,
-        pad_id=cfg.get("pad_token_id"),
-    )
+    return _decoder_arch(cfg, name, (layer,) * cfg["n_layer"], context=cfg["n_positions"], position=position,
+                         heads=heads_, tied_by_default=False)
 
 
 def _opt(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
@@ -759,21 +715,7 @@ def _opt(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None
         bias=bool(cfg.get("enable_bias", True)),
         dropout=dropout,
     )
-    return ArchConfig(
-        name=name,
-        arch="decoder",
-        vocab=cfg["vocab_size"],
-        context=cfg["max_position_embeddings"],
-        d_model=d,
-        position=PositionConfig("learned"),
-        position_offset=2,  # fixed by OPTLearnedPositionalEmbedding, whatever pad_token_id is
-        decoder=StackConfig((layer,) * cfg["num_hidden_layers"],
-                            final_norm=pre and not cfg.get("_remove_final_layer_norm", False)),
-        heads=_lm_heads(cls),
-        tie_embeddings=_tied(cfg, True, _lm_heads(cls)),
-        norm="layernorm",
-        norm_eps=1e-5,
-        activation=activation,
-        dropout=dropout,
-        pad_id=cfg.get("pad_token_id"),
-    )
+    return _decoder_arch(cfg, name, (layer,) * cfg["num_hidden_layers"], context=cfg["max_position_embeddings"],
+                         position=PositionConfig("learned"), heads=_lm_heads(cls), tied_by_default=True,
+                         final_norm=pre and not cfg.get("_remove_final_layer_norm", False),
+                         position_offset=2)  # fixed by OPTLearnedPositionalEmbedding, whatever pad_token_id is
