@@ -5,7 +5,6 @@ the run resumes with any number of processes, and what cannot work is said befor
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -20,9 +19,9 @@ from lmspec.runtime import distributed, engine
 from lmspec.runtime.api import open_run, resume, run
 from lmspec.runtime.errors import RunError
 from lmspec.runtime.objectives.clm import CausalLM
-from lmspec.runtime.progress import Progress
+from run_support import cli as run_cli
+from run_support import env, final_weights, losses, quiet, write_project
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # The classifier head no objective trains (LMS096) is there on purpose: DDP waits for the
 # gradient of every parameter unless the stage leaves the unreached ones out.
@@ -37,35 +36,18 @@ train pretrain { model: m, objective: clm, data: d, steps: 20, batch: 8, grad_ac
 
 
 def _write_project(path: Path) -> Path:
-    words = "the cat sat on a mat and then it ran to the park where a dog was happy".split()
-    g = torch.Generator().manual_seed(0)
-    docs = [" ".join(words[int(i)] for i in torch.randint(0, len(words), (40,), generator=g)) for _ in range(60)]
-    (path / "corpus.txt").write_text("\n\n".join(docs))
-    (path / "spec.lmspec").write_text(SPEC)
-    return path
+    return write_project(path, SPEC)
 
 
 def _env(project: Path, **extra) -> dict:
-    return {**os.environ, "LMSPEC_CACHE": str(project / "cache"), "PYTHONPATH": str(ROOT), **extra}
+    return env(project, **extra)
 
 
-def cli(project: Path, *args, **env):
-    return subprocess.run([sys.executable, "-m", "lmspec", *args], capture_output=True, text=True,
-                          env=_env(project, **env), cwd=project, timeout=120)
+def cli(project: Path, *args, **extra):
+    return run_cli(project, *args, timeout=120, **extra)
 
 
-def quiet() -> Progress:
-    return Progress(quiet=True)
-
-
-def _final(run_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(run_dir / "stages" / "pretrain" / "final" / "model.safetensors"))
-
-
-def _losses(run_dir: Path, key: str = "loss") -> list[float]:
-    return [m[key] for m in open_run(run_dir).metrics("pretrain") if key in m]
+_final, _losses = final_weights, losses
 
 
 @pytest.fixture(scope="module")

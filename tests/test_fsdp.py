@@ -9,20 +9,16 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from lmspec.runtime.api import open_run, resume, run
 from lmspec.runtime.checkpoint import CorruptCheckpoint, ShardedTensors, latest_checkpoint, load_checkpoint
-from lmspec.runtime.progress import Progress
+from run_support import cli, final_weights, losses, quiet, write_project
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # The classifier head no objective trains (LMS096) is there on purpose: it is frozen before
 # sharding and has no optimizer state, which a resume in one process (where it is not frozen)
@@ -38,22 +34,7 @@ train pretrain { model: m, objective: clm, data: d, steps: 20, batch: 8, grad_ac
 """
 
 
-def cli(project: Path, *args, **env):
-    return subprocess.run([sys.executable, "-m", "lmspec", *args], capture_output=True, text=True, cwd=project,
-                          env={**os.environ, "LMSPEC_CACHE": str(project / "cache"), "PYTHONPATH": str(ROOT), **env},
-                          timeout=180)
-
-
-def quiet() -> Progress:
-    return Progress(quiet=True)
-
-
-def _final(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "stages" / "pretrain" / "final" / "model.safetensors"))
-
-
-def _losses(run_dir: Path, key: str = "loss") -> list[float]:
-    return [m[key] for m in open_run(run_dir).metrics("pretrain") if key in m]
+_final, _losses = final_weights, losses
 
 
 def _gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -67,13 +48,7 @@ def _checkpoints(run_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fsdp")
-    words = "the cat sat on a mat and then it ran to the park where a dog was happy".split()
-    g = torch.Generator().manual_seed(0)
-    docs = [" ".join(words[int(i)] for i in torch.randint(0, len(words), (40,), generator=g)) for _ in range(60)]
-    (path / "corpus.txt").write_text("\n\n".join(docs))
-    (path / "spec.lmspec").write_text(SPEC)
-    return path
+    return write_project(tmp_path_factory.mktemp("fsdp"), SPEC)
 
 
 @pytest.fixture

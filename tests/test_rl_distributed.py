@@ -10,8 +10,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +20,9 @@ from lmspec.runtime import distributed
 from lmspec.runtime.api import open_run, run
 from lmspec.runtime.errors import RunError
 from lmspec.runtime.progress import Progress
+from run_support import cli as run_cli
+from run_support import env
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # `long` scores a response by its length in characters: a reward that varies within a group
 SPEC = """lmspec 1
@@ -56,13 +55,11 @@ SINGLE_UPDATE = """rl single {
 
 
 def _env(project: Path, **extra) -> dict:
-    return {**os.environ, "LMSPEC_CACHE": str(project / "cache"), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-            **extra}
+    return env(project, **{"OMP_NUM_THREADS": "1", **extra})
 
 
-def cli(project: Path, *args, **env):
-    return subprocess.run([sys.executable, "-m", "lmspec", *args], capture_output=True, text=True,
-                          env=_env(project, **env), cwd=project, timeout=300)
+def cli(project: Path, *args, **extra):
+    return run_cli(project, *args, timeout=300, **{"OMP_NUM_THREADS": "1", **extra})
 
 
 def _digest(model: torch.nn.Module) -> str:
