@@ -25,8 +25,8 @@ from lmspec.compiler.hf import (  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
-VOCAB = 100
-TOL = 1e-4
+from hf_support import TOL, VOCAB, assert_imports_exactly, assert_logits_match, hf_model, inputs, save_tiny  # noqa: E402, I001
+
 T = transformers
 
 LLAMA = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -118,61 +118,18 @@ FAMILIES = {
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf_families")
-    out = {}
-    for name, (cls, config) in FAMILIES.items():
-        torch.manual_seed(0)
-        model = cls(config)
-        with torch.no_grad():  # move every parameter off its init (norms of one, biases of zero)
-            for p in model.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-        model.save_pretrained(root / name, safe_serialization=True)
-        out[name] = root / name
-    return out
+    return {name: save_tiny(root, name, cls, config) for name, (cls, config) in FAMILIES.items()}
 
-
-def _hf(path: Path):
-    cls = getattr(transformers, read_hf_config(path)["architectures"][0])
-    return cls.from_pretrained(path).eval()
-
-
-def _inputs(T: int = 12):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, VOCAB, (2, T), generator=g)
-    mask = torch.ones(2, T, dtype=torch.long)
-    mask[1, T - 4 :] = 0  # the second row is right-padded
-    return ids, mask
-
-
-def _outputs(out):
-    return out.logits if getattr(out, "logits", None) is not None else (
-        out.hidden if hasattr(out, "hidden") else out.last_hidden_state)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_the_imported_spec_checks_with_the_parameter_count_of_transformers(ckpts, name):
-    path = ckpts[name]
-    report = check_text(spec_from_hf(path, "m"), "imported.lmspec")
-    assert report.ok, [f"{d.code} {d.message}" for d in report.diagnostics]
-    arch = report.models["m"]
-    assert arch == arch_from_hf_config(read_hf_config(path), "m")
-    assert count_parameters(arch).total == sum(p.numel() for p in _hf(path).parameters())
-    assert meta_check(arch, seq_len=8, check_unused=bool(arch.heads)) == []
+    assert_imports_exactly(ckpts[name])
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_logits_match_transformers_with_padding(ckpts, name):
-    ids, mask = _inputs()
-    arch, model = load_hf_model(ckpts[name])
-    hf = _hf(ckpts[name])
-    # an encoder-decoder reads the padded batch in its encoder and 7 other tokens in its decoder
-    extra = {"decoder_input_ids": torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(2))
-             } if arch.arch == "encoder_decoder" else {}
-    with torch.no_grad():
-        torch.testing.assert_close(_outputs(model(ids, **extra)), _outputs(hf(ids, **extra)), atol=TOL, rtol=0)
-        real = mask.bool() if not extra else torch.ones(2, 7, dtype=torch.bool)  # decoder rows are all real
-        ours = _outputs(model(ids, attention_mask=mask, **extra))
-        theirs = _outputs(hf(ids, attention_mask=mask, **extra))
-        torch.testing.assert_close(ours[real], theirs[real], atol=TOL, rtol=0)
+    assert_logits_match(ckpts[name])
 
 
 def test_qwen2_biases_only_q_k_and_v(ckpts):
@@ -195,12 +152,12 @@ def test_qwen2_slides_its_window_over_the_later_layers_only(ckpts):
 
 def test_qwen2_window_changes_the_logits(ckpts):
     """The window is shorter than the input, so the comparison above really tests it."""
-    ids, _ = _inputs()
+    ids, _ = inputs()
     _, model = load_hf_model(ckpts["qwen2_sliding"])
     for layer in model.decoder.layers:
         layer.attn.kind = "causal"
     with torch.no_grad():
-        assert (model(ids).logits - _hf(ckpts["qwen2_sliding"])(ids).logits).abs().max() > 1e-3
+        assert (model(ids).logits - hf_model(ckpts["qwen2_sliding"])(ids).logits).abs().max() > 1e-3
 
 
 def test_qwen3_normalises_each_query_and_key_head(ckpts):
@@ -213,12 +170,12 @@ def test_qwen3_normalises_each_query_and_key_head(ckpts):
 
 def test_qk_norm_changes_the_logits(ckpts):
     """The norms' weights are not all one, so the comparison above really tests where they act."""
-    ids, _ = _inputs()
+    ids, _ = inputs()
     _, model = load_hf_model(ckpts["qwen3"])
     for layer in model.decoder.layers:
         layer.attn.q_norm = layer.attn.k_norm = None
     with torch.no_grad():
-        assert (model(ids).logits - _hf(ckpts["qwen3"])(ids).logits).abs().max() > 1e-3
+        assert (model(ids).logits - hf_model(ckpts["qwen3"])(ids).logits).abs().max() > 1e-3
 
 
 def test_rope_scaling_is_read_and_written(ckpts):
@@ -245,9 +202,9 @@ def test_rope_scaling_changes_the_logits(ckpts, name):
     unscaled = dataclasses.replace(arch, position=plain, decoder=dataclasses.replace(arch.decoder, layers=layers))
     model = build_model(unscaled)
     load_hf_weights(model, ckpts[name])
-    ids, _ = _inputs(T=40)
+    ids, _ = inputs(T=40)
     with torch.no_grad():
-        assert (model.eval()(ids).logits - _hf(ckpts[name])(ids).logits).abs().max() > 1e-3
+        assert (model.eval()(ids).logits - hf_model(ckpts[name])(ids).logits).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize(("params", "message"), [
@@ -310,12 +267,12 @@ def test_gptj_rotates_pairs_of_neighbours_in_part_of_each_head(ckpts):
 def test_the_interleaved_layout_changes_the_logits(ckpts):
     import dataclasses
 
-    ids, _ = _inputs()
+    ids, _ = inputs()
     _, model = load_hf_model(ckpts["gptj"])
     for block in model.decoder.layers:
         block.attn.rotary = dataclasses.replace(block.attn.rotary, interleaved=False)
     with torch.no_grad():
-        assert (model(ids).logits - _hf(ckpts["gptj"])(ids).logits).abs().max() > 1e-3
+        assert (model(ids).logits - hf_model(ckpts["gptj"])(ids).logits).abs().max() > 1e-3
 
 
 def test_gpt_neox_qkv_rows_are_regrouped_head_by_head(ckpts):
@@ -324,7 +281,7 @@ def test_gpt_neox_qkv_rows_are_regrouped_head_by_head(ckpts):
 
     from lmspec.compiler.hf import mapping
 
-    ids, _ = _inputs()
+    ids, _ = inputs()
     plain = dataclasses.replace(mapping._gpt_neox(load_hf_model(ckpts["gpt_neox"])[0]).rules[2], per_head=False)
     assert plain.target == "decoder.layers.{i}.attn.qkv_proj.{wb}"
     original = mapping._MAPPINGS["gpt_neox"]
@@ -335,7 +292,7 @@ def test_gpt_neox_qkv_rows_are_regrouped_head_by_head(ckpts):
     finally:
         mapping._MAPPINGS["gpt_neox"] = original
     with torch.no_grad():
-        assert (wrong(ids).logits - _hf(ckpts["gpt_neox"])(ids).logits).abs().max() > 1e-3
+        assert (wrong(ids).logits - hf_model(ckpts["gpt_neox"])(ids).logits).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("name", ["gpt_neox", "phi_qk_layernorm", "gptj", "qwen3", "llama3_scaling", "opt"])
@@ -350,7 +307,7 @@ def test_greedy_generation_matches_transformers_with_left_padding(ckpts, name):
     _, model = load_hf_model(ckpts[name])
     ours = model.generate(ids, attention_mask=mask, max_new_tokens=8, temperature=0)
     with torch.no_grad():
-        theirs = _hf(ckpts[name]).generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8,
+        theirs = hf_model(ckpts[name]).generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8,
                                            do_sample=False, use_cache=True, pad_token_id=0)
     assert torch.equal(ours, theirs)
 
@@ -367,9 +324,9 @@ def test_old_gpt_neox_files_with_buffers_load(ckpts, tmp_path):
     tensors["gpt_neox.layers.0.attention.masked_bias"] = torch.tensor(-1e9)
     tensors["gpt_neox.layers.0.attention.rotary_emb.inv_freq"] = torch.ones(2)
     save_file(tensors, path / "model.safetensors")
-    ids, _ = _inputs()
+    ids, _ = inputs()
     with torch.no_grad():
-        torch.testing.assert_close(load_hf_model(path)[1](ids).logits, _hf(ckpts["gpt_neox"])(ids).logits,
+        torch.testing.assert_close(load_hf_model(path)[1](ids).logits, hf_model(ckpts["gpt_neox"])(ids).logits,
                                    atol=TOL, rtol=0)
 
 
@@ -434,7 +391,7 @@ def test_an_export_loads_in_transformers_with_the_same_logits(tmp_path, name):
     cls = getattr(transformers, EXPORT_FAMILIES[name][1])
     hf, info = cls.from_pretrained(path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    ids, mask = _inputs()
+    ids, mask = inputs()
     real = mask.bool()
     with torch.no_grad():
         ours, theirs = model(ids, attention_mask=mask).logits, hf.eval()(ids, attention_mask=mask).logits
@@ -527,10 +484,10 @@ def test_an_untied_v1_1_head_resaved_by_transformers_5_stays_untied(ckpts, tmp_p
     arch, model = load_hf_model(path)
     assert not arch.tie_embeddings and arch.tied_head_scale == 1.0
     torch.testing.assert_close(model.lm_head.weight, tensors["lm_head.weight"])
-    hf = _hf(path)
+    hf = hf_model(path)
     assert hf.lm_head.weight is not hf.shared.weight
     assert count_parameters(arch).total == sum(p.numel() for p in hf.parameters())
-    ids, mask = _inputs()
+    ids, mask = inputs()
     decoder_ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(model(ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits,
@@ -547,7 +504,7 @@ def test_roberta_positions_start_after_the_pad_row(ckpts, tmp_path):
     arch, model = load_hf_model(tmp_path / "r")
     assert (arch.context, arch.position_offset) == (64, 2)
     assert model.pos_embed.weight.shape == (66, 32) and count_parameters(arch).total == sum(
-        p.numel() for p in _hf(tmp_path / "r").parameters())
+        p.numel() for p in hf_model(tmp_path / "r").parameters())
     text = spec_from_hf(tmp_path / "r", "r")
     assert "  context: 64\n" in text and "  position_offset: 2\n" in text and "  pad_id: 1\n" in text
     ids = torch.randint(2, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
@@ -556,7 +513,7 @@ def test_roberta_positions_start_after_the_pad_row(ckpts, tmp_path):
     ids = ids.masked_fill(mask == 0, 1)
     with torch.no_grad():
         ours = model(ids, attention_mask=mask).logits
-        theirs = _hf(tmp_path / "r")(ids, attention_mask=mask).logits
+        theirs = hf_model(tmp_path / "r")(ids, attention_mask=mask).logits
     torch.testing.assert_close(ours[mask.bool()], theirs[mask.bool()], atol=TOL, rtol=0)
     with pytest.raises(ValueError, match=r"65 positions do not fit the learned position table \(64 positions"):
         model(torch.full((1, 65), 2))
@@ -633,7 +590,7 @@ def test_gemma_scales_its_embeddings_and_loads_each_norm_weight_as_1_plus_w(ckpt
     layer = arch.decoder.layers[0]
     assert (arch.embed_scale, layer.activation, layer.head_dim, arch.tie_embeddings) == (32**0.5, "geglu_tanh", 16,
                                                                                        True)
-    hf = _hf(ckpts["gemma"])
+    hf = hf_model(ckpts["gemma"])
     for ours, theirs in ((model.decoder.layers[1].attn_norm, hf.model.layers[1].input_layernorm),
                          (model.decoder.layers[0].mlp_norm, hf.model.layers[0].post_attention_layernorm),
                          (model.decoder.final_norm, hf.model.norm)):
@@ -647,9 +604,9 @@ def test_gemma_scales_its_embeddings_and_loads_each_norm_weight_as_1_plus_w(ckpt
 
 def test_gemma_norm_gradients_match_transformers(ckpts):
     """d(x * w')/dw' = d(x * (1 + w))/dw: the folded weights train as the original ones do."""
-    ids, mask = _inputs()
+    ids, mask = inputs()
     _, model = load_hf_model(ckpts["gemma"])
-    hf = _hf(ckpts["gemma"])
+    hf = hf_model(ckpts["gemma"])
     model(ids, attention_mask=mask).logits[mask.bool()].square().mean().backward()
     hf(ids, attention_mask=mask).logits[mask.bool()].square().mean().backward()
     for ours, theirs in ((model.decoder.layers[0].attn_norm, hf.model.layers[0].input_layernorm),
@@ -698,7 +655,7 @@ def test_phi3_splits_gate_up_proj_and_slides_a_window_over_half_rotated_heads(ck
     layer = arch.decoder.layers[0]
     assert (layer.attention.kind, layer.attention.window, layer.activation) == ("sliding", 5, "swiglu")
     assert layer.position.rotary_dims(layer.head_dim) == 4 and not layer.bias and not arch.tie_embeddings
-    hf = _hf(ckpts["phi3"])
+    hf = hf_model(ckpts["phi3"])
     gate, up = hf.model.layers[1].mlp.gate_up_proj.weight.chunk(2, dim=0)
     assert torch.equal(model.decoder.layers[1].mlp.gate_proj.weight, gate)
     assert torch.equal(model.decoder.layers[1].mlp.up_proj.weight, up)
@@ -711,12 +668,12 @@ def test_phi3_splits_gate_up_proj_and_slides_a_window_over_half_rotated_heads(ck
 
 def test_phi3_window_changes_the_logits(ckpts):
     """The window is shorter than the input, so the logits comparison really tests it."""
-    ids, _ = _inputs()
+    ids, _ = inputs()
     _, model = load_hf_model(ckpts["phi3"])
     for layer in model.decoder.layers:
         layer.attn.kind = "causal"
     with torch.no_grad():
-        assert (model(ids).logits - _hf(ckpts["phi3"])(ids).logits).abs().max() > 1e-3
+        assert (model(ids).logits - hf_model(ckpts["phi3"])(ids).logits).abs().max() > 1e-3
 
 
 def test_phi3_gate_up_proj_of_odd_rows_is_a_shape_mismatch(ckpts, tmp_path):
@@ -777,10 +734,10 @@ def test_phi3_exports_as_the_llama_it_equals_and_a_partial_rotary_factor_is_refu
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama" / "config.json").write_text(json.dumps(config))
     save_file(tensors, str(tmp_path / "llama" / "model.safetensors"), metadata={"format": "pt"})
-    ids, mask = _inputs()
+    ids, mask = inputs()
     with torch.no_grad():
         ours = T.LlamaModel.from_pretrained(tmp_path / "llama").eval()(ids, attention_mask=mask).last_hidden_state
-        theirs = _hf(ckpts["phi3_bare"])(ids, attention_mask=mask).last_hidden_state
+        theirs = hf_model(ckpts["phi3_bare"])(ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(ours[mask.bool()], theirs[mask.bool()], atol=TOL, rtol=0)
     with pytest.raises(HFExportError, match=r"fraction: 50%"):
         export_family(load_hf_model(ckpts["phi3"])[0])
