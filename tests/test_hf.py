@@ -359,8 +359,9 @@ def test_pickle_only_checkpoint_is_refused(ckpts, tmp_path):
     [
         ({"model_type": "mamba"}, r"model_type 'mamba' is not supported.*gpt2, bert, t5, llama, mistral"),
         ({"architectures": ["LlamaForSequenceClassification"]}, r"LlamaForSequenceClassification"),
-        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5, "factor": 8.0}},
-         r"rope_parameters.rope_type='yarn': lmspec's rope computes the default, linear and llama3"),
+        ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 5e5, "factor": 8.0}},
+         r"rope_parameters.rope_type='dynamic': transformers' dynamic NTK scaling recomputes theta from the longest "
+         r"sequence its rotary module has seen so far"),
         ({"hidden_act": "gelu"}, r"hidden_act='gelu'"),
     ],
 )

@@ -208,8 +208,8 @@ def test_rope_scaling_changes_the_logits(ckpts, name):
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0},
-     r"rope_parameters.rope_type='yarn'.*default, linear and llama3"),
+    ({"rope_type": "proportional", "rope_theta": 1e4, "factor": 4.0},
+     r"rope_parameters.rope_type='proportional'.*default, linear, llama3, yarn and longrope"),
     ({"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0}, r"rope_type='dynamic'"),
     ({"rope_type": "longrope", "rope_theta": 1e4}, r"rope_type='longrope'"),
     ({"rope_type": "linear", "rope_theta": 1e4}, r"rope_type='linear' but no rope_parameters.factor"),
@@ -403,7 +403,7 @@ REFUSED = """lmspec 1
 model out_only { arch: decoder, vocab: 100, context: 64, layers: 2, d_model: 32, heads: 4, position: rope,
                  norm: rmsnorm, activation: swiglu, bias: false, out_bias: true }
 model partial_rope { arch: decoder, vocab: 100, context: 64, layers: 2, d_model: 32, heads: 4, norm: rmsnorm,
-                     position: rope(fraction: 50%), activation: swiglu, bias: false }
+                     position: rope(layout: interleaved), activation: swiglu, bias: false }
 model gpt2_qk_norm { arch: decoder, vocab: 100, context: 64, layers: 2, d_model: 32, heads: 4, activation: gelu_tanh,
                      qk_norm: true, tie_embeddings: true }
 model head_bias { arch: decoder, vocab: 100, context: 64, layers: 2, d_model: 32, heads: 4, position: rope,
@@ -419,7 +419,8 @@ model roberta { arch: encoder, vocab: 100, context: 64, layers: 2, d_model: 32, 
     ("gpt2_qk_norm", "gpt2", "qk_norm: true (gpt2 has no norm on queries and keys; qwen3 has one)"),
     ("roberta", "bert", "position_offset: 2 (bert has positions from row 0)"),
     ("partial_rope", "llama",
-     "rope: rope(theta: 10_000, fraction: 50%) (llama has rope over every dimension of a head, in the half layout)"),
+     "rope: rope(theta: 10_000, layout: interleaved) (llama has rope over every dimension of a head, in the half "
+     "layout)"),
 ])
 def test_what_no_family_expresses_is_refused_naming_the_feature(name, family, gap):
     from lmspec.compiler.api import load_arch
@@ -585,7 +586,7 @@ def test_opt_options_lmspec_cannot_reproduce_are_refused(ckpts, changes, message
 # --- Gemma ---------------------------------------------------------------------------------
 
 
-def test_gemma_scales_its_embeddings_and_loads_each_norm_weight_as_1_plus_w(ckpts):
+def test_gemma_scales_its_embeddings_and_loads_each_norm_weight_as_it_is(ckpts):
     arch, model = load_hf_model(ckpts["gemma"])
     layer = arch.decoder.layers[0]
     assert (arch.embed_scale, layer.activation, layer.head_dim, arch.tie_embeddings) == (32**0.5, "geglu_tanh", 16,
@@ -594,7 +595,7 @@ def test_gemma_scales_its_embeddings_and_loads_each_norm_weight_as_1_plus_w(ckpt
     for ours, theirs in ((model.decoder.layers[1].attn_norm, hf.model.layers[1].input_layernorm),
                          (model.decoder.layers[0].mlp_norm, hf.model.layers[0].post_attention_layernorm),
                          (model.decoder.final_norm, hf.model.norm)):
-        assert torch.equal(ours.weight, 1.0 + theirs.weight)
+        assert torch.equal(ours.weight, theirs.weight)  # norm_offset: 1 scales by 1 + w (test_gemma_norms.py)
     text = spec_from_hf(ckpts["gemma"], "g")
     assert "  embed_scale: 5.656854249492381\n" in text and "  activation: geglu_tanh\n" in text
     assert "  head_dim: 16\n" in text and "  tie_embeddings: true\n" in text
@@ -603,7 +604,7 @@ def test_gemma_scales_its_embeddings_and_loads_each_norm_weight_as_1_plus_w(ckpt
 
 
 def test_gemma_norm_gradients_match_transformers(ckpts):
-    """d(x * w')/dw' = d(x * (1 + w))/dw: the folded weights train as the original ones do."""
+    """d(x * (1 + w))/dw as transformers computes it: norm_offset: 1 trains the weights as Gemma does."""
     ids, mask = inputs()
     _, model = load_hf_model(ckpts["gemma"])
     hf = hf_model(ckpts["gemma"])
@@ -639,7 +640,7 @@ def test_gemma_options_lmspec_cannot_reproduce_are_refused(ckpts, changes, messa
 
 
 def test_gemma_is_not_exported(ckpts):
-    """No export family scales its embeddings; and the folded norm weights would need w - 1."""
+    """No export family scales its embeddings or offsets its norms."""
     from lmspec.compiler.hf import HFExportError, export_family
 
     with pytest.raises(HFExportError) as info:
@@ -696,13 +697,8 @@ def test_phi3_gate_up_proj_of_odd_rows_is_a_shape_mismatch(ckpts, tmp_path):
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"rope_parameters": None, "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 4,
-                                                "long_factor": [2.0] * 4}},
-     r"phi3 config.json sets rope_scaling.type='longrope': lmspec's rope computes the default"),
-    ({"rope_parameters": None, "rope_scaling": {"type": "su", "short_factor": [1.0] * 4, "long_factor": [2.0] * 4}},
-     r"rope_scaling.type='su'"),
-    ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 4,
-                          "long_factor": [2.0] * 4}}, r"rope_parameters.rope_type='longrope'"),
+    ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
+     r"rope_parameters.rope_type='dynamic'"),
     ({"resid_pdrop": 0.1}, r"phi3 config.json sets attention_dropout=0.0, resid_pdrop=0.1, embd_pdrop=0.0: lmspec "
                            r"has one dropout rate"),
     ({"hidden_act": "quick_gelu"}, r"phi3 config.json sets hidden_act='quick_gelu', which has no lmspec activation"),
@@ -720,12 +716,12 @@ def test_phi3_mini_window_and_equal_dropouts_are_read(ckpts):
     assert (layer.attention.window, layer.dropout, arch.dropout, layer.activation) == (2047, 0.1, 0.1, "geglu_tanh")
 
 
-def test_phi3_exports_as_the_llama_it_equals_and_a_partial_rotary_factor_is_refused(ckpts, tmp_path):
+def test_phi3_exports_as_the_llama_it_equals_and_partial_rotary_as_phi3(ckpts, tmp_path):
     import json
 
     from safetensors.torch import save_file
 
-    from lmspec.compiler.hf import HFExportError, export_family, export_hf
+    from lmspec.compiler.hf import export_family, export_hf
 
     arch, model = load_hf_model(ckpts["phi3_bare"])
     config, tensors = export_hf(arch, model.state_dict())
@@ -739,5 +735,4 @@ def test_phi3_exports_as_the_llama_it_equals_and_a_partial_rotary_factor_is_refu
         ours = T.LlamaModel.from_pretrained(tmp_path / "llama").eval()(ids, attention_mask=mask).last_hidden_state
         theirs = hf_model(ckpts["phi3_bare"])(ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(ours[mask.bool()], theirs[mask.bool()], atol=TOL, rtol=0)
-    with pytest.raises(HFExportError, match=r"fraction: 50%"):
-        export_family(load_hf_model(ckpts["phi3"])[0])
+    assert export_family(load_hf_model(ckpts["phi3"])[0]) == ("phi3", "Phi3ForCausalLM")

@@ -224,7 +224,7 @@ def test_a_key_named_like_a_variant_is_still_located():
      "choose one of learned, sinusoidal, rope, alibi, relative or none", "spiral"),
     ("head: [mlm, nsp, foo]", "unknown head 'foo'", "choose one of lm, mlm, nsp, classifier, scalar or none",
      "foo"),
-    ("placement: middle", "unknown placement 'middle'", "choose one of pre or post", "middle"),
+    ("placement: middle", "unknown placement 'middle'", "choose one of pre, post or sandwich", "middle"),
 ])
 def test_an_unknown_choice_lists_the_valid_ones(extra, message, help, underlined):
     d = only(model(extra), "LMS044")

@@ -20,7 +20,7 @@ Arch = Literal["decoder", "encoder", "encoder_decoder"]
 AttentionKind = Literal["causal", "bidirectional", "sliding", "prefix"]
 PositionKind = Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"]
 NormKind = Literal["layernorm", "rmsnorm"]
-Placement = Literal["pre", "post"]
+Placement = Literal["pre", "post", "sandwich"]  # sandwich: a norm before and after each sublayer (Gemma 2)
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh", "reglu"]
 HeadKind = Literal["lm", "mlm", "nsp", "classifier", "scalar"]
 
@@ -38,8 +38,11 @@ BIAS_PROJECTIONS = ("qkv", "out", "mlp")
 class AttentionConfig:
     kind: AttentionKind = "causal"
     window: int | None = None  # sliding: each query sees itself and the `window - 1` keys before it
-    # T5 does not scale q.k by 1/sqrt(head_dim) (the scale is folded into its init): "none"
-    scale: Literal["inverse_sqrt", "none"] = "inverse_sqrt"
+    # T5 does not scale q.k by 1/sqrt(head_dim) (the scale is folded into its init): "none";
+    # a number multiplies the scores instead (Gemma 2 27B: query_pre_attn_scalar 144 -> 144 ** -0.5)
+    scale: Literal["inverse_sqrt", "none"] | float = "inverse_sqrt"
+    # scores become softcap * tanh(scores / softcap) after scaling, before the mask (Gemma 2: 50.0)
+    softcap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -48,13 +51,27 @@ class RopeScaling:
 
     linear: every frequency divided by `factor` (positions interpolated). llama3 (Llama 3.1):
     wavelengths longer than original_context / low_freq are divided by `factor`, those shorter
-    than original_context / high_freq are kept, and those between are interpolated smoothly."""
+    than original_context / high_freq are kept, and those between are interpolated smoothly.
+    yarn (Qwen, DeepSeek): frequencies that turn fewer than beta_slow times over the original
+    context are divided by `factor`, those turning more than beta_fast times kept, a linear ramp
+    between, and cos and sin scaled by attention_factor. longrope (Phi-3): frequency i divided
+    by short_factor[i], or by long_factor[i] in a forward pass that reaches past the original
+    context, cos and sin scaled by attention_factor. attention_factor None: derived from factor
+    (and mscale, mscale_all_dim) as transformers derives it."""
 
-    kind: Literal["linear", "llama3"]
+    kind: Literal["linear", "llama3", "yarn", "longrope"]
     factor: float
     low_freq: float = 1.0  # llama3 only
     high_freq: float = 4.0  # llama3 only
-    original_context: int = 8192  # llama3 only: the context the model was pre-trained with
+    original_context: int = 8192  # llama3, yarn, longrope: the context the model was pre-trained with
+    beta_fast: float = 32.0  # yarn: frequencies turning more often than this over original_context are kept
+    beta_slow: float = 1.0  # yarn: frequencies turning less often than this are divided by factor
+    truncate: bool = True  # yarn: round the ramp's ends to whole dimensions
+    mscale: float | None = None  # yarn (DeepSeek): attention_factor = mscale(factor) / mscale_all_dim(factor)
+    mscale_all_dim: float | None = None
+    attention_factor: float | None = None  # yarn, longrope: what cos and sin are multiplied by
+    short_factor: tuple[float, ...] = ()  # longrope: one divisor per rotated frequency (rotated dims / 2)
+    long_factor: tuple[float, ...] = ()  # longrope: the divisors past the original context
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,8 @@ class LayerConfig:
     norm: NormKind = "layernorm"
     norm_eps: float = 1e-5
     norm_bias: bool = True  # layernorm: a bias beside its weight (OLMo and MPT have none)
+    # every norm multiplies by (norm_offset + weight), its weight starting at 1 - norm_offset (Gemma: 1)
+    norm_offset: float = 0.0
     placement: Placement = "pre"
     activation: Activation = "gelu"
     bias: bool = True  # biases on every attention and MLP projection, unless one below says otherwise
@@ -142,7 +161,12 @@ class StackConfig:
     """A stack of layers: the encoder or the decoder of a model."""
 
     layers: tuple[LayerConfig, ...]
-    final_norm: bool = True  # a norm after the last layer (pre-norm stacks need it)
+    final_norm: bool = True  # a norm after the last layer (pre-norm and sandwich stacks need it)
+    # encoder-decoder only: this stack embeds with its own learned position table (context +
+    # position_offset rows) and/or its own norm after the embeddings, where the model's
+    # `position` / `embed_norm` would give both stacks one shared table / norm (BART)
+    own_positions: bool = False
+    own_embed_norm: bool = False
 
     @property
     def n_layers(self) -> int:
@@ -167,6 +191,7 @@ class HeadConfig:
     # "mean" the mean over real tokens
     pool: Literal["first", "last", "mean"] = "last"
     bias: bool = False  # lm: a bias on the vocabulary projection (GPT-J, Phi-2)
+    softcap: float | None = None  # lm: logits become softcap * tanh(logits / softcap) (Gemma 2: 30.0)
 
 
 @dataclass(frozen=True)
@@ -193,6 +218,7 @@ class ArchConfig:
     norm: NormKind = "layernorm"  # for the embedding norm and the heads' norms
     norm_eps: float = 1e-5
     norm_bias: bool = True  # whether those norms, when LayerNorms, have a bias
+    norm_offset: float = 0.0  # those norms multiply by (norm_offset + weight), as the layers' do
     activation: Activation = "gelu"  # for the heads' transforms
     dropout: float = 0.0
     pad_id: int | None = None
@@ -201,6 +227,16 @@ class ArchConfig:
     @property
     def stacks(self) -> tuple[StackConfig, ...]:
         return tuple(s for s in (self.encoder, self.decoder) if s is not None)
+
+    @property
+    def shared_positions(self) -> bool:
+        """Whether the model has the one learned position table that stacks without their own read."""
+        return self.position.kind == "learned" and any(not s.own_positions for s in self.stacks)
+
+    @property
+    def shared_embed_norm(self) -> bool:
+        """Whether the model has the one embedding norm that stacks without their own read."""
+        return self.embed_norm and any(not s.own_embed_norm for s in self.stacks)
 
     def head(self, kind: HeadKind) -> HeadConfig | None:
         return next((h for h in self.heads if h.kind == kind), None)
@@ -218,7 +254,9 @@ def arch_from_dict(data: dict) -> ArchConfig:
 
     def position(d: dict) -> PositionConfig:
         scaling = d.get("scaling")
-        return PositionConfig(**{**d, "scaling": None if scaling is None else RopeScaling(**scaling)})
+        return PositionConfig(**{**d, "scaling": None if scaling is None else RopeScaling(**{
+            **scaling, "short_factor": tuple(scaling.get("short_factor", ())),
+            "long_factor": tuple(scaling.get("long_factor", ()))})})
 
     def layer(d: dict) -> LayerConfig:
         moe = d.get("moe")
@@ -226,7 +264,8 @@ def arch_from_dict(data: dict) -> ArchConfig:
                               "moe": None if moe is None else MoEConfig(**moe)})
 
     def stack(d: dict | None) -> StackConfig | None:
-        return None if d is None else StackConfig(tuple(layer(x) for x in d["layers"]), d["final_norm"])
+        return None if d is None else StackConfig(tuple(layer(x) for x in d["layers"]), d["final_norm"],
+                                                    d.get("own_positions", False), d.get("own_embed_norm", False))
 
     return ArchConfig(**{**data, "position": position(data["position"]), "encoder": stack(data["encoder"]),
                          "decoder": stack(data["decoder"]), "heads": tuple(HeadConfig(**h) for h in data["heads"])})

@@ -29,7 +29,9 @@ from .modules import (
     make_activation,
     make_norm,
 )
+from .modules.heads import LMHead
 from .modules.moe import MixtureOfExperts
+from .modules.norms import norm_init
 
 __all__ = ["build_model", "build_block", "build_stack", "init_weights", "check_buildable"]
 
@@ -81,6 +83,9 @@ def check_buildable(arch: ArchConfig) -> list[str]:
             continue
         if not stack.layers:
             problems.append(f"the {stack_name} has no layers")
+        if (stack.own_positions or stack.own_embed_norm) and arch.arch != "encoder_decoder":
+            problems.append(f"the {stack_name} has its own position table or embedding norm, which only the stacks "
+                            "of an encoder-decoder have")
         relative = {(l.heads, l.position.buckets, l.position.max_distance)
                     for l in stack.layers if l.position.kind == "relative"}
         if len(relative) > 1:
@@ -119,7 +124,10 @@ def check_buildable(arch: ArchConfig) -> list[str]:
 
 
 def _scale(layer: LayerConfig) -> float | None:
-    return 1.0 if layer.attention.scale == "none" else None  # None: SDPA's 1/sqrt(head_dim)
+    scale = layer.attention.scale
+    if isinstance(scale, str):
+        return 1.0 if scale == "none" else None  # None: SDPA's 1/sqrt(head_dim)
+    return float(scale)
 
 
 def _rotary(layer: LayerConfig) -> Rotary | None:
@@ -128,7 +136,10 @@ def _rotary(layer: LayerConfig) -> Rotary | None:
         return None
     s = p.scaling
     scaling = () if s is None else ("linear", s.factor) if s.kind == "linear" else (
-        "llama3", s.factor, s.low_freq, s.high_freq, s.original_context)
+        "llama3", s.factor, s.low_freq, s.high_freq, s.original_context) if s.kind == "llama3" else (
+        "yarn", s.factor, s.original_context, s.beta_fast, s.beta_slow, s.attention_factor, s.mscale,
+        s.mscale_all_dim, s.truncate) if s.kind == "yarn" else (
+        "longrope", s.short_factor, s.long_factor, s.original_context, s.factor, s.attention_factor)
     return Rotary(p.rotary_dims(layer.head_dim), p.theta, p.layout == "interleaved", scaling)
 
 
@@ -136,7 +147,7 @@ def build_attention(layer: LayerConfig) -> Attention:
     def head_norm() -> nn.Module | None:
         if not layer.qk_norm:
             return None
-        return make_norm(layer.norm, layer.head_dim, layer.norm_eps, bias=layer.norm_bias)
+        return make_norm(layer.norm, layer.head_dim, layer.norm_eps, bias=layer.norm_bias, offset=layer.norm_offset)
 
     return Attention(
         d_model=layer.d_model,
@@ -148,6 +159,7 @@ def build_attention(layer: LayerConfig) -> Attention:
         position=layer.position.kind,
         rotary=_rotary(layer),
         scale=_scale(layer),
+        softcap=layer.attention.softcap,
         qkv_bias=layer.biased("qkv"),
         out_bias=layer.biased("out"),
         q_norm=head_norm(),
@@ -163,6 +175,7 @@ def build_cross_attention(layer: LayerConfig) -> CrossAttention:
         kv_heads=layer.kv_heads,
         head_dim=layer.head_dim,
         scale=_scale(layer),
+        softcap=layer.attention.softcap,
         qkv_bias=layer.biased("qkv"),
         out_bias=layer.biased("out"),
         dropout=layer.dropout,
@@ -201,8 +214,9 @@ def build_mlp(layer: LayerConfig) -> FeedForward | MixtureOfExperts:
 
 def build_block(layer: LayerConfig) -> Block | ParallelBlock:
     def norm() -> nn.Module:
-        return make_norm(layer.norm, layer.d_model, layer.norm_eps, bias=layer.norm_bias)
+        return make_norm(layer.norm, layer.d_model, layer.norm_eps, bias=layer.norm_bias, offset=layer.norm_offset)
 
+    sandwich = layer.placement == "sandwich"
     if layer.parallel:
         return ParallelBlock(attn_norm=norm(), attn=build_attention(layer), mlp=build_mlp(layer),
                              mlp_norm=None if layer.shared_norm else norm(), dropout=layer.dropout)
@@ -214,18 +228,27 @@ def build_block(layer: LayerConfig) -> Block | ParallelBlock:
         mlp_norm=norm(),
         mlp=build_mlp(layer),
         post_norm=layer.placement == "post",
+        attn_post_norm=norm() if sandwich else None,
+        cross_post_norm=norm() if sandwich and layer.cross_attention else None,
+        mlp_post_norm=norm() if sandwich else None,
         dropout=layer.dropout,
     )
 
 
-def build_stack(stack: StackConfig, *, bidirectional: bool) -> Stack:
+def build_stack(
+    stack: StackConfig, *, bidirectional: bool, pos_embed: nn.Embedding | None = None,
+    embed_norm: nn.Module | None = None,
+) -> Stack:
     """bidirectional: whether the stack's T5 bias distinguishes keys after the query
-    (encoders) or spends every bucket on keys before it (decoders)."""
+    (encoders) or spends every bucket on keys before it (decoders). pos_embed / embed_norm:
+    the stack's own learned position table and embedding norm (BART), if it has them."""
     relative = stack.relative_layer
     last = stack.layers[-1]
     return Stack(
         [build_block(layer) for layer in stack.layers],
-        final_norm=make_norm(last.norm, last.d_model, last.norm_eps, bias=last.norm_bias)
+        pos_embed=pos_embed,
+        embed_norm=embed_norm,
+        final_norm=make_norm(last.norm, last.d_model, last.norm_eps, bias=last.norm_bias, offset=last.norm_offset)
         if stack.final_norm else None,
         rel_bias=None
         if relative is None
@@ -237,6 +260,20 @@ def build_stack(stack: StackConfig, *, bidirectional: bool) -> Stack:
     )
 
 
+def _build_embedded_stack(arch: ArchConfig, stack: StackConfig | None, *, bidirectional: bool) -> Stack | None:
+    """A stack with the position table and embedding norm of its own that its block gives it."""
+    if stack is None:
+        return None
+    d = arch.d_model
+    return build_stack(
+        stack,
+        bidirectional=bidirectional,
+        pos_embed=embedding(arch.context + arch.position_offset, d) if stack.own_positions else None,
+        embed_norm=make_norm(arch.norm, d, arch.norm_eps, bias=arch.norm_bias, offset=arch.norm_offset)
+        if stack.own_embed_norm else None,
+    )
+
+
 def _build_transformer(arch: ArchConfig) -> Transformer:
     d = arch.d_model
     lm, mlm = arch.head("lm"), arch.head("mlm")
@@ -244,24 +281,26 @@ def _build_transformer(arch: ArchConfig) -> Transformer:
     return Transformer(
         embed=embedding(arch.vocab, d),
         context=arch.context,
-        pos_embed=embedding(arch.context + arch.position_offset, d) if arch.position.kind == "learned" else None,
+        pos_embed=embedding(arch.context + arch.position_offset, d) if arch.shared_positions else None,
         position_offset=arch.position_offset,
         sinusoidal=arch.position.kind == "sinusoidal",
         segment_embed=embedding(arch.segments, d) if arch.segments > 0 else None,
-        embed_norm=make_norm(arch.norm, d, arch.norm_eps, bias=arch.norm_bias) if arch.embed_norm else None,
+        embed_norm=make_norm(arch.norm, d, arch.norm_eps, bias=arch.norm_bias, offset=arch.norm_offset)
+        if arch.shared_embed_norm else None,
         embed_scale=arch.embed_scale,
         dropout=arch.dropout,
-        encoder=None if arch.encoder is None else build_stack(arch.encoder, bidirectional=True),
-        decoder=None if arch.decoder is None else build_stack(arch.decoder, bidirectional=False),
+        encoder=_build_embedded_stack(arch, arch.encoder, bidirectional=True),
+        decoder=_build_embedded_stack(arch, arch.decoder, bidirectional=False),
         pooler=Pooler(d) if arch.pooler else None,
-        lm_head=nn.Linear(d, arch.vocab, bias=lm.bias) if lm else None,
+        lm_head=LMHead(d, arch.vocab, bias=lm.bias, softcap=lm.softcap) if lm else None,
         mlm_head=None
         if mlm is None
         else MLMHead(
             d,
             arch.vocab,
             activation=make_activation(arch.activation) if mlm.transform else None,
-            norm=make_norm(arch.norm, d, arch.norm_eps, bias=arch.norm_bias) if mlm.transform else None,
+            norm=make_norm(arch.norm, d, arch.norm_eps, bias=arch.norm_bias, offset=arch.norm_offset)
+            if mlm.transform else None,
         ),
         nsp_head=nn.Linear(d, 2) if nsp else None,
         classifier=nn.Linear(d, classifier.classes) if classifier else None,
@@ -276,7 +315,8 @@ def _build_transformer(arch: ArchConfig) -> Transformer:
 
 @torch.no_grad()
 def init_weights(model: Transformer, std: float = 0.02) -> None:
-    """GPT-2 initialisation: every matrix normal(0, std), biases zero, norms one; the
+    """GPT-2 initialisation: every matrix normal(0, std), biases zero, norms scaling by one (a
+    weight of 1 - norm_offset); the
     projections that write into the residual stream get std / sqrt(2 * layers) so the
     stream's variance does not grow with depth."""
     for module in model.modules():
@@ -286,7 +326,7 @@ def init_weights(model: Transformer, std: float = 0.02) -> None:
             module.bias.zero_()
         if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             if module.weight is not None:
-                module.weight.fill_(1.0)
+                module.weight.fill_(norm_init(module))
             if getattr(module, "bias", None) is not None:
                 module.bias.zero_()
     for stack in (model.encoder, model.decoder):

@@ -98,7 +98,8 @@ def key_tables() -> str:
         out += [f"### `{kind}`", "", (model.__doc__ or "").strip(), ""] + _table(model) + [""]
     out += ["### Nested blocks", ""]
     for model, title in ((S.StackSpec, "`encoder { }` / `decoder { }` (model, encoder_decoder)"),
-                         (S.LayerOverrideSpec, "`layer A..B { }` (model; `first`/`last` come from the range)"),
+                         (S.LayerOverrideSpec, "`layer A..B { }`, `layer every N [from K] { }` "
+                                               "(model and stacks; `first`/`last`/`every` come from the selector)"),
                          (S.RolloutSpec, "`rollouts { }` (rl)")):
         out += [f"#### {title}", ""] + _table(model) + [""]
     out += ["### Variants", "", "A variant is written as a bare name (`cosine`) or a call with positional or "

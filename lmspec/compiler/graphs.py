@@ -431,7 +431,7 @@ class ModelSpans:
         overrides = sub.layers if sub is not None else b.layers
         for j in range(len(overrides) - 1, -1, -1):
             lo = overrides[j]
-            if lo.first <= i <= lo.last:
+            if lo.covers(i):
                 for key in keys:
                     if key in lo.fields:
                         return b.span_of(prefix + ("layer", j, key))
@@ -520,7 +520,7 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
     for ids, length in inputs:
         edge(ids, emb, _shape("B", length))
     sources = [(emb, _shape("B", shared, d))]
-    if arch.position.kind == "learned":
+    if arch.shared_positions:  # a stack with a table of its own (BART) draws it with the stack
         node("position_ids", "input", "position_ids", "embeddings", where.model("position"))
         rows, offset = arch.context + arch.position_offset, arch.position_offset  # OPT, RoBERTa: from row 2
         label = f"learned positions\n{rows} x {d}" + (f", from row {offset}" if offset else "")
@@ -531,7 +531,7 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
     elif arch.position.kind == "sinusoidal":
         pos = node("position_embedding", "embedding", "sinusoidal positions", "embeddings", where.model("position"))
         sources.append((pos, _shape(1, shared, d)))
-    else:
+    elif arch.position.kind != "learned":
         notes = {
             "rope": f"positions: {_position_text(arch)}\nrotates q and k in every attention",
             "alibi": "positions: alibi\na per-head linear distance bias in every attention",
@@ -552,7 +552,7 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
         out = node("embeddings", "add", "+" + scale, "embeddings", where.model("embed_scale", "position"))
         for src, shape in sources:
             edge(src, out, shape)
-    if arch.embed_norm:
+    if arch.shared_embed_norm:
         node("embed_norm", "norm", f"embedding {arch.norm}", "embeddings", where.model("embed_norm"), norm=arch.norm)
         edge(out, "embed_norm", _shape("B", shared, d))
         out = "embed_norm"
@@ -566,6 +566,21 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
         T = seq[stack_name]
         hidden = _shape("B", T, d)
         prev = embedded
+        if stack.own_positions:  # BART: the stack's own table, added to the token embeddings
+            rows, offset = arch.context + arch.position_offset, arch.position_offset
+            label = f"{stack_name} learned positions\n{rows} x {d}" + (f", from row {offset}" if offset else "")
+            # layer -1: no override covers it, so the span is the stack block's `position`
+            pos = node(f"{stack_name}.position_embedding", "embedding", label, "embeddings",
+                       where.layer(stack_name, -1, "position"), rows=rows)
+            add = node(f"{stack_name}.embeddings", "add", "+", "embeddings", where.layer(stack_name, -1, "position"))
+            edge(prev, add, hidden)
+            edge(pos, add, _shape(1, T, d))
+            prev = add
+        if stack.own_embed_norm:
+            norm_id = node(f"{stack_name}.embed_norm", "norm", f"{stack_name} embedding {arch.norm}", "embeddings",
+                           where.layer(stack_name, -1, "embed_norm"), norm=arch.norm)
+            edge(prev, norm_id, hidden)
+            prev = norm_id
         first_relative = next((i for i, l in enumerate(stack.layers) if l.position.kind == "relative"), None)
         rel_node = None
         if first_relative is not None:  # one table per stack, shared by its relative layers (LMS068)
@@ -624,13 +639,22 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
             parts.append((mlp, node(f"{p}.mlp_norm", "norm", f"{p}: {layer.norm}", stack_name, norm_span,
                                     norm=layer.norm)))
             for sub, norm in parts:
-                # pre: x + sub(norm(x)); post: norm(x + sub(x)). The residual edge carries x
-                # past the sublayer to where it is added back.
+                # pre: x + sub(norm(x)); sandwich: x + post(sub(norm(x))); post: norm(x + sub(x)). The
+                # residual edge carries x past the sublayer to where it is added back.
                 if layer.placement == "pre":
                     edge(prev, norm, hidden)
                     edge(norm, sub, hidden)
                     edge(prev, sub, hidden, residual=True)
                     prev = sub
+                elif layer.placement == "sandwich":  # x + post(sub(norm(x))): the add is at the post norm
+                    post = node(norm.removesuffix("_norm") + "_post_norm", "norm",
+                                f"{p}: {layer.norm} (on the output)", stack_name, where.model("placement"),
+                                norm=layer.norm)
+                    edge(prev, norm, hidden)
+                    edge(norm, sub, hidden)
+                    edge(sub, post, hidden)
+                    edge(prev, post, hidden, residual=True)
+                    prev = post
                 else:
                     edge(prev, sub, hidden)
                     edge(sub, norm, hidden)

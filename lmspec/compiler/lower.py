@@ -3,11 +3,13 @@
 Defaults that depend on other keys live here, in one place:
 kv_heads = heads; head_dim = d_model / heads; d_ff = 4 * d_model; attention
 causal for decoders, bidirectional for encoders (and causal for the decoder of
-an encoder-decoder); final_norm for pre-norm stacks; head lm (mlm for
+an encoder-decoder); final_norm for pre-norm and sandwich stacks; head lm (mlm for
 encoders). Per-layer overrides apply in order, later ones winning.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from lmspec.compiler import schema as S
 from lmspec.compiler.arch import (
@@ -18,16 +20,14 @@ from lmspec.compiler.arch import (
 __all__ = ["lower_model", "attention_config", "position_config", "head_configs"]
 
 
-def attention_config(spec, scale: str) -> AttentionConfig:
-    return AttentionConfig(kind=spec.kind, window=getattr(spec, "window", None), scale=scale)
+def attention_config(spec, scale: str | float, softcap: float | None = None) -> AttentionConfig:
+    scale = scale if isinstance(scale, str) else float(scale)
+    return AttentionConfig(kind=spec.kind, window=getattr(spec, "window", None), scale=scale,
+                           softcap=None if softcap is None else float(softcap))
 
 
 def position_config(spec) -> PositionConfig:
-    scaling = getattr(spec, "scaling", None)
-    if scaling is not None:  # linear reads only its factor: it keeps llama3's defaults for the rest
-        scaling = RopeScaling("linear", float(scaling.factor)) if scaling.kind == "linear" else RopeScaling(
-            "llama3", float(scaling.factor), float(scaling.low_freq), float(scaling.high_freq),
-            scaling.original_context)
+    scaling = rope_scaling(getattr(spec, "scaling", None))
     return PositionConfig(
         kind=spec.kind,
         theta=float(getattr(spec, "theta", 10_000.0)),
@@ -37,6 +37,31 @@ def position_config(spec) -> PositionConfig:
         layout=getattr(spec, "layout", "half"),
         scaling=scaling,
     )
+
+
+def rope_scaling(spec) -> RopeScaling | None:
+    """The scaling variant as the architecture keeps it; each kind reads only its own fields and
+    keeps the defaults for the rest (so one scaling has one ArchConfig, however it was written)."""
+    if spec is None:
+        return None
+    if spec.kind == "linear":
+        return RopeScaling("linear", float(spec.factor))
+    if spec.kind == "llama3":
+        return RopeScaling("llama3", float(spec.factor), float(spec.low_freq), float(spec.high_freq),
+                           spec.original_context)
+    if spec.kind == "yarn":
+        return RopeScaling("yarn", float(spec.factor), original_context=spec.original_context,
+                           beta_fast=float(spec.beta_fast), beta_slow=float(spec.beta_slow), truncate=spec.truncate,
+                           mscale=_optional_float(spec.mscale), mscale_all_dim=_optional_float(spec.mscale_all_dim),
+                           attention_factor=_optional_float(spec.attention_factor))
+    return RopeScaling("longrope", float(spec.factor), original_context=spec.original_context,
+                       attention_factor=_optional_float(spec.attention_factor),
+                       short_factor=tuple(float(f) for f in spec.short_factor),
+                       long_factor=tuple(float(f) for f in spec.long_factor))
+
+
+def _optional_float(x) -> float | None:
+    return None if x is None else float(x)
 
 
 def moe_config(spec) -> MoEConfig | None:
@@ -59,7 +84,7 @@ def head_configs(heads: list | None, arch: str) -> tuple[HeadConfig, ...]:
         elif h.kind == "scalar":
             out.append(HeadConfig("scalar", pool=h.pool))
         elif h.kind == "lm":
-            out.append(HeadConfig("lm", bias=h.bias))
+            out.append(HeadConfig("lm", bias=h.bias, softcap=None if h.softcap is None else float(h.softcap)))
         else:
             out.append(HeadConfig(h.kind))
     return tuple(out)
@@ -91,13 +116,14 @@ def _stack(spec: S.ModelSpec, stack: S.StackSpec | None, n_layers: int, default_
         out_bias=pick("out_bias"),
         mlp_bias=pick("mlp_bias"),
         qk_norm=pick("qk_norm"),
+        attention_softcap=pick("attention_softcap"),
         dropout=pick("dropout"),
     )
     layers = []
     for i in range(n_layers):
         fields = dict(base)
         for o in overrides:
-            if o.first <= i <= o.last:
+            if o.covers(i):
                 fields.update({k: v for k in S.LayerFields.model_fields if (v := getattr(o, k)) is not None})
         h = fields["heads"]
         layers.append(LayerConfig(
@@ -106,11 +132,12 @@ def _stack(spec: S.ModelSpec, stack: S.StackSpec | None, n_layers: int, default_
             kv_heads=fields["kv_heads"] or h,
             head_dim=fields["head_dim"] or max(1, spec.d_model // h),
             d_ff=fields["d_ff"],
-            attention=attention_config(fields["attention"], spec.attention_scale),
+            attention=attention_config(fields["attention"], spec.attention_scale, fields["attention_softcap"]),
             position=position_config(fields["position"]),
             norm=fields["norm"],
             norm_eps=spec.norm_eps,
             norm_bias=spec.norm_bias,
+            norm_offset=float(spec.norm_offset),
             placement=spec.placement,
             activation=fields["activation"],
             bias=fields["bias"],
@@ -124,8 +151,15 @@ def _stack(spec: S.ModelSpec, stack: S.StackSpec | None, n_layers: int, default_
             shared_norm=spec.residual.kind == "parallel" and spec.residual.norms == 1,
             moe=moe_config(spec.mlp),
         ))
-    final_norm = spec.final_norm if spec.final_norm is not None else spec.placement == "pre"
+    final_norm = spec.final_norm if spec.final_norm is not None else spec.placement in ("pre", "sandwich")
     return StackConfig(tuple(layers), final_norm=final_norm)
+
+
+def _embedding_of(block: S.StackSpec, stack: StackConfig) -> StackConfig:
+    """A stack block's own embedding parts: `position: learned` there is its own position table,
+    `embed_norm: true` its own norm (else the stack reads the model's, shared by both stacks)."""
+    own_positions = block.position is not None and block.position.kind == "learned"
+    return replace(stack, own_positions=own_positions, own_embed_norm=bool(block.embed_norm))
 
 
 def lower_model(name: str, spec: S.ModelSpec, head_override: list | None = None) -> ArchConfig:
@@ -138,9 +172,9 @@ def lower_model(name: str, spec: S.ModelSpec, head_override: list | None = None)
         encoder = _stack(spec, None, spec.layers or 1, bidirectional, False, spec.layer)
     else:  # each stack has its own layers and overrides (the model-level ones are LMS095, LMS048)
         enc, dec = spec.encoder, spec.decoder
-        encoder = _stack(spec, enc, enc.layers, bidirectional, False, enc.layer)
+        encoder = _embedding_of(enc, _stack(spec, enc, enc.layers, bidirectional, False, enc.layer))
         # the decoder of an encoder-decoder is causal unless its own block says otherwise
-        decoder = _stack(spec, dec, dec.layers, causal, True, dec.layer)
+        decoder = _embedding_of(dec, _stack(spec, dec, dec.layers, causal, True, dec.layer))
     heads = head_configs(head_override if head_override is not None else spec.head, spec.arch)
     return ArchConfig(
         name=name,
@@ -162,6 +196,7 @@ def lower_model(name: str, spec: S.ModelSpec, head_override: list | None = None)
         norm=spec.norm,
         norm_eps=spec.norm_eps,
         norm_bias=spec.norm_bias,
+        norm_offset=float(spec.norm_offset),
         activation=spec.activation if spec.activation not in GATED_ACTIVATIONS else "gelu",  # for head transforms
         dropout=spec.dropout,
         pad_id=spec.pad_id,

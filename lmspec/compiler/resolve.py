@@ -38,9 +38,13 @@ Path_ = tuple  # a path inside a block: ("position", "theta"), ("layers", 0, "he
 @dataclass
 class ResolvedLayer:
     first: int
-    last: int
+    last: int | None  # None: to the stack's last layer (`layer every 6 from 5`)
     range_span: Span
     fields: dict[str, Any] = field(default_factory=dict)
+    every: int = 1
+
+    def covers(self, layer: int) -> bool:
+        return ast.layer_covers(self.first, self.last, self.every, layer)
 
 
 @dataclass
@@ -332,7 +336,7 @@ class Resolver:
                     self.error("LMS049", f"{what} cannot appear inside a layer override", e.span,
                                help="a layer override holds keys only; write it at the level of the block or stack")
             layer_scope = _Scope(entries, scope, scope.kind, lpath, scope.block)
-            rl = ResolvedLayer(lo.first, lo.last, lo.range_span)
+            rl = ResolvedLayer(lo.first, lo.last, lo.range_span, every=lo.every)
             _layers_of(out, path).append(rl)
             for key, fld in entries.items():
                 out.key_spans[lpath + (key,)] = fld.key.span

@@ -386,10 +386,13 @@ def _shapes(arch: ArchConfig) -> dict[str, object]:
     for stack_name, stack in _stacks(arch):
         out[f"{stack_name} layers"] = stack.n_layers
         out[f"{stack_name} final_norm"] = stack.final_norm
+        out[f"{stack_name} own position table"] = stack.own_positions
+        out[f"{stack_name} own embed_norm"] = stack.own_embed_norm
         for i, layer in enumerate(stack.layers):
             for f in _LAYER_FIELDS:
                 out[f"{stack_name} layer {i} {f}"] = getattr(layer, f)
             out[f"{stack_name} layer {i} gated"] = layer.activation in GATED_ACTIVATIONS
+            out[f"{stack_name} layer {i} sandwich norms"] = layer.placement == "sandwich"
             if layer.position.kind == "relative":
                 out[f"{stack_name} layer {i} relative"] = (layer.position.buckets, layer.position.max_distance)
     return out

@@ -19,6 +19,7 @@ from lmspec.compiler.arch import ROTARY_TOLERANCE, ArchConfig, StackConfig
 from lmspec.compiler.graphs import ModelSpans
 from lmspec.compiler.resolve import ResolvedBlock
 from lmspec.diagnostics import CODES, Diagnostic, Label, Span
+from lmspec.grammar.ast import layer_selector
 
 __all__ = ["MODEL_RULES", "ARCH_RULES", "model_rules", "MULTIPLE_OF_64_FROM"]
 
@@ -42,7 +43,12 @@ CODES.update({
     "LMS130": "llama3 rope scaling whose high_freq is not above its low_freq",
     "LMS131": "a parallel residual with post-norm or cross-attention",
     "LMS132": "norm_bias: false in a model with no LayerNorm",
+    "LMS133": "embed_norm: false in a stack block of a model whose embed_norm is true",
+    "LMS134": "a model-level position or embed_norm that both stacks replace with their own",
 })
+CODES.setdefault("LMS118", "a parallel residual with placement: sandwich")
+CODES.setdefault("LMS124", "yarn rope scaling whose beta_fast is not above its beta_slow")
+CODES.setdefault("LMS125", "longrope factor lists that do not hold one divisor per rotated frequency")
 
 
 def _err(code: str, message: str, span, help: str | None = None, labels: list[Label] | None = None) -> Diagnostic:
@@ -107,7 +113,7 @@ class _Shapes:
         groups = []
         for prefix, stack, n_layers in _stack_specs(spec):
             overrides = stack.layer if stack is not None else spec.layer
-            covers = {tuple(j for j, o in enumerate(overrides) if o.first <= layer <= o.last): None
+            covers = {tuple(j for j, o in enumerate(overrides) if o.covers(layer)): None
                       for layer in range(n_layers)}
             groups += [(prefix, stack, cover) for cover in covers]
         return cls(spec, groups)
@@ -325,11 +331,21 @@ def _kv_candidates(heads: int, kv: int) -> list[int]:
 
 def _range_rules(stack: S.StackSpec | None, spec: S.ModelSpec, block: ResolvedBlock, prefix: tuple,
                  n_layers: int) -> Iterator[Diagnostic]:
-    """LMS048: a layer override names layers of its stack."""
+    """LMS048: a layer override names layers of its stack (an override that names none would
+    be silently ignored)."""
     for i, o in enumerate(stack.layer if stack is not None else spec.layer):
-        if o.first > o.last:
+        if o.every < 1:
+            yield _err("LMS048", f"`{o.selector()}` names no layer: the step after `every` must be at least 1",
+                       block.span_of(prefix + ("layer", i)),
+                       help="`layer every 2 { }` applies to layers 0, 2, 4, ...; `layer every 1 { }` to all of them")
+        elif o.last is None:
+            if o.first >= n_layers:
+                yield _err("LMS048", f"`{o.selector()}` starts at layer {o.first}, outside the stack of {n_layers} "
+                           f"layers (0..{n_layers - 1})", block.span_of(prefix + ("layer", i)),
+                           help=f"the last layer is {n_layers - 1}: start `from` a layer at most {n_layers - 1}")
+        elif o.first > o.last:
             yield _err("LMS048", f"layer range {o.first}..{o.last} is empty", block.span_of(prefix + ("layer", i)),
-                       help=f"write `layer {o.last}..{o.first}`")
+                       help=f"write `{layer_selector(o.last, o.first, o.every)}`")
         elif o.last >= n_layers:
             yield _err("LMS048", f"layer {o.last} is outside the stack of {n_layers} layers (0..{n_layers - 1})",
                        block.span_of(prefix + ("layer", i)), help=f"the last layer is {n_layers - 1}")
@@ -390,7 +406,8 @@ def ignored_key_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iter
     model-level `layers` is never read and the model-level `attention` reaches the encoder
     only (the decoder stays causal unless `decoder { }` says otherwise). `position_offset` is
     read by a learned position table only."""
-    if spec.position_offset and spec.position.kind != "learned":
+    own_tables = [s for s in (spec.encoder, spec.decoder) if s is not None and _own_positions(s)]
+    if spec.position_offset and spec.position.kind != "learned" and not own_tables:
         yield _err("LMS095", f"model '{name}' does not read 'position_offset': it offsets a learned position table, "
                    f"and its positions are {spec.position.kind}",
                    block.span_of(("position_offset",), key=True),
@@ -409,6 +426,37 @@ def ignored_key_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iter
         yield _err("LMS095", f"a model-level 'attention' in encoder-decoder '{name}': {what}",
                    block.span_of(("attention",), key=True),
                    help="set attention inside `encoder { }` (and `decoder { }` for the decoder)")
+
+
+def _own_positions(stack: S.StackSpec) -> bool:
+    """Whether a stack block gives its stack a learned position table of its own."""
+    return stack.position is not None and stack.position.kind == "learned"
+
+
+def stack_embedding_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[Diagnostic]:
+    """LMS133: a stack block's `embed_norm: true` gives that stack its own embedding norm; a
+    stack cannot drop the model's shared one, so `embed_norm: false` there under a model-level
+    `embed_norm: true` would be ignored. LMS134: when both stacks embed with their own learned
+    table (or norm), the model-level `position: learned` (or `embed_norm: true`) is read by
+    neither."""
+    stacks = [(part, getattr(spec, part)) for part in ("encoder", "decoder") if getattr(spec, part) is not None]
+    if spec.arch != "encoder_decoder" or len(stacks) < 2:
+        return  # LMS064, LMS066
+    for part, stack in stacks:
+        if stack.embed_norm is False and spec.embed_norm:
+            yield _err("LMS133", f"`{part} {{ embed_norm: false }}` cannot remove the embedding norm of '{name}': "
+                       "the model's `embed_norm: true` is one norm, shared by both stacks",
+                       block.span_of((part, "embed_norm")), help="remove `embed_norm` from the model and write "
+                       "`embed_norm: true` in the stack block that has one",
+                       labels=[Label(block.span_of(("embed_norm",)), "embed_norm: true")])
+    if spec.embed_norm and all(stack.embed_norm for _, stack in stacks):
+        yield _err("LMS134", f"no stack of '{name}' reads the model's embedding norm: `encoder {{ }}` and "
+                   "`decoder { }` both set `embed_norm: true`, so each has its own",
+                   block.span_of(("embed_norm",), key=True), help="remove `embed_norm` from the model")
+    if "position" in block.fields and all(_own_positions(stack) for _, stack in stacks):
+        yield _err("LMS134", f"no stack of '{name}' reads the model's `position`: `encoder {{ }}` and `decoder {{ }}` "
+                   "both set `position: learned`, so each has its own table",
+                   block.span_of(("position",), key=True), help="remove `position` from the model")
 
 
 def _positions(spec: S.ModelSpec) -> Iterator[tuple[tuple, object]]:
@@ -435,6 +483,19 @@ def rope_scaling_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Ite
                        help="Llama 3.1 uses `llama3(factor: 8, low_freq: 1, high_freq: 4, original_context: 8192)`")
 
 
+def yarn_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[Diagnostic]:
+    """LMS124: YaRN keeps the frequencies turning more than beta_fast times over the original
+    context and divides those turning fewer than beta_slow times, so beta_fast must lie above
+    beta_slow (transformers would build a ramp running backwards)."""
+    for path, position in _positions(spec):
+        scaling = getattr(position, "scaling", None)
+        if scaling is not None and scaling.kind == "yarn" and scaling.beta_fast <= scaling.beta_slow:
+            yield _err("LMS124", f"yarn rope scaling needs beta_fast above beta_slow, got beta_fast "
+                       f"{scaling.beta_fast:g} and beta_slow {scaling.beta_slow:g}",
+                       block.span_of(path + ("scaling", "beta_fast")),
+                       help="transformers' defaults are `beta_fast: 32, beta_slow: 1` (Qwen, DeepSeek)")
+
+
 def parallel_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[Diagnostic]:
     """LMS131: a parallel layer adds attention and MLP to the same input, so each branch takes a
     normalised copy of it (pre-norm: post-norm has no place for the norm), and a decoder's
@@ -453,9 +514,22 @@ def parallel_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterato
                    help="use `residual: sequential` in an encoder-decoder")
 
 
+def sandwich_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[Diagnostic]:
+    """LMS118: sandwich normalises each sublayer's output before its residual add, one branch
+    after the other; a parallel layer adds both branches at once, and no model defines where its
+    post-branch norms would go (one over the sum, or one per branch)."""
+    if spec.residual.kind == "parallel" and spec.placement == "sandwich":
+        yield _err("LMS118", f"model '{name}' has a parallel residual with placement: sandwich; sandwich norms "
+                   "are defined for sequential layers only", block.span_of(("placement",)),
+                   labels=[Label(block.span_of(("residual",)), "parallel residual set here")],
+                   help="use `placement: pre` with `residual: parallel(...)`, or `residual: sequential` "
+                        "with sandwich (Gemma 2)")
+
+
 #: rules on a model block as written; a model with an error here is not lowered
 MODEL_RULES: list[Callable[[str, S.ModelSpec, ResolvedBlock], Iterator[Diagnostic]]] = [
-    model_rules, token_id_rule, ignored_key_rule, rope_scaling_rule, parallel_rule,
+    model_rules, token_id_rule, ignored_key_rule, rope_scaling_rule, parallel_rule, sandwich_rule,
+    stack_embedding_rule, yarn_rule,
 ]
 
 
@@ -560,8 +634,41 @@ def norm_bias_rule(arch: ArchConfig, block: ResolvedBlock) -> Iterator[Diagnosti
 
 
 #: rules on a lowered model (they need every default applied); errors drop the model
+def longrope_rule(arch: ArchConfig, block: ResolvedBlock) -> Iterator[Diagnostic]:
+    """LMS125: longrope divides frequency i by short_factor[i] (long_factor[i] past the original
+    context), so each list holds one divisor per rotated frequency: rotated dimensions / 2."""
+    for stack_name, stack in _stacks(arch):
+        for i, layer in enumerate(stack.layers):
+            s, dims = layer.position.scaling, layer.position.rotary_dims(layer.head_dim)
+            if layer.position.kind != "rope" or s is None or s.kind != "longrope" or dims is None:
+                continue
+            wrong = [(key, len(getattr(s, key))) for key in ("short_factor", "long_factor")
+                     if len(getattr(s, key)) != dims // 2]
+            if not wrong:
+                continue
+            key, n = wrong[0]
+            span = ModelSpans(block).layer(stack_name, i, "position")
+            yield _err("LMS125", f"longrope {key} of layer {i} of {stack_name} has {n} values, but the layer rotates "
+                       f"{dims} dimensions of each head: one divisor per frequency is {dims // 2}",
+                       _inner_span(block, span, ("scaling", key)),
+                       help=f"give {key} {dims // 2} values (head_dim {layer.head_dim}, "
+                            f"fraction {layer.position.fraction:g})")
+            break  # one error per stack: the layers share their position spec
+
+
+def _inner_span(block: ResolvedBlock, outer: Span | None, tail: tuple) -> Span | None:
+    """The span of the value at a path ending in `tail` inside `outer` (a key nested in the value
+    `outer` covers), or `outer` itself when there is none."""
+    if outer is None:
+        return None
+    for path, span in block.value_spans.items():
+        if tuple(path[-len(tail):]) == tail and outer.start <= span.start and span.end <= outer.end:
+            return span
+    return outer
+
+
 ARCH_RULES: list[Callable[[ArchConfig, ResolvedBlock], Iterator[Diagnostic]]] = [
-    relative_bias_rule, decoder_prefix_rule, tie_rule, multiple_of_64_rule, norm_bias_rule,
+    relative_bias_rule, decoder_prefix_rule, tie_rule, multiple_of_64_rule, norm_bias_rule, longrope_rule,
 ]
 
 

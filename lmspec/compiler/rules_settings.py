@@ -12,8 +12,10 @@ not as written. Each is a located diagnostic with the figures the runtime would 
     LMS110  a stage that continues weights with another tokenizer than they were trained with
     LMS111  a model's pad_id or mask_id that is not its tokenizer's (training uses the tokenizer's)
     LMS112  learned or sinusoidal positions in a stack or layer override (they exist only at the
-            embeddings, from the model-level `position`)
+            embeddings, from the model-level `position`; but `position: learned` in a stack block
+            of an encoder-decoder is that stack's own table)
     LMS113  a classifier or scalar head that pools the first token of a causal decoder (warning)
+    LMS116  attention_softcap: none in a stack block or layer override below a cap (the cap stays)
 
 Only what the spec writes is held against it: a default the runtime adapts (three samples of an
 encoder, which samples nothing) is not a setting. Split and prompt counts are compared where
@@ -49,6 +51,7 @@ CODES.setdefault("LMS112", "learned or sinusoidal positions in a stack or layer 
 CODES.setdefault("LMS113", "a head that pools the first token of a causal decoder (warning)")
 CODES.setdefault("LMS115", "position: none in an override of a model whose positions are added at the embeddings "
                            "(warning)")
+CODES.setdefault("LMS116", "attention_softcap: none in a stack block or layer override, below a cap it cannot remove")
 
 
 def _err(code: str, message: str, span, help: str | None = None, labels: list[Label] | None = None) -> Diagnostic:
@@ -515,20 +518,24 @@ def special_ids_rule(x) -> Iterator[Diagnostic]:
 _EMBEDDED = ("learned", "sinusoidal")
 
 
-def _overrides(spec: S.ModelSpec) -> Iterator[tuple[tuple, str, object]]:
-    """(path, what, position) of every stack block and layer override that sets a position."""
+def _overrides(spec: S.ModelSpec) -> Iterator[tuple[tuple, str, object, str]]:
+    """(path, what, position, embedded) of every stack block and layer override that sets a position;
+    `embedded` is the kind added at the embeddings of its layers, when not the model's: "learned"
+    inside a stack block that has its own table, "own" for that stack block itself."""
     def layer_name(o) -> str:
-        return f"layer {o.first}" if o.first == o.last else f"layer {o.first}..{o.last}"
+        return o.selector()
 
     for j, o in enumerate(spec.layer):
-        yield ("layer", j, "position"), f"`{layer_name(o)} {{ }}`", o.position
+        yield ("layer", j, "position"), f"`{layer_name(o)} {{ }}`", o.position, spec.position.kind
     for stack_name in ("encoder", "decoder"):
         stack = getattr(spec, stack_name)
         if stack is None:
             continue
-        yield (stack_name, "position"), f"`{stack_name} {{ }}`", stack.position
+        own = spec.arch == "encoder_decoder" and stack.position is not None and stack.position.kind == "learned"
+        yield (stack_name, "position"), f"`{stack_name} {{ }}`", stack.position, "own" if own else spec.position.kind
         for j, o in enumerate(stack.layer):
-            yield (stack_name, "layer", j, "position"), f"`{layer_name(o)} {{ }}` of the {stack_name}", o.position
+            yield ((stack_name, "layer", j, "position"), f"`{layer_name(o)} {{ }}` of the {stack_name}", o.position,
+                   "learned" if own else spec.position.kind)
 
 
 def position_override_rule(x) -> Iterator[Diagnostic]:
@@ -536,11 +543,13 @@ def position_override_rule(x) -> Iterator[Diagnostic]:
     `position`; a layer reads rope, alibi or relative positions itself. So `position: learned`
     in a stack or layer override gives those layers no position of their own, and adds none at
     the embeddings: they keep the model-level kind's embedding (learned or sinusoidal) or have
-    no position at all."""
+    no position at all. The exception is a stack block of an encoder-decoder, where `position:
+    learned` is the stack's own table (BART), and the layers inside it embed with that."""
     for name, spec in x.validated.of_kind("model").items():
         block = x.block(name)
-        model_kind = spec.position.kind
-        for path, where, position in _overrides(spec):
+        for path, where, position, model_kind in _overrides(spec):
+            if model_kind == "own":  # BART: the stack's own learned table, added at its embeddings
+                continue
             if position is not None and position.kind == "none" and model_kind in _EMBEDDED:
                 yield _warn("LMS115", f"position: none in {where} of '{name}' removes nothing: the model's "
                             f"{model_kind} positions are added once, at the embeddings, before any layer",
@@ -642,5 +651,48 @@ def unread_fields_rule(x) -> Iterator[Diagnostic]:
                             help=f"remove `{key}:`, or read the data with an objective that uses it")
 
 
+def _softcap_nones(spec: S.ModelSpec) -> Iterator[tuple[tuple, str, float | None, tuple]]:
+    """(path, what, the cap above it, the cap's path) of every stack block and layer override
+    that may set attention_softcap."""
+    for j, o in enumerate(spec.layer):
+        yield ("layer", j, "attention_softcap"), f"`{o.selector()} {{ }}`", spec.attention_softcap, \
+            ("attention_softcap",)
+    for stack_name in ("encoder", "decoder"):
+        stack = getattr(spec, stack_name)
+        if stack is None:
+            continue
+        yield (stack_name, "attention_softcap"), f"`{stack_name} {{ }}`", spec.attention_softcap, ("attention_softcap",)
+        above, where = (stack.attention_softcap, (stack_name, "attention_softcap")) \
+            if stack.attention_softcap is not None else (spec.attention_softcap, ("attention_softcap",))
+        for j, o in enumerate(stack.layer):
+            yield (stack_name, "layer", j, "attention_softcap"), f"`{o.selector()} {{ }}` of the {stack_name}", \
+                above, where
+
+
+def softcap_override_rule(x) -> Iterator[Diagnostic]:
+    """LMS116: a stack block or layer override inherits every key it leaves unset, and `none`
+    reads as unset; so `attention_softcap: none` below a model (or stack) cap leaves those
+    layers capped, silently."""
+    for name, spec in x.validated.of_kind("model").items():
+        block = x.block(name)
+        for path, where, above, above_path in _softcap_nones(spec):
+            if above is None or path not in block.value_spans:
+                continue
+            value = spec
+            for p in path:  # the validated value: None where `none` was written
+                value = value[p] if isinstance(p, int) else getattr(value, p)
+            if value is not None:
+                continue
+            yield _err("LMS116", f"attention_softcap: none in {where} of '{name}' removes nothing: none leaves the "
+                       f"key unset, so those layers keep the cap of {_number(above)} set above",
+                       block.span_of(path), help="set `attention_softcap` only on the layers (or stack) that have a "
+                       "cap, and leave it unset on the model",
+                       labels=[Label(block.span_of(above_path), f"attention_softcap: {_number(above)}")])
+
+
+def _number(x: float) -> str:
+    return f"{x:g}"
+
+
 SETTINGS_RULES = [unread_fields_rule, schedule_rule, evaluation_rule, samples_rule, prompts_rule, tokenizer_continuity_rule,
-                  special_ids_rule, position_override_rule, pool_rule]
+                  special_ids_rule, position_override_rule, pool_rule, softcap_override_rule]

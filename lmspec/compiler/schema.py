@@ -17,6 +17,8 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from lmspec.grammar.ast import layer_covers, layer_selector
+
 __all__ = [
     "BLOCK_KINDS", "TokenizerSpec", "DataSpec", "ModelSpec", "TrainSpec", "JudgeSpec", "FeedbackSpec", "RLSpec",
     "Ref_",
@@ -169,14 +171,55 @@ class Llama3RopeScaling(Variant):
     original_context: int = Field(8192, ge=1, description="the context the model was pre-trained with")
 
 
-RopeScaling = Annotated[Union[LinearRopeScaling, Llama3RopeScaling], Field(discriminator="kind")]
+class YarnRopeScaling(Variant):
+    """`yarn(factor: 4, original_context: 32768)`: YaRN's blend of interpolated and kept RoPE
+    frequencies, with cos and sin scaled by an attention factor (Qwen2.5/Qwen3, DeepSeek)."""
+
+    kind: Literal["yarn"] = "yarn"
+    factor: float = Field(gt=0, description="the slow frequencies are divided by this (context / original_context)")
+    original_context: int = Field(ge=1, description="the context the model was pre-trained with")
+    beta_fast: float = Field(32.0, gt=0, description="frequencies turning more often than this over "
+                                                     "original_context are kept")
+    beta_slow: float = Field(1.0, gt=0, description="frequencies turning less often than this are divided by "
+                                                    "factor; those between are blended along a linear ramp")
+    truncate: bool = Field(True, description="round the ramp's ends to whole dimensions (transformers' default)")
+    attention_factor: float | None = Field(None, gt=0, description="cos and sin are multiplied by this; none: "
+                                           "0.1 ln(factor) + 1, or the mscale ratio")
+    mscale: float | None = Field(None, description="DeepSeek: attention_factor = (0.1 mscale ln(factor) + 1) / "
+                                                   "(0.1 mscale_all_dim ln(factor) + 1)")
+    mscale_all_dim: float | None = Field(None, description="DeepSeek: see mscale")
+
+
+Divisor = Annotated[float, Field(gt=0)]
+
+
+class LongRopeScaling(Variant):
+    """`longrope(short_factor: [...], long_factor: [...], original_context: 4096, factor: 32)`:
+    Phi-3's per-frequency divisors, long ones in a forward pass that reaches past the original context."""
+
+    kind: Literal["longrope"] = "longrope"
+    short_factor: list[Divisor] = Field(description="one divisor per rotated frequency (rotated dims / 2), "
+                                                    "used while positions stay within original_context")
+    long_factor: list[Divisor] = Field(description="the divisors of a forward pass whose positions reach past "
+                                                   "original_context")
+    original_context: int = Field(ge=1, description="the context the model was pre-trained with")
+    factor: float = Field(gt=0, description="context / original_context (Phi-3-128k: 32); sets the default "
+                                            "attention_factor")
+    attention_factor: float | None = Field(None, gt=0, description="cos and sin are multiplied by this; none: "
+                                           "sqrt(1 + ln(factor) / ln(original_context)), 1 when factor <= 1")
+
+
+RopeScaling = Annotated[Union[LinearRopeScaling, Llama3RopeScaling, YarnRopeScaling, LongRopeScaling],
+                        Field(discriminator="kind")]
 
 
 class Rope(Variant):
     kind: Literal["rope"] = "rope"
     theta: float = Field(10_000.0, gt=0, description="the rotary base")
     scaling: RopeScaling | None = Field(None, description="linear(factor) | llama3(factor, low_freq, high_freq, "
-                                                          "original_context); none: the plain frequencies")
+                                                          "original_context) | yarn(factor, original_context, ...) | "
+                                                          "longrope(short_factor, long_factor, original_context, "
+                                                          "factor); none: the plain frequencies")
     fraction: float = Field(1.0, gt=0, le=1, description="the share of each head's dimensions that rotate "
                                                          "(GPT-NeoX: 25%); the rest pass through")
     layout: Literal["half", "interleaved"] = Field("half", description="half: dimension i pairs with i + d/2 "
@@ -203,6 +246,8 @@ Position = Annotated[Union[Learned, Sinusoidal, Rope, Alibi, Relative, NoPositio
 class LMHead(Variant):
     kind: Literal["lm"] = "lm"
     bias: bool = Field(False, description="a bias on the vocabulary projection (GPT-J, Phi-2)")
+    softcap: float | None = Field(None, gt=0, description="logits become softcap * tanh(logits / softcap) "
+                                                          "(Gemma 2: 30); none: uncapped")
 
 
 class MLMHead(Variant):
@@ -296,18 +341,34 @@ class LayerFields(Schema):
     out_bias: bool | None = Field(None, description="a bias on the attention output projection; default bias")
     mlp_bias: bool | None = Field(None, description="biases on the MLP projections; default bias")
     qk_norm: bool | None = Field(None, description="normalise each query and key head before RoPE")
+    attention_softcap: float | None = Field(None, gt=0, description="attention scores become softcap * "
+                                            "tanh(scores / softcap) before the mask; default the model's")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="dropout probability")
 
 
 class LayerOverrideSpec(LayerFields):
-    first: int = Field(ge=0, description="first layer (inclusive)")
-    last: int = Field(ge=0, description="last layer (inclusive)")
+    first: int = Field(ge=0, description="first layer (inclusive); `from K` of `layer every N from K`, else 0")
+    last: int | None = Field(None, ge=0, description="last layer (inclusive); none: the stack's last "
+                                                     "(`layer every N`)")
+    every: int = Field(1, ge=0, description="the step between the layers it applies to: `layer every 6 from 5`, "
+                                            "`layer 0..7 every 2`")
+
+    def covers(self, layer: int) -> bool:
+        """Whether the override applies to `layer`: first, first + every, ... up to last."""
+        return layer_covers(self.first, self.last, self.every, layer)
+
+    def selector(self) -> str:
+        """As written: `layer 3`, `layer 0..3`, `layer every 6 from 5`."""
+        return layer_selector(self.first, self.last, self.every)
 
 
 class StackSpec(LayerFields):
-    """`encoder { }` / `decoder { }` of an encoder-decoder."""
+    """`encoder { }` / `decoder { }` of an encoder-decoder. Here `position: learned` gives the
+    stack its own learned position table (else it reads the model's, shared by both stacks)."""
 
     layers: int = Field(ge=1, le=MAX_LAYERS, description="number of layers in this stack")
+    embed_norm: bool | None = Field(None, description="true: this stack's own norm after its embeddings (BART); "
+                                                      "default: the model's embed_norm, shared by both stacks")
     layer: list[LayerOverrideSpec] = Field([], description="per-layer overrides inside this stack")
 
 
@@ -325,15 +386,23 @@ class ModelSpec(Block):
     head_dim: int | None = Field(None, ge=1, description="width of one head; default d_model / heads")
     d_ff: int | None = Field(None, ge=1, description="MLP hidden width; default 4 * d_model")
     attention: Attention | None = Field(None, description="default causal for decoders, bidirectional for encoders")
-    attention_scale: Literal["inverse_sqrt", "none"] = Field(
-        "inverse_sqrt", description="inverse_sqrt: scores / sqrt(head_dim); none: unscaled (T5)")
+    attention_scale: Literal["inverse_sqrt", "none"] | Annotated[float, Field(gt=0)] = Field(
+        "inverse_sqrt", description="inverse_sqrt: scores / sqrt(head_dim); none: unscaled (T5); a number: "
+                                    "scores times it (Gemma 2 27B: 1 / 12, its query_pre_attn_scalar 144 ** -0.5)")
+    attention_softcap: float | None = Field(None, gt=0, description="attention scores become softcap * "
+                                            "tanh(scores / softcap) after scaling, before the mask (Gemma 2: 50); "
+                                            "none: uncapped")
     position: Position = Field(Learned(), description="learned | sinusoidal | rope(theta) | alibi | "
                                                      "relative(buckets, max_distance) | none")
     norm: NormName = Field("layernorm", description="layernorm | rmsnorm")
     norm_eps: float = Field(1e-5, gt=0, lt=1, description="epsilon of every norm")
     norm_bias: bool = Field(True, description="LayerNorms have a bias beside their weight; false: weight only "
                                               "(OLMo, MPT)")
-    placement: Literal["pre", "post"] = Field("pre", description="pre: norm before each sublayer; post: after the residual add")
+    norm_offset: float = Field(0.0, ge=-16, le=16, description="every norm multiplies by (norm_offset + weight), "
+                                                               "its weight starting at 1 - norm_offset (Gemma: 1)")
+    placement: Literal["pre", "post", "sandwich"] = Field(
+        "pre", description="pre: norm before each sublayer; post: after the residual add; sandwich: before and "
+                           "after each sublayer, inside the residual (Gemma 2, Gemma 3)")
     residual: Residual = Field(Sequential(), description="sequential: x + attn, then + mlp; parallel(norms): "
                                                          "x + attn(norm(x)) + mlp(norm(x)) (GPT-J, GPT-NeoX)")
     activation: ActivationName = Field("gelu", description="MLP activation; swiglu/geglu/geglu_tanh/reglu are gated")
@@ -355,7 +424,8 @@ class ModelSpec(Block):
     position_offset: int = Field(0, ge=0, description="learned positions start at this row of a table of context + "
                                                       "position_offset rows (RoBERTa, OPT: 2)")
     head_scale: float = Field(1.0, gt=0, description="final hidden states are multiplied by this before a tied lm head (T5: d_model ** -0.5)")
-    final_norm: bool | None = Field(None, description="a norm after the last layer; default true for pre-norm")
+    final_norm: bool | None = Field(None, description="a norm after the last layer; default true for pre-norm "
+                                                      "and sandwich")
     head: list[Head] | None = Field(None, min_length=1, description="lm | mlm(transform) | nsp | classifier(classes, pool) | "
                                                       "scalar(pool) | none, or a list; default lm (mlm for encoders)")
     pad_id: int | None = Field(None, ge=0, description="padding token id")

@@ -108,7 +108,21 @@ def _literal_values(tp) -> tuple | None:
     core, _, _ = _unwrap(tp)
     if typing.get_origin(core) is Literal:
         return typing.get_args(core)
+    if _choices_or_number(tp):
+        members = [_unwrap(m)[0] for m in typing.get_args(core)]
+        return tuple(v for m in members if typing.get_origin(m) is Literal for v in typing.get_args(m))
     return None
+
+
+@_per_type
+def _choices_or_number(tp) -> bool:
+    """Whether `tp` takes named choices or a number (`attention_scale: none`, `attention_scale: 0.1`)."""
+    core, _, _ = _unwrap(tp)
+    if typing.get_origin(core) not in (Union, types.UnionType):
+        return False
+    members = [_unwrap(m)[0] for m in typing.get_args(core)]
+    choices = [m for m in members if typing.get_origin(m) is Literal]
+    return bool(choices) and all(m in (int, float) for m in members if m not in choices)
 
 
 @_per_type
@@ -224,7 +238,7 @@ class _Reader:
         keys = _keys(model)
         if _LAYER_RANGE in data:  # a layer override: its range comes from `layer a..b`, not from keys
             data = dict(data)
-            out["first"], out["last"] = data.pop(_LAYER_RANGE)
+            out["first"], out["last"], out["every"] = data.pop(_LAYER_RANGE)
             keys = [k for k in keys if k not in out]
         for key, value in data.items():
             name = _field_name(model, key)
@@ -311,7 +325,8 @@ class _Reader:
             return self.variant(variants, value, path, key)
 
         literals = _literal_values(tp)
-        if literals is not None:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if literals is not None and not (number and _choices_or_number(tp)):  # a number: pydantic reads it
             # a choice is a bare name (`norm: rmsnorm`); only names that are not identifiers
             # (`builtin("tiny-stories")`) are written as strings
             bare = _bare(literals)
@@ -320,7 +335,8 @@ class _Reader:
             if name is None:
                 example = literals[0] if bare else f'"{literals[0]}"'
                 written = example if path and isinstance(path[-1], int) else f"{key}: {example}"
-                raise _Problem("LMS042", f"'{key}' must be one of {_choices(literals)}, found {describe(value)}", path,
+                choices = _choices([*literals, "a number"] if _choices_or_number(tp) else literals)
+                raise _Problem("LMS042", f"'{key}' must be one of {choices}, found {describe(value)}", path,
                                isinstance(value, str) and _unquoted(key, path, value, literals) or f"e.g. `{written}`")
             if name not in literals:
                 raise _Problem("LMS044", f"unknown {key} '{name}'", path,
@@ -475,6 +491,8 @@ class _Reader:
                 args.append(f'"{argument if argument in literals else literals[0]}"')
             elif _unwrap(tp)[0] is str:  # a path: `hf("...")`
                 args.append(f'"{argument if argument is not None else "..."}"')
+            elif typing.get_origin(_unwrap(tp)[0]) is list:  # `longrope(short_factor: [...])`
+                args.append(f"{cls.model_fields[field_name].alias or field_name}: [...]")
             else:
                 args.append(f"{cls.model_fields[field_name].alias or field_name}: ...")
         return f"{target}{name}({', '.join(args)})" if args or target else name
@@ -721,8 +739,13 @@ def _pydantic_diagnostics(err: ValidationError, block: ResolvedBlock, data: dict
     """pydantic's errors as located diagnostics. A key under a `reported` path (its problem was
     already said, and the reader left it out of `data`) is not also called missing."""
     out = []
-    for e in err.errors(include_url=False):
+    errors = err.errors(include_url=False)
+    # choices or a number (`attention_scale`): a number speaks only to the number member
+    numbered = {tuple(e["loc"][:-1]) for e in errors if str(e["loc"][-1]).startswith(("constrained-", "float", "int"))}
+    for e in errors:
         loc = tuple(e["loc"])
+        if loc[:-1] in numbered and str(loc[-1]).startswith("literal[") and isinstance(e.get("input"), (int, float)):
+            continue
         path, variant, fits = _strip_tags(loc, data)
         if not fits:
             continue
@@ -816,7 +839,7 @@ _SCALAR_MEMBERS = ("str", "int", "float", "bool", "none")
 
 def _union_member(tag: str) -> bool:
     """Whether a loc element names a union member (keys of the schema are snake_case)."""
-    return tag in _SCALAR_MEMBERS or tag.startswith(("list[", "literal[", "function-")) or (
+    return tag in _SCALAR_MEMBERS or tag.startswith(("list[", "literal[", "function-", "constrained-")) or (
         isinstance(getattr(S, tag, None), type) and issubclass(getattr(S, tag), BaseModel))
 
 
@@ -918,7 +941,7 @@ def block_data(block: ResolvedBlock) -> dict:
     for name, sub in block.nested.items():  # a nested block has no nested blocks of its own
         data[name] = block_data(sub)
     if block.layers:
-        data["layer"] = [{**l.fields, _LAYER_RANGE: (l.first, l.last)} for l in block.layers]
+        data["layer"] = [{**l.fields, _LAYER_RANGE: (l.first, l.last, l.every)} for l in block.layers]
     return data
 
 
@@ -996,7 +1019,8 @@ _DERIVED_DEFAULTS: dict[str, dict[str, tuple[str, tuple[str, ...], Any]]] = {
         "d_ff": ("4 * d_model", ("d_model",), _of_numbers(lambda d_model: 4 * d_model)),
         "attention": ("causal for decoders, bidirectional for encoders", ("arch",),
                       lambda arch: Symbol("causal" if _choice(arch) == "decoder" else "bidirectional")),
-        "final_norm": ("true for pre-norm", ("placement",), lambda placement: _choice(placement) == "pre"),
+        "final_norm": ("true for pre-norm and sandwich", ("placement",),
+                       lambda placement: _choice(placement) in ("pre", "sandwich")),
         "head": ("lm (mlm for encoders)", ("arch",), lambda arch: Symbol("mlm" if _choice(arch) == "encoder" else "lm")),
         # the projections' own biases follow `bias` unless written
         "qkv_bias": ("bias", ("bias",), lambda bias: bias),

@@ -13,8 +13,8 @@ from lmspec.diagnostics import Span
 
 __all__ = [
     "Ident", "Number", "String", "Bool", "Name", "Attr", "Call", "ListExpr", "BinOp", "Neg",
-    "FromStage", "WithField", "Invalid", "Expr", "Field", "Nested", "LayerOverride", "Entry", "Block",
-    "Import", "Header", "SpecFile",
+    "FromStage", "WithField", "Invalid", "Expr", "Field", "Nested", "LayerOverride", "layer_covers",
+    "layer_selector", "Entry", "Block", "Import", "Header", "SpecFile",
 ]
 
 
@@ -144,13 +144,30 @@ class Nested:
 
 @dataclass(frozen=True, slots=True)
 class LayerOverride:
-    """`layer 0..3 { ... }`: fields for layers first..last, both inclusive."""
+    """`layer 0..3 { ... }`: fields for layers first..last, both inclusive. `layer 0..7 every 2`
+    takes every second of them (0, 2, 4, 6); `layer every 6 from 5` runs to the stack's last
+    layer (5, 11, 17, ...), which the parser does not know: `last` is None."""
 
     first: int
-    last: int
-    range_span: Span
+    last: int | None
+    range_span: Span  # the selector: `0..3`, `every 6 from 5`
     entries: tuple["Entry", ...]
     span: Span
+    every: int = 1
+
+
+def layer_covers(first: int, last: int | None, every: int, layer: int) -> bool:
+    """Whether `layer first..last every N` applies to `layer`. A step below 1 covers nothing
+    (the rules report it)."""
+    return every >= 1 and first <= layer and (last is None or layer <= last) and (layer - first) % every == 0
+
+
+def layer_selector(first: int, last: int | None, every: int) -> str:
+    """The selector as written: `layer 3`, `layer 0..3`, `layer 0..7 every 2`, `layer every 6 from 5`."""
+    if last is None:
+        return f"layer every {every}" + (f" from {first}" if first else "")
+    span = str(first) if first == last else f"{first}..{last}"
+    return f"layer {span}" + (f" every {every}" if every != 1 else "")
 
 
 Entry = Union[Field, Nested, LayerOverride]

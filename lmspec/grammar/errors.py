@@ -133,8 +133,16 @@ CATALOGUE: dict[str, SyntaxMistake] = {
     "bad_layer_range": SyntaxMistake(
         "LMS001",
         "a layer override needs a layer number or a range",
-        "write `layer 3 { ... }` or `layer 0..5 { ... }` (both ends inclusive)",
+        "write `layer 3 { ... }`, `layer 0..5 { ... }` (both ends inclusive) or `layer every 2 { ... }`",
         ("model m { layer { a: 1 } }", "model m { layer x { a: 1 } }", "model m { layer 0.. { a: 1 } }"),
+    ),
+    "bad_layer_every": SyntaxMistake(
+        "LMS001",
+        "`every` and `from` each take a layer number",
+        "write `layer every 2 { ... }` (layers 0, 2, 4, ...), `layer every 6 from 5 { ... }` (5, 11, 17, ...) "
+        "or `layer 0..7 every 2 { ... }`",
+        ("model m { layer every { a: 1 } }", "model m { layer every x { a: 1 } }",
+         "model m { layer every 2 from { a: 1 } }", "model m { layer 0..3 every { a: 1 } }"),
     ),
     "stray_closing": SyntaxMistake(
         "LMS013",

@@ -171,13 +171,22 @@ class _ToAst(Transformer_NonRecursive):
         return ast.Nested(self._ident(c[0]), tuple(c[1:]), self.o.of_meta(meta))
 
     def layer_block(self, c, meta):
-        (first, last, range_span), *entries = c
-        return ast.LayerOverride(first, last, range_span, tuple(entries), self.o.of_meta(meta))
+        (first, last, every, range_span), *entries = c
+        return ast.LayerOverride(first, last, range_span, tuple(entries), self.o.of_meta(meta), every)
 
     def layer_range(self, c, meta):
         first = self._layer_number(c[0])
         last = self._layer_number(c[1]) if c[1] is not None else first
-        return first, last, self.o.of_meta(meta)
+        return first, last, 1, self.o.of_meta(meta)
+
+    def layer_range_every(self, c, meta):
+        first, last, every = (self._layer_number(t) for t in c)
+        return first, last, every, self.o.of_meta(meta)
+
+    def layer_every(self, c, meta):
+        every = self._layer_number(c[0])
+        first = self._layer_number(c[1]) if c[1] is not None else 0
+        return first, None, every, self.o.of_meta(meta)
 
     def _layer_number(self, tok: Token) -> int:
         # NUMBER also matches `0.1` or `50%`; a layer index must be whole. Reported here because
@@ -190,7 +199,7 @@ class _ToAst(Transformer_NonRecursive):
             return value
         self.problems.append(Diagnostic(
             "error", "LMS001", f"a layer number must be a whole number, found '{tok}'", self.o.of_token(tok),
-            help="write `layer 3 { ... }` or `layer 0..5 { ... }` (both ends inclusive)"))
+            help="write `layer 3 { ... }`, `layer 0..5 { ... }` (both ends inclusive) or `layer every 2 { ... }`"))
         return int(value)
 
     # expressions

@@ -219,7 +219,9 @@ class _Kernels:
         CPU: its flash kernel, unless attention dropout is on or the mask is trained (T5's
         bias), which need the math kernel. CUDA: flash (half precision, no mask; grouped-query
         heads allowed), else memory-efficient (any mask, fp32, but no grouped-query heads),
-        else math."""
+        else math. A soft-capped layer is none of them: "softcap", its explicit path."""
+        if layer.attention.softcap is not None:
+            return "softcap"
         if self.device == "cpu":
             return "math" if layer.dropout > 0 or trained_bias else "fused"
         flash = self.half and not masked
@@ -259,6 +261,14 @@ def _attention_bytes(layer: LayerConfig, B: int, T: int, S: int, kernel: str, k:
         if not cross:
             per_query, per_key = per_query + per_key, 0  # self-attention: keys are the queries
         return B * (T * (act * per_query + FP32 * H) + S * act * per_key)
+    if kernel == "softcap":
+        # the explicit path of attention.py: the (T x S) scores per head kept twice (tanh's output
+        # and the probabilities; under dropout also its noise and the dropped probabilities); q, k
+        # and v as contiguous copies, k and v expanded to every query head, or for one head views
+        # of the projection outputs; the projection input and o_proj's input
+        probs = H * S * (2 * act + (k.dropout_mask(act) + act if layer.dropout > 0 else 0))
+        per_key = act * 2 * (kv if H == 1 else q)
+        return B * (T * (act * (layer.d_model + 2 * q) + probs) + S * per_key)
     m = k.math_element
     probs = H * S * (m + (k.dropout_mask(m) + m if layer.dropout > 0 else 0))
     per_key = m * 2 * q
@@ -279,7 +289,8 @@ def _qk_norm_bytes(layer: LayerConfig, kernel: str, k: _Kernels) -> int:
     q, kv = layer.heads * layer.head_dim, layer.kv_heads * layer.head_dim
     upcast = FP32 if k.half and layer.norm == "rmsnorm" else 0
     kept = (layer.heads + layer.kv_heads) * k.norm(layer.norm, layer.head_dim, upcast)
-    if kernel == "math" and not upcast and not (layer.heads == 1 and k.math_element == k.act):
+    if kernel in ("math", "softcap") and not upcast and not (
+            layer.heads == 1 and (kernel == "softcap" or k.math_element == k.act)):
         kept += k.act * (q + 2 * kv)
     return kept
 
@@ -300,7 +311,7 @@ def _mask_bytes(layer: LayerConfig, B: int, T: int, kernel: str, k: _Kernels) ->
     structured = kind in ("sliding", "prefix") or (kind == "causal" and (alibi or relative))
     key = (kind, layer.attention.window, layer.heads if alibi else None, relative, kernel)
     shared = rows * T * T if relative and structured else 0
-    if kernel == "math" or not masked:
+    if kernel in ("math", "softcap") or not masked:
         return key, shared, 0
     if alibi or relative:
         if k.half:  # SDPA casts the fp32 bias to q's dtype, a copy per layer
@@ -329,8 +340,15 @@ def _layer_activations(layer: LayerConfig, B: int, T: int, S: int, k: _Kernels) 
     else:  # both norms read the layer's input: it is kept once
         add("norms", B * T * (k.norm(layer.norm, d) + k.norm(layer.norm, d, 0)))
     add("attention", _attention_bytes(layer, B, T, T, kernel, k, cross=False))
+    if layer.placement == "sandwich":
+        # a norm over each branch's output, before the residual add, which keeps that output (under
+        # autocast a LayerNorm keeps the half tensor, an RMSNorm its fp32 copy) and returns the
+        # branch's dtype, as the qk-norms do
+        kept = FP32 if not k.half or layer.norm == "rmsnorm" else k.act
+        add("norms", (2 + layer.cross_attention) * B * T * k.norm(layer.norm, d, kept))
     if layer.qk_norm:
         add("norms", B * T * _qk_norm_bytes(layer, kernel, k))
+    add("norms", _offset_sums(layer))
     if layer.moe is not None:
         add("mlp", _moe_bytes(layer, B * T, k))
     else:
@@ -352,6 +370,17 @@ def _layer_activations(layer: LayerConfig, B: int, T: int, S: int, k: _Kernels) 
     return out, key, shared
 
 
+def _offset_sums(layer: LayerConfig) -> int:
+    """What a layer's norms keep with `norm_offset`, whatever the batch: each its (dim,) fp32
+    sum offset + weight, the weight it hands the norm kernel."""
+    if not layer.norm_offset:
+        return 0
+    sublayers = 2 + layer.cross_attention
+    norms = (1 if layer.shared_norm else 2) + layer.cross_attention
+    norms += sublayers if layer.placement == "sandwich" else 0
+    return FP32 * (norms * layer.d_model + (2 * layer.head_dim if layer.qk_norm else 0))
+
+
 def _rope_bytes(stack: StackConfig, T: int) -> int:
     """cos and sin (1, T, 1, rotated dims) in fp32, one pair per distinct rotary embedding (the
     dimensions it rotates, theta, layout and scaling)."""
@@ -362,7 +391,8 @@ def _rope_bytes(stack: StackConfig, T: int) -> int:
 
 def _final_norm_bytes(stack: StackConfig, B: int, T: int, k: _Kernels) -> int:
     last = stack.layers[-1]
-    return B * T * k.norm(last.norm, last.d_model) if stack.final_norm else 0
+    offset_sum = FP32 * last.d_model if last.norm_offset else 0  # see _offset_sums
+    return B * T * k.norm(last.norm, last.d_model) + offset_sum if stack.final_norm else 0
 
 
 class _Timeline:
@@ -455,8 +485,8 @@ def _checkpointed_stack(
 ) -> None:
     """A stack whose blocks run under activation checkpointing: the shared tensors its
     attention context holds, then per block its fp32 input (the residual stream) and what it
-    keeps when recomputed less the storage it shares with that input (a pre-norm block's norm
-    keeps its input; so does a post-norm block's first projection in fp32)."""
+    keeps when recomputed less the storage it shares with that input (a pre-norm or sandwich
+    block's norm keeps its input; so does a post-norm block's first projection in fp32)."""
     into.keep(f"{name}.positions", INDEX * T if position_ids else 0)  # (1, T), held by the context
     if any(layer.attention.kind == "prefix" for layer in stack.layers):
         into.keep(f"{name}.positions", INDEX * B)  # and the prefix lengths (B,)
@@ -467,7 +497,7 @@ def _checkpointed_stack(
     for layer in stack.layers:
         parts, _, _ = _layer_activations(layer, B, T, S, k)
         block_input = FP32 * B * T * layer.d_model
-        shared = block_input if layer.placement == "pre" or not k.half else 0
+        shared = block_input if layer.placement != "post" or not k.half else 0
         into.block(name, block_input, sum(parts.values()) - shared)
     into.keep(f"{name}.final_norm", _final_norm_bytes(stack, B, T, k))
 
@@ -513,23 +543,24 @@ def activation_bytes(
     B, T, d, V = batch, seq_len, arch.d_model, arch.vocab
     timeline = _Timeline()
     add = timeline.keep
-    learned = arch.position.kind == "learned"
+    # a stack reads learned positions from its own table (BART) or from the model's shared one
+    learned = lambda s: s.own_positions or arch.position.kind == "learned"  # noqa: E731
 
     def stack(name: str, s: StackConfig, T_stack: int, S: int) -> None:
         if checkpoint_activations:
-            _checkpointed_stack(name, s, B, T_stack, S, kernels, timeline, position_ids=not learned)
+            _checkpointed_stack(name, s, B, T_stack, S, kernels, timeline, position_ids=not learned(s))
         else:
             _stack_activations(name, s, B, T_stack, S, kernels, timeline)
 
     # embeddings keep the ids they looked up; the encoder-decoder's decoder embeds its own ids
-    def embed(T_stack: int) -> None:
+    def embed(T_stack: int, s: StackConfig) -> None:
         add("embeddings", INDEX * B * T_stack)
-        if learned:
+        if learned(s):
             add("embeddings", INDEX * T_stack)  # position ids (1, T)
         if arch.segments:
             add("embeddings", INDEX * B * T_stack)
-        if arch.embed_norm:
-            add("embeddings", B * T_stack * kernels.norm(arch.norm, d))
+        if arch.embed_norm or s.own_embed_norm:
+            add("embeddings", B * T_stack * kernels.norm(arch.norm, d) + (FP32 * d if arch.norm_offset else 0))
         if arch.dropout > 0:
             add("embeddings", B * T_stack * d * kernels.dropout_mask(FP32))  # over fp32 embeddings
 
@@ -537,20 +568,20 @@ def activation_bytes(
     if arch.arch == "encoder_decoder":
         assert arch.encoder is not None and arch.decoder is not None
         T_out = T if decoder_seq_len is None else decoder_seq_len
-        embed(T)
+        embed(T, arch.encoder)
         stack("encoder", arch.encoder, T, T)
         # the memory every cross-attention reads (autocast: per-layer copies); checkpointed
         # decoder blocks hold it as an input whatever the precision
         if not kernels.half or checkpoint_activations:
             add("encoder.output", FP32 * B * T * d)
-        embed(T_out)
+        embed(T_out, arch.decoder)
         stack("decoder", arch.decoder, T_out, T)
     else:
         if decoder_seq_len is not None:
             raise ValueError("decoder_seq_len applies to encoder_decoder models only")
         for name, s in (("encoder", arch.encoder), ("decoder", arch.decoder)):
             if s is not None:
-                embed(T)
+                embed(T, s)
                 stack(name, s, T, T)
 
     # The heads. In fp32 the last stack's hidden states (B, T_out, d) are kept once if any head
@@ -578,7 +609,9 @@ def activation_bytes(
             if head.kind == "mlm" and arch.head("lm") is not None:
                 continue  # the model runs one vocabulary head: lm when both are declared
             if head.kind == "mlm" and head.transform:
-                add("heads", B * T_out * _mlm_transform_bytes(arch, kernels))
+                add("heads", B * T_out * _mlm_transform_bytes(arch, kernels) + (FP32 * d if arch.norm_offset else 0))
+            if head.softcap is not None:  # tanh's output, the logits before the cap's final multiply
+                add("heads", act * B * T_out * V)
             # cross-entropy: fp32 log-probabilities over the vocabulary and the int64 targets
             add("loss", FP32 * B * T_out * V + INDEX * B * T_out + FP32)
             continue

@@ -232,7 +232,7 @@ def _meta_pass(
     if batch < 1 or T < 1 or T_dec < 1:
         return MetaResult([f"batch and sequence lengths must be positive, got batch={batch}, seq_len={T}"], [])
     problems: list[str] = []
-    if arch.position.kind == "learned" and max(T, T_dec) > arch.context:
+    if (arch.position.kind == "learned" or any(s.own_positions for s in arch.stacks)) and max(T, T_dec) > arch.context:
         problems.append(f"seq_len {max(T, T_dec)} exceeds the learned position table ({arch.context} positions)")
         T, T_dec = min(T, arch.context), min(T_dec, arch.context)
 

@@ -81,13 +81,20 @@ def _layer(prefix: str, layer: LayerConfig, stack: str) -> list[ParamShape]:
     if layer.qk_norm:  # one norm of head_dim for all query heads, one for all key heads
         shapes += _norm(f"{prefix}.attn.q_norm", layer.norm, hd, norms, layer.norm_bias)
         shapes += _norm(f"{prefix}.attn.k_norm", layer.norm, hd, norms, layer.norm_bias)
+    sandwich = layer.placement == "sandwich"  # a second norm on each branch's output, before its add
+    if sandwich:
+        shapes += _norm(f"{prefix}.attn_post_norm", layer.norm, d, norms, layer.norm_bias)
     if layer.cross_attention:
         shapes += _norm(f"{prefix}.cross_norm", layer.norm, d, norms, layer.norm_bias)
+        if sandwich:
+            shapes += _norm(f"{prefix}.cross_post_norm", layer.norm, d, norms, layer.norm_bias)
         shapes += _linear(f"{prefix}.cross_attn.q_proj", d, q_dim, qkv_b, cross)
         shapes += _linear(f"{prefix}.cross_attn.kv_proj", d, 2 * kv_dim, qkv_b, cross)
         shapes += _linear(f"{prefix}.cross_attn.o_proj", q_dim, d, out_b, cross)
     if not layer.shared_norm:  # a parallel layer may feed its MLP from the attention's norm
         shapes += _norm(f"{prefix}.mlp_norm", layer.norm, d, norms, layer.norm_bias)
+    if sandwich:
+        shapes += _norm(f"{prefix}.mlp_post_norm", layer.norm, d, norms, layer.norm_bias)
     if layer.moe is None:
         return shapes + _feed_forward(f"{prefix}.mlp", layer, layer.d_ff, mlp)
     # a mixture of experts: the router, then each routed expert, then the shared ones as one MLP
@@ -112,6 +119,11 @@ def _stack(name: str, stack: StackConfig, arch: ArchConfig) -> list[ParamShape]:
     shapes: list[ParamShape] = []
     for i, layer in enumerate(stack.layers):
         shapes += _layer(f"{name}.layers.{i}", layer, name)
+    if stack.own_positions:  # BART: each stack its own table, position_offset rows first
+        shapes.append(ParamShape(f"{name}.pos_embed.weight", (arch.context + arch.position_offset, arch.d_model),
+                                 "positions"))
+    if stack.own_embed_norm:
+        shapes += _norm(f"{name}.embed_norm", arch.norm, arch.d_model, "embed_norm", arch.norm_bias)
     rel = stack.relative_layer
     if rel is not None:
         # T5: one (buckets, heads) table per stack, shared by all its layers
@@ -129,12 +141,12 @@ def parameter_shapes(arch: ArchConfig) -> list[ParamShape]:
     A tied output head shares `embed.weight` and so contributes no entry of its own."""
     d, V = arch.d_model, arch.vocab
     shapes = [ParamShape("embed.weight", (V, d), "embeddings")]
-    if arch.position.kind == "learned":
+    if arch.shared_positions:
         # position_offset rows come before position 0's (OPT, RoBERTa)
         shapes.append(ParamShape("pos_embed.weight", (arch.context + arch.position_offset, d), "positions"))
     if arch.segments:
         shapes.append(ParamShape("segment_embed.weight", (arch.segments, d), "segments"))
-    if arch.embed_norm:
+    if arch.shared_embed_norm:
         shapes += _norm("embed_norm", arch.norm, d, "embed_norm", arch.norm_bias)
     if arch.encoder is not None:
         shapes += _stack("encoder", arch.encoder, arch)

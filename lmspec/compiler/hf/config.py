@@ -12,6 +12,7 @@ GPT2Model and GPT2LMHeadModel alike.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from typing import Any
 
@@ -48,8 +49,12 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "gptj": ("GPTJForCausalLM", "GPTJModel"),
     "distilbert": ("DistilBertForMaskedLM", "DistilBertModel"),
     "mt5": ("MT5ForConditionalGeneration", "MT5Model"),
+    "bart": ("BartForConditionalGeneration", "BartModel"),
     "roberta": ("RobertaForMaskedLM", "RobertaModel"),
     "opt": ("OPTForCausalLM", "OPTModel"),
+    "falcon": ("FalconForCausalLM", "FalconModel"),
+    "bloom": ("BloomForCausalLM", "BloomModel"),
+    "mpt": ("MptForCausalLM", "MptModel"),
 }
 
 # Hugging Face ACT2FN names -> lmspec activations (gelu_new is GPT-2's tanh approximation)
@@ -94,7 +99,8 @@ def arch_from_hf_config(
     builder = {"gpt2": _gpt2, "bert": _bert, "t5": _t5, "llama": _llama, "mistral": _llama, "qwen2": _llama,
                "qwen3": _llama, "gemma": _llama, "phi3": _llama, "mixtral": _llama, "gpt_neox": _gpt_neox, "phi": _phi,
                "gptj": _gptj, "distilbert": _distilbert,
-               "mt5": _t5, "roberta": _bert, "opt": _opt}
+               "mt5": _t5, "bart": _bart, "roberta": _bert, "opt": _opt,
+               "falcon": _falcon, "bloom": _bloom, "mpt": _mpt}
     return builder[config["model_type"]](_Config(config), name, cls, tensor_names)
 
 
@@ -134,7 +140,7 @@ def _activation(cfg: _Config, key: str, default: str) -> Activation:
 _BARE = frozenset({"GPT2Model", "BertModel", "T5Model", "LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model",
                    "GemmaModel", "Phi3Model",
                    "GPTNeoXModel", "PhiModel", "GPTJModel", "DistilBertModel",
-                   "MT5Model", "RobertaModel", "OPTModel"})
+                   "MT5Model", "BartModel", "RobertaModel", "OPTModel", "FalconModel", "BloomModel", "MptModel"})
 
 
 # an ungated activation -> the gated lmspec activation that applies it to the gate: act(gate) * up
@@ -192,6 +198,7 @@ def _decoder_arch(cfg: _Config, name: str, layers: tuple[LayerConfig, ...], *, c
         tie_embeddings=_tied(cfg, tied_by_default, heads),
         norm=first.norm,
         norm_eps=first.norm_eps,
+        norm_offset=first.norm_offset,
         activation=_head_activation(first.activation),
         dropout=first.dropout,
         pad_id=cfg.get("pad_token_id"),
@@ -417,41 +424,113 @@ def _t5(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None)
     )
 
 
+#: fairseq options old BART config.json files carry, which transformers' BART never reads (it is
+#: always post-norm with embedding norms and learned positions): a value other than this one
+#: describes another model (mBART is pre-norm with final norms), so it is refused
+_BART_FIXED = {"normalize_before": False, "add_final_layer_norm": False, "normalize_embedding": True,
+               "static_position_embeddings": False, "add_bias_logits": False}
+
+
+def _bart(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    """BART: post-norm, gelu, biased; one token embedding for both stacks (times sqrt(d_model)
+    with scale_embedding), but each stack its own learned positions from row 2 and its own
+    LayerNorm after the embeddings (`layernorm_embedding`); no final norms; a tied lm head.
+    Its final_logits_bias is a buffer, not a parameter: hf/weights.py loads it only when all zero."""
+    for key, value in _BART_FIXED.items():
+        cfg.require(key, {value}, value, f"transformers' BART does not read it and lmspec cannot build it "
+                    f"(it describes another model, such as mBART); only {key}={value!r} is supported")
+    for key in ("encoder_layerdrop", "decoder_layerdrop"):
+        cfg.require(key, {0, 0.0}, 0.0, "lmspec has no LayerDrop (layers skipped at random in training)")
+    d = cfg["d_model"]
+    activation = _activation(cfg, "activation_function", "gelu")
+    dropout = float(cfg.get("dropout", 0.1))
+
+    def stack(side: str, kind: str) -> StackConfig:
+        heads = cfg[f"{side}_attention_heads"]
+        if d % heads:
+            raise HFImportError(f"bart config.json sets {side}_attention_heads={heads}, which does not divide "
+                                f"d_model={d}")
+        layer = LayerConfig(
+            d_model=d,
+            heads=heads,
+            kv_heads=heads,
+            head_dim=d // heads,
+            d_ff=cfg[f"{side}_ffn_dim"],
+            attention=AttentionConfig(kind),  # type: ignore[arg-type]
+            position=PositionConfig("learned"),
+            norm="layernorm",
+            norm_eps=1e-5,  # nn.LayerNorm's default: BART's config has no epsilon
+            placement="post",
+            activation=activation,
+            dropout=dropout,
+            cross_attention=side == "decoder",
+        )
+        return StackConfig((layer,) * cfg[f"{side}_layers"], final_norm=False, own_positions=True,
+                           own_embed_norm=True)
+
+    heads = _lm_heads(cls)
+    return ArchConfig(
+        name=name,
+        arch="encoder_decoder",
+        vocab=cfg["vocab_size"],
+        context=int(cfg.get("max_position_embeddings", 1024)),
+        d_model=d,
+        position=PositionConfig("learned"),
+        encoder=stack("encoder", "bidirectional"),
+        decoder=stack("decoder", "causal"),
+        heads=heads,
+        tie_embeddings=_tied(cfg, True, heads),
+        embed_scale=d**0.5 if cfg.get("scale_embedding", False) else 1.0,
+        position_offset=2,  # fixed by BartLearnedPositionalEmbedding, whatever pad_token_id is
+        norm="layernorm",
+        norm_eps=1e-5,
+        activation=_head_activation(activation),
+        dropout=dropout,
+        pad_id=cfg.get("pad_token_id"),
+    )
+
+
 #: rope_type -> the keys of rope_parameters each reads (beyond rope_theta)
 _ROPE_TYPES = {
     "default": (),
     "linear": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "yarn": ("factor", "original_max_position_embeddings"),
+    "longrope": ("short_factor", "long_factor", "original_max_position_embeddings"),
+}
+#: rope types transformers computes that lmspec refuses, and why
+_REFUSED_ROPE_TYPES = {
+    "dynamic": "transformers' dynamic NTK scaling recomputes theta from the longest sequence its rotary module has "
+               "seen so far, a state kept across calls (a short input after a long one still uses the long one's "
+               "frequencies), which lmspec's positions, a function of each call's position ids, cannot reproduce",
 }
 
 
 def _rope(cfg: _Config, head_dim: int, *, theta: float = 10_000.0, fraction: float = 1.0,
           layout: str = "half") -> PositionConfig:
-    """RoPE as the config describes it: its base, its scaling (linear, llama3) and the share of
-    each head it rotates. transformers 5 writes rope_parameters={"rope_type", "rope_theta",
+    """RoPE as the config describes it: its base, its scaling (linear, llama3, yarn, longrope) and
+    the share of each head it rotates. transformers 5 writes rope_parameters={"rope_type", "rope_theta",
     "partial_rotary_factor", ...}; 4.x wrote rope_theta, rope_scaling and partial_rotary_factor
     at the top level. `theta` and `fraction` are the family's defaults."""
     field = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
     params = dict(cfg.get(field) or {})
     type_key = "rope_type" if "rope_type" in params or "type" not in params else "type"  # transformers 4: type
     rope_type = params.get(type_key, "default")
+    if cfg.model_type == "phi3" and rope_type in ("su", "yarn"):  # Phi3Config renames both to longrope
+        rope_type = "longrope"
+    if rope_type in _REFUSED_ROPE_TYPES:
+        raise HFImportError(f"{cfg.model_type} config.json sets {field}.{type_key}={rope_type!r}: "
+                            f"{_REFUSED_ROPE_TYPES[rope_type]} (see docs/architectures.md#rope)")
     if rope_type not in _ROPE_TYPES:
         raise HFImportError(
             f"{cfg.model_type} config.json sets {field}.{type_key}={rope_type!r}: lmspec's rope computes the default, "
-            f"linear and llama3 frequencies only (see docs/architectures.md#rope)"
+            f"linear, llama3, yarn and longrope frequencies only (see docs/architectures.md#rope)"
         )
     for key in _ROPE_TYPES[rope_type]:
         if key not in params and not (key == "original_max_position_embeddings" and cfg.get("max_position_embeddings")):
             raise HFImportError(
                 f"{cfg.model_type} config.json sets {field}.{type_key}={rope_type!r} but no {field}.{key}"
             )
-    scaling = None
-    if rope_type == "linear":
-        scaling = RopeScaling("linear", float(params["factor"]))
-    elif rope_type == "llama3":  # the original context defaults to max_position_embeddings, as transformers does
-        scaling = RopeScaling("llama3", float(params["factor"]), float(params["low_freq_factor"]),
-                              float(params["high_freq_factor"]),
-                              int(params.get("original_max_position_embeddings", cfg.get("max_position_embeddings"))))
     share = float(params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", fraction)))
     dims = int(head_dim * share)  # transformers rounds the rotated dimensions down
     if dims < 2 or dims % 2:
@@ -459,9 +538,54 @@ def _rope(cfg: _Config, head_dim: int, *, theta: float = 10_000.0, fraction: flo
             f"{cfg.model_type} config.json rotates int({share} * head_dim {head_dim}) = {dims} dimensions of each "
             "head; RoPE needs an even number of them, at least 2"
         )
+    scaling = _rope_scaling(cfg, field, rope_type, params, dims)
     theta = float(params.get("rope_theta", cfg.get("rope_theta", theta)))
     return PositionConfig("rope", theta=theta, fraction=dims / head_dim, layout=layout,  # type: ignore[arg-type]
                           scaling=scaling)
+
+
+def _rope_scaling(cfg: _Config, field: str, rope_type: str, params: dict[str, Any], dims: int) -> RopeScaling | None:
+    """rope_parameters' scaling, with what transformers derives from the rest of the config made
+    explicit: the original context defaults to max_position_embeddings (Phi-3 reads its own
+    top-level original_max_position_embeddings, 4096 by default, whatever rope_parameters says),
+    and a yarn or longrope factor to max_position_embeddings / original context."""
+    if rope_type == "default":
+        return None
+    if rope_type == "linear":
+        return RopeScaling("linear", float(params["factor"]))
+    if cfg.model_type == "phi3":
+        original = int(cfg.get("original_max_position_embeddings", 4096))
+    else:
+        original = int(params.get("original_max_position_embeddings") or cfg.get("max_position_embeddings"))
+    if rope_type == "llama3":
+        return RopeScaling("llama3", float(params["factor"]), float(params["low_freq_factor"]),
+                           float(params["high_freq_factor"]), original)
+    factor = params.get("factor")
+    factor = float(factor) if factor is not None else cfg["max_position_embeddings"] / original
+    attention_factor = None if params.get("attention_factor") is None else float(params["attention_factor"])
+    if rope_type == "yarn":
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+        return RopeScaling("yarn", factor, original_context=original,
+                           # transformers reads a missing or zero beta as its default, as `x or 32`
+                           beta_fast=float(params.get("beta_fast") or 32),
+                           beta_slow=float(params.get("beta_slow") or 1),
+                           truncate=bool(params.get("truncate", True)),
+                           mscale=None if mscale is None else float(mscale),
+                           mscale_all_dim=None if mscale_all_dim is None else float(mscale_all_dim),
+                           attention_factor=attention_factor)
+    if cfg.model_type != "phi3":
+        raise HFImportError(
+            f"{cfg.model_type} config.json sets {field}.rope_type='longrope': transformers' {cfg.model_type} keeps the "
+            "keys it cached with the short factors once generation passes the original context, while Phi-3 (and "
+            "lmspec) recompute them with the long ones; lmspec imports longrope for phi3 only"
+        )
+    short, long_ = params["short_factor"], params["long_factor"]
+    for key, factors in (("short_factor", short), ("long_factor", long_)):
+        if not isinstance(factors, list) or len(factors) != dims // 2:
+            raise HFImportError(f"phi3 config.json sets {field}.{key} with {len(factors)} values: longrope needs one "
+                                f"per rotated frequency, {dims // 2} (rotated dimensions / 2)")
+    return RopeScaling("longrope", factor, original_context=original, attention_factor=attention_factor,
+                       short_factor=tuple(float(f) for f in short), long_factor=tuple(float(f) for f in long_))
 
 
 def _attentions(cfg: _Config, n_layers: int) -> list[AttentionConfig]:
@@ -500,7 +624,7 @@ def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | No
     layer, no biases), Qwen2 (biases on q, k and v only; sliding windows per layer), Qwen3
     (as Qwen2 but with an RMSNorm over each query and key head before RoPE, and attention_bias)
     and Gemma (embeddings times sqrt(hidden_size), a gated tanh-GELU MLP, head_dim 256 by default,
-    a tied head, and RMSNorms of x * (1 + w), which the loader folds into the weights). Phi-3 is
+    a tied head, and RMSNorms of x * (1 + w): norm_offset 1, the weights loaded as they are). Phi-3 is
     Mistral with q, k, v fused and gate, up fused (the loader splits them), RoPE over
     partial_rotary_factor of each head, and one dropout rate for everything."""
     if cfg.model_type == "gemma":
@@ -543,6 +667,7 @@ def _llama(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | No
             position=position,
             norm="rmsnorm",
             norm_eps=eps,
+            norm_offset=1.0 if cfg.model_type == "gemma" else 0.0,
             placement="pre",
             activation=activation,
             qk_norm=cfg.model_type == "qwen3",
@@ -719,3 +844,192 @@ def _opt(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None
                          position=PositionConfig("learned"), heads=_lm_heads(cls), tied_by_default=True,
                          final_norm=pre and not cfg.get("_remove_final_layer_norm", False),
                          position_offset=2)  # fixed by OPTLearnedPositionalEmbedding, whatever pad_token_id is
+
+
+# --- Falcon, BLOOM, MPT: query_key_value fused in one projection, one flag for every bias ----
+
+
+def _size(cfg: _Config, *keys: str) -> int:
+    """The first of `keys` the config sets: older BLOOM and Falcon files write n_embed for
+    hidden_size, and transformers reads either."""
+    for key in keys:
+        if cfg.get(key) is not None:
+            return int(cfg.get(key))
+    return cfg[keys[0]]  # raises, naming the current key
+
+
+def _head_dim(cfg: _Config, d: int, heads: int, keys: str) -> int:
+    if d % heads:
+        raise HFImportError(f"{cfg.model_type} config.json sets {keys} = {d}, {heads}: transformers splits "
+                            "the hidden size into equal heads, so the heads must divide it")
+    return d // heads
+
+
+def _falcon(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    """Falcon, in the three layer shapes modeling_falcon reads from its flags. The new decoder
+    (new_decoder_architecture: Falcon-40B, 180B, Falcon2-11B) runs attention and MLP side by
+    side, each behind its own LayerNorm (ln_attn, ln_mlp; one shared when
+    num_ln_in_parallel_attn is 1), with num_kv_heads key/value heads, q, k and v fused group by
+    group. The old decoder runs them side by side behind one input_layernorm (parallel_attn:
+    Falcon-7B), with one key/value head under multi_query, or one after the other, pre-norm
+    (Falcon-RW). RoPE over every head's full width, the `activation` MLP, every projection
+    biased or none (bias), LayerNorms with biases, a tied head."""
+    if cfg.get("alibi", False):
+        raise HFImportError(
+            "falcon config.json sets alibi=True (Falcon-RW): Falcon rounds its ALiBi bias to bfloat16 and divides "
+            "it by sqrt(head_dim), which lmspec's alibi (the paper's slopes, in float32) does not"
+        )
+    d, heads = _size(cfg, "hidden_size", "n_embed"), cfg["num_attention_heads"]
+    head_dim = _head_dim(cfg, d, heads, "hidden_size, num_attention_heads")
+    multi_query = bool(cfg.get("multi_query", True))
+    if cfg.get("new_decoder_architecture", False):
+        # transformers ignores multi_query here, and parallel_attn too but for the norms it builds:
+        # without parallel_attn, ones the new decoder never reads
+        cfg.require("parallel_attn", {True}, True, "transformers' new Falcon decoder then builds "
+                    "input_layernorm and post_attention_layernorm, which it never reads, and cannot run")
+        parallel, kv_heads = True, int(cfg.get("num_kv_heads", heads))
+        norms = cfg.get("num_ln_in_parallel_attn", 2)
+        if norms not in (1, 2):
+            raise HFImportError(f"falcon config.json sets num_ln_in_parallel_attn={norms!r}: transformers builds "
+                                "one LayerNorm for both branches (1) or one each (2)")
+    else:
+        parallel, norms = bool(cfg.get("parallel_attn", True)), 1
+        if parallel:
+            cfg.require("num_ln_in_parallel_attn", {1}, 1, "transformers' old Falcon decoder "
+                        "(new_decoder_architecture=False) then builds ln_attn and ln_mlp but reads "
+                        "input_layernorm, and cannot run")
+        kv_heads = 1 if multi_query else int(cfg.get("num_kv_heads", heads))
+        if kv_heads != heads and not multi_query:
+            raise HFImportError(f"falcon config.json sets num_kv_heads={kv_heads} with multi_query=False and "
+                                f"new_decoder_architecture=False: the old decoder fuses q, k and v head by head "
+                                f"for all {heads} heads, and transformers cannot run it")
+    if heads % kv_heads:
+        raise HFImportError(f"falcon config.json sets num_kv_heads={kv_heads}, which does not divide "
+                            f"num_attention_heads={heads}")
+    _one_dropout(cfg, ("hidden_dropout", "attention_dropout"))
+    position = _rope(cfg, head_dim)
+    layer = LayerConfig(
+        d_model=d,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        d_ff=int(cfg.get("ffn_hidden_size", 4 * d)),
+        attention=AttentionConfig("causal"),
+        position=position,
+        norm="layernorm",
+        norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+        placement="pre",
+        activation=_activation(cfg, "activation", "gelu"),
+        bias=bool(cfg.get("bias", False)),  # query_key_value, dense and the MLP's two
+        dropout=float(cfg.get("hidden_dropout", 0.0)),
+        parallel=parallel,
+        shared_norm=norms == 1,
+    )
+    return _decoder_arch(cfg, name, (layer,) * cfg["num_hidden_layers"],
+                         context=int(cfg.get("max_position_embeddings", 2048)), position=position,
+                         heads=_lm_heads(cls), tied_by_default=True)
+
+
+def _bloom(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    """BLOOM: pre-norm LayerNorms, one more over the embeddings (word_embeddings_layernorm),
+    ALiBi, query_key_value fused head by head ([q k v] per head), biases everywhere, Megatron's
+    tanh-approximated gelu (bloom_gelu, sqrt(2/pi) rounded to 0.79788456: within 1e-9 of
+    gelu_tanh in float64), an MLP of 4 x hidden_size, a tied head. ALiBi fixes no length: the context is
+    seq_length where the config has one, else 2048, BLOOM's training length. pretraining_tp
+    alone changes nothing."""
+    cfg.require("apply_residual_connection_post_layernorm", {False}, False,
+                "every residual then starts from the normalised input, norm(x) + attn(norm(x)), which no lmspec "
+                "placement computes")
+    if cfg.get("slow_but_exact", False) and int(cfg.get("pretraining_tp", 1)) > 1:
+        # the output projections summed over slices of their input, F.linear without the bias
+        raise HFImportError(f"bloom config.json sets slow_but_exact=True with pretraining_tp="
+                            f"{cfg.get('pretraining_tp')}: transformers then drops the biases of the attention's "
+                            "dense and the MLP's dense_4h_to_h (but not dense_h_to_4h's), which lmspec's biases "
+                            "cannot express (with slow_but_exact false, transformers adds them, as lmspec does)")
+    d, heads = _size(cfg, "hidden_size", "n_embed"), _size(cfg, "n_head", "num_attention_heads")
+    _one_dropout(cfg, ("hidden_dropout", "attention_dropout"))
+    layer = LayerConfig(
+        d_model=d,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=_head_dim(cfg, d, heads, "hidden_size, n_head"),
+        d_ff=4 * d,  # fixed by BloomMLP
+        attention=AttentionConfig("causal"),
+        position=PositionConfig("alibi"),
+        norm="layernorm",
+        norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+        placement="pre",
+        activation="gelu_tanh",
+        bias=True,
+        dropout=float(cfg.get("hidden_dropout", 0.0)),
+    )
+    return _decoder_arch(cfg, name, (layer,) * _size(cfg, "n_layer", "num_hidden_layers"),
+                         context=int(cfg.get("seq_length", 2048)), position=PositionConfig("alibi"),
+                         heads=_lm_heads(cls), tied_by_default=True, embed_norm=True)
+
+
+def _mpt(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    """MPT as transformers' MptModel computes it: pre-norm LayerNorms without biases, ALiBi
+    (alibi_bias_max 8: the slopes lmspec's alibi computes, for any head count), Wqkv fused
+    [q | k | v], the exact-gelu MLP of 4 x d_model, no bias anywhere, a tied head. MptModel
+    hard-codes much that llm-foundry's config could change (no_bias, expansion_ratio, qk_ln,
+    logit_scale...): a config that changes one describes a model MptModel does not compute,
+    and is refused naming it. softmax_scale 1 is lmspec's unscaled attention."""
+    attn = dict(cfg.get("attn_config") or {})
+
+    def require(key: str, allowed: Collection[Any], default: Any, why: str) -> None:
+        value = default if attn.get(key) is None else attn[key]
+        if value not in allowed:
+            raise HFImportError(f"mpt config.json sets attn_config.{key}={value!r}: {why}")
+
+    ignored = "transformers' MptModel ignores it"
+    cfg.require("no_bias", {True}, True, "transformers' MptModel has no biases whatever no_bias says, and would "
+                "drop the checkpoint's")
+    cfg.require("expansion_ratio", {4}, 4, "transformers' MptModel always builds an MLP of 4 x d_model")
+    cfg.require("logit_scale", {None, 1}, None, f"{ignored}, and lmspec has no logit scale")
+    cfg.require("embedding_fraction", {1}, 1, "it scales the embeddings' gradients, which lmspec does not "
+                f"({ignored})")
+    cfg.require("norm_type", {"low_precision_layernorm", "layernorm"}, "low_precision_layernorm",
+                f"{ignored} and computes a LayerNorm")
+    require("attn_type", {"multihead_attention"}, "multihead_attention",
+            "transformers' MptModel fuses q, k and v of every head (Wqkv, 3 x d_model rows)")
+    require("clip_qkv", {None, 0}, None, "lmspec does not clamp the fused queries, keys and values")
+    require("qk_ln", {False}, False, f"{ignored} (the checkpoint's norms over q and k would go unused)")
+    require("prefix_lm", {False}, False, f"{ignored} and attends causally")
+    require("attn_uses_sequence_id", {False}, False, f"{ignored} and attends across sequences")
+    require("alibi", {True}, True, "transformers' MptModel adds ALiBi whatever alibi says")
+    require("alibi_bias_max", {8}, 8, "lmspec's ALiBi slopes are 2 ** (-8 h / heads) (alibi_bias_max 8)")
+    if tensor_names is not None and any(n.endswith("wpe.weight") for n in tensor_names):
+        raise HFImportError("mpt checkpoint holds learned positions (wpe.weight), which transformers' MptModel "
+                            "never reads: it computes ALiBi only")
+    d, heads = _size(cfg, "d_model", "hidden_size"), _size(cfg, "n_heads", "num_attention_heads")
+    head_dim = _head_dim(cfg, d, heads, "d_model, n_heads")
+    scale = attn.get("softmax_scale")
+    if scale is not None and scale != 1 and not math.isclose(scale, head_dim**-0.5, rel_tol=1e-9):
+        raise HFImportError(f"mpt config.json sets attn_config.softmax_scale={scale!r}: lmspec scales q.k by "
+                            f"1/sqrt(head_dim {head_dim}) = {head_dim**-0.5:.6g} or not at all (1)")
+    rates = {"attn_config.attn_pdrop": float(attn.get("attn_pdrop") or 0.0),
+             "resid_pdrop": float(cfg.get("resid_pdrop", 0.0)), "emb_pdrop": float(cfg.get("emb_pdrop", 0.0))}
+    if len(set(rates.values())) > 1:
+        shown = ", ".join(f"{key}={rate!r}" for key, rate in rates.items())
+        raise HFImportError(f"mpt config.json sets {shown}: lmspec has one dropout rate for the embeddings, the "
+                            "attention weights and the residual branches; make them equal")
+    layer = LayerConfig(
+        d_model=d,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=head_dim,
+        d_ff=4 * d,
+        attention=AttentionConfig("causal", scale="none" if scale == 1 else "inverse_sqrt"),
+        position=PositionConfig("alibi"),
+        norm="layernorm",
+        norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+        norm_bias=False,
+        placement="pre",
+        activation="gelu",
+        bias=False,
+        dropout=rates["resid_pdrop"],
+    )
+    return _decoder_arch(cfg, name, (layer,) * _size(cfg, "n_layers", "num_hidden_layers"),
+                         context=int(cfg.get("max_seq_len", 2048)), position=PositionConfig("alibi"),
+                         heads=_lm_heads(cls), tied_by_default=True, norm_bias=False)

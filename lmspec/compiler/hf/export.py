@@ -1,17 +1,19 @@
 """`ArchConfig` + lmspec weights -> a Hugging Face checkpoint: config.py and weights.py backwards.
 
-An architecture goes out only as a family that computes exactly what it computes. One function
-per family reads the config values off the architecture and states what the family fixes
-(GPT-2: pre-norm LayerNorm, learned positions, biases; BERT: post-norm, segments, embedding
-norm; ...). A feature the family lacks is a *gap*; an architecture with gaps in every family is
-an `HFExportError` naming them for the closest one, never an approximation. A config without
+An architecture goes out only as a family that computes exactly what it computes. What each
+family fixes is data: a tuple of `_Need`s, per-layer keys with the value the family has (GPT-2:
+pre-norm LayerNorm, learned positions, biases; BERT: post-norm; the Llama-shaped families:
+`_LLAMA_LIKE`), and one function per family adds the model-level keys and reads the config
+values off the architecture. A feature the family lacks is a *gap*; an architecture with gaps
+in every family is an `HFExportError` naming them for the closest one, never an approximation. A config without
 gaps is then read back by the import (`arch_from_hf_config`) and stands only if that gives the
 same ArchConfig, so a feature no family function checks (a key added to the language later)
 can still not slip through.
 
 The tensors follow `mapping.py` backwards: the first name of each rule's alternatives, q, k and
-v split out of the fused projection, GPT-2's Conv1D weights transposed; a tied matrix is
-written once, under the embedding's name, as transformers writes it.
+v split out of the fused projection (or regrouped head by head: GPT-NeoX), gate and up fused
+again (Phi-3), GPT-2's Conv1D weights transposed; a tied matrix is written once, under the
+embedding's name, as transformers writes it.
 
     model_type, hf_class = export_family(arch)              # or HFExportError, naming the gaps
     config, tensors = export_hf(arch, model.state_dict(), special_ids={"eos": 257})
@@ -25,13 +27,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from ..arch import BIAS_PROJECTIONS, ArchConfig, LayerConfig, RopeScaling
+from ..arch import BIAS_PROJECTIONS, ArchConfig, LayerConfig, MoEConfig, PositionConfig, RopeScaling
 from .config import arch_from_hf_config
 from .errors import HFError
 from .mapping import hf_mapping
-from .spec import _attention, _bool, _float, _head, _heads, _position, _residual
+from .spec import _attention, _bool, _float, _head, _heads, _mlp, _position, _residual
 
 __all__ = ["EXPORTS", "HFExportError", "export_family", "hf_config_from_arch", "hf_tensors", "export_hf"]
 
@@ -48,9 +51,26 @@ EXPORTS: dict[str, dict[tuple[str, ...], str]] = {
     "mistral": {("lm",): "MistralForCausalLM", (): "MistralModel"},
     "qwen2": {("lm",): "Qwen2ForCausalLM", (): "Qwen2Model"},
     "qwen3": {("lm",): "Qwen3ForCausalLM", (): "Qwen3Model"},
+    "phi3": {("lm",): "Phi3ForCausalLM", (): "Phi3Model"},
+    "mixtral": {("lm",): "MixtralForCausalLM", (): "MixtralModel"},
+    "opt": {("lm",): "OPTForCausalLM", (): "OPTModel"},
+    "gpt_neox": {("lm",): "GPTNeoXForCausalLM", (): "GPTNeoXModel"},
+    "gptj": {("lm(bias: true)",): "GPTJForCausalLM", (): "GPTJModel"},
+    "phi": {("lm(bias: true)",): "PhiForCausalLM", (): "PhiModel"},
+    "roberta": {("mlm(transform: true)",): "RobertaForMaskedLM", (): "RobertaModel"},
+    "distilbert": {("mlm(transform: true)",): "DistilBertForMaskedLM", (): "DistilBertModel"},
+    "mt5": {("lm",): "MT5ForConditionalGeneration", (): "MT5Model"},
+    "bart": {("lm",): "BartForConditionalGeneration", (): "BartModel"},
 }
-_CANDIDATES = {"decoder": ("llama", "mistral", "qwen2", "qwen3", "gpt2"), "encoder": ("bert",),
-               "encoder_decoder": ("t5",)}
+# Which families an arch kind may become, in the order tried: the first that fits is written. No
+# two of them express the same architecture but for the Llama-shaped ones, where the most common
+# comes first (a causal Llama is a Phi-3 with full rotary too, a Mistral a windowed Phi-3 or a
+# Mixtral without experts); mT5 is tried after T5, since it adds only the untied v1.1 head.
+_CANDIDATES = {
+    "decoder": ("llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "gpt2", "opt", "gpt_neox", "phi", "gptj"),
+    "encoder": ("bert", "roberta", "distilbert"),
+    "encoder_decoder": ("t5", "mt5", "bart"),
+}
 
 # lmspec activation -> Hugging Face ACT2FN name (the inverse of config._PLAIN_ACTIVATIONS)
 _HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
@@ -68,7 +88,6 @@ class HFExportError(HFError):
         self.family, self.gaps, self.help = family, list(gaps), help
         super().__init__(message)
 
-
 # --- reading an architecture as one family ------------------------------------------------
 
 def _bias(L: LayerConfig) -> str:
@@ -85,7 +104,7 @@ _SHOW: dict[str, Callable[[LayerConfig], str]] = {
     "head_dim": lambda L: str(L.head_dim),
     "d_ff": lambda L: str(L.d_ff),
     "attention": lambda L: _attention(L.attention),
-    "attention_scale": lambda L: L.attention.scale,
+    "attention_scale": lambda L: str(L.attention.scale),
     "position": lambda L: _position(L.position),
     "norm": lambda L: L.norm,
     "norm_eps": lambda L: _float(L.norm_eps),
@@ -95,7 +114,22 @@ _SHOW: dict[str, Callable[[LayerConfig], str]] = {
     "qk_norm": lambda L: _bool(L.qk_norm),
     "dropout": lambda L: _float(L.dropout),
     "residual": _residual,
+    "mlp": _mlp,
+    "shared_experts": lambda L: str(L.moe.shared_experts if L.moe else 0),
 }
+
+
+@dataclass(frozen=True)
+class _Need:
+    """A per-layer key a family fixes: every layer (of `stacks`) must pass `ok`. `theirs` says
+    what the family has; `label` names the gap where it is not the key ("rope", for what a
+    family fixes of `position` beyond its kind)."""
+
+    key: str
+    ok: Callable[[LayerConfig], bool]
+    theirs: str
+    stacks: tuple[str, ...] = ("encoder", "decoder")
+    label: str | None = None
 
 
 class _Fit:
@@ -146,6 +180,10 @@ class _Fit:
             label = label or key
             self.gap(label, f"{label}: {self._shown(key, layers)} ({self.family} has {theirs})")
 
+    def needs(self, *needs: _Need) -> None:
+        for n in needs:
+            self.fixed(n.key, n.ok, n.theirs, n.stacks, n.label)
+
     def one(self, *keys: str, stacks=("encoder", "decoder")) -> LayerConfig:
         """Per-layer keys the family sets once for the whole model: the layers must agree.
         Returns the first layer, whose values the config then states."""
@@ -161,21 +199,55 @@ class _Fit:
         if not ok:
             self.gap(key, f"{key}: {ours} ({self.family} has {theirs})")
 
-    def common(self, *, final_norm: bool, embed_norm: bool, segments: bool, pooler: bool | None) -> None:
-        """The model-level keys most families fix the same way."""
+    def norm_bias(self) -> None:
+        a = self.arch
+        self.model("norm_bias", _bool(a.norm_bias), a.norm_bias, "true: LayerNorms with a bias")
+
+    def position(self, L: LayerConfig, theirs: str | None = None) -> None:
+        """The model's position (what its embeddings add) is the layers' one."""
+        a = self.arch
+        self.model("position", _position(a.position), a.position == L.position, theirs or _position(L.position))
+
+    def common(self, *, final_norm: bool, embed_norm: bool, segments: bool, pooler: bool | None,
+               offset: int | None = 0, stack_embeddings: bool = False) -> None:
+        """The model-level keys most families fix the same way. `offset`: the row of position
+        0 in the family's learned table (OPT: 2); None when the family checks it itself.
+        `stack_embeddings`: each stack its own position table and embedding norm (BART; the
+        family checks embed_scale itself), else one of each shared by both stacks."""
         a = self.arch
         finals = {s.final_norm for s in a.stacks}
         self.model("final_norm", "/".join(_bool(f) for f in sorted(finals)), finals == {final_norm}, _bool(final_norm))
         self.model("embed_norm", _bool(a.embed_norm), a.embed_norm == embed_norm, _bool(embed_norm))
+        # BART's per-stack tables and norms: no family lmspec exports has them
+        stacks = (("encoder", a.encoder), ("decoder", a.decoder))
+        own = [f"{name} {{ {key} }}" for name, stack in stacks
+               if stack is not None for key, on in (("position: learned", stack.own_positions),
+                                                    ("embed_norm: true", stack.own_embed_norm)) if on]
+        if stack_embeddings:
+            every = [f"{name} {{ {key} }}" for name, stack in stacks if stack is not None
+                     for key in ("position: learned", "embed_norm: true")]
+            self.model("stack embeddings", ", ".join(own) or "none", own == every,
+                       "its own position table and embedding norm in each stack: " + ", ".join(every))
+        else:
+            self.model("stack embeddings", ", ".join(own), not own,
+                       "one position table and embedding norm for both stacks")
         if segments:
             self.model("segments", "0", a.segments > 0, "token-type embeddings: segments 1 or more")
         else:
             self.model("segments", str(a.segments), a.segments == 0, "no segment embeddings")
         if pooler is not None:
             self.model("pooler", _bool(a.pooler), a.pooler == pooler, _bool(pooler))
-        self.model("embed_scale", _float(a.embed_scale), a.embed_scale == 1.0, "1.0")
-        # OPT and RoBERTa have offset tables, but lmspec imports them only
-        self.model("position_offset", str(a.position_offset), a.position_offset == 0, "positions from row 0")
+        if not stack_embeddings:
+            self.model("embed_scale", _float(a.embed_scale), a.embed_scale == 1.0, "1.0")
+        if offset is not None:
+            self.model("position_offset", str(a.position_offset), a.position_offset == offset,
+                       f"positions from row {offset}")
+        # Gemma's norms scale by (1 + w), but lmspec imports Gemma only
+        self.model("norm_offset", _float(a.norm_offset), a.norm_offset == 0, "norms scaling by their weight: 0.0")
+        # Gemma 2's soft caps: no exported family has them (the import would not give them back either)
+        softcaps = {L.attention.softcap for s in a.stacks for L in s.layers} | {h.softcap for h in a.heads}
+        self.model("softcap", "/".join(sorted(_float(c) for c in softcaps if c is not None)), softcaps == {None},
+                   "no soft-capped attention scores or logits")
 
     def heads(self, head_scale: Callable[[ArchConfig], bool] = lambda a: a.tied_head_scale == 1.0,
               scales: str = "1.0") -> None:
@@ -195,40 +267,128 @@ class _Fit:
         return self.arch.tie_embeddings and any(h.kind in ("lm", "mlm") for h in self.arch.heads)
 
 
-def _sequential(fit: _Fit) -> None:
-    fit.fixed("residual", lambda L: not L.parallel, "sequential: attention, then the MLP")
+# --- what the families fix, as data ---------------------------------------------------------
+
+_CAUSAL = _Need("attention", lambda L: L.attention.kind == "causal", "causal")
+_BIDIRECTIONAL = _Need("attention", lambda L: L.attention.kind == "bidirectional", "bidirectional")
+_SCALED = _Need("attention_scale", lambda L: L.attention.scale == "inverse_sqrt", "inverse_sqrt")
+_LEARNED = _Need("position", lambda L: L.position.kind == "learned", "learned")
+_ROPE = _Need("position", lambda L: L.position.kind == "rope", "rope(theta)")
+_HALF_ROPE = _Need("position", lambda L: L.position.layout == "half",
+                   "rope in the half layout (the interleaved one is gptj's)", label="rope")
+_FULL_ROPE = _Need("position", lambda L: L.position.fraction == 1 and L.position.layout == "half",
+                   "rope over every dimension of a head, in the half layout", label="rope")
+_LAYERNORM = _Need("norm", lambda L: L.norm == "layernorm", "layernorm")
+_RMSNORM = _Need("norm", lambda L: L.norm == "rmsnorm", "rmsnorm")
+_PRE = _Need("placement", lambda L: L.placement == "pre", "pre")
+_POST = _Need("placement", lambda L: L.placement == "post", "post")
+_SEQUENTIAL = _Need("residual", lambda L: not L.parallel, "sequential: attention, then the MLP")
+_SHARED_NORM = _Need("residual", lambda L: L.parallel and L.shared_norm,
+                     "parallel: one norm feeding attention and the MLP side by side")
+_PLAIN = _Need("activation", lambda L: L.activation in _HF_ACTIVATIONS, "an ungated one: gelu, gelu_tanh, relu or silu")
+_SWIGLU = _Need("activation", lambda L: L.activation == "swiglu", "swiglu")
+_BIASED = _Need("bias", lambda L: L.bias, "true")
+_NO_QK_NORM = _Need("qk_norm", lambda L: not L.qk_norm, "no norm on queries and keys; qwen3 has one")
+_ONE_KV = _Need("kv_heads", lambda L: L.kv_heads == L.heads, "one kv head per head: kv_heads = heads")
+_HEAD_DIM = _Need("head_dim", lambda L: L.head_dim * L.heads == L.d_model, "head_dim = d_model / heads")
+_DENSE = _Need("mlp", lambda L: L.moe is None, "a dense MLP; a mixture of experts exports as mixtral")
+# longrope changes every position's frequencies once a sequence passes its original context: Phi-3's
+# generate re-reads the sequence there (as lmspec's does); the other families keep the stale cache
+_NO_LONGROPE = _Need("position", lambda L: L.position.scaling is None or L.position.scaling.kind != "longrope",
+                     "no longrope scaling: its generate keeps the keys it cached with the short factors; "
+                     "phi3 has longrope", label="rope scaling")
+_PHI3_ROPE = _Need("position", lambda L: L.position.scaling is None or L.position.scaling.kind == "longrope",
+                   "unscaled or longrope rope (Phi3Config reads no other rope type)", label="rope scaling")
 
 
-def _no_qk_norm(fit: _Fit) -> None:
-    fit.fixed("qk_norm", lambda L: not L.qk_norm, "no norm on queries and keys; qwen3 has one")
+def _no_biases(theirs: str) -> _Need:
+    return _Need("bias", lambda L: not any(L.biased(p) for p in BIAS_PROJECTIONS), theirs)
 
 
-def _plain_activation(fit: _Fit) -> None:
-    fit.fixed("activation", lambda L: L.activation in _HF_ACTIVATIONS, "an ungated one: gelu, gelu_tanh, relu or silu")
+# the sequential families with learned positions, LayerNorms and biases
+_GPT2 = (_CAUSAL, _SCALED, _LEARNED, _LAYERNORM, _PRE, _SEQUENTIAL, _PLAIN, _BIASED, _NO_QK_NORM, _ONE_KV, _HEAD_DIM,
+         _DENSE)
+_BERT = (_BIDIRECTIONAL, _SCALED, _LEARNED, _LAYERNORM, _POST, _SEQUENTIAL, _PLAIN, _BIASED, _NO_QK_NORM, _ONE_KV,
+         _HEAD_DIM, _DENSE)
+_OPT = (_CAUSAL, _SCALED, _LEARNED, _LAYERNORM,
+        _Need("placement", lambda L: L.placement in ("pre", "post"), "pre or post (do_layer_norm_before)"),
+        _SEQUENTIAL, _PLAIN,
+        _Need("bias", lambda L: L.bias or not any(L.biased(p) for p in BIAS_PROJECTIONS),
+              "biases on every projection or on none (enable_bias)"),
+        _NO_QK_NORM, _ONE_KV, _HEAD_DIM, _DENSE,
+        _Need("norm_eps", lambda L: L.norm_eps == 1e-5, "1e-5: nn.LayerNorm's default, not a config field"))
+# the RoPE families with LayerNorms: GPT-NeoX (a norm per branch, or sequential), GPT-J and Phi (one shared norm)
+_NEOX = (_CAUSAL, _SCALED, _ROPE, _LAYERNORM, _PRE, _PLAIN, _NO_QK_NORM, _ONE_KV, _HEAD_DIM, _DENSE, _HALF_ROPE,
+         _NO_LONGROPE,
+         _Need("residual", lambda L: not (L.parallel and L.shared_norm),
+               "parallel(norms: 2) or sequential (use_parallel_residual); one shared norm is gptj's and phi's"),
+         _Need("bias", lambda L: L.biased("mlp") and L.biased("qkv") == L.biased("out"),
+               "biases on the MLP, and one attention_bias for q, k, v and o"))
+_GPTJ = (_CAUSAL, _SCALED, _ROPE, _LAYERNORM, _PRE, _SHARED_NORM, _PLAIN, _NO_QK_NORM, _ONE_KV, _HEAD_DIM, _DENSE,
+         _Need("position", lambda L: L.position.layout == "interleaved" and L.position.theta == 10_000
+               and L.position.scaling is None, "rope(theta: 10_000, layout: interleaved), unscaled", label="rope"),
+         _Need("bias", lambda L: (L.biased("qkv"), L.biased("out"), L.biased("mlp")) == (False, False, True),
+               "biases on the MLP only: bias: false, mlp_bias: true"))
+_PHI = (_CAUSAL, _SCALED, _ROPE, _LAYERNORM, _PRE, _SHARED_NORM, _PLAIN, _BIASED, _HEAD_DIM, _DENSE, _HALF_ROPE,
+        _NO_LONGROPE)
+
+# the llama-shaped families (RMSNorm, pre, sequential, RoPE): what each fixes beyond that
+_CAUSAL_ONLY = _Need("attention", lambda L: L.attention.kind == "causal", "causal (sliding windows: mistral)")
+_WINDOWED = _Need("attention", lambda L: L.attention.kind in ("causal", "sliding"),
+                  "causal, or one sliding(window) on every layer")
+_LLAMA_LIKE: dict[str, tuple[_Need, ...]] = {
+    "llama": (_CAUSAL_ONLY, _Need("bias", lambda L: L.biased("qkv") == L.biased("out"),
+                                  "one attention_bias for q, k, v and o, and mlp_bias"),
+              _NO_QK_NORM, _SWIGLU, _FULL_ROPE, _DENSE, _NO_LONGROPE),
+    "mistral": (_Need("attention", lambda L: L.attention.kind == "sliding", "one sliding(window) on every layer"),
+                _no_biases("no biases"), _NO_QK_NORM, _SWIGLU, _FULL_ROPE, _DENSE, _NO_LONGROPE),
+    "qwen2": (_CAUSAL_ONLY,
+              _Need("bias", lambda L: (L.biased("qkv"), L.biased("out"), L.biased("mlp")) == (True, False, False),
+                    "biases on q, k and v only: bias: false, qkv_bias: true"),
+              _NO_QK_NORM, _SWIGLU, _FULL_ROPE, _DENSE, _NO_LONGROPE),
+    "qwen3": (_CAUSAL_ONLY, _Need("bias", lambda L: L.biased("qkv") == L.biased("out") and not L.biased("mlp"),
+                                  "one attention_bias for q, k, v and o, and no MLP biases"),
+              _Need("qk_norm", lambda L: L.qk_norm, "an RMSNorm over each query and key head: qk_norm: true"),
+              _SWIGLU, _FULL_ROPE, _DENSE, _NO_LONGROPE),
+    # Phi-3: any gated activation (up * act(gate)), RoPE over part of each head, head_dim = d_model / heads
+    "phi3": (_WINDOWED, _no_biases("no biases"), _NO_QK_NORM,
+             _Need("activation", lambda L: L.activation in _UNGATED, "a gated one: swiglu, geglu, geglu_tanh or reglu"),
+             _HALF_ROPE, _DENSE, _HEAD_DIM, _PHI3_ROPE),
+    "mixtral": (_WINDOWED, _no_biases("no biases"), _NO_QK_NORM, _SWIGLU, _FULL_ROPE, _NO_LONGROPE,
+                _Need("mlp", lambda L: L.moe is not None and L.moe.experts >= 2,
+                      "moe(experts, top_k) on every layer, of 2 experts or more"),
+                _Need("shared_experts", lambda L: L.moe is None or L.moe.shared_experts == 0,
+                      "no expert every token runs through: its mixture of experts (mlp: moe(...)) has "
+                      "shared_experts: 0")),
+}
+_WINDOW_FAMILIES = ("mistral", "phi3", "mixtral")
+
+# a gated lmspec activation -> the HF activation it applies to the gate (the inverse of config._GATED)
+_UNGATED = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_new", "reglu": "relu"}
 
 
-def _mha(fit: _Fit, d_model: int | None) -> None:
-    """Multi-head attention with one kv head per head (and head_dim = d_model / heads)."""
-    fit.fixed("kv_heads", lambda L: L.kv_heads == L.heads, "one kv head per head: kv_heads = heads")
-    if d_model is not None:
-        fit.fixed("head_dim", lambda L: L.head_dim * L.heads == d_model, "head_dim = d_model / heads")
+def _rope_fields(p: PositionConfig, *, partial: bool = False) -> dict[str, Any]:
+    """RoPE in a config: transformers 5 reads rope_parameters, 4 rope_theta, rope_scaling and
+    (Phi, Phi-3) partial_rotary_factor."""
+    params: dict[str, Any] = {"rope_theta": p.theta, **_rope_scaling(p.scaling)}
+    if partial:
+        params["partial_rotary_factor"] = p.fraction
+    fields: dict[str, Any] = {"rope_theta": p.theta, "rope_parameters": params}
+    if p.scaling is not None:  # transformers 4 reads scaling only from rope_scaling
+        fields["rope_scaling"] = dict(params)
+    if partial:
+        fields["partial_rotary_factor"] = p.fraction
+    if p.scaling is not None and p.scaling.kind == "longrope":  # Phi3Config reads it here, not in rope_parameters
+        fields["original_max_position_embeddings"] = p.scaling.original_context
+    return fields
 
 
 def _gpt2(arch: ArchConfig) -> _Fit:
     fit = _Fit(arch, "gpt2")
     L = fit.one("heads", "d_ff", "activation", "dropout", "norm_eps")
-    fit.fixed("attention", lambda L: L.attention.kind == "causal", "causal")
-    fit.fixed("attention_scale", lambda L: L.attention.scale == "inverse_sqrt", "inverse_sqrt")
-    fit.fixed("position", lambda L: L.position.kind == "learned", "learned")
-    fit.fixed("norm", lambda L: L.norm == "layernorm", "layernorm")
-    fit.model("norm_bias", _bool(arch.norm_bias), arch.norm_bias, "true: LayerNorms with a bias")
-    fit.fixed("placement", lambda L: L.placement == "pre", "pre")
-    _sequential(fit)
-    _plain_activation(fit)
-    fit.fixed("bias", lambda L: L.bias, "true")
-    _no_qk_norm(fit)
-    _mha(fit, arch.d_model)
-    fit.model("position", _position(arch.position), arch.position.kind == "learned", "learned")
+    fit.needs(*_GPT2)
+    fit.norm_bias()
+    fit.position(L)
     fit.common(final_norm=True, embed_norm=False, segments=False, pooler=False)
     fit.heads()
     fit.config = {
@@ -253,26 +413,140 @@ def _gpt2(arch: ArchConfig) -> _Fit:
     return fit
 
 
+def _opt(arch: ArchConfig) -> _Fit:
+    """OPT: GPT-2's decoder with learned positions from row 2, pre-norm with a final norm or
+    post-norm without one."""
+    fit = _Fit(arch, "opt")
+    L = fit.one("heads", "d_ff", "activation", "dropout", "placement", "bias")
+    fit.needs(*_OPT)
+    fit.norm_bias()
+    fit.position(L)
+    pre = L.placement == "pre"
+    fit.common(final_norm=pre, embed_norm=False, segments=False, pooler=False, offset=2)
+    fit.heads()
+    fit.config = {
+        "model_type": "opt",
+        "vocab_size": arch.vocab,
+        "hidden_size": arch.d_model,
+        "word_embed_proj_dim": arch.d_model,
+        "num_hidden_layers": arch.decoder.n_layers,
+        "num_attention_heads": L.heads,
+        "ffn_dim": L.d_ff,
+        "max_position_embeddings": arch.context,  # OPT's table has 2 more rows
+        "activation_function": _HF_ACTIVATIONS.get(L.activation, "relu"),
+        "do_layer_norm_before": pre,
+        "_remove_final_layer_norm": False,
+        "enable_bias": L.bias,
+        "layer_norm_elementwise_affine": True,
+        "layerdrop": 0.0,
+        "dropout": L.dropout,
+        "attention_dropout": L.dropout,
+        "tie_word_embeddings": fit.tied,
+    }
+    return fit
+
+
+def _gpt_neox(arch: ArchConfig) -> _Fit:
+    """GPT-NeoX / Pythia: RoPE over part of each head, a LayerNorm per branch side by side
+    (use_parallel_residual) or sequential, biases on the MLP."""
+    fit = _Fit(arch, "gpt_neox")
+    L = fit.one("heads", "d_ff", "activation", "dropout", "norm_eps", "position", "bias", "residual")
+    fit.needs(*_NEOX)
+    fit.norm_bias()
+    fit.position(L)
+    fit.common(final_norm=True, embed_norm=False, segments=False, pooler=False)
+    fit.heads()
+    fit.config = {
+        "model_type": "gpt_neox",
+        "vocab_size": arch.vocab,
+        "hidden_size": arch.d_model,
+        "num_hidden_layers": arch.decoder.n_layers,
+        "num_attention_heads": L.heads,
+        "intermediate_size": L.d_ff,
+        "hidden_act": _HF_ACTIVATIONS.get(L.activation, "gelu"),
+        "max_position_embeddings": arch.context,
+        "layer_norm_eps": L.norm_eps,
+        "use_parallel_residual": L.parallel,
+        "attention_bias": L.biased("qkv"),
+        "hidden_dropout": L.dropout,
+        "attention_dropout": L.dropout,
+        "tie_word_embeddings": fit.tied,
+        # transformers 4 read rotary_pct and rotary_emb_base
+        "rotary_pct": L.position.fraction,
+        "rotary_emb_base": L.position.theta,
+        **_rope_fields(L.position, partial=True),
+    }
+    return fit
+
+
+def _gptj(arch: ArchConfig) -> _Fit:
+    """GPT-J: one LayerNorm feeding attention and MLP side by side, RoPE over rotary_dim of each
+    head in the interleaved layout, biases on the MLP and the LM head only."""
+    fit = _Fit(arch, "gptj")
+    L = fit.one("heads", "d_ff", "activation", "dropout", "norm_eps", "position")
+    fit.needs(*_GPTJ)
+    fit.norm_bias()
+    fit.position(L)
+    fit.common(final_norm=True, embed_norm=False, segments=False, pooler=False)
+    fit.heads()
+    fit.config = {
+        "model_type": "gptj",
+        "vocab_size": arch.vocab,
+        "n_positions": arch.context,
+        "n_embd": arch.d_model,
+        "n_layer": arch.decoder.n_layers,
+        "n_head": L.heads,
+        "n_inner": L.d_ff,
+        "rotary_dim": L.position.rotary_dims(L.head_dim),
+        "activation_function": _HF_ACTIVATIONS.get(L.activation, "gelu_new"),
+        "layer_norm_epsilon": L.norm_eps,
+        "resid_pdrop": L.dropout,
+        "embd_pdrop": L.dropout,
+        "attn_pdrop": L.dropout,
+        "tie_word_embeddings": fit.tied,
+    }
+    return fit
+
+
+def _phi(arch: ArchConfig) -> _Fit:
+    """Phi-1, 1.5 and 2: one LayerNorm feeding attention and MLP side by side, RoPE over part of
+    each head, biases everywhere (the LM head's too), a LayerNorm over each q and k head or none."""
+    fit = _Fit(arch, "phi")
+    L = fit.one("heads", "kv_heads", "d_ff", "activation", "dropout", "norm_eps", "position", "qk_norm")
+    fit.needs(*_PHI)
+    fit.norm_bias()
+    fit.position(L)
+    fit.common(final_norm=True, embed_norm=False, segments=False, pooler=False)
+    fit.heads()
+    fit.config = {
+        "model_type": "phi",
+        "vocab_size": arch.vocab,
+        "hidden_size": arch.d_model,
+        "intermediate_size": L.d_ff,
+        "num_hidden_layers": arch.decoder.n_layers,
+        "num_attention_heads": L.heads,
+        "num_key_value_heads": L.kv_heads,
+        "hidden_act": _HF_ACTIVATIONS.get(L.activation, "gelu_new"),
+        "max_position_embeddings": arch.context,
+        "layer_norm_eps": L.norm_eps,
+        "resid_pdrop": L.dropout,
+        "embd_pdrop": L.dropout,
+        "attention_dropout": L.dropout,
+        "qk_layernorm": L.qk_norm,
+        "tie_word_embeddings": fit.tied,
+        **_rope_fields(L.position, partial=True),
+    }
+    return fit
+
+
 def _bert(arch: ArchConfig) -> _Fit:
     fit = _Fit(arch, "bert")
     L = fit.one("heads", "d_ff", "activation", "dropout", "norm_eps")
-    fit.fixed("attention", lambda L: L.attention.kind == "bidirectional", "bidirectional")
-    fit.fixed("attention_scale", lambda L: L.attention.scale == "inverse_sqrt", "inverse_sqrt")
-    fit.fixed("position", lambda L: L.position.kind == "learned", "learned")
-    fit.fixed("norm", lambda L: L.norm == "layernorm", "layernorm")
-    fit.model("norm_bias", _bool(arch.norm_bias), arch.norm_bias, "true: LayerNorms with a bias")
-    fit.fixed("placement", lambda L: L.placement == "post", "post")
-    _sequential(fit)
-    _plain_activation(fit)
-    fit.fixed("bias", lambda L: L.bias, "true")
-    _no_qk_norm(fit)
-    _mha(fit, arch.d_model)
-    fit.model("position", _position(arch.position), arch.position.kind == "learned", "learned")
+    fit.needs(*_BERT)
+    fit.norm_bias()
+    fit.position(L)
     fit.model("norm", arch.norm, arch.norm == "layernorm", "layernorm")
-    kinds = {h.kind for h in arch.heads}
-    # BertForPreTraining's nsp head reads the pooler; BertForMaskedLM is built without one
-    pooler = True if "nsp" in kinds else False if kinds == {"mlm"} else None
-    fit.common(final_norm=False, embed_norm=True, segments=True, pooler=pooler)
+    fit.common(final_norm=False, embed_norm=True, segments=True, pooler=_bert_pooler(arch))
     fit.heads()
     fit.config = {
         "model_type": "bert",
@@ -295,31 +569,112 @@ def _bert(arch: ArchConfig) -> _Fit:
     return fit
 
 
-def _t5(arch: ArchConfig) -> _Fit:
-    fit = _Fit(arch, "t5")
+def _bert_pooler(arch: ArchConfig) -> bool | None:
+    # BertForPreTraining's nsp head reads the pooler; the MLM classes are built without one
+    kinds = {h.kind for h in arch.heads}
+    return True if "nsp" in kinds else False if kinds == {"mlm"} else None
+
+
+def _roberta(arch: ArchConfig) -> _Fit:
+    """RoBERTa: BERT whose learned positions start at row pad_id + 1, whose MLM head applies the
+    exact gelu, and which has no NSP head."""
+    fit = _Fit(arch, "roberta")
+    L = fit.one("heads", "d_ff", "activation", "dropout", "norm_eps")
+    fit.needs(*_BERT)
+    if arch.head("mlm") is not None:
+        fit.fixed("activation", lambda L: L.activation == "gelu", "gelu: RobertaForMaskedLM's head applies the exact "
+                  "gelu whatever hidden_act says")
+    fit.norm_bias()
+    fit.position(L)
+    fit.model("norm", arch.norm, arch.norm == "layernorm", "layernorm")
+    fit.common(final_norm=False, embed_norm=True, segments=True, pooler=_bert_pooler(arch), offset=None)
+    offset, pad = arch.position_offset, arch.pad_id
+    fit.model("position_offset", str(offset), offset >= 1, "positions from row pad_id + 1, after the pad token's row")
+    if offset >= 1:
+        fit.model("pad_id", "none" if pad is None else str(pad), pad == offset - 1,
+                  f"pad_id = position_offset - 1 = {offset - 1}: it numbers positions from the pad token's row on")
+    fit.heads()
+    fit.config = {
+        "model_type": "roberta",
+        "vocab_size": arch.vocab,
+        "hidden_size": arch.d_model,
+        "num_hidden_layers": arch.encoder.n_layers,
+        "num_attention_heads": L.heads,
+        "intermediate_size": L.d_ff,
+        "hidden_act": _HF_ACTIVATIONS.get(L.activation, "gelu"),
+        "hidden_dropout_prob": L.dropout,
+        "attention_probs_dropout_prob": L.dropout,
+        "max_position_embeddings": arch.context + offset,
+        "type_vocab_size": arch.segments,
+        "layer_norm_eps": L.norm_eps,
+        "position_embedding_type": "absolute",
+        "is_decoder": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": fit.tied,
+    }
+    return fit
+
+
+def _distilbert(arch: ArchConfig) -> _Fit:
+    """DistilBERT: BERT without token types or pooler, every LayerNorm's epsilon 1e-12."""
+    fit = _Fit(arch, "distilbert")
+    L = fit.one("heads", "d_ff", "activation", "dropout")
+    fit.needs(*_BERT, _Need("norm_eps", lambda L: L.norm_eps == 1e-12, "1e-12, fixed in modeling_distilbert"))
+    fit.model("norm_eps", _float(arch.norm_eps), arch.norm_eps == 1e-12, "1e-12, fixed in modeling_distilbert")
+    fit.norm_bias()
+    fit.position(L)
+    fit.model("norm", arch.norm, arch.norm == "layernorm", "layernorm")
+    fit.common(final_norm=False, embed_norm=True, segments=False, pooler=False)
+    fit.heads()
+    fit.config = {
+        "model_type": "distilbert",
+        "vocab_size": arch.vocab,
+        "dim": arch.d_model,
+        "n_layers": arch.encoder.n_layers,
+        "n_heads": L.heads,
+        "hidden_dim": L.d_ff,
+        "activation": _HF_ACTIVATIONS.get(L.activation, "gelu"),
+        "dropout": L.dropout,
+        "attention_dropout": L.dropout,
+        "max_position_embeddings": arch.context,
+        "sinusoidal_pos_embds": False,
+        "tie_word_embeddings": fit.tied,
+    }
+    return fit
+
+
+def _t5(arch: ArchConfig, family: str = "t5") -> _Fit:
+    """T5 (v1.0, v1.1: tied) and mT5 (T5 v1.1 with its own, untied lm_head)."""
+    fit = _Fit(arch, family)
     L = fit.one("heads", "kv_heads", "head_dim", "d_ff", "activation", "dropout", "norm_eps", "position")
     fit.fixed("attention", lambda L: L.attention.kind == "bidirectional", "bidirectional", ("encoder",),
               "encoder attention")
     fit.fixed("attention", lambda L: L.attention.kind == "causal", "causal", ("decoder",), "decoder attention")
     fit.fixed("attention_scale", lambda L: L.attention.scale == "none", "none")
     fit.fixed("position", lambda L: L.position.kind == "relative", "relative(buckets, max_distance)")
-    fit.fixed("norm", lambda L: L.norm == "rmsnorm", "rmsnorm")
-    fit.fixed("placement", lambda L: L.placement == "pre", "pre")
-    _sequential(fit)
-    fit.fixed("activation", lambda L: L.activation in _T5_PROJ, "relu, gelu, reglu, swiglu or geglu_tanh")
-    fit.fixed("bias", lambda L: not any(L.biased(p) for p in BIAS_PROJECTIONS), "false")
-    _no_qk_norm(fit)
-    _mha(fit, None)  # T5's d_kv is free
-    fit.model("position", _position(arch.position), arch.position == L.position, _position(L.position))
+    fit.needs(_RMSNORM, _PRE, _SEQUENTIAL)
+    if family == "mt5":
+        fit.fixed("activation", lambda L: L.activation in ("reglu", "swiglu", "geglu_tanh"),
+                  "a gated one, as T5 v1.1: reglu, swiglu or geglu_tanh")
+    else:
+        fit.fixed("activation", lambda L: L.activation in _T5_PROJ, "relu, gelu, reglu, swiglu or geglu_tanh")
+    fit.needs(_no_biases("false"), _NO_QK_NORM, _DENSE)  # T5's d_kv is free
+    fit.fixed("kv_heads", lambda L: L.kv_heads == L.heads, "one kv head per head: kv_heads = heads")
+    fit.position(L)
     fit.common(final_norm=True, embed_norm=False, segments=False, pooler=False)
-    scaled = arch.d_model**-0.5
-    fit.heads(lambda a: a.tied_head_scale in (1.0, scaled),
-              f"1.0 (T5 v1.1) or d_model ** -0.5 = {_float(scaled)} (T5 v1.0)")
-    if arch.head("lm") is not None:
-        # transformers 5 always ties T5's lm_head to the shared embedding (T5Config forces it)
-        fit.model("tie_embeddings", "false", arch.tie_embeddings, "true: transformers 5 always ties T5's lm_head")
+    if family == "mt5":
+        fit.heads()
+        if arch.head("lm") is not None:  # a tied mT5 is the T5 v1.1 it equals, and exports as t5
+            fit.model("tie_embeddings", "true", not arch.tie_embeddings, "its own lm_head: tie_embeddings: false")
+    else:
+        scaled = arch.d_model**-0.5
+        fit.heads(lambda a: a.tied_head_scale in (1.0, scaled),
+                  f"1.0 (T5 v1.1) or d_model ** -0.5 = {_float(scaled)} (T5 v1.0)")
+        if arch.head("lm") is not None:
+            # transformers 5 always ties T5's lm_head to the shared embedding (T5Config forces it)
+            fit.model("tie_embeddings", "false", arch.tie_embeddings, "true: transformers 5 always ties T5's lm_head")
     fit.config = {
-        "model_type": "t5",
+        "model_type": family,
         "vocab_size": arch.vocab,
         "d_model": arch.d_model,
         "d_kv": L.head_dim,
@@ -334,52 +689,83 @@ def _t5(arch: ArchConfig) -> _Fit:
         "feed_forward_proj": _T5_PROJ.get(L.activation, "relu"),
         "is_encoder_decoder": True,
         "n_positions": arch.context,
-        # transformers 5 always ties and reads the head scaling from scale_decoder_outputs; 4 read
-        # tie_word_embeddings as "tie and scale", so a tied unscaled (v1.1) export needs 5
+        "decoder_start_token_id": arch.pad_id if arch.pad_id is not None else 0,  # as lmspec's generate
+    }
+    if family == "mt5":
+        # transformers 5 writes tie_word_embeddings: true into every mT5 config and unties when
+        # the file holds its own lm_head.weight; transformers 4 reads false; mT5 never scales
+        fit.config["tie_word_embeddings"] = fit.tied
+    else:
+        fit.config.update(
+            # transformers 5 always ties and reads the head scaling from scale_decoder_outputs; 4 read
+            # tie_word_embeddings as "tie and scale", so a tied unscaled (v1.1) export needs 5
+            tie_word_embeddings=True,
+            scale_decoder_outputs=fit.tied and arch.tied_head_scale != 1.0,
+        )
+    return fit
+
+
+def _bart(arch: ArchConfig) -> _Fit:
+    """BART: post-norm LayerNorm (eps 1e-5), biases, an ungated activation; in each stack its own
+    learned positions from row 2 and its own embedding norm; no final norms; a tied lm head."""
+    fit = _Fit(arch, "bart")
+    L = fit.one("activation", "dropout", "norm_eps")
+    enc, dec = (fit.one("heads", "d_ff", stacks=(s,)) for s in ("encoder", "decoder"))
+    fit.fixed("attention", lambda L: L.attention.kind == "bidirectional", "bidirectional", ("encoder",),
+              "encoder attention")
+    fit.fixed("attention", lambda L: L.attention.kind == "causal", "causal", ("decoder",), "decoder attention")
+    fit.needs(_SCALED, _LEARNED, _LAYERNORM, _POST, _SEQUENTIAL, _PLAIN, _BIASED, _NO_QK_NORM, _ONE_KV, _HEAD_DIM,
+              _DENSE)
+    fit.fixed("norm_eps", lambda L: L.norm_eps == 1e-5, "1e-5, nn.LayerNorm's default")
+    fit.norm_bias()
+    fit.position(L)
+    fit.model("norm", arch.norm, arch.norm == "layernorm" and arch.norm_eps == 1e-5, "layernorm, eps 1e-5")
+    fit.common(final_norm=False, embed_norm=False, segments=False, pooler=False, offset=2, stack_embeddings=True)
+    scaled = arch.d_model**0.5
+    fit.model("embed_scale", _float(arch.embed_scale), arch.embed_scale in (1.0, scaled),
+              f"1.0, or sqrt(d_model) = {_float(scaled)} with scale_embedding")
+    fit.heads()
+    if arch.head("lm") is not None:
+        fit.model("tie_embeddings", "false", arch.tie_embeddings, "true: its lm_head is the shared embedding")
+    fit.config = {
+        "model_type": "bart",
+        "vocab_size": arch.vocab,
+        "d_model": arch.d_model,
+        "max_position_embeddings": arch.context,  # BART's tables have 2 more rows
+        "encoder_layers": arch.encoder.n_layers,
+        "decoder_layers": arch.decoder.n_layers,
+        "encoder_attention_heads": enc.heads,
+        "decoder_attention_heads": dec.heads,
+        "encoder_ffn_dim": enc.d_ff,
+        "decoder_ffn_dim": dec.d_ff,
+        "activation_function": _HF_ACTIVATIONS.get(L.activation, "gelu"),
+        "dropout": L.dropout,
+        "attention_dropout": L.dropout,
+        "activation_dropout": 0.0,  # lmspec has none
+        "encoder_layerdrop": 0.0,
+        "decoder_layerdrop": 0.0,
+        "scale_embedding": arch.embed_scale != 1.0,
+        "is_encoder_decoder": True,
         "tie_word_embeddings": True,
-        "scale_decoder_outputs": fit.tied and arch.tied_head_scale != 1.0,
         "decoder_start_token_id": arch.pad_id if arch.pad_id is not None else 0,  # as lmspec's generate
     }
     return fit
 
 
 def _llama(arch: ArchConfig, family: str = "llama") -> _Fit:
+    """Llama and the families that are Llama with a twist (`_LLAMA_LIKE` says which)."""
     fit = _Fit(arch, family)
-    if family == "mistral":
-        fit.fixed("attention", lambda L: L.attention.kind == "sliding", "one sliding(window) on every layer")
-        fit.fixed("bias", lambda L: not any(L.biased(p) for p in BIAS_PROJECTIONS), "no biases")
-    else:
-        fit.fixed("attention", lambda L: L.attention.kind == "causal", "causal (sliding windows: mistral)")
-    if family == "llama":
-        fit.fixed("bias", lambda L: L.biased("qkv") == L.biased("out"),
-                  "one attention_bias for q, k, v and o, and mlp_bias")
-    elif family == "qwen2":
-        fit.fixed("bias", lambda L: (L.biased("qkv"), L.biased("out"), L.biased("mlp")) == (True, False, False),
-                  "biases on q, k and v only: bias: false, qkv_bias: true")
-    elif family == "qwen3":
-        fit.fixed("bias", lambda L: L.biased("qkv") == L.biased("out") and not L.biased("mlp"),
-                  "one attention_bias for q, k, v and o, and no MLP biases")
-    if family == "qwen3":
-        fit.fixed("qk_norm", lambda L: L.qk_norm, "an RMSNorm over each query and key head: qk_norm: true")
-    else:
-        _no_qk_norm(fit)
-    L = fit.one("heads", "kv_heads", "head_dim", "d_ff", "dropout", "norm_eps", "position", "bias", "attention")
-    if family == "mistral":
+    fit.needs(*_LLAMA_LIKE[family])
+    L = fit.one("heads", "kv_heads", "head_dim", "d_ff", "dropout", "norm_eps", "position", "bias", "attention", "mlp")
+    sliding = L.attention.kind == "sliding"
+    if family in _WINDOW_FAMILIES and sliding:
         window = L.attention.window or 0
         fit.model("attention", f"sliding(window: {window})", window < arch.context,
                   f"a window shorter than the context ({arch.context}); a longer one slides over nothing")
-    fit.fixed("attention_scale", lambda L: L.attention.scale == "inverse_sqrt", "inverse_sqrt")
-    fit.fixed("position", lambda L: L.position.kind == "rope", "rope(theta)")
-    fit.fixed("norm", lambda L: L.norm == "rmsnorm", "rmsnorm")
-    fit.fixed("placement", lambda L: L.placement == "pre", "pre")
-    _sequential(fit)
-    fit.fixed("activation", lambda L: L.activation == "swiglu", "swiglu")
-    fit.model("position", _position(arch.position), arch.position == L.position, _position(L.position))
+    fit.needs(_SCALED, _ROPE, _RMSNORM, _PRE, _SEQUENTIAL)
+    fit.position(L)
     fit.common(final_norm=True, embed_norm=False, segments=False, pooler=False)
-    fit.fixed("position", lambda L: L.position.fraction == 1 and L.position.layout == "half",
-              "rope over every dimension of a head, in the half layout", label="rope")
     fit.heads()
-    theta = L.position.theta
     fit.config = {
         "model_type": family,
         "vocab_size": arch.vocab,
@@ -391,23 +777,28 @@ def _llama(arch: ArchConfig, family: str = "llama") -> _Fit:
         "head_dim": L.head_dim,
         "max_position_embeddings": arch.context,
         "rms_norm_eps": L.norm_eps,
-        "hidden_act": "silu",
+        "hidden_act": _UNGATED.get(L.activation, "silu"),
         "attention_dropout": L.dropout,
         "tie_word_embeddings": fit.tied,
-        # transformers 5 reads rope_parameters, 4 reads rope_theta (and rope_scaling)
-        "rope_theta": theta,
-        "rope_parameters": {"rope_theta": theta, **_rope_scaling(L.position.scaling)},
+        **_rope_fields(L.position, partial=family == "phi3"),
     }
-    if L.position.scaling is not None:  # transformers 4 reads scaling only from rope_scaling
-        fit.config["rope_scaling"] = dict(fit.config["rope_parameters"])
-    if family == "mistral":
-        fit.config["sliding_window"] = L.attention.window
+    if family in _WINDOW_FAMILIES:
+        fit.config["sliding_window"] = L.attention.window if sliding else None
+    if family == "phi3":  # one dropout rate; head_dim is hidden_size / heads, not a field
+        del fit.config["head_dim"]
+        fit.config.update(resid_pdrop=L.dropout, embd_pdrop=L.dropout)
+    elif family == "mixtral":
+        moe = L.moe or MoEConfig()
+        # transformers adds router_aux_loss_coef x its load-balancing loss only with output_router_logits
+        fit.config.update(num_local_experts=moe.experts, num_experts_per_tok=moe.top_k,
+                          router_jitter_noise=moe.router_jitter, output_router_logits=moe.aux_loss > 0,
+                          router_aux_loss_coef=moe.aux_loss if moe.aux_loss > 0 else 0.001)
     elif family in ("qwen2", "qwen3"):  # qwen2: q, k, v biased, o and the MLP not, fixed by the family
         fit.config.update(use_sliding_window=False, sliding_window=None, max_window_layers=arch.decoder.n_layers,
                           layer_types=["full_attention"] * arch.decoder.n_layers)
         if family == "qwen3":
             fit.config["attention_bias"] = L.biased("qkv")
-    else:
+    elif family == "llama":
         fit.config.update(attention_bias=L.biased("qkv"), mlp_bias=L.biased("mlp"))
     return fit
 
@@ -418,32 +809,51 @@ def _rope_scaling(scaling: RopeScaling | None) -> dict[str, Any]:
         return {"rope_type": "default"}
     if scaling.kind == "linear":
         return {"rope_type": "linear", "factor": scaling.factor}
-    return {"rope_type": "llama3", "factor": scaling.factor, "low_freq_factor": scaling.low_freq,
-            "high_freq_factor": scaling.high_freq, "original_max_position_embeddings": scaling.original_context}
+    if scaling.kind == "llama3":
+        return {"rope_type": "llama3", "factor": scaling.factor, "low_freq_factor": scaling.low_freq,
+                "high_freq_factor": scaling.high_freq, "original_max_position_embeddings": scaling.original_context}
+    optional = {"attention_factor": scaling.attention_factor}
+    if scaling.kind == "longrope":
+        return {"rope_type": "longrope", "short_factor": list(scaling.short_factor),
+                "long_factor": list(scaling.long_factor), "factor": scaling.factor,
+                "original_max_position_embeddings": scaling.original_context,
+                **{key: value for key, value in optional.items() if value is not None}}
+    optional.update(mscale=scaling.mscale, mscale_all_dim=scaling.mscale_all_dim)
+    return {"rope_type": "yarn", "factor": scaling.factor, "original_max_position_embeddings": scaling.original_context,
+            "beta_fast": scaling.beta_fast, "beta_slow": scaling.beta_slow, "truncate": scaling.truncate,
+            **{key: value for key, value in optional.items() if value is not None}}
 
 
 _FITS: dict[str, Callable[[ArchConfig], _Fit]] = {
     "gpt2": _gpt2,
     "bert": _bert,
     "t5": _t5,
-    "llama": _llama,
-    "mistral": lambda arch: _llama(arch, "mistral"),
-    "qwen2": lambda arch: _llama(arch, "qwen2"),
-    "qwen3": lambda arch: _llama(arch, "qwen3"),
+    "bart": _bart,
+    **{family: (lambda arch, family=family: _llama(arch, family)) for family in _LLAMA_LIKE},
+    "opt": _opt,
+    "gpt_neox": _gpt_neox,
+    "gptj": _gptj,
+    "phi": _phi,
+    "roberta": _roberta,
+    "distilbert": _distilbert,
+    "mt5": lambda arch: _t5(arch, "mt5"),
 }
+
+_KINDS = {"decoder": "decoder", "encoder": "encoder", "encoder_decoder": "encoder-decoder"}
 
 
 def _fit(arch: ArchConfig) -> _Fit:
     """The first family that expresses `arch` exactly, or HFExportError for the closest."""
-    layers = [L for stack in arch.stacks for L in stack.layers]
-    if any(getattr(L, "moe", None) is not None for L in layers):
-        raise HFExportError(f"cannot export model '{arch.name}' to Hugging Face: its MLP is a mixture of experts "
-                            "(mlp: moe(...)), and no family lmspec exports has one (mixtral export is not built)",
-                            help="keep using the model in lmspec; lmspec import-hf reads Mixtral checkpoints")
     order = list(_CANDIDATES.get(arch.arch, ()))
-    if arch.arch == "decoder" and any(L.attention.kind == "sliding" for L in arch.decoder.layers):
-        order.remove("mistral")
-        order.insert(0, "mistral")  # a sliding window is what brings it closest to mistral
+    if arch.arch == "decoder":
+        # what brings a decoder closest to one family: a mixture of experts (mixtral), else a
+        # sliding window (mistral), so that its refusal names what that family lacks
+        layers = arch.decoder.layers
+        first = "mixtral" if any(L.moe is not None for L in layers) else \
+            "mistral" if any(L.attention.kind == "sliding" for L in layers) else None
+        if first is not None:
+            order.remove(first)
+            order.insert(0, first)
     fits = [_FITS[family](arch) for family in order]
     exact = next((f for f in fits if not f.gaps), None)
     if exact is not None:
@@ -452,14 +862,20 @@ def _fit(arch: ArchConfig) -> _Fit:
         raise HFExportError(f"cannot export model '{arch.name}': arch {arch.arch} has no Hugging Face family",
                             help="export supports decoders, encoders and encoder-decoders")
     closest = min(fits, key=lambda f: len(f.gaps))  # min keeps the first of equals: the preferred one
-    cls = closest.cls or next(iter(EXPORTS[closest.family].values()))
+    # families as close (opt beside gpt2 for a model with OPT's offset table): named too, at most two
+    equals = [f for f in fits if f is not closest and len(f.gaps) == len(closest.gaps)][:2]
     gaps = list(closest.gaps.values())
+
+    def lacks(fit: _Fit) -> str:
+        cls = fit.cls or next(iter(EXPORTS[fit.family].values()))
+        return f"{fit.family} ({cls}), which lacks:\n" + "\n".join(f"  - {g}" for g in fit.gaps.values())
+
     raise HFExportError(
-        f"cannot export model '{arch.name}' to Hugging Face: no family lmspec exports "
-        f"({', '.join(EXPORTS)}) computes what it computes. The closest is {closest.family} ({cls}), "
-        f"which lacks:\n" + "\n".join(f"  - {g}" for g in gaps),
+        f"cannot export model '{arch.name}' to Hugging Face: no {_KINDS[arch.arch]} family lmspec exports "
+        f"({', '.join(_CANDIDATES[arch.arch])}) computes what it computes. The closest is {lacks(closest)}"
+        + "".join(f"\nAs close is {lacks(f)}" for f in equals),
         help=f"export writes exact equivalents only, never an approximation: give the model block what "
-             f"{closest.family} has (see docs/huggingface.md#export), or keep using the model in lmspec",
+             f"{closest.family} has (see docs/huggingface.md#families), or keep using the model in lmspec",
         family=closest.family,
         gaps=gaps,
     )
@@ -482,7 +898,7 @@ def hf_config_from_arch(arch: ArchConfig, *, special_ids: Mapping[str, int | Non
     fit = _fit(arch)
     specials = dict(special_ids or {})
     config: dict[str, Any] = {"architectures": [fit.cls], **fit.config, "pad_token_id": arch.pad_id}
-    if fit.family != "bert":  # BERT's objectives bring their own [CLS]/[SEP]; it generates nothing
+    if arch.arch != "encoder":  # an encoder's objectives bring their own [CLS]/[SEP]; it generates nothing
         config.update(bos_token_id=specials.get("bos"), eos_token_id=specials.get("eos"))
     if dtype is not None:
         config["dtype"] = dtype
@@ -492,9 +908,10 @@ def hf_config_from_arch(arch: ArchConfig, *, special_ids: Mapping[str, int | Non
 # --- the tensors ---------------------------------------------------------------------------
 
 
-# HF tensors written under a second name too: transformers 5 ties BERT's decoder bias to
-# cls.predictions.bias only when it ties the decoder weight, and reads decoder.bias otherwise
-_ALSO = {"cls.predictions.bias": "cls.predictions.decoder.bias"}
+# HF tensors written under a second name too: transformers 5 ties BERT's (and RoBERTa's) decoder
+# bias to cls.predictions.bias only when it ties the decoder weight, and reads decoder.bias otherwise
+_ALSO = {"bert": {"cls.predictions.bias": "cls.predictions.decoder.bias"},
+         "roberta": {"lm_head.bias": "lm_head.decoder.bias"}}
 
 
 def _prefix(model_type: str, cls: str, arch: ArchConfig) -> str:
@@ -504,12 +921,29 @@ def _prefix(model_type: str, cls: str, arch: ArchConfig) -> str:
     return "" if bare else hf_mapping(model_type, arch).prefix
 
 
-def _split_sizes(name: str, arch: ArchConfig, pieces: int) -> list[int]:
-    """Rows of each HF tensor in a fused lmspec projection: [q | k | v] or [k | v]."""
+def _layer(name: str, arch: ArchConfig) -> LayerConfig:
     found = re.match(r"(encoder|decoder)\.layers\.(\d+)\.", name)
     if found is None:
         raise ValueError(f"{name}: a fused projection outside a layer")
-    layer = getattr(arch, found[1]).layers[int(found[2])]
+    return getattr(arch, found[1]).layers[int(found[2])]
+
+
+def _grouped(qkv: Any, layer: LayerConfig) -> Any:
+    """lmspec's fused [all q | all k | all v] rows regrouped per key/value head, [q .. q k v] for
+    each (GPT-NeoX: [q k v] head by head): the inverse of weights._value's regrouping."""
+    import torch
+
+    share, rest = layer.heads // layer.kv_heads, qkv.shape[1:]
+    q, k, v = qkv.split([layer.heads * layer.head_dim, layer.kv_heads * layer.head_dim,
+                         layer.kv_heads * layer.head_dim])
+    groups = [q.reshape(layer.kv_heads, share, -1, *rest), k.reshape(layer.kv_heads, 1, -1, *rest),
+              v.reshape(layer.kv_heads, 1, -1, *rest)]
+    return torch.cat(groups, dim=1).reshape(qkv.shape)
+
+
+def _split_sizes(name: str, arch: ArchConfig, pieces: int) -> list[int]:
+    """Rows of each HF tensor in a fused lmspec projection: [q | k | v] or [k | v]."""
+    layer = _layer(name, arch)
     q, kv = layer.heads * layer.head_dim, layer.kv_heads * layer.head_dim
     return [q, kv, kv] if pieces == 3 else [kv] * pieces
 
@@ -554,28 +988,32 @@ def hf_tensors(arch: ArchConfig, state: Mapping[str, Any]) -> dict[str, Any]:
 
     mapping = hf_mapping(model_type, arch)
     prefix = _prefix(model_type, cls, arch)
+    also = _ALSO.get(model_type, {})
     out: dict[str, Any] = {}
+    fused: dict[str, dict[int, Any]] = {}  # Phi-3's gate_up_proj: its pieces, by position
     for name, tensor in chosen.items():
         found = mapping.sources_for(name, prefix)
         if found is None:  # the families' gaps rule these out; a new module would land here
             raise HFExportError(f"lmspec parameter {name} has no {model_type} tensor name",
                                 help="this is a bug in lmspec's export: please report it", family=model_type)
         rule, slots = found
-        # GPT-NeoX's head-by-head qkv, Phi-3's fused [gate | up], Gemma's 1 + w norms: import only, so no
-        # export family has them (the gaps rule them out), and writing them back would need the inverse
-        if rule.per_head or rule.split is not None or rule.add:
-            raise HFExportError(f"lmspec parameter {name} has no {model_type} tensor layout",
-                                help="this is a bug in lmspec's export: please report it", family=model_type)
         tensor = tensor.detach()
+        if rule.per_head:  # GPT-NeoX: [q k v] head by head
+            tensor = _grouped(tensor, _layer(name, arch))
+        if rule.split is not None:  # one piece of a tensor fused along dim 0 (Phi-3's [gate | up])
+            fused.setdefault(slots[0][0], {})[rule.split[0]] = tensor
+            continue
         pieces = [tensor] if len(slots) == 1 else tensor.split(_split_sizes(name, arch, len(slots)), dim=0)
         for slot, piece in zip(slots, pieces):
             if rule.transpose:
                 piece = piece.t()
             # safetensors stores no views: each tensor gets its own contiguous memory
-            out[slot[0]] = piece.clone(memory_format=torch.contiguous_format) if len(slots) > 1 or rule.transpose \
-                else piece.contiguous()
-            if slot[0] in _ALSO:
-                out[_ALSO[slot[0]]] = out[slot[0]].clone()
+            out[slot[0]] = piece.clone(memory_format=torch.contiguous_format) \
+                if len(slots) > 1 or rule.transpose or rule.per_head else piece.contiguous()
+            if slot[0] in also:
+                out[also[slot[0]]] = out[slot[0]].clone()
+    for hf_name, parts in fused.items():
+        out[hf_name] = torch.cat([parts[i] for i in sorted(parts)], dim=0)
     return out
 
 

@@ -5,7 +5,7 @@ that fill it, written with two placeholders: `{i}` a layer index, `{wb}` weight 
 Several sources are concatenated along dim 0 (q, k and v become lmspec's fused `qkv_proj`,
 rows [q | k | v]); a source may list alternatives separated by `|` (the first present is
 used, the others are tied copies and are accepted unused). A rule may also take one piece of a
-fused source (Phi-3's [gate | up]) or add a constant to it (Gemma's 1 + w norms). `{p}` is the prefix of the base
+fused source (Phi-3's [gate | up]). `{p}` is the prefix of the base
 model's tensors, which depends on the class that saved them: "transformer." in
 GPT2LMHeadModel, nothing in GPT2Model or OpenAI's original upload.
 
@@ -14,7 +14,6 @@ Nothing here imports torch: `docs/huggingface.md` prints these tables.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 from collections.abc import Collection
@@ -30,15 +29,13 @@ class Rule:
     target: str  # lmspec parameter pattern, e.g. "decoder.layers.{i}.attn_norm.{wb}"
     sources: tuple[str, ...]  # HF name patterns; several are concatenated along dim 0
     transpose: bool = False  # GPT-2's Conv1D stores (in, out); nn.Linear wants (out, in)
-    # GPT-NeoX fuses q, k and v head by head, rows [q_0 k_0 v_0 | q_1 k_1 v_1 | ...]; lmspec's
-    # fused projection has all q rows, then all k, then all v
+    # GPT-NeoX and BLOOM fuse q, k and v head by head, rows [q_0 k_0 v_0 | q_1 k_1 v_1 | ...], and
+    # Falcon key/value group by group, [q_0 .. q_r-1 k_0 v_0 | ...] (r query heads per group);
+    # lmspec's fused projection has all q rows, then all k, then all v
     per_head: bool = False
     # Phi-3 fuses [gate | up] into one tensor: (part, parts) takes piece `part` of the source cut
     # into `parts` equal pieces along dim 0, as transformers' chunk(parts) does
     split: tuple[int, int] | None = None
-    # added to the tensor as it is loaded: Gemma's RMSNorm multiplies by (1 + w), lmspec's by its
-    # weight, so the weight is loaded as 1 + w (the same function, and the same gradients)
-    add: float = 0.0
 
     def match(self, name: str) -> dict[str, str] | None:
         found = _compile(self.target).fullmatch(name)
@@ -50,6 +47,9 @@ class Mapping:
     rules: tuple[Rule, ...]
     prefix: str = ""  # the candidate `{p}`: used when some tensor name starts with it
     ignored: tuple[str, ...] = ()  # regexes of HF tensors that are buffers, not weights
+    # regexes of HF buffers that lmspec has no place for but that change the output unless all
+    # zero (BART's final_logits_bias): loaded when all zero (then they add nothing), else refused
+    zeros: tuple[str, ...] = ()
     renames: tuple[tuple[str, str], ...] = ()  # (regex, replacement): legacy names -> current ones
     head_tensors: str = r"^lm_head\."  # regex of the HF tensors that belong to output heads
 
@@ -62,7 +62,10 @@ class Mapping:
         return name
 
     def is_ignored(self, name: str) -> bool:
-        return any(re.search(pattern, name) for pattern in self.ignored)
+        return any(re.search(pattern, name) for pattern in self.ignored + self.zeros)
+
+    def must_be_zero(self, name: str) -> bool:
+        return any(re.search(pattern, name) for pattern in self.zeros)
 
     def sources_for(self, target: str, prefix: str) -> tuple[Rule, tuple[tuple[str, ...], ...]] | None:
         """The rule for an lmspec parameter and its sources, each a tuple of alternatives."""
@@ -87,8 +90,8 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 
 def R(target: str, *sources: str, transpose: bool = False, per_head: bool = False,
-      split: tuple[int, int] | None = None, add: float = 0.0) -> Rule:
-    return Rule(target, sources, transpose, per_head, split, add)
+      split: tuple[int, int] | None = None) -> Rule:
+    return Rule(target, sources, transpose, per_head, split)
 
 
 def _gpt2(arch: ArchConfig) -> Mapping:
@@ -268,6 +271,38 @@ def _t5(arch: ArchConfig) -> Mapping:
     )
 
 
+def _bart(arch: ArchConfig) -> Mapping:
+    embed = "{p}shared.weight|{p}encoder.embed_tokens.weight|{p}decoder.embed_tokens.weight"
+    if arch.tie_embeddings:
+        embed += "|lm_head.weight"
+    rules = [R("embed.weight", embed), R("lm_head.weight", "lm_head.weight")]
+    for stack in ("encoder", "decoder"):
+        hf = "{p}" + stack + "."
+        layer = hf + "layers.{i}."
+        attn = layer + "self_attn."
+        rules += [
+            # BART: each stack its own position table and embedding norm
+            R(f"{stack}.pos_embed.weight", hf + "embed_positions.weight"),
+            R(f"{stack}.embed_norm.{{wb}}", hf + "layernorm_embedding.{wb}"),
+            R(f"{stack}.layers.{{i}}.attn.qkv_proj.{{wb}}", attn + "q_proj.{wb}", attn + "k_proj.{wb}",
+              attn + "v_proj.{wb}"),
+            R(f"{stack}.layers.{{i}}.attn.o_proj.{{wb}}", attn + "out_proj.{wb}"),
+            R(f"{stack}.layers.{{i}}.attn_norm.{{wb}}", layer + "self_attn_layer_norm.{wb}"),
+            R(f"{stack}.layers.{{i}}.mlp.up_proj.{{wb}}", layer + "fc1.{wb}"),
+            R(f"{stack}.layers.{{i}}.mlp.down_proj.{{wb}}", layer + "fc2.{wb}"),
+            R(f"{stack}.layers.{{i}}.mlp_norm.{{wb}}", layer + "final_layer_norm.{wb}"),
+        ]
+    cross = "{p}decoder.layers.{i}.encoder_attn."
+    rules += [
+        R("decoder.layers.{i}.cross_norm.{wb}", "{p}decoder.layers.{i}.encoder_attn_layer_norm.{wb}"),
+        R("decoder.layers.{i}.cross_attn.q_proj.{wb}", cross + "q_proj.{wb}"),
+        R("decoder.layers.{i}.cross_attn.kv_proj.{wb}", cross + "k_proj.{wb}", cross + "v_proj.{wb}"),
+        R("decoder.layers.{i}.cross_attn.o_proj.{wb}", cross + "out_proj.{wb}"),
+    ]
+    return Mapping(rules=tuple(rules), prefix="model.", zeros=(r"^final_logits_bias$",),
+                   head_tensors=r"^(lm_head\.|final_logits_bias$)")
+
+
 def _llama(arch: ArchConfig) -> Mapping:
     layer = "{p}layers.{i}."
     attn = layer + "self_attn."
@@ -294,14 +329,6 @@ def _llama(arch: ArchConfig) -> Mapping:
         prefix="model.",
         ignored=(r"\.rotary_emb\.inv_freq$",),
     )
-
-
-def _gemma(arch: ArchConfig) -> Mapping:
-    """Llama's names. Gemma's RMSNorms compute x * (1 + w) in float32: each norm weight is
-    loaded as 1 + w (in float32), which lmspec's RMSNorm, x * w, then computes exactly."""
-    llama = _llama(arch)
-    rules = tuple(dataclasses.replace(r, add=1.0) if r.target.endswith("norm.weight") else r for r in llama.rules)
-    return dataclasses.replace(llama, rules=rules)
 
 
 def _phi3(arch: ArchConfig) -> Mapping:
@@ -406,10 +433,67 @@ def _gptj(arch: ArchConfig) -> Mapping:
     )
 
 
+def _falcon(arch: ArchConfig) -> Mapping:
+    """query_key_value fused key/value group by group, [q_0 .. q_r-1 k v] for each of kv_heads
+    groups of r = heads / kv_heads query heads (the new decoder); the old decoder's layouts are
+    the same rule with one query per group (multi_query=False: [q k v] per head) or one group
+    (multi_query: [q | k | v]). ln_attn and ln_mlp where each branch has its own norm, else
+    input_layernorm (and post_attention_layernorm, sequential)."""
+    layer = "{p}h.{i}."
+    first = arch.decoder.layers[0] if arch.decoder else None
+    two_norms = first is not None and first.parallel and not first.shared_norm
+    attn_norm, mlp_norm = ("ln_attn", "ln_mlp") if two_norms else ("input_layernorm", "post_attention_layernorm")
+    return Mapping(
+        rules=(
+            R("embed.weight", "{p}word_embeddings.weight" + ("|lm_head.weight" if arch.tie_embeddings else "")),
+            R("decoder.layers.{i}.attn_norm.{wb}", layer + attn_norm + ".{wb}"),
+            R("decoder.layers.{i}.attn.qkv_proj.{wb}", layer + "self_attention.query_key_value.{wb}", per_head=True),
+            R("decoder.layers.{i}.attn.o_proj.{wb}", layer + "self_attention.dense.{wb}"),
+            R("decoder.layers.{i}.mlp_norm.{wb}", layer + mlp_norm + ".{wb}"),
+            R("decoder.layers.{i}.mlp.up_proj.{wb}", layer + "mlp.dense_h_to_4h.{wb}"),
+            R("decoder.layers.{i}.mlp.down_proj.{wb}", layer + "mlp.dense_4h_to_h.{wb}"),
+            R("decoder.final_norm.{wb}", "{p}ln_f.{wb}"),
+            R("lm_head.weight", "lm_head.weight"),
+        ),
+        prefix="transformer.",
+        ignored=(r"\.rotary_emb\.inv_freq$",),
+    )
+
+
+def _bloom(arch: ArchConfig) -> Mapping:
+    """Falcon's names (Falcon began as BLOOM's code), with the LayerNorm over the embeddings;
+    query_key_value fused head by head, [q k v] per head, as GPT-NeoX."""
+    falcon = _falcon(arch)
+    return Mapping(
+        rules=(R("embed_norm.{wb}", "{p}word_embeddings_layernorm.{wb}"), *falcon.rules),
+        prefix=falcon.prefix,
+    )
+
+
+def _mpt(arch: ArchConfig) -> Mapping:
+    """Wqkv is already [q | k | v], as lmspec's; no biases, norms included."""
+    block = "{p}blocks.{i}."
+    return Mapping(
+        rules=(
+            R("embed.weight", "{p}wte.weight" + ("|lm_head.weight" if arch.tie_embeddings else "")),
+            R("decoder.layers.{i}.attn_norm.weight", block + "norm_1.weight"),
+            R("decoder.layers.{i}.attn.qkv_proj.weight", block + "attn.Wqkv.weight"),
+            R("decoder.layers.{i}.attn.o_proj.weight", block + "attn.out_proj.weight"),
+            R("decoder.layers.{i}.mlp_norm.weight", block + "norm_2.weight"),
+            R("decoder.layers.{i}.mlp.up_proj.weight", block + "ffn.up_proj.weight"),
+            R("decoder.layers.{i}.mlp.down_proj.weight", block + "ffn.down_proj.weight"),
+            R("decoder.final_norm.weight", "{p}norm_f.weight"),
+            R("lm_head.weight", "lm_head.weight"),
+        ),
+        prefix="transformer.",
+    )
+
+
 _MAPPINGS = {"gpt2": _gpt2, "bert": _bert, "t5": _t5, "llama": _llama, "mistral": _llama, "qwen2": _llama,
-             "qwen3": _llama, "gemma": _gemma, "phi3": _phi3, "mixtral": _mixtral, "gpt_neox": _gpt_neox, "phi": _phi,
+             "qwen3": _llama, "gemma": _llama, "phi3": _phi3, "mixtral": _mixtral, "gpt_neox": _gpt_neox, "phi": _phi,
              "gptj": _gptj, "distilbert": _distilbert,
-             "mt5": _t5, "roberta": _roberta, "opt": _opt}
+             "mt5": _t5, "bart": _bart, "roberta": _roberta, "opt": _opt,
+             "falcon": _falcon, "bloom": _bloom, "mpt": _mpt}
 
 
 def hf_mapping(model_type: str, arch: ArchConfig) -> Mapping:

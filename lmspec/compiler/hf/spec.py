@@ -38,6 +38,10 @@ def _float(x: float) -> str:
     return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m[1] == "-" else "") + m[2], repr(float(x)))
 
 
+def _scale(scale: str | float) -> str:
+    return scale if isinstance(scale, str) else _float(scale)  # Gemma 2 27B: 144 ** -0.5
+
+
 def _bool(b: bool) -> str:
     return "true" if b else "false"
 
@@ -55,8 +59,25 @@ def _percent(x: float) -> str:
 def _rope_scaling(s: RopeScaling) -> str:
     if s.kind == "linear":
         return f"linear(factor: {_float(s.factor)})"
-    return (f"llama3(factor: {_float(s.factor)}, low_freq: {_float(s.low_freq)}, high_freq: {_float(s.high_freq)}, "
-            f"original_context: {_int(s.original_context)})")
+    if s.kind == "llama3":
+        return (f"llama3(factor: {_float(s.factor)}, low_freq: {_float(s.low_freq)}, high_freq: {_float(s.high_freq)}, "
+                f"original_context: {_int(s.original_context)})")
+    args = [f"factor: {_float(s.factor)}", f"original_context: {_int(s.original_context)}"]
+    if s.kind == "longrope":
+        args[:0] = [f"short_factor: {_floats(s.short_factor)}", f"long_factor: {_floats(s.long_factor)}"]
+    else:  # yarn: only what differs from transformers' defaults
+        args += [f"{key}: {_float(value)}" for key, value, default in (
+            ("beta_fast", s.beta_fast, 32.0), ("beta_slow", s.beta_slow, 1.0), ("mscale", s.mscale, None),
+            ("mscale_all_dim", s.mscale_all_dim, None)) if value != default]
+        if not s.truncate:
+            args.append("truncate: false")
+    if s.attention_factor is not None:
+        args.append(f"attention_factor: {_float(s.attention_factor)}")
+    return f"{s.kind}({', '.join(args)})"
+
+
+def _floats(xs: tuple[float, ...]) -> str:
+    return f"[{', '.join(_float(x) for x in xs)}]"
 
 
 def _position(p: PositionConfig) -> str:
@@ -75,8 +96,9 @@ def _position(p: PositionConfig) -> str:
 
 
 def _head(h: HeadConfig) -> str:
-    if h.kind == "lm" and h.bias:
-        return "lm(bias: true)"
+    if h.kind == "lm" and (h.bias or h.softcap is not None):
+        args = (["bias: true"] if h.bias else []) + ([f"softcap: {_float(h.softcap)}"] if h.softcap is not None else [])
+        return f"lm({', '.join(args)})"  # Gemma 2: lm(softcap: 30.0)
     if h.kind == "mlm":
         return "mlm(transform: true)" if h.transform else "mlm"
     if h.kind == "classifier":
@@ -112,11 +134,12 @@ _LAYER_KEYS = {
     "out_bias": lambda L: _bool(L.biased("out")),
     "mlp_bias": lambda L: _bool(L.biased("mlp")),
     "qk_norm": lambda L: _bool(L.qk_norm),
+    "attention_softcap": lambda L: "none" if L.attention.softcap is None else _float(L.attention.softcap),
     "dropout": lambda L: _float(L.dropout),
 }
 _BIAS_KEYS = ("qkv_bias", "out_bias", "mlp_bias")
 # LayerConfig fields no override can change: they must agree across the whole model
-_UNIFORM = ("d_model", "norm_eps", "norm_bias", "placement", "parallel", "shared_norm", "moe")
+_UNIFORM = ("d_model", "norm_eps", "norm_bias", "norm_offset", "placement", "parallel", "shared_norm", "moe")
 
 
 def _residual(layer: LayerConfig) -> str:
@@ -141,24 +164,49 @@ def _common(stack: StackConfig) -> dict[str, str]:
     """Each per-layer key's most frequent value in the stack (the first layer's on a tie), so
     that the overrides name the exceptions: `layer 0..1 { attention: sliding(...) }`."""
     rows = [_layer_values(L) for L in stack.layers]
-    return {key: max(dict.fromkeys(r[key] for r in rows), key=[r[key] for r in rows].count) for key in _LAYER_KEYS}
+    common = {key: max(dict.fromkeys(r[key] for r in rows), key=[r[key] for r in rows].count) for key in _LAYER_KEYS}
+    if any(r["attention_softcap"] == "none" for r in rows):
+        # `attention_softcap: none` in an override would keep the cap above it (LMS116): uncapped
+        # is the common value wherever a layer is uncapped, and the capped layers override it
+        common["attention_softcap"] = "none"
+    return common
 
 
 def _overrides(stack: StackConfig, base: dict[str, str], indent: str) -> list[str]:
-    """`layer a..b { ... }` lines for runs of consecutive layers that differ from `base`."""
-    lines: list[str] = []
+    """`layer ... { ... }` lines for the layers that differ from `base`, in the order of their
+    first layers. The layers that differ alike are one block when they fall every N layers
+    (`layer every 2 from 1`: Gemma 2's global layers), else one block per run of consecutive
+    layers (`layer 0..1`). The blocks name disjoint layers, so their order does not matter."""
     diffs = [{k: v for k, v in _layer_values(L).items() if base[k] != v} for L in stack.layers]
-    start = 0
-    while start < len(diffs):
-        end = start
-        while end + 1 < len(diffs) and diffs[end + 1] == diffs[start]:
-            end += 1
-        if diffs[start]:
-            span = str(start) if start == end else f"{start}..{end}"
-            body = ", ".join(f"{k}: {v}" for k, v in diffs[start].items())
-            lines.append(f"{indent}layer {span} {{ {body} }}")
-        start = end + 1
-    return lines
+    alike: dict[tuple, list[int]] = {}  # the differing values -> the layers that have them
+    for i, diff in enumerate(diffs):
+        if diff:
+            alike.setdefault(tuple(diff.items()), []).append(i)
+    blocks = []
+    for values, layers in alike.items():
+        body = ", ".join(f"{k}: {v}" for k, v in values)
+        blocks += [(first, f"{indent}{selector} {{ {body} }}") for first, selector in _selectors(layers, len(diffs))]
+    return [line for _, line in sorted(blocks)]
+
+
+def _selectors(layers: list[int], n_layers: int) -> list[tuple[int, str]]:
+    """(first layer, selector) pairs that name exactly `layers` (ascending) of a stack of
+    `n_layers`: one periodic selector when there are three or more, evenly spaced and not
+    adjacent (`layer every 6 from 5` when the next would be past the stack's end, else
+    `layer 2..8 every 3`), else one `layer a..b` per run of consecutive layers."""
+    from lmspec.grammar.ast import layer_selector
+
+    steps = {b - a for a, b in zip(layers, layers[1:])}
+    if len(layers) >= 3 and len(steps) == 1 and (step := steps.pop()) > 1:
+        first, last = layers[0], layers[-1]
+        return [(first, layer_selector(first, None if last + step >= n_layers else last, step))]
+    runs: list[list[int]] = []
+    for i in layers:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return [(run[0], layer_selector(run[0], run[-1], 1)) for run in runs]
 
 
 def _bias_lines(values: dict[str, str], indent: str) -> list[str]:
@@ -195,6 +243,9 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
             )
     if len({s.final_norm for s in stacks}) > 1:
         raise ValueError(f"model {arch.name}: the stacks differ in final_norm, which lmspec cannot express")
+    if first.norm_offset != arch.norm_offset:
+        raise ValueError(f"model {arch.name}: the layers' norm_offset differs from the embedding and head norms', "
+                         "which lmspec cannot express")
     if first.norm_bias != arch.norm_bias:
         raise ValueError(f"model {arch.name}: the layers' norm_bias differs from the embedding and head norms', "
                          "which lmspec cannot express")
@@ -205,6 +256,8 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
     # `dropout` also set ArchConfig fields of their own, so those are taken from the arch
     base = _common(stacks[0])
     base.update(position=_position(arch.position), norm=arch.norm, dropout=_float(arch.dropout))
+    if any(L.attention.softcap is None for s in stacks for L in s.layers):
+        base["attention_softcap"] = "none"  # see `_common`: overrides add caps, never remove one
     lines = [f"  arch: {arch.arch}", f"  vocab: {_int(arch.vocab)}", f"  context: {_int(arch.context)}"]
     if arch.arch != "encoder_decoder":
         lines.append(f"  layers: {stacks[0].n_layers}")
@@ -218,11 +271,14 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
     if arch.arch != "encoder_decoder":  # an encoder-decoder states each stack's masking below
         lines.append(f"  attention: {base['attention']}")
     lines += [
-        f"  attention_scale: {first.attention.scale}",
-        f"  position: {base['position']}",
+        f"  attention_scale: {_scale(first.attention.scale)}",
+        *([f"  attention_softcap: {base['attention_softcap']}"] if base["attention_softcap"] != "none" else []),
+        # a model whose stacks all have their own learned table (BART) reads no model-level position (LMS134)
+        *([f"  position: {base['position']}"] if arch.position.kind != "learned" or arch.shared_positions else []),
         f"  norm: {base['norm']}",
         f"  norm_eps: {_float(first.norm_eps)}",
         f"  norm_bias: {_bool(arch.norm_bias)}",
+        *([f"  norm_offset: {_float(arch.norm_offset)}"] if arch.norm_offset else []),  # Gemma: 1
         f"  placement: {first.placement}",
         f"  residual: {_residual(first)}",
         f"  activation: {base['activation']}",
@@ -235,7 +291,8 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
         f"  pooler: {_bool(arch.pooler)}",
         f"  embed_norm: {_bool(arch.embed_norm)}",
         f"  embed_scale: {_float(arch.embed_scale)}",
-        *([f"  position_offset: {arch.position_offset}"] if arch.position.kind == "learned" else []),
+        *([f"  position_offset: {arch.position_offset}"]
+          if arch.position.kind == "learned" or any(s.own_positions for s in stacks) else []),
         f"  head_scale: {_float(arch.tied_head_scale)}",
         f"  final_norm: {_bool(stacks[0].final_norm)}",
         f"  head: {_heads(arch.heads)}",
@@ -252,7 +309,10 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
             assert stack is not None
             own = _common(stack)
             keys = [f"layers: {stack.n_layers}", f"attention: {own['attention']}"]
-            keys += [f"{k}: {v}" for k, v in own.items() if k != "attention" and v != base[k]]
+            keys += [f"{k}: {v}" for k, v in own.items() if k != "attention" and v != base[k]
+                     and not (k == "position" and stack.own_positions)]
+            # BART: the stack's own learned position table and embedding norm
+            keys += ["position: learned"] * stack.own_positions + ["embed_norm: true"] * stack.own_embed_norm
             overrides = _overrides(stack, own, "    ")
             if overrides:
                 lines.append(f"  {label} {{")

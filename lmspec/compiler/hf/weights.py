@@ -22,7 +22,7 @@ from torch import nn
 
 from ..arch import ArchConfig
 from .config import arch_from_hf_config
-from .errors import HFWeightsError
+from .errors import HFImportError, HFWeightsError
 from .files import read_hf_config, safetensors_files, tensor_shapes
 from .mapping import Rule, hf_mapping
 from .spec import default_model_name
@@ -36,7 +36,8 @@ class _Copy:
     name: str  # the lmspec name reported in errors
     rule: Rule
     sources: list[str]  # HF tensor names, concatenated along dim 0 in this order
-    heads: int = 0  # rule.per_head: the layer's heads, whose [q k v] row groups are regrouped
+    heads: int = 0  # rule.per_head: the layer's query heads and key/value heads, whose row groups
+    kv_heads: int = 0  # [q .. q k v] (one per key/value head) are regrouped
 
 
 # the lmspec modules that are output heads (a `with head ...` model may replace them)
@@ -57,9 +58,20 @@ def load_hf_weights(model: nn.Module, directory: str | Path, *, new_heads: bool 
         raise ValueError("the model is on the meta device, which holds no values: build it on a real device")
     with _open_checkpoint(directory) as (model_type, arch, handles):
         plan = _plan(model, str(directory), model_type, arch, handles, new_heads)
+        _check_zeros(model_type, arch, handles)
         with torch.no_grad():
             for copy in plan:
                 copy.param.copy_(_value(copy, [handles[s].get_tensor(s) for s in copy.sources]))
+
+
+def _check_zeros(model_type: str, arch: ArchConfig, handles: dict) -> None:
+    """Refuse a buffer lmspec drops (BART's final_logits_bias) that is not all zero: added to
+    the logits, it would change what the model computes."""
+    mapping = hf_mapping(model_type, arch)
+    for name in handles:
+        if mapping.must_be_zero(name) and bool(handles[name].get_tensor(name).any()):
+            raise HFImportError(f"the checkpoint's {name} is not all zero: lmspec has no place for this "
+                                "buffer (a tied lm head's bias outside the parameters), so it cannot add it")
 
 
 def _value(copy: _Copy, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -71,10 +83,11 @@ def _value(copy: _Copy, tensors: list[torch.Tensor]) -> torch.Tensor:
         part, parts = rule.split
         tensors = [t.chunk(parts, dim=0)[part] for t in tensors]
     value = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
-    if rule.per_head:  # (heads, 3, hd, ...) -> (3, heads, hd, ...): all q, all k, all v
-        value = value.reshape(copy.heads, 3, -1, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
-    if rule.add:  # in float32 at least, as Gemma computes 1 + w; copy_ then rounds once to the model's dtype
-        value = value.to(torch.promote_types(value.dtype, torch.float32)) + rule.add
+    if rule.per_head:  # (kv, r + 2, hd, ...), r = heads / kv queries per group -> all q, all k, all v
+        share, rest = copy.heads // copy.kv_heads, value.shape[1:]
+        groups = value.reshape(copy.kv_heads, share + 2, -1, *rest)
+        value = torch.cat([groups[:, :share].reshape(-1, *rest), groups[:, share].reshape(-1, *rest),
+                           groups[:, share + 1].reshape(-1, *rest)])
     return value
 
 
@@ -154,11 +167,12 @@ def _plan(
         if found_shape != tuple(param.shape):
             mismatched.append((name, tuple(param.shape), found_shape, tuple(sources)))
             continue
-        heads = 0
+        heads = kv_heads = 0
         if rule.per_head:
             found = re.match(r"(encoder|decoder)\.layers\.(\d+)\.", name)
-            heads = getattr(arch, found[1]).layers[int(found[2])].heads
-        plan.append(_Copy(param, name, rule, sources, heads))
+            layer = getattr(arch, found[1]).layers[int(found[2])]
+            heads, kv_heads = layer.heads, layer.kv_heads
+        plan.append(_Copy(param, name, rule, sources, heads, kv_heads))
 
     unexpected = sorted(available[n] for n in set(available) - used)
     if new_heads:

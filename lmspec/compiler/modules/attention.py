@@ -1,7 +1,9 @@
 """Self-attention (fused q/k/v projection) and cross-attention (decoder over encoder output).
 
 Both end in `F.scaled_dot_product_attention`; what differs between causal, sliding, prefix,
-ALiBi and T5 attention is only the mask the `AttentionContext` hands over.
+ALiBi and T5 attention is only the mask the `AttentionContext` hands over. A soft-capped layer
+(Gemma 2) takes an explicit path instead, since SDPA cannot cap its scores: the (T x S) score
+matrix is materialised, as SDPA's math kernel would.
 """
 
 from __future__ import annotations
@@ -21,9 +23,20 @@ _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, *, dropout: float, scale: float | None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: AttentionMask,
+    *,
+    dropout: float,
+    scale: float | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """softmax(q k^T * scale + mask) v for q (B, nh, T, hd) and k, v (B, nkv, S, hd)."""
+    """softmax(q k^T * scale + mask) v for q (B, nh, T, hd) and k, v (B, nkv, S, hd); scale
+    None: 1/sqrt(hd). With `softcap`, the scores become softcap * tanh(scores / softcap)
+    before the mask."""
+    if softcap is not None:
+        return _softcapped(q, k, v, mask, dropout=dropout, scale=scale, softcap=softcap)
     extra = {}
     if k.shape[1] != q.shape[1]:
         if _SDPA_GQA:
@@ -36,13 +49,36 @@ def attend(
     )  # (B, nh, T, hd)
 
 
+def _softcapped(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, *, dropout: float, scale: float | None,
+    softcap: float,
+) -> torch.Tensor:
+    """`attend` with capped scores, written out: what SDPA's math kernel does, plus the cap."""
+    T, S = q.shape[-2], k.shape[-2]
+    if k.shape[1] != q.shape[1]:  # query head i reads kv head i // (nh / nkv)
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5 if scale is None else scale)  # (B, nh, T, S)
+    scores = softcap * torch.tanh(scores / softcap)
+    bias = mask.mask  # added, as SDPA adds it: autograd keeps nothing of it
+    if mask.is_causal:  # slots: query i is slot S - T + i
+        bias = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if bias is not None and bias.dtype == torch.bool:
+        bias = torch.zeros(bias.shape, dtype=scores.dtype, device=q.device).masked_fill(~bias, float("-inf"))
+    if bias is not None:  # ALiBi's and T5's float biases carry -inf where hidden already; in q's dtype, as SDPA
+        scores = scores + bias.to(scores.dtype)
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout) if dropout > 0 else scores.softmax(dim=-1)
+    return probs @ v  # (B, nh, T, hd)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with grouped-query support.
 
     kind: "causal" | "bidirectional" | "sliding" | "prefix"; position: "rope", "alibi" and
     "relative" act here, anything else is ignored (added to the embeddings, or absent); rotary:
     what RoPE rotates and how (required with position "rope"). scale: None for 1/sqrt(head_dim),
-    or a number (T5: 1.0). qkv_bias: biases on the fused q/k/v projection; out_bias: on the
+    or a number (T5: 1.0). softcap: scores become softcap * tanh(scores / softcap) before the
+    mask (Gemma 2), or None. qkv_bias: biases on the fused q/k/v projection; out_bias: on the
     output projection. q_norm, k_norm: norms over each query and key head (width head_dim),
     applied before RoPE (Qwen3's QK-norm).
     """
@@ -59,6 +95,7 @@ class Attention(nn.Module):
         position: str = "none",
         rotary: Rotary | None = None,
         scale: float | None = None,
+        softcap: float | None = None,
         qkv_bias: bool = True,
         out_bias: bool = True,
         q_norm: nn.Module | None = None,
@@ -71,7 +108,7 @@ class Attention(nn.Module):
         if (position == "rope") != (rotary is not None):
             raise ValueError("position 'rope' needs a rotary, and only it takes one")
         self.position, self.rotary = position, rotary
-        self.scale, self.dropout = scale, dropout
+        self.scale, self.softcap, self.dropout = scale, softcap, dropout
         # one matmul for all three: rows are q (heads*hd), then k (kv*hd), then v (kv*hd)
         self.qkv_proj = nn.Linear(d_model, (heads + 2 * kv_heads) * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(heads * head_dim, d_model, bias=out_bias)
@@ -93,7 +130,8 @@ class Attention(nn.Module):
         if cache is not None:  # keys are cached rotated: a key's position never changes
             k, v = cache.update(k, v, ctx.start)  # (B, nkv, S, hd)
         ring = None if cache is None else cache.ring  # a ring buffer's keys are not in slot order
-        y = attend(q, k, v, self._mask(ctx, ring), dropout=self.dropout if self.training else 0.0, scale=self.scale)
+        y = attend(q, k, v, self._mask(ctx, ring), dropout=self.dropout if self.training else 0.0, scale=self.scale,
+                   softcap=self.softcap)
         y = y.transpose(1, 2).reshape(B, T, q_size)  # (B, T, nh*hd): heads side by side
         return self.o_proj(y)
 
@@ -120,13 +158,14 @@ class CrossAttention(nn.Module):
         kv_heads: int,
         head_dim: int,
         scale: float | None = None,
+        softcap: float | None = None,
         qkv_bias: bool = True,
         out_bias: bool = True,
         dropout: float = 0.0,
     ):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
-        self.scale, self.dropout = scale, dropout
+        self.scale, self.softcap, self.dropout = scale, softcap, dropout
         self.q_proj = nn.Linear(d_model, heads * head_dim, bias=qkv_bias)
         self.kv_proj = nn.Linear(d_model, 2 * kv_heads * head_dim, bias=qkv_bias)  # k rows, then v rows
         self.o_proj = nn.Linear(heads * head_dim, d_model, bias=out_bias)
@@ -144,6 +183,7 @@ class CrossAttention(nn.Module):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k, v = memory_kv
-        y = attend(q, k, v, mask, dropout=self.dropout if self.training else 0.0, scale=self.scale)
+        y = attend(q, k, v, mask, dropout=self.dropout if self.training else 0.0, scale=self.scale,
+                   softcap=self.softcap)
         y = y.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)  # (B, T, nh*hd)
         return self.o_proj(y)

@@ -1,12 +1,34 @@
-"""Output heads that are more than one Linear: BERT's pooler and masked-LM head, and the
-pooling that feeds sequence-level heads (classifier, scalar)."""
+"""Output heads that are more than one Linear: the lm head (a Linear whose logits may be
+soft-capped), BERT's pooler and masked-LM head, and the pooling that feeds sequence-level heads
+(classifier, scalar)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["Pooler", "MLMHead", "pool"]
+__all__ = ["LMHead", "Pooler", "MLMHead", "pool", "softcap"]
+
+
+def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """cap * tanh(x / cap): x unchanged near zero, bounded by +-cap (Gemma 2); None: x itself."""
+    return x if cap is None else cap * torch.tanh(x / cap)
+
+
+class LMHead(nn.Linear):
+    """Vocabulary logits (B, T, V) from hidden states: a Linear (its `weight` may be the token
+    embedding), with Gemma 2's final soft cap when `softcap` is set. A subclass of nn.Linear so
+    that its tensors keep the names lm_head.weight and lm_head.bias."""
+
+    def __init__(self, d_model: int, vocab: int, *, bias: bool = False, softcap: float | None = None):
+        super().__init__(d_model, vocab, bias=bias)
+        self.softcap = softcap
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return softcap(super().forward(hidden), self.softcap)  # (B, T, V)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.softcap is None else f", softcap={self.softcap:g}")
 
 
 class Pooler(nn.Module):

@@ -16,7 +16,7 @@ from .block import Block
 from .heads import MLMHead, Pooler, pool
 from .kv_cache import KVCache
 from .masks import AttentionContext
-from .positions import RelativePositionBias, sinusoidal_positions
+from .positions import RelativePositionBias, rope_switch_length, sinusoidal_positions
 
 __all__ = ["ModelOutput", "Stack", "Transformer", "sample_next"]
 
@@ -34,17 +34,27 @@ class ModelOutput:
 
 class Stack(nn.Module):
     """The layers of an encoder or a decoder, a final norm, and (T5) the relative-position
-    bias table that all its layers share.
+    bias table that all its layers share. In an encoder-decoder a stack may also hold its own
+    learned position table and embedding norm (BART), which `Transformer` reads in place of its
+    shared ones when it embeds this stack's tokens.
 
     With `checkpoint_activations` set, a training forward pass with gradients keeps only each
     block's inputs and recomputes the block's activations during backward
     (`torch.utils.checkpoint`, non-reentrant; dropout draws the same masks both times)."""
 
     def __init__(
-        self, layers: list[Block], *, final_norm: nn.Module | None = None, rel_bias: RelativePositionBias | None = None
+        self,
+        layers: list[Block],
+        *,
+        final_norm: nn.Module | None = None,
+        rel_bias: RelativePositionBias | None = None,
+        pos_embed: nn.Embedding | None = None,
+        embed_norm: nn.Module | None = None,
     ):
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.pos_embed = pos_embed
+        self.embed_norm = embed_norm
         self.rel_bias = rel_bias
         self.final_norm = final_norm
         self.checkpoint_activations = False
@@ -242,11 +252,11 @@ class Transformer(nn.Module):
         T = ids.shape[1]
         if position_ids is None:
             start = 0 if cache is None else cache.length
-            self._check_positions(start + T)
+            self._check_positions(start + T, stack)
             position_ids = torch.arange(start, start + T, device=ids.device)[None]  # (1, T)
-        elif self.pos_embed is not None and position_ids.numel():
-            self._check_positions(int(position_ids.max()) + 1)
-        x = self._embed(ids, position_ids, segment_ids)  # (B, T, d)
+        elif self._position_table(stack) is not None and position_ids.numel():
+            self._check_positions(int(position_ids.max()) + 1, stack)
+        x = self._embed(ids, position_ids, segment_ids, stack)  # (B, T, d)
         return stack(
             x,
             position_ids,
@@ -257,30 +267,40 @@ class Transformer(nn.Module):
             memory_mask=memory_mask,
         )
 
-    def _check_positions(self, n: int) -> None:
+    def _position_table(self, stack: Stack | None) -> nn.Embedding | None:
+        """The learned position table `stack` reads: its own (BART), else the model's shared one."""
+        own = None if stack is None else stack.pos_embed
+        return own if own is not None else self.pos_embed
+
+    def _check_positions(self, n: int, stack: Stack | None = None) -> None:
         """Learned positions stop at the context; other kinds extrapolate (well or badly)."""
-        if self.pos_embed is not None and n > self.pos_embed.num_embeddings - self.position_offset:
+        table = self._position_table(stack if stack is not None else self.decoder)
+        if table is not None and n > table.num_embeddings - self.position_offset:
             raise ValueError(
                 f"{n} positions do not fit the learned position table "
-                f"({self.pos_embed.num_embeddings - self.position_offset} positions, the model's context)"
+                f"({table.num_embeddings - self.position_offset} positions, the model's context)"
             )
 
-    def _embed(self, ids: torch.Tensor, positions: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor:
+    def _embed(
+        self, ids: torch.Tensor, positions: torch.Tensor, segment_ids: torch.Tensor | None, stack: Stack | None = None
+    ) -> torch.Tensor:
         x = self.embed(ids)  # (B, T, d)
         if self.embed_scale != 1.0:
             x = x * self.embed_scale
-        if self.pos_embed is not None:
+        table = self._position_table(stack)
+        if table is not None:
             if self.position_offset:  # a new index tensor, which the lookup keeps for backward
                 positions = positions + self.position_offset
-            x = x + self.pos_embed(positions)  # (B|1, T, d) broadcast over the batch
+            x = x + table(positions)  # (B|1, T, d) broadcast over the batch
         elif self.sinusoidal:
             x = x + sinusoidal_positions(positions, x.shape[-1], x.dtype)
         if self.segment_embed is not None:
             if segment_ids is None:
                 segment_ids = torch.zeros_like(ids)  # everything in segment 0, as BERT
             x = x + self.segment_embed(segment_ids)
-        if self.embed_norm is not None:
-            x = self.embed_norm(x)
+        norm = stack.embed_norm if stack is not None and stack.embed_norm is not None else self.embed_norm
+        if norm is not None:
+            x = norm(x)
         return self.drop(x)
 
     def _heads(self, hidden: torch.Tensor, mask: torch.Tensor | None, logits_to_keep: int) -> ModelOutput:
@@ -389,6 +409,17 @@ class Transformer(nn.Module):
                     break
                 if self.encoder is not None:
                     out = self(decoder_input_ids=next_ids[:, None], cache=cache, logits_to_keep=1)
+                elif cache.length in self._rope_restarts():
+                    # longrope switches to its long factors here: re-read the whole sequence so that
+                    # every cached key is rotated with them, as transformers' Phi-3 drops its cache
+                    tokens_so_far = torch.cat([tokens, torch.stack(new_tokens, dim=1)], dim=1)
+                    mask = None if attention_mask is None else torch.cat(
+                        [attention_mask.bool(), torch.ones_like(tokens_so_far[:, T:], dtype=torch.bool)], dim=1)
+                    if positions is not None:
+                        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+                    cache = self.new_cache(B, T + max_new_tokens)
+                    out = self(tokens_so_far, attention_mask=mask, prefix_lengths=prefix_lengths,
+                               position_ids=positions, cache=cache, logits_to_keep=1)
                 else:
                     if positions is not None:
                         positions = positions[:, -1:] + 1
@@ -404,6 +435,12 @@ class Transformer(nn.Module):
             return torch.cat([tokens, torch.stack(new_tokens, dim=1)], dim=1)
         finally:
             self.train(was_training)
+
+    def _rope_restarts(self) -> set[int]:
+        """The cache lengths at which generation re-reads the sequence: the original context of
+        each longrope layer, past which its frequencies change for every position."""
+        rotaries = [layer.attn.rotary for layer in self.decoder.layers if layer.attn.rotary is not None]
+        return {n for n in map(rope_switch_length, rotaries) if n is not None}
 
 
 def _key_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:

@@ -19,6 +19,8 @@ __all__ = [
     "sinusoidal_positions",
     "Rotary",
     "rope_inv_freq",
+    "rope_attention_factor",
+    "rope_switch_length",
     "rope_cos_sin",
     "apply_rope",
     "alibi_slopes",
@@ -42,8 +44,12 @@ def sinusoidal_positions(positions: torch.Tensor, dim: int, dtype: torch.dtype) 
 class Rotary:
     """One rotary embedding: the first `dims` dimensions of each head rotate (the rest pass
     through: GPT-NeoX, Phi-2), at frequencies theta^(-2i/dims), optionally scaled: () or
-    ("linear", factor) or ("llama3", factor, low_freq, high_freq, original_context).
-    interleaved: dimension 2i pairs with 2i + 1 (GPT-J); otherwise i with i + dims/2 (Llama)."""
+    ("linear", factor) or ("llama3", factor, low_freq, high_freq, original_context) or
+    ("yarn", factor, original_context, beta_fast, beta_slow, attention_factor, mscale,
+    mscale_all_dim, truncate) or ("longrope", short_factors, long_factors, original_context,
+    factor, attention_factor); an attention_factor or mscale of None is derived as transformers
+    derives it. interleaved: dimension 2i pairs with 2i + 1 (GPT-J); otherwise i with i + dims/2
+    (Llama)."""
 
     dims: int
     theta: float = 10_000.0
@@ -51,18 +57,29 @@ class Rotary:
     scaling: tuple = ()
 
 
-def rope_inv_freq(rotary: Rotary, device: torch.device | None = None) -> torch.Tensor:
-    """The (dims/2,) angular frequencies, in fp32, computed as Hugging Face computes them."""
+def rope_inv_freq(rotary: Rotary, device: torch.device | None = None, *, long: bool = False) -> torch.Tensor:
+    """The (dims/2,) angular frequencies, in fp32, computed as Hugging Face computes them.
+    long: longrope's long factors (else its short ones); the other kinds ignore it."""
     exponents = torch.arange(0, rotary.dims, 2, device=device, dtype=torch.int64).float() / rotary.dims
     inv_freq = 1.0 / (rotary.theta**exponents)
     if not rotary.scaling:
         return inv_freq
-    kind, factor, *rest = rotary.scaling
+    kind = rotary.scaling[0]
     if kind == "linear":
-        return inv_freq / factor
-    if kind != "llama3":
-        raise ValueError(f"unknown rope scaling {kind!r}")
-    low_freq, high_freq, original = rest
+        return inv_freq / rotary.scaling[1]
+    if kind == "llama3":
+        return _llama3_inv_freq(inv_freq, *rotary.scaling[1:])
+    if kind == "yarn":
+        return _yarn_inv_freq(rotary, exponents)
+    if kind == "longrope":
+        short, long_, *_ = rotary.scaling[1:]
+        factors = torch.tensor(long_ if long else short, dtype=torch.float32, device=device)
+        return 1.0 / (factors * rotary.theta**exponents)
+    raise ValueError(f"unknown rope scaling {kind!r}")
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, factor: float, low_freq: float, high_freq: float,
+                     original: int) -> torch.Tensor:
     # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between
     # interpolated by where the wavelength falls relative to the original context
     wavelen = 2 * math.pi / inv_freq
@@ -73,16 +90,76 @@ def rope_inv_freq(rotary: Rotary, device: torch.device | None = None) -> torch.T
     return torch.where(medium, smoothed, scaled)
 
 
+def _yarn_inv_freq(rotary: Rotary, exponents: torch.Tensor) -> torch.Tensor:
+    """YaRN (Peng et al. 2023): frequency i is interpolated (divided by factor) when it turns
+    fewer than beta_slow times over the original context, kept (extrapolated) when it turns more
+    than beta_fast times, and blended along a linear ramp between the two dimensions."""
+    factor, original, beta_fast, beta_slow, _, _, _, truncate = rotary.scaling[1:]
+    dim, base = rotary.dims, rotary.theta
+
+    def correction_dim(rotations: float) -> float:  # the dimension that turns `rotations` times
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # as transformers: no division by zero
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    extrapolated = 1 - ramp.to(exponents.device)  # 1: keep the frequency, 0: divide it by factor
+    pos_freqs = base**exponents
+    return (1.0 / (factor * pos_freqs)) * (1 - extrapolated) + (1.0 / pos_freqs) * extrapolated
+
+
+def rope_attention_factor(rotary: Rotary) -> float:
+    """What cos and sin are multiplied by (so q.k by its square): YaRN's 0.1 ln(factor) + 1, or
+    mscale's ratio (DeepSeek), and longrope's sqrt(1 + ln(factor) / ln(original_context)),
+    unless the scaling gives its own; 1 for the other kinds."""
+    kind = rotary.scaling[0] if rotary.scaling else None
+    if kind == "yarn":
+        factor, _, _, _, attention_factor, mscale, mscale_all_dim, _ = rotary.scaling[1:]
+        if attention_factor is not None:
+            return attention_factor
+
+        def get_mscale(scale: float, m: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        if mscale and mscale_all_dim:
+            return float(get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim))
+        return get_mscale(factor)
+    if kind == "longrope":
+        _, _, original, factor, attention_factor = rotary.scaling[1:]
+        if attention_factor is not None:
+            return attention_factor
+        return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return 1.0
+
+
+def rope_switch_length(rotary: Rotary) -> int | None:
+    """longrope's original context: a forward pass whose largest position id is at or past it
+    uses the long factors; None for every other kind."""
+    return rotary.scaling[3] if rotary.scaling and rotary.scaling[0] == "longrope" else None
+
+
 def rope_cos_sin(positions: torch.Tensor, rotary: Rotary, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin (B|1, T, 1, dims) for queries or keys laid out (B, T, heads, head_dim). The
-    angle of frequency i sits at i and i + dims/2 (half layout), or at 2i and 2i + 1."""
-    freqs = positions[..., None].float() * rope_inv_freq(rotary, positions.device)  # (B, T, dims/2), fp32
+    angle of frequency i sits at i and i + dims/2 (half layout), or at 2i and 2i + 1.
+
+    longrope picks its factors per call, as transformers does: long for every position of the
+    batch when the largest position id + 1 exceeds the original context, short otherwise."""
+    switch = rope_switch_length(rotary)
+    long = switch is not None and positions.numel() > 0 and int(positions.max()) + 1 > switch
+    freqs = positions[..., None].float() * rope_inv_freq(rotary, positions.device, long=long)  # (B, T, dims/2), fp32
     if rotary.interleaved:
         angles = freqs.repeat_interleave(2, dim=-1)
     else:
         angles = torch.cat((freqs, freqs), dim=-1)
     angles = angles[:, :, None]  # (B, T, 1, dims): broadcast over heads
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    scale = rope_attention_factor(rotary)
+    if scale == 1.0:
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+    return (angles.cos() * scale).to(dtype), (angles.sin() * scale).to(dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
