@@ -558,6 +558,8 @@ class Resolver:
             if op == "/" and right == 0:
                 self.error("LMS028", "division by zero", node.right.span, help="divide by a number other than 0")
                 return None
+            if op == "**":
+                return self._power(left, right, node)
             try:
                 if op == "+":
                     result = left + right
@@ -622,6 +624,28 @@ class Resolver:
                            help=f"did you mean '{near}'?" if near else f"define '{name}' as a field or a block")
                 return True
         return False
+
+    def _power(self, left: int | float, right: int | float, node: ast.BinOp) -> int | float | None:
+        """`left ** right`: an int for an int to a non-negative int, else a float; None (reported)
+        for 0 to a negative power, a complex result, or one beyond the range of a spec."""
+        if left == 0 and right < 0:
+            self.error("LMS028", f"0 ** {right} divides by zero", node.span,
+                       help="raise 0 only to a power of 0 or more, or raise a number other than 0")
+            return None
+        if left < 0 and right != int(right):  # -8 ** 0.5 is -(8 ** 0.5); this is (-8) ** 0.5
+            self.error("LMS027", f"({left}) ** {right} is not a real number", node.span,
+                       help="raise a negative number only to a whole power")
+            return None
+        # |left| ** right past a float's range, judged before computing it: 10 ** 10000 as an int
+        # would take the time and memory of ten thousand digits only to be refused
+        if abs(left) > 1 and right > 0 and right * math.log2(abs(left)) > 1024:
+            return self._finite(math.inf, node)
+        if isinstance(left, int) and isinstance(right, int) and right >= 0:
+            return self._finite(left ** right, node)
+        try:
+            return self._finite(float(left) ** float(right), node)
+        except OverflowError:  # 0.5 ** -2000
+            return self._finite(math.inf, node)
 
     def _weighted(self, terms, node: ast.BinOp) -> Combination | None:
         """The weighted sum of `terms`; None (reported once) when a weight is out of range."""

@@ -81,7 +81,7 @@ class ListExpr:
 
 @dataclass(frozen=True, slots=True)
 class BinOp:
-    op: str  # + - * /
+    op: str  # + - * / **
     left: "Expr"
     right: "Expr"
     span: Span

@@ -82,19 +82,12 @@ CATALOGUE: dict[str, SyntaxMistake] = {
         "give the key a value, e.g. `layers: 6`, or remove the key",
         ("model m { arch: }", "model m { arch: , layers: 2 }", "model m { a: f(x: ) }"),
     ),
-    "power": SyntaxMistake(
-        "LMS001",
-        "'**' is not an operator",
-        "lmspec has + - * /: write the power out, e.g. `2 * 2 * 2` or `8`",
-        ("model m { a: 2 ** 3 }",),
-        frozenset({"STAR"}),
-    ),
     "missing_operand": SyntaxMistake(
         "LMS001",
         "an operator without a value after it",
         "give the operator a value on each side, or remove it",
         ("model m { a: 1 + }", "model m { a: 1 - }", "model m { a: 2 * }", "model m { a: 2 / }",
-         "model m { a: - }", "model m { a: [1 + ] }", "model m { a: f(2 * ) }"),
+         "model m { a: 2 ** }", "model m { a: - }", "model m { a: [1 + ] }", "model m { a: f(2 * ) }"),
     ),
     "trailing_comma_call": SyntaxMistake(
         "LMS006",
@@ -125,7 +118,7 @@ CATALOGUE: dict[str, SyntaxMistake] = {
     "two_values": SyntaxMistake(
         "LMS001",
         "two values in a row",
-        "separate fields with a newline or a comma, or join the values with an operator (+ - * /)",
+        "separate fields with a newline or a comma, or join the values with an operator (+ - * / **)",
         ("model m { a: 1 2 }", "model m { a: x 2 }", 'model m { a: "x" "y" }', "model m { a: [1 2] }",
          "model m { a: f(1 2) }", "model m { a: [x y] }", "model m { a: f(x y) }", "model m { a: 1 [2] }"),
         _VALUE_START,
@@ -279,7 +272,7 @@ def _catalogue_match(err: UnexpectedToken) -> str | None:
 _TOKEN_TEXT = {
     "COLON": "':'", "LBRACE": "'{'", "RBRACE": "'}'", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['",
     "RSQB": "']'", "_SEP": "','", "COMMA": "','", "DOT": "'.'", "PLUS": "'+'", "MINUS": "'-'",
-    "STAR": "'*'", "SLASH": "'/'", "NAME": "a name", "NUMBER": "a number", "STRING": "a string",
+    "STAR": "'*'", "DOUBLESTAR": "'**'", "SLASH": "'/'", "NAME": "a name", "NUMBER": "a number", "STRING": "a string",
     "$END": "the end of the file",
 }
 
@@ -289,9 +282,14 @@ _NUMBER = re.compile(r"\d[\d_]*(\.\d[\d_]*)?([eE][+-]?\d+)?([kMBT%])?")
 _LAYER_RANGE = re.compile(r"\d[\d_]*\.\.\d[\d_]*")
 
 
+# listed after the other tokens: after a value every operator is possible, and five of them
+# would fill the list before the closing bracket or the separator the reader is after
+_OPERATORS = frozenset({"PLUS", "MINUS", "STAR", "SLASH", "DOUBLESTAR"})
+
+
 def _describe(expected: set[str]) -> str:
     names = []
-    for name in sorted(expected):
+    for name in sorted(expected, key=lambda n: (n in _OPERATORS, n)):
         text = _TOKEN_TEXT.get(name)
         if text is None:
             text = f"'{name.lower()}'" if name.isupper() and not name.startswith("_") else None

@@ -252,13 +252,13 @@ class _ToAst(Transformer_NonRecursive):
     def kw_arg(self, c, meta):
         return (self._ident(c[0]), self._expr(c[1]))
 
-    def _binop(op):  # noqa: N805 - a small factory for the four operators
+    def _binop(op):  # noqa: N805 - a small factory for the five operators
         def method(self, c, meta):
             return ast.BinOp(op, self._expr(c[0]), self._expr(c[1]), self.o.of_meta(meta))
 
         return method
 
-    add, sub, mul, div = _binop("+"), _binop("-"), _binop("*"), _binop("/")
+    add, sub, mul, div, pow = _binop("+"), _binop("-"), _binop("*"), _binop("/"), _binop("**")
 
     def neg(self, c, meta):
         return ast.Neg(self._expr(c[0]), self.o.of_meta(meta))

@@ -8,10 +8,15 @@ back as one (`export_hf`; `lmspec export-hf` does it for a run).
     load_hf_weights(model, "ckpt/")                                # into a model you built
     config, tensors = export_hf(arch, model.state_dict())          # back: config.json + HF tensors
 
-Supported model types: gpt2, bert, t5, mt5, llama, mistral, qwen2, qwen3 both ways; gpt_neox,
-gptj, phi, distilbert, roberta, opt and mixtral import only (`export_hf` refuses an
-architecture no exported family computes exactly, naming what it lacks). Nothing is ever downloaded and pickle checkpoints (pytorch_model.bin) are refused. The weight loaders import torch; the
-rest of this package does not, so `lmspec import-hf` starts fast.
+Model types (`SUPPORTED` is what the import reads, `EXPORTS` what the export writes):
+- both ways: gpt2, gpt_neox, gptj, phi, phi3, opt, llama, mistral, mixtral, qwen2, qwen3, falcon,
+  bloom, mpt (decoders); bert, roberta, distilbert (encoders); t5, mt5, bart (encoder-decoders);
+- import only: gemma, gemma2, gemma3_text (an imported Gemma exports as no family).
+An import refuses a config option lmspec cannot reproduce, naming the field; `export_hf` writes the
+first family that computes the architecture exactly, and otherwise refuses, naming the closest
+family and what it lacks. Nothing is ever downloaded and pickle checkpoints (pytorch_model.bin)
+are refused. The weight loaders import torch; the rest of this package does not, so
+`lmspec import-hf` starts fast.
 """
 
 from __future__ import annotations
