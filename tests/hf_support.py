@@ -1,12 +1,14 @@
 """Shared helpers of the Hugging Face import tests: a tiny random model saved by transformers, and
 the two checks every imported family passes (the written spec checks with transformers' parameter
-count; the logits agree within 1e-4 on a right-padded batch). Nothing is downloaded."""
+count; the logits agree within 1e-4 on a right-padded batch), and the fixture that saves a test
+file's families once. Nothing is downloaded."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import transformers
 
@@ -28,6 +30,19 @@ def save_tiny(root: Path, name: str, cls: Any, config: Any) -> Path:
             p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(root / name, safe_serialization=True)
     return root / name
+
+
+def ckpts_fixture(families: dict[str, tuple[Any, Any]], name: str):
+    """A module-scoped fixture `ckpts`: every family of `families` ({family: (class, config)})
+    saved once by `save_tiny` under a temporary folder `name`, as {family: path}. A test file
+    writes `ckpts = ckpts_fixture(FAMILIES, "bart")`."""
+
+    @pytest.fixture(scope="module")
+    def ckpts(tmp_path_factory) -> dict[str, Path]:
+        root = tmp_path_factory.mktemp(name)
+        return {family: save_tiny(root, family, cls, config) for family, (cls, config) in families.items()}
+
+    return ckpts
 
 
 def hf_model(path: Path):

@@ -13,7 +13,7 @@ import torch
 import transformers as T
 from safetensors.torch import load_file, save_file
 
-from hf_support import VOCAB, assert_imports_exactly, assert_logits_match, save_tiny
+from hf_support import VOCAB, assert_imports_exactly, assert_logits_match, ckpts_fixture
 from lmspec.compiler.analysis import count_parameters
 from lmspec.compiler.api import check_text
 from lmspec.compiler.build import build_model
@@ -139,10 +139,7 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bart")
-    return {name: save_tiny(root, name, cls, config) for name, (cls, config) in FAMILIES.items()}
+ckpts = ckpts_fixture(FAMILIES, "bart")
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

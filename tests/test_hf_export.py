@@ -260,7 +260,7 @@ model pre_bert { arch: encoder, vocab: 100, context: 64, layers: 2, d_model: 32,
         ("partly_sliding", "mistral",
          "attention: sliding(window: 8) on layers 0..1, causal on layers 2..3 (mistral has one sliding(window) "
          "on every layer)"),
-        ("alibi", "llama", "position: alibi (llama has rope(theta))"),
+        ("alibi", "mpt", "norm: rmsnorm (mpt has layernorm)"),
         ("reward", "llama", "head: scalar(pool: last) (llama has lm or none)"),
         ("wide_layer", "llama",
          "d_ff differs between layers (128 on layer 0, 256 on layer 1, 128 on layer 2); llama has one d_ff for "
@@ -455,7 +455,7 @@ def test_an_inexpressible_run_is_refused_before_anything_is_written(trained, tmp
     out = tmp_path / "out"
     assert main(["export-hf", str(run_dir), "-o", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "The closest is llama (LlamaForCausalLM)" in err and "position: alibi (llama has rope(theta))" in err
+    assert "The closest is mpt (MptForCausalLM)" in err and "norm: rmsnorm (mpt has layernorm)" in err
     assert "= help: export writes exact equivalents only" in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 

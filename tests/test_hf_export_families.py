@@ -311,7 +311,8 @@ def test_the_refusal_lists_the_families_of_the_model_s_kind_only():
     assert "no encoder family lmspec exports (bert, roberta, distilbert) computes what it computes" in str(info.value)
     with pytest.raises(HFExportError) as info:
         export_family(load_arch(REFUSED, "opt_eps"))
-    assert "(llama, mistral, qwen2, qwen3, phi3, mixtral, gpt2, opt, gpt_neox, phi, gptj)" in str(info.value)
+    assert ("(llama, mistral, qwen2, qwen3, phi3, mixtral, gpt2, opt, gpt_neox, phi, gptj, falcon, bloom, mpt, gemma, "
+            "gemma2)") in str(info.value)
 
 
 def test_roberta_names_the_pad_id_its_positions_need():
@@ -327,3 +328,24 @@ def test_roberta_names_the_pad_id_its_positions_need():
     with pytest.raises(HFExportError) as info:
         export_family(arch)
     assert info.value.family == "bert" and "position_offset: 101 (bert has positions from row 0)" in info.value.gaps
+
+
+def test_a_scale_written_as_one_over_sqrt_head_dim_exports_as_the_plain_scale(tmp_path):
+    """`attention_scale: 0.25` with head_dim 16 is inverse_sqrt: llama takes it, the import reads it back
+    as inverse_sqrt, and transformers computes the same logits; any other number is refused."""
+    spec = ("lmspec 1\nmodel m { vocab: 100, context: 32, layers: 2, d_model: 64, heads: 4, position: rope, "
+            "norm: rmsnorm, activation: swiglu, bias: false, attention_scale: %s }\n")
+    arch = load_arch(spec % "0.25", "m")
+    assert arch.decoder.layers[0].attention.scale == 0.25
+    assert export_family(arch) == ("llama", "LlamaForCausalLM")
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    config, tensors = export_hf(arch, model.state_dict())
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    ids, _ = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(outputs(model(ids)), hf(ids).logits, atol=TOL, rtol=0)
+    with pytest.raises(HFExportError, match=r"attention_scale: 0.3 \(llama has inverse_sqrt\)"):
+        export_family(load_arch(spec % "0.3", "m"))

@@ -7,7 +7,6 @@ reproduce are refused naming the field. Nothing is downloaded."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +22,8 @@ from lmspec.compiler.modules.positions import alibi_slopes  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
-from hf_support import TOL, VOCAB, assert_imports_exactly, assert_logits_match, hf_model, outputs, save_tiny  # noqa: E402, I001
+from hf_support import (  # noqa: E402, I001
+    TOL, VOCAB, assert_imports_exactly, assert_logits_match, ckpts_fixture, hf_model, outputs, save_tiny)
 
 T = transformers
 
@@ -60,10 +60,7 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("hf_falcon_bloom_mpt")
-    return {name: save_tiny(root, name, cls, config) for name, (cls, config) in FAMILIES.items()}
+ckpts = ckpts_fixture(FAMILIES, "hf_falcon_bloom_mpt")
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -200,6 +197,14 @@ def test_mpt_has_no_bias_and_reads_softmax_scale(ckpts):
     assert arch_from_hf_config(written, "m") == arch
 
 
+def test_mpt_with_any_softmax_scale_imports_exactly(tmp_path):
+    """softmax_scale 0.3, neither 1/sqrt(head_dim) nor 1, is `attention_scale: 0.3`."""
+    path = save_tiny(tmp_path, "mpt_0_3", T.MptForCausalLM, T.MptConfig(**MPT, attn_config={"softmax_scale": 0.3}))
+    assert arch_from_hf_config(read_hf_config(path), "m").decoder.layers[0].attention.scale == 0.3
+    assert_imports_exactly(path)
+    assert_logits_match(path)
+
+
 def test_mpt_unscaled_attention_changes_the_logits(ckpts):
     """softmax_scale 1 is read, not dropped: the same weights (both saved with seed 0) scaled as
     usual give other logits."""
@@ -236,6 +241,8 @@ def test_falcon_alibi_is_rounded_to_bfloat16_which_lmspec_s_is_not():
     ({"activation": "quick_gelu"}, r"sets activation='quick_gelu', which has no lmspec activation"),
     ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
      r"rope_parameters.rope_type='dynamic'"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+     r"partial_rotary_factor=0.5: transformers' Falcon rotates every dimension of a head"),
 ])
 def test_falcon_options_lmspec_cannot_reproduce_are_refused(ckpts, changes, message):
     with pytest.raises(HFImportError, match=message):
@@ -270,8 +277,8 @@ def test_bloom_options_lmspec_cannot_reproduce_are_refused(ckpts, changes, messa
     ({}, {"attn_uses_sequence_id": True}, r"sets attn_config.attn_uses_sequence_id=True"),
     ({}, {"alibi": False}, r"sets attn_config.alibi=False: transformers' MptModel adds ALiBi whatever"),
     ({}, {"alibi_bias_max": 16}, r"sets attn_config.alibi_bias_max=16"),
-    ({}, {"softmax_scale": 0.5}, r"sets attn_config.softmax_scale=0.5: lmspec scales q.k by 1/sqrt\(head_dim 8\) = "
-                                 r"0.353553 or not at all \(1\)"),
+    ({}, {"softmax_scale": 0.0}, r"sets attn_config.softmax_scale=0.0: lmspec's attention_scale multiplies q.k by a "
+                                 r"positive number"),
     ({"resid_pdrop": 0.1}, {}, r"sets attn_config.attn_pdrop=0.0, resid_pdrop=0.1, emb_pdrop=0.0: lmspec has one "
                                r"dropout rate"),
 ])

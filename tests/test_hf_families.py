@@ -25,7 +25,8 @@ from lmspec.compiler.hf import (  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
-from hf_support import TOL, VOCAB, assert_imports_exactly, assert_logits_match, hf_model, inputs, save_tiny  # noqa: E402, I001
+from hf_support import (  # noqa: E402, I001
+    TOL, VOCAB, assert_imports_exactly, assert_logits_match, ckpts_fixture, hf_model, inputs)
 
 T = transformers
 
@@ -115,10 +116,7 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("hf_families")
-    return {name: save_tiny(root, name, cls, config) for name, (cls, config) in FAMILIES.items()}
+ckpts = ckpts_fixture(FAMILIES, "hf_families")
 
 
 
@@ -639,13 +637,21 @@ def test_gemma_options_lmspec_cannot_reproduce_are_refused(ckpts, changes, messa
         arch_from_hf_config(config, "g")
 
 
-def test_gemma_is_not_exported(ckpts):
-    """No export family scales its embeddings or offsets its norms."""
+def test_gemma_exports_as_gemma_and_without_its_offset_norms_names_them(ckpts):
+    """Gemma exports as itself (tests/test_hf_gemma2.py loads the export in transformers); the same model
+    with plain norms fits no family, and the refusal names gemma and the norms."""
+    import dataclasses
+
     from lmspec.compiler.hf import HFExportError, export_family
 
+    arch = load_hf_model(ckpts["gemma"])[0]
+    assert export_family(arch) == ("gemma", "GemmaForCausalLM")
+    plain_norms = dataclasses.replace(arch, norm_offset=0.0, decoder=dataclasses.replace(arch.decoder, layers=tuple(
+        dataclasses.replace(layer, norm_offset=0.0) for layer in arch.decoder.layers)))
     with pytest.raises(HFExportError) as info:
-        export_family(load_hf_model(ckpts["gemma"])[0])
-    assert "embed_scale: 5.656854249492381 (llama has 1.0)" in info.value.gaps, info.value.gaps
+        export_family(plain_norms)
+    assert info.value.family == "gemma", info.value.family
+    assert info.value.gaps == ["norm_offset: 0.0 (gemma has norms scaling by 1 + weight: 1)"], info.value.gaps
 
 
 # --- Phi-3 ---------------------------------------------------------------------------------

@@ -103,6 +103,14 @@ PUBLISHED: dict[str, tuple[dict, int]] = {
                        num_hidden_layers=32, num_key_value_heads=32, rms_norm_eps=1e-05, rope_scaling=None,
                        rope_theta=10000.0, sliding_window=2047, tie_word_embeddings=False, vocab_size=32064,
                        bos_token_id=1, eos_token_id=32000, pad_token_id=32000), 3_821_079_552),
+    # google/gemma-2-9b: sandwich norms, capped scores and logits, a 4096 window on every other layer
+    "gemma2_9b": (dict(model_type="gemma2", architectures=["Gemma2ForCausalLM"], attention_bias=False,
+                       attention_dropout=0.0, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                       head_dim=256, hidden_activation="gelu_pytorch_tanh", hidden_size=3584,
+                       intermediate_size=14336, max_position_embeddings=8192, num_attention_heads=16,
+                       num_hidden_layers=42, num_key_value_heads=8, query_pre_attn_scalar=256, rms_norm_eps=1e-06,
+                       rope_theta=10000.0, sliding_window=4096, tie_word_embeddings=True, vocab_size=256000,
+                       bos_token_id=2, eos_token_id=1, pad_token_id=0), 9_241_705_984),
     # mistralai/Mistral-7B-v0.1
     "mistral_7b": (dict(model_type="mistral", architectures=["MistralForCausalLM"], vocab_size=32000,
                         hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_hidden_layers=32,

@@ -25,7 +25,8 @@ from lmspec.compiler.modules.positions import Rotary, rope_attention_factor, rop
 
 transformers.logging.set_verbosity_error()
 
-from hf_support import TOL, VOCAB, assert_imports_exactly, assert_logits_match, hf_model, inputs, save_tiny  # noqa: E402, I001
+from hf_support import (  # noqa: E402, I001
+    TOL, VOCAB, assert_imports_exactly, assert_logits_match, ckpts_fixture, hf_model, inputs)
 
 T = transformers
 
@@ -54,10 +55,7 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("rope_scalings")
-    return {name: save_tiny(root, name, cls, config) for name, (cls, config) in FAMILIES.items()}
+ckpts = ckpts_fixture(FAMILIES, "rope_scalings")
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

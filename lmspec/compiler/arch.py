@@ -223,6 +223,8 @@ class ArchConfig:
     dropout: float = 0.0
     pad_id: int | None = None
     mask_id: int | None = None
+    # encoder-decoders: the token the decoder starts from (BART: 2); None: the pad id (T5)
+    decoder_start_id: int | None = None
 
     @property
     def stacks(self) -> tuple[StackConfig, ...]:

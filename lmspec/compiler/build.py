@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from .arch import GATED_ACTIVATIONS, ArchConfig, LayerConfig, StackConfig
+from .arch import GATED_ACTIVATIONS, ArchConfig, LayerConfig, RopeScaling, StackConfig
 from .modules import (
     Attention,
     Block,
@@ -32,6 +32,7 @@ from .modules import (
 from .modules.heads import LMHead
 from .modules.moe import MixtureOfExperts
 from .modules.norms import norm_init
+from .modules.positions import LinearScaling, Llama3Scaling, LongropeScaling, RotaryScaling, YarnScaling
 
 __all__ = ["build_model", "build_block", "build_stack", "init_weights", "check_buildable"]
 
@@ -134,13 +135,23 @@ def _rotary(layer: LayerConfig) -> Rotary | None:
     p = layer.position
     if p.kind != "rope":
         return None
-    s = p.scaling
-    scaling = () if s is None else ("linear", s.factor) if s.kind == "linear" else (
-        "llama3", s.factor, s.low_freq, s.high_freq, s.original_context) if s.kind == "llama3" else (
-        "yarn", s.factor, s.original_context, s.beta_fast, s.beta_slow, s.attention_factor, s.mscale,
-        s.mscale_all_dim, s.truncate) if s.kind == "yarn" else (
-        "longrope", s.short_factor, s.long_factor, s.original_context, s.factor, s.attention_factor)
-    return Rotary(p.rotary_dims(layer.head_dim), p.theta, p.layout == "interleaved", scaling)
+    return Rotary(p.rotary_dims(layer.head_dim), p.theta, p.layout == "interleaved", _rotary_scaling(p.scaling))
+
+
+def _rotary_scaling(s: RopeScaling | None) -> RotaryScaling | None:
+    if s is None:
+        return None
+    if s.kind == "linear":
+        return LinearScaling(factor=s.factor)
+    if s.kind == "llama3":
+        return Llama3Scaling(factor=s.factor, low_freq=s.low_freq, high_freq=s.high_freq,
+                             original_context=s.original_context)
+    if s.kind == "yarn":
+        return YarnScaling(factor=s.factor, original_context=s.original_context, beta_fast=s.beta_fast,
+                           beta_slow=s.beta_slow, attention_factor=s.attention_factor, mscale=s.mscale,
+                           mscale_all_dim=s.mscale_all_dim, truncate=s.truncate)
+    return LongropeScaling(short_factor=s.short_factor, long_factor=s.long_factor, original_context=s.original_context,
+                           factor=s.factor, attention_factor=s.attention_factor)
 
 
 def build_attention(layer: LayerConfig) -> Attention:
@@ -310,6 +321,7 @@ def _build_transformer(arch: ArchConfig) -> Transformer:
         tie_embeddings=arch.tie_embeddings,
         tied_head_scale=arch.tied_head_scale,
         pad_id=arch.pad_id,
+        decoder_start_id=arch.decoder_start_id,
     )
 
 

@@ -299,7 +299,8 @@ def _rl_memory(report, stage: str, arch: ArchConfig, policy: A.MemoryEstimate, r
         parts["value"] = A.training_memory(_value_arch(arch), batch=rl.minibatch,
                                            seq_len=rl.prompt_tokens + rl.new_tokens,
                                            precision=policy.precision, optimizer=spec.optimizer.kind,
-                                           momentum=getattr(spec.optimizer, "momentum", 0.0))
+                                           momentum=getattr(spec.optimizer, "momentum", 0.0),
+                                           checkpoint_activations=spec.checkpoint_activations)
     for name, m in parts.items():
         rl.memory[name] = m.weights + m.weight_copies + m.gradients + m.optimizer + m.activations
     frozen = rl.memory["reference"] + rl.memory["reward"] + rl.memory["judges"]

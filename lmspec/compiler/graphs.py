@@ -435,6 +435,16 @@ class ModelSpans:
                 for key in keys:
                     if key in lo.fields:
                         return b.span_of(prefix + ("layer", j, key))
+        return self.stack(stack, *keys)
+
+    def stack(self, stack: str, *keys: str) -> Span | None:
+        """What a stack as a whole reads, not one of its layers (BART's own position table and
+        embedding norm): the span of the stack block's key, else of the model's key, else of the
+        stack or model name."""
+        b = self.block
+        if b is None:
+            return None
+        sub = b.nested.get(stack)  # only an encoder-decoder has stack blocks
         if sub is not None:
             for key in keys:
                 if key in sub.fields:
@@ -569,16 +579,15 @@ def architecture_graph(arch: ArchConfig, validated=None) -> nx.DiGraph:
         if stack.own_positions:  # BART: the stack's own table, added to the token embeddings
             rows, offset = arch.context + arch.position_offset, arch.position_offset
             label = f"{stack_name} learned positions\n{rows} x {d}" + (f", from row {offset}" if offset else "")
-            # layer -1: no override covers it, so the span is the stack block's `position`
             pos = node(f"{stack_name}.position_embedding", "embedding", label, "embeddings",
-                       where.layer(stack_name, -1, "position"), rows=rows)
-            add = node(f"{stack_name}.embeddings", "add", "+", "embeddings", where.layer(stack_name, -1, "position"))
+                       where.stack(stack_name, "position"), rows=rows)
+            add = node(f"{stack_name}.embeddings", "add", "+", "embeddings", where.stack(stack_name, "position"))
             edge(prev, add, hidden)
             edge(pos, add, _shape(1, T, d))
             prev = add
         if stack.own_embed_norm:
             norm_id = node(f"{stack_name}.embed_norm", "norm", f"{stack_name} embedding {arch.norm}", "embeddings",
-                           where.layer(stack_name, -1, "embed_norm"), norm=arch.norm)
+                           where.stack(stack_name, "embed_norm"), norm=arch.norm)
             edge(prev, norm_id, hidden)
             prev = norm_id
         first_relative = next((i for i, l in enumerate(stack.layers) if l.position.kind == "relative"), None)

@@ -201,4 +201,5 @@ def lower_model(name: str, spec: S.ModelSpec, head_override: list | None = None)
         dropout=spec.dropout,
         pad_id=spec.pad_id,
         mask_id=spec.mask_id,
+        decoder_start_id=spec.decoder_start_id,
     )

@@ -21,7 +21,7 @@ from lmspec.compiler.resolve import ResolvedBlock
 from lmspec.diagnostics import CODES, Diagnostic, Label, Span
 from lmspec.grammar.ast import layer_selector
 
-__all__ = ["MODEL_RULES", "ARCH_RULES", "model_rules", "MULTIPLE_OF_64_FROM"]
+__all__ = ["MODEL_RULES", "ARCH_RULES", "model_rules", "MULTIPLE_OF_64_FROM", "OverrideSite", "override_sites"]
 
 CODES.update({
     "LMS060": "heads do not divide d_model",
@@ -38,17 +38,18 @@ CODES.update({
     "LMS084": "relative-position buckets or max_distance too small for T5's bucketing",
     "LMS085": "prefix attention in the decoder of an encoder-decoder",
     "LMS081": "a size that is not a multiple of 64 (warning)",
-    "LMS094": "a pad_id or mask_id outside the model's vocabulary",
+    "LMS094": "a pad_id, mask_id or decoder_start_id outside the model's vocabulary",
     "LMS095": "a model-level key that the model's architecture does not read",
     "LMS130": "llama3 rope scaling whose high_freq is not above its low_freq",
     "LMS131": "a parallel residual with post-norm or cross-attention",
     "LMS132": "norm_bias: false in a model with no LayerNorm",
     "LMS133": "embed_norm: false in a stack block of a model whose embed_norm is true",
     "LMS134": "a model-level position or embed_norm that both stacks replace with their own",
+    "LMS118": "a parallel residual with placement: sandwich",
+    "LMS124": "yarn rope scaling whose beta_fast is not above its beta_slow",
+    "LMS125": "longrope factor lists that do not hold one divisor per rotated frequency",
+    "LMS135": "longrope rope scaling in a model that is not decoder-only",
 })
-CODES.setdefault("LMS118", "a parallel residual with placement: sandwich")
-CODES.setdefault("LMS124", "yarn rope scaling whose beta_fast is not above its beta_slow")
-CODES.setdefault("LMS125", "longrope factor lists that do not hold one divisor per rotated frequency")
 
 
 def _err(code: str, message: str, span, help: str | None = None, labels: list[Label] | None = None) -> Diagnostic:
@@ -394,7 +395,7 @@ def model_rules(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[
 
 def token_id_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[Diagnostic]:
     """LMS094: the ids a model names are rows of its embedding."""
-    for key in ("pad_id", "mask_id"):
+    for key in ("pad_id", "mask_id", "decoder_start_id"):
         token = getattr(spec, key)
         if token is not None and token >= spec.vocab:
             yield _err("LMS094", f"{key} ({token}) is outside the vocabulary of model '{name}' (ids 0..{spec.vocab - 1})",
@@ -405,7 +406,12 @@ def ignored_key_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> Iter
     """LMS095: in an encoder-decoder each stack has its own layer count and attention, so the
     model-level `layers` is never read and the model-level `attention` reaches the encoder
     only (the decoder stays causal unless `decoder { }` says otherwise). `position_offset` is
-    read by a learned position table only."""
+    read by a learned position table only, `decoder_start_id` by an encoder-decoder only."""
+    if spec.decoder_start_id is not None and spec.arch != "encoder_decoder":
+        yield _err("LMS095", f"model '{name}' does not read 'decoder_start_id': only an encoder-decoder's decoder "
+                   f"starts from a token of its own, and this model is {_an(spec.arch)}",
+                   block.span_of(("decoder_start_id",), key=True),
+                   help="remove `decoder_start_id`, or use `arch: encoder_decoder`")
     own_tables = [s for s in (spec.encoder, spec.decoder) if s is not None and _own_positions(s)]
     if spec.position_offset and spec.position.kind != "learned" and not own_tables:
         yield _err("LMS095", f"model '{name}' does not read 'position_offset': it offsets a learned position table, "
@@ -459,13 +465,41 @@ def stack_embedding_rule(name: str, spec: S.ModelSpec, block: ResolvedBlock) -> 
                    block.span_of(("position",), key=True), help="remove `position` from the model")
 
 
+@dataclass(frozen=True)
+class OverrideSite:
+    """A stack block or layer override of a model block: where it is, and what it inherits from."""
+
+    path: tuple  # in the block: ("decoder", "layer", 0); a key it sets is at path + (key,)
+    where: str  # as a message names it: "`layer 0 { }` of the decoder"
+    scope: object  # its validated value: an S.StackSpec or an S.LayerOverride
+    parent: object  # what it inherits from directly: the model's spec, or its stack block's
+    parent_path: tuple  # the path of `parent`: () or ("decoder",)
+
+    @property
+    def is_stack(self) -> bool:
+        """A stack block itself, not a layer override."""
+        return len(self.path) == 1
+
+
+def override_sites(spec: S.ModelSpec) -> Iterator[OverrideSite]:
+    """Every stack block and layer override of a model: the model's own layer overrides, then
+    each stack block followed by its layer overrides."""
+    for j, o in enumerate(spec.layer):
+        yield OverrideSite(("layer", j), f"`{o.selector()} {{ }}`", o, spec, ())
+    for stack_name in ("encoder", "decoder"):
+        stack = getattr(spec, stack_name)
+        if stack is None:
+            continue
+        yield OverrideSite((stack_name,), f"`{stack_name} {{ }}`", stack, spec, ())
+        for j, o in enumerate(stack.layer):
+            yield OverrideSite((stack_name, "layer", j), f"`{o.selector()} {{ }}` of the {stack_name}", o, stack,
+                               (stack_name,))
+
+
 def _positions(spec: S.ModelSpec) -> Iterator[tuple[tuple, object]]:
     """Every `position` written in the model block, with its path: the model's, each stack's and
     each layer override's."""
-    scopes = [((), spec)] + [((part,), getattr(spec, part)) for part in ("encoder", "decoder")
-                             if getattr(spec, part) is not None]
-    for prefix, scope in list(scopes):
-        scopes += [(prefix + ("layer", j), o) for j, o in enumerate(scope.layer)]
+    scopes = [((), spec)] + [(site.path, site.scope) for site in override_sites(spec)]
     for path, scope in scopes:
         if scope.position is not None:
             yield path + ("position",), scope.position
@@ -573,7 +607,7 @@ def _bucket_rule(stack_name: str, buckets: int, max_distance: int, span: Span | 
     elif max_distance <= exact:
         yield _err("LMS084", f"max_distance ({max_distance}) must be larger than the {exact} distances the "
                    f"{stack_name}'s {buckets} buckets keep exact", span,
-                   help=f"use a larger max_distance (T5: 128 for 32 buckets), or fewer buckets")
+                   help="use a larger max_distance (T5: 128 for 32 buckets), or fewer buckets")
 
 
 def decoder_prefix_rule(arch: ArchConfig, block: ResolvedBlock) -> Iterator[Diagnostic]:
@@ -633,15 +667,27 @@ def norm_bias_rule(arch: ArchConfig, block: ResolvedBlock) -> Iterator[Diagnosti
                    help="remove `norm_bias: false`, or use `norm: layernorm` (OLMo, MPT: LayerNorm without bias)")
 
 
-#: rules on a lowered model (they need every default applied); errors drop the model
 def longrope_rule(arch: ArchConfig, block: ResolvedBlock) -> Iterator[Diagnostic]:
     """LMS125: longrope divides frequency i by short_factor[i] (long_factor[i] past the original
-    context), so each list holds one divisor per rotated frequency: rotated dimensions / 2."""
+    context), so each list holds one divisor per rotated frequency: rotated dimensions / 2.
+    LMS135: once generation reaches the original context every cached key must be rotated again
+    with the long factors; `generate` re-reads the sequence there for a decoder-only model only
+    (Phi-3's way), so an encoder-decoder's decoder would go on with stale keys."""
     for stack_name, stack in _stacks(arch):
         for i, layer in enumerate(stack.layers):
             s, dims = layer.position.scaling, layer.position.rotary_dims(layer.head_dim)
             if layer.position.kind != "rope" or s is None or s.kind != "longrope" or dims is None:
                 continue
+            if arch.arch != "decoder":
+                span = ModelSpans(block).layer(stack_name, i, "position")
+                kind = arch.arch.replace("_", "-")
+                yield _err("LMS135", f"longrope scaling in layer {i} of the {stack_name} of {kind} '{arch.name}': "
+                           "lmspec supports longrope in decoder-only models only, where generation re-reads "
+                           "the sequence when the long factors take over",
+                           _inner_span(block, span, ("scaling",)),
+                           help="use `arch: decoder` (Phi-3 is one), or another scaling: "
+                                "`scaling: yarn(factor: ..., original_context: ...)`")
+                return
             wrong = [(key, len(getattr(s, key))) for key in ("short_factor", "long_factor")
                      if len(getattr(s, key)) != dims // 2]
             if not wrong:
@@ -667,6 +713,7 @@ def _inner_span(block: ResolvedBlock, outer: Span | None, tail: tuple) -> Span |
     return outer
 
 
+#: rules on a lowered model (they need every default applied); errors drop the model
 ARCH_RULES: list[Callable[[ArchConfig, ResolvedBlock], Iterator[Diagnostic]]] = [
     relative_bias_rule, decoder_prefix_rule, tie_rule, multiple_of_64_rule, norm_bias_rule, longrope_rule,
 ]

@@ -132,10 +132,10 @@ def _memory_of(text: str | None) -> int | None:
         return None  # LMS122 says so
 
 
-def _plain(m: A.MemoryEstimate, batch: int) -> A.DeviceMemory:
+def _plain(m: A.MemoryEstimate, batch: int, checkpoint: bool = False) -> A.DeviceMemory:
     """A one-process stage's figures (costs.spec_figures) as one device's."""
     return A.DeviceMemory("ddp", 1, batch, m.weights, m.weight_copies, 0, m.gradients, 0, m.optimizer, m.activations,
-                          m.total, m.activation_breakdown, False)
+                          m.total, m.activation_breakdown, checkpoint)
 
 
 def _per_rank_rl(spec, devices: int):
@@ -174,13 +174,13 @@ def stage_plan(report, stage: str, hardware: Hardware | None = None, *, figures=
             per_rank = _per_rank_rl(spec, rl_devices)
             view = replace(report.spec, blocks={**report.spec.blocks, stage: per_rank})
             rl = spec_figures(SimpleNamespace(spec=view, models=report.models), meta=False)[0].stages[stage]
-            m = _plain(rl.memory, rl.rl.minibatch)
-            m = replace(m, world=rl_devices, gradient_buffers=m.gradients, total=m.total + m.gradients)  # DDP's buckets
+            m = _plain(rl.memory, rl.rl.minibatch, spec.checkpoint_activations)
+            m = replace(m, world=rl_devices)  # DDP's gradients are its all-reduce buckets: nothing more
             return DevicePlan(stage, kind, rl_devices, "ddp", "ddp", rl.seq_len, m, memory, text, *sources)
         figures = figures or spec_figures(SimpleNamespace(spec=report.spec, models=report.models), meta=False)[0].stages
         rl = figures[stage]
-        return DevicePlan(stage, kind, 1, "-", "one", rl.seq_len, _plain(rl.memory, rl.rl.minibatch), memory, text,
-                          *sources)
+        return DevicePlan(stage, kind, 1, "-", "one", rl.seq_len,
+                          _plain(rl.memory, rl.rl.minibatch, spec.checkpoint_activations), memory, text, *sources)
     seq_len = min(spec.seq_len or arch.context, arch.context)
     shapes = dict(seq_len=seq_len, precision=_precision(spec.precision), optimizer=spec.optimizer.kind,
                   decoder_seq_len=_decoder_len(arch, spec, seq_len), momentum=getattr(spec.optimizer, "momentum", 0.0),
@@ -189,7 +189,8 @@ def stage_plan(report, stage: str, hardware: Hardware | None = None, *, figures=
     # dpo keeps a frozen copy of the starting model, whole on every device (runtime.stages.train)
     frozen = 4 * A.count_parameters(arch).total if any(t.objective.kind == "dpo" for t in spec.objective) else 0
     with_frozen = lambda m: replace(m, frozen=frozen, total=m.total + frozen)  # noqa: E731
-    replicated = with_frozen(A.device_memory(arch, world=devices, parallel="ddp", batch=micro, **shapes))
+    replicated = with_frozen(A.device_memory(arch, world=devices, parallel="ddp", batch=micro,
+                                             grad_accum=spec.grad_accum, **shapes))
     if devices == 1:  # one process: nothing is wrapped, whatever `parallel` says
         return DevicePlan(stage, kind, 1, spec.parallel, "one", seq_len, replicated, memory, text, *sources)
     sharded = with_frozen(A.device_memory(arch, world=devices, parallel="fsdp", batch=micro, **shapes))
@@ -301,8 +302,7 @@ def split_diagnostic(name: str, spec, block, size: int, *, what: str = "processe
 def _parts(m: A.DeviceMemory, seq_len: int) -> str:
     """weights 1.2 GiB + gradients ... = total, as a note."""
     parts = [("weights", m.weights), ("weight copies", m.weight_copies), ("gathered", m.gathered),
-             ("gradients", m.gradients), ("ddp buckets" if m.parallel == "ddp" else "unsharded gradients",
-                                           m.gradient_buffers),
+             ("gradients", m.gradients), ("unsharded gradients", m.gradient_buffers),
              ("optimizer", m.optimizer),
              (f"activations{' (checkpointed)' * m.checkpoint_activations}", m.activations),
              ("dpo's frozen reference", m.frozen)]
@@ -312,6 +312,9 @@ def _parts(m: A.DeviceMemory, seq_len: int) -> str:
     if m.whole_model > m.training:
         text += (f"; but each process first builds the whole model in fp32 before sharding it: "
                  f"{human_bytes(m.whole_model)}")
+    if m.bucket_rebuild > m.training:
+        text += (f"; but before the second step DDP rebuilds its all-reduce buckets and holds the old and the new "
+                 f"ones at once (weights + optimizer + 2 x gradients): {human_bytes(m.bucket_rebuild)}")
     return text
 
 
@@ -370,7 +373,8 @@ def _memory_diagnostics(report, block, plan: DevicePlan, spec) -> Iterator[Diagn
     if plan.fits:
         if plan.share > 1 - HEADROOM:
             fix = (_remedies(report, plan, spec, 1 - HEADROOM) if plan.kind == "train"
-                   else "fewer rollouts per step, or a smaller policy")
+                   else "set checkpoint_activations: true, " * (not spec.checkpoint_activations)
+                   + "fewer rollouts per step, or a smaller policy")
             yield Diagnostic(
                 "warning", "LMS123", f"{plan.kind} '{plan.stage}' needs {need} per device, {plan.share:.0%} of the "
                 f"{mem} a device has: the estimate leaves out the CUDA context, the allocator's cache and kernel "
@@ -382,8 +386,9 @@ def _memory_diagnostics(report, block, plan: DevicePlan, spec) -> Iterator[Diagn
             else "on one device"
         yield _err("LMS120", f"rl '{plan.stage}' needs {need} {where}, more than the {mem} a device has",
                    block.name_span, labels=labels, notes=notes,
-                   help="a smaller policy, fewer rollouts per step (rollouts.per_step, minibatch) or more devices to "
-                        "share them, or a device with more memory")
+                   help="set checkpoint_activations: true, " * (not spec.checkpoint_activations)
+                   + "a smaller policy, fewer rollouts per step (rollouts.per_step, minibatch) or more devices to "
+                     "share them, or a device with more memory")
         return
     sharded = plan.sharded
     if plan.chosen == "ddp" and plan.parallel == "ddp" and sharded is not None and sharded.total <= plan.device_memory:

@@ -32,6 +32,7 @@ from typing import Iterator
 import numpy as np
 
 from lmspec.compiler import schema as S
+from lmspec.compiler.rules_models import override_sites
 from lmspec.compiler.rules_stages import BUILDS_FIRST, stage_tokenizer
 from lmspec.compiler.rules_tokens import (
     DEFAULT_TOKENIZER_SPEC, hf_tokenizer_file, runtime_tokenizer, special_ids, tokenizer_vocab_size,
@@ -519,23 +520,18 @@ _EMBEDDED = ("learned", "sinusoidal")
 
 
 def _overrides(spec: S.ModelSpec) -> Iterator[tuple[tuple, str, object, str]]:
-    """(path, what, position, embedded) of every stack block and layer override that sets a position;
-    `embedded` is the kind added at the embeddings of its layers, when not the model's: "learned"
-    inside a stack block that has its own table, "own" for that stack block itself."""
-    def layer_name(o) -> str:
-        return o.selector()
+    """(path, what, position, embedded) of every stack block and layer override; `embedded` is
+    the kind added at the embeddings of its layers, when not the model's: "learned" inside a stack
+    block that has its own table, "own" for that stack block itself."""
+    def own(stack) -> bool:  # an encoder-decoder's stack block with its own learned table (BART)
+        return spec.arch == "encoder_decoder" and stack.position is not None and stack.position.kind == "learned"
 
-    for j, o in enumerate(spec.layer):
-        yield ("layer", j, "position"), f"`{layer_name(o)} {{ }}`", o.position, spec.position.kind
-    for stack_name in ("encoder", "decoder"):
-        stack = getattr(spec, stack_name)
-        if stack is None:
-            continue
-        own = spec.arch == "encoder_decoder" and stack.position is not None and stack.position.kind == "learned"
-        yield (stack_name, "position"), f"`{stack_name} {{ }}`", stack.position, "own" if own else spec.position.kind
-        for j, o in enumerate(stack.layer):
-            yield ((stack_name, "layer", j, "position"), f"`{layer_name(o)} {{ }}` of the {stack_name}", o.position,
-                   "learned" if own else spec.position.kind)
+    for site in override_sites(spec):
+        if site.is_stack:
+            embedded = "own" if own(site.scope) else spec.position.kind
+        else:  # a layer override, of the model's or inside a stack block
+            embedded = "learned" if site.parent is not spec and own(site.parent) else spec.position.kind
+        yield site.path + ("position",), site.where, site.scope.position, embedded
 
 
 def position_override_rule(x) -> Iterator[Diagnostic]:
@@ -653,20 +649,12 @@ def unread_fields_rule(x) -> Iterator[Diagnostic]:
 
 def _softcap_nones(spec: S.ModelSpec) -> Iterator[tuple[tuple, str, float | None, tuple]]:
     """(path, what, the cap above it, the cap's path) of every stack block and layer override
-    that may set attention_softcap."""
-    for j, o in enumerate(spec.layer):
-        yield ("layer", j, "attention_softcap"), f"`{o.selector()} {{ }}`", spec.attention_softcap, \
-            ("attention_softcap",)
-    for stack_name in ("encoder", "decoder"):
-        stack = getattr(spec, stack_name)
-        if stack is None:
-            continue
-        yield (stack_name, "attention_softcap"), f"`{stack_name} {{ }}`", spec.attention_softcap, ("attention_softcap",)
-        above, where = (stack.attention_softcap, (stack_name, "attention_softcap")) \
-            if stack.attention_softcap is not None else (spec.attention_softcap, ("attention_softcap",))
-        for j, o in enumerate(stack.layer):
-            yield (stack_name, "layer", j, "attention_softcap"), f"`{o.selector()} {{ }}` of the {stack_name}", \
-                above, where
+    that may set attention_softcap: the cap above a stack's layer override is the stack's, when
+    it sets one."""
+    for site in override_sites(spec):
+        above, above_path = (site.parent, site.parent_path) if site.parent.attention_softcap is not None else (spec, ())
+        yield site.path + ("attention_softcap",), site.where, above.attention_softcap, \
+            above_path + ("attention_softcap",)
 
 
 def softcap_override_rule(x) -> Iterator[Diagnostic]:

@@ -430,6 +430,8 @@ class ModelSpec(Block):
                                                       "scalar(pool) | none, or a list; default lm (mlm for encoders)")
     pad_id: int | None = Field(None, ge=0, description="padding token id")
     mask_id: int | None = Field(None, ge=0, description="mask token id (mlm)")
+    decoder_start_id: int | None = Field(None, ge=0, description="encoder-decoders: the token the decoder starts "
+                                                                 "from (BART: 2); default the pad id (T5)")
     encoder: StackSpec | None = Field(None, description="the encoder stack of an encoder_decoder")
     decoder: StackSpec | None = Field(None, description="the decoder stack of an encoder_decoder")
     layer: list[LayerOverrideSpec] = Field([], description="per-layer overrides: `layer 0..3 { ... }`")
@@ -797,6 +799,10 @@ class RLSpec(Block):
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every N steps (and on Ctrl-C)")
     keep_checkpoints: int = Field(3, ge=1)
     log_every: int = Field(10, ge=1)
+    checkpoint_activations: bool = Field(False, description="recompute each block's activations during the updates' "
+                                                            "backward instead of keeping them (the policy and PPO's "
+                                                            "value model): less memory, one more forward pass of the "
+                                                            "blocks")
     device_memory: str | None = Field(None, description='the memory of the device, e.g. "80GB" or "80GiB": `check` '
                                                         "says whether the stage fits (on several devices: DDP, every model "
                                                         "whole on each, the rollouts split)")

@@ -259,13 +259,31 @@ def _sum_gradients(state, bucket):
 
 def data_parallel(model: torch.nn.Module, device: torch.device):
     """`model` replicated with DistributedDataParallel: parameters broadcast from rank 0,
-    gradients summed across ranks in buckets during backward."""
+    gradients summed across ranks in buckets during backward.
+
+    The gradients are the buckets (`gradient_as_bucket_view`): every `.grad` is a view into
+    DDP's flat all-reduce buffers, so a device holds one fp32 copy of them, not two. They are
+    made here, zero, before DDP is built, which turns each into its bucket view at once (DDP
+    leaves a gradient that does not exist yet alone until its first backward has run). With
+    micro-batches under `no_sync` the engine then zeroes them in place
+    (`zero_grad(set_to_none=False)`): a gradient set to None would come back as a fresh tensor
+    in those micro-batches, a second copy until the all-reduce copies it into its bucket. With
+    one backward per update it sets them to None: a fresh gradient is copied into its bucket
+    as soon as it is made. torch 2.13's first step runs one bucket of every parameter; before
+    the second forward DDP rebuilds 1 MiB + 25 MiB buckets in backward's order, once, and the
+    gradients kept in place hold the old bucket until the new ones have them: two copies, for
+    a moment before any activation exists (analysis.device_memory counts it). Every trainable
+    parameter gets a gradient in every step (DDP waits for all of them), so a zero gradient and
+    none give the optimizer the same."""
     from torch.nn.parallel import DistributedDataParallel
 
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
     # buffers (rope tables, masks) are built from the spec and equal on every rank: no need to
     # broadcast them at every forward
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                  forward_sync_buffers=False)
+                                  forward_sync_buffers=False, gradient_as_bucket_view=True)
     ddp.register_comm_hook(None, _sum_gradients)
     return ddp
 

@@ -257,5 +257,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
             scaler.update()
         else:
             optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    # under DDP the gradients are views into its all-reduce buckets (distributed.data_parallel): with
+    # micro-batches under no_sync they are zeroed in place, so those accumulate into the buckets too;
+    # with one micro-batch dropped, so that DDP's one rebuild of its buckets frees the old ones first
+    optimizer.zero_grad(set_to_none=no_sync is None or len(micro_batches) == 1)
     return StepResult(total, term_means, grad_norm, tokens, finite, skipped, moe_aux)

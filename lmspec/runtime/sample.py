@@ -61,10 +61,11 @@ def _one(model, tokenizer, ids, max_new, temperature, top_k, top_p, gen, on_text
             shown = text
 
     prompt = torch.tensor([ids], dtype=torch.long, device=device)
-    # an encoder-decoder's decoder starts from the token it was trained to start from: the
-    # tokenizer's pad (runtime.stages.train), which a model without pad_id would not know
-    start = {"decoder_start_id": tokenizer.pad_id if tokenizer.pad_id is not None else 0} \
-        if model.encoder is not None else {}
+    # an encoder-decoder's decoder starts from the token it was trained to start from
+    # (runtime.stages.train): the model's decoder_start_id, else the tokenizer's pad, which a
+    # model without pad_id would not know
+    own = model.decoder_start_id if model.decoder_start_id is not None else tokenizer.pad_id
+    start = {"decoder_start_id": own if own is not None else 0} if model.encoder is not None else {}
     model.generate(prompt, max_new_tokens=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
                    eos_id=tokenizer.eos_id, generator=gen, on_token=stream, **start)
     if new and tokenizer.eos_id is not None and new[-1] == tokenizer.eos_id:

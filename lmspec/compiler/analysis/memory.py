@@ -21,9 +21,10 @@ weight copies mixed precision makes). Conventions, written out in docs/analysis.
   recomputes one block at a time during backward; the figure is the most alive at once, the end
   of the forward pass or one block's recomputation (`_Timeline.peak`), also checked against a
   real pass on CPU (tests/test_parallel_check.py).
-- **Per device** (`device_memory`): one of `world` devices under DDP (everything replicated,
-  plus the all-reduce buckets) or FSDP2 (`fully_shard` per block and root: shards, plus the
-  root and two blocks gathered at once); docs/analysis.md#per-device-memory.
+- **Per device** (`device_memory`): one of `world` devices under DDP (everything replicated;
+  the gradients are views into the all-reduce buckets, one copy) or FSDP2 (`fully_shard` per
+  block and root: shards, plus the root and two blocks gathered at once);
+  docs/analysis.md#per-device-memory.
 """
 
 from __future__ import annotations
@@ -262,13 +263,19 @@ def _attention_bytes(layer: LayerConfig, B: int, T: int, S: int, kernel: str, k:
             per_query, per_key = per_query + per_key, 0  # self-attention: keys are the queries
         return B * (T * (act * per_query + FP32 * H) + S * act * per_key)
     if kernel == "softcap":
-        # the explicit path of attention.py: the (T x S) scores per head kept twice (tanh's output
-        # and the probabilities; under dropout also its noise and the dropped probabilities); q, k
-        # and v as contiguous copies, k and v expanded to every query head, or for one head views
-        # of the projection outputs; the projection input and o_proj's input
-        probs = H * S * (2 * act + (k.dropout_mask(act) + act if layer.dropout > 0 else 0))
+        # the explicit path of attention.py: per (T x S) score and head, tanh's output and the fp32
+        # probabilities; under autocast also their copy in q's dtype that the product with v keeps,
+        # and under dropout instead its noise and the dropped probabilities; q, k and v as contiguous
+        # copies, k and v expanded to every query head, or for one head views of the projection
+        # outputs (but q and k rotated or normalised, which are new tensors); the projection input
+        # and o_proj's input
+        cast = k.dropout_mask(act) + act if layer.dropout > 0 else act if k.half else 0
+        probs = H * S * (act + FP32 + cast)
         per_key = act * 2 * (kv if H == 1 else q)
-        return B * (T * (act * (layer.d_model + 2 * q) + probs) + S * per_key)
+        per_query = act * (layer.d_model + 2 * q)
+        if H == 1 and not cross and (layer.position.kind == "rope" or layer.qk_norm):
+            per_query, per_key = per_query + act * q, per_key + act * kv
+        return B * (T * (per_query + probs) + S * per_key)
     m = k.math_element
     probs = H * S * (m + (k.dropout_mask(m) + m if layer.dropout > 0 else 0))
     per_key = m * 2 * q
@@ -683,10 +690,12 @@ class DeviceMemory:
     """Bytes one of `world` devices holds at the peak of a training step under `parallel`
     ("ddp" or "fsdp"); conventions in docs/analysis.md#per-device-memory. `batch` is the
     micro-batch one forward pass on this device sees. `gathered`: FSDP's all-gathered
-    parameters; `gradient_buffers`: DDP's all-reduce buckets, or FSDP's unsharded gradients
-    waiting for their reduce-scatter; `whole_model`: FSDP's fp32 model, which each process
-    builds whole before sharding it; `frozen`: frozen models the stage also holds (dpo's
-    reference). `total` is `frozen` plus the larger of the training peak and `whole_model`."""
+    parameters; `gradient_buffers`: FSDP's unsharded gradients waiting for their reduce-scatter
+    (0 under DDP, whose all-reduce buckets are the gradients themselves); `whole_model`: FSDP's
+    fp32 model, which each process builds whole before sharding it; `bucket_rebuild`: DDP with gradient accumulation, the
+    moment before the second step when it holds its old and its rebuilt buckets; `frozen`:
+    frozen models the stage also holds (dpo's reference). `total` is `frozen` plus the largest
+    of the training peak, `whole_model` and `bucket_rebuild`."""
 
     parallel: str
     world: int
@@ -703,6 +712,7 @@ class DeviceMemory:
     checkpoint_activations: bool
     whole_model: int = 0
     frozen: int = 0
+    bucket_rebuild: int = 0
 
     @property
     def training(self) -> int:
@@ -737,12 +747,20 @@ def device_memory(
     device: Device = "cuda",
     momentum: float = 0.0,
     checkpoint_activations: bool = False,
+    grad_accum: int = 1,
 ) -> DeviceMemory:
     """Bytes on one of `world` devices training `arch` on micro-batches of `batch` x `seq_len`
     tokens per device, under `parallel`:
 
-    - "ddp": every device holds the whole model, its gradients and optimizer state, plus (with
-      `world` > 1) DDP's all-reduce buckets, a second fp32 copy of the gradients;
+    - "ddp": every device holds the whole model, its gradients and optimizer state: what one
+      process holds. The gradients are DDP's all-reduce buckets (`gradient_as_bucket_view`,
+      runtime.distributed.data_parallel): each `.grad` is a view into them, one fp32 copy.
+      torch 2.13 starts with one bucket of every parameter and rebuilds its buckets (1 MiB,
+      then 25 MiB each) once, before the second forward pass; with `grad_accum` > 1 the
+      gradients, kept in place between steps, hold the old bucket until each is copied into
+      its new one: weights, optimizer state and two copies of the gradients at once
+      (`bucket_rebuild`), before any activation exists. With one micro-batch per step
+      (`grad_accum` 1) the gradients are dropped after each step and the old bucket goes first;
     - "fsdp": FSDP2 `fully_shard` on every block and then on the root. Parameters, gradients and
       optimizer state are sharded (`_shard`); at the peak a device also holds the unsharded
       parameters of the root and of the two largest blocks (the one computing and the one
@@ -759,11 +777,11 @@ def device_memory(
     base = training_memory(arch, batch=batch, seq_len=seq_len, precision=precision, optimizer=optimizer,
                            decoder_seq_len=decoder_seq_len, device=device, momentum=momentum,
                            checkpoint_activations=checkpoint_activations)
-    if parallel == "ddp":
-        buckets = base.gradients if world > 1 else 0
-        return DeviceMemory("ddp", world, batch, base.weights, base.weight_copies, 0, base.gradients, buckets,
-                            base.optimizer, base.activations, base.total + buckets, base.activation_breakdown,
-                            checkpoint_activations)
+    if parallel == "ddp":  # torch's reducer: one flat fp32 tensor per bucket, the sum of its parameters' numels
+        rebuild = base.weights + 2 * base.gradients + base.optimizer if world > 1 and grad_accum > 1 else 0
+        return DeviceMemory("ddp", world, batch, base.weights, base.weight_copies, 0, base.gradients, 0,
+                            base.optimizer, base.activations, max(base.total, rebuild), base.activation_breakdown,
+                            checkpoint_activations, bucket_rebuild=rebuild)
     shapes = parameter_shapes(arch)
     shards = [ParamShape(p.name, _shard(p.shape, world), p.component, p.matmul) for p in shapes]
     sharded = sum(p.numel for p in shards)

@@ -43,6 +43,8 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "qwen2": ("Qwen2ForCausalLM", "Qwen2Model"),
     "qwen3": ("Qwen3ForCausalLM", "Qwen3Model"),
     "gemma": ("GemmaForCausalLM", "GemmaModel"),
+    "gemma2": ("Gemma2ForCausalLM", "Gemma2Model"),
+    "gemma3_text": ("Gemma3ForCausalLM", "Gemma3TextModel"),
     "phi3": ("Phi3ForCausalLM", "Phi3Model"),
     "gpt_neox": ("GPTNeoXForCausalLM", "GPTNeoXModel"),
     "phi": ("PhiForCausalLM", "PhiModel"),
@@ -69,9 +71,19 @@ _PLAIN_ACTIVATIONS: dict[str, Activation] = {
 }
 
 
+#: model types close to a supported one that lmspec refuses, and what to do instead
+_REFUSED_TYPES = {
+    "gemma3": "it is Gemma-3's multimodal model (Gemma3ForConditionalGeneration: a SigLIP vision tower and a "
+              "projector beside the language model), and lmspec builds text models only; a text-only checkpoint "
+              "(model_type gemma3_text, Gemma3ForCausalLM, as google/gemma-3-1b-pt) imports",
+}
+
+
 def hf_class(config: dict[str, Any]) -> str:
     """The HF model class the checkpoint was saved from (its heads), validated."""
     model_type = config.get("model_type")
+    if model_type in _REFUSED_TYPES:
+        raise HFImportError(f"model_type {model_type!r} is not supported: {_REFUSED_TYPES[model_type]}")
     if model_type not in SUPPORTED:
         supported = ", ".join(SUPPORTED)
         raise HFImportError(
@@ -100,7 +112,8 @@ def arch_from_hf_config(
                "qwen3": _llama, "gemma": _llama, "phi3": _llama, "mixtral": _llama, "gpt_neox": _gpt_neox, "phi": _phi,
                "gptj": _gptj, "distilbert": _distilbert,
                "mt5": _t5, "bart": _bart, "roberta": _bert, "opt": _opt,
-               "falcon": _falcon, "bloom": _bloom, "mpt": _mpt}
+               "falcon": _falcon, "bloom": _bloom, "mpt": _mpt,
+               "gemma2": _gemma2, "gemma3_text": _gemma2}
     return builder[config["model_type"]](_Config(config), name, cls, tensor_names)
 
 
@@ -138,7 +151,7 @@ def _activation(cfg: _Config, key: str, default: str) -> Activation:
 
 # the bare transformers: hidden states out, no head
 _BARE = frozenset({"GPT2Model", "BertModel", "T5Model", "LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model",
-                   "GemmaModel", "Phi3Model",
+                   "GemmaModel", "Gemma2Model", "Gemma3TextModel", "Phi3Model",
                    "GPTNeoXModel", "PhiModel", "GPTJModel", "DistilBertModel",
                    "MT5Model", "BartModel", "RobertaModel", "OPTModel", "FalconModel", "BloomModel", "MptModel"})
 
@@ -421,7 +434,15 @@ def _t5(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None)
         activation=_head_activation(activation),
         dropout=dropout,
         pad_id=cfg.get("pad_token_id"),
+        decoder_start_id=_decoder_start(cfg),
     )
+
+
+def _decoder_start(cfg: _Config) -> int | None:
+    """decoder_start_token_id, the token transformers starts an encoder-decoder's decoder from
+    (BART: 2); None when it is the pad token (T5), from which lmspec starts by default."""
+    start = cfg.get("decoder_start_token_id")
+    return None if start is None or start == cfg.get("pad_token_id") else int(start)
 
 
 #: fairseq options old BART config.json files carry, which transformers' BART never reads (it is
@@ -487,6 +508,7 @@ def _bart(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | Non
         activation=_head_activation(activation),
         dropout=dropout,
         pad_id=cfg.get("pad_token_id"),
+        decoder_start_id=_decoder_start(cfg),
     )
 
 
@@ -708,6 +730,98 @@ def _moe(cfg: _Config) -> MoEConfig | None:
     return MoEConfig(experts, top_k, 0, float(cfg.get("router_jitter_noise", 0.0)), coefficient)
 
 
+def _gemma2(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
+    """Gemma 2 and Gemma 3 (text), as transformers 5 computes them: Gemma's (1 + w) RMSNorms,
+    embeddings times sqrt(hidden_size) and gated MLP (hidden_activation, tanh GELU by default), with
+    a norm before and after each sublayer (sandwich), scores scaled by query_pre_attn_scalar**-0.5,
+    and sliding windows on the layers `layer_types` marks (by default Gemma 2's every other layer
+    from the first, Gemma 3's five of every sliding_window_pattern = 6). Gemma 2 caps the scores
+    (attn_logit_softcapping) and the logits (final_logit_softcapping); Gemma 3 norms each query
+    and key head (qk_norm) and gives its sliding layers RoPE of their own base
+    (rope_local_base_freq, 10k) while the global ones read rope_theta (1M) and its scaling."""
+    gemma3 = cfg.model_type == "gemma3_text"
+    cfg.require("use_bidirectional_attention", {False}, False, "lmspec's Gemma decoder is causal")
+    if gemma3 and cfg.get("attn_logit_softcapping") is not None:
+        raise HFImportError(f"gemma3_text config.json sets attn_logit_softcapping="
+                            f"{cfg.get('attn_logit_softcapping')!r}, which transformers' Gemma-3 attention never "
+                            "applies and lmspec's would; set it to null to import the model transformers computes")
+    activation = _GATED[_activation(cfg, "hidden_activation", "gelu_pytorch_tanh")]
+    d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    n_layers = cfg["num_hidden_layers"]
+    head_dim = int(cfg.get("head_dim", 256))
+    scalar = cfg.get("query_pre_attn_scalar", 256)
+    scale: str | float = "inverse_sqrt" if scalar == head_dim else float(scalar) ** -0.5
+    # an absent cap is the config class's default, a null one no cap: read the raw file
+    softcap = None if gemma3 else cfg.raw.get("attn_logit_softcapping", 50.0)
+    softcap = None if softcap is None else float(softcap)
+    # Gemma3TextConfig reads sliding_window_pattern (6); Gemma2Config slides every other layer, fixed
+    pattern = int(cfg.get("sliding_window_pattern", 6)) if gemma3 else 2
+    kinds = cfg.get("layer_types") or [
+        "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
+    if sorted(set(kinds) - {"full_attention", "sliding_attention"}) or len(kinds) != n_layers:
+        raise HFImportError(f"{cfg.model_type} config.json sets layer_types={kinds!r}: lmspec reads one of "
+                            f"full_attention and sliding_attention per layer ({n_layers} layers)")
+    window = cfg.raw.get("sliding_window", 4096)
+    if window is None and "sliding_attention" in kinds:
+        raise HFImportError(f"{cfg.model_type} config.json sets sliding_window=None while layer_types marks "
+                            "sliding_attention layers, which transformers cannot build; give the window")
+    # a window that covers the whole context slides over nothing (see `_attentions`)
+    sliding = (AttentionConfig("sliding", window=int(window), scale=scale, softcap=softcap)
+               if window and int(window) < int(cfg["max_position_embeddings"])
+               else AttentionConfig("causal", scale=scale, softcap=softcap))
+    attention = {"sliding_attention": sliding,
+                 "full_attention": AttentionConfig("causal", scale=scale, softcap=softcap)}
+    position = _gemma_ropes(cfg, head_dim) if gemma3 else dict.fromkeys(attention, _rope(cfg, head_dim))
+    biases = dict(bias=bool(cfg.get("attention_bias", False)), mlp_bias=False)  # q, k, v and o; the MLP has none
+    layers = tuple(
+        LayerConfig(
+            d_model=d,
+            heads=heads,
+            kv_heads=cfg.get("num_key_value_heads", heads),
+            head_dim=head_dim,
+            d_ff=cfg["intermediate_size"],
+            attention=attention[kind],
+            position=position[kind],
+            norm="rmsnorm",
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            norm_offset=1.0,
+            placement="sandwich",
+            activation=activation,
+            qk_norm=gemma3,
+            dropout=float(cfg.get("attention_dropout", 0.0)),
+            **biases,
+        )
+        for kind in kinds
+    )
+    final = cfg.raw.get("final_logit_softcapping", None if gemma3 else 30.0)
+    lm_heads = tuple(HeadConfig("lm", softcap=None if final is None else float(final)) for _ in _lm_heads(cls))
+    positions = [layer.position for layer in layers]
+    return _decoder_arch(cfg, name, layers, context=cfg["max_position_embeddings"],
+                         # the model-level position is the one most layers read (the first on a tie),
+                         # as the spec writer states it; the others are layer overrides
+                         position=max(dict.fromkeys(positions), key=positions.count),
+                         heads=lm_heads, tied_by_default=True, embed_scale=d**0.5)
+
+
+def _gemma_ropes(cfg: _Config, head_dim: int) -> dict[str, PositionConfig]:
+    """Gemma 3's two RoPEs, by layer type. transformers 5 writes rope_parameters={"sliding_attention":
+    {...}, "full_attention": {...}}; 4.x wrote rope_local_base_freq (the sliding layers', no scaling)
+    and rope_theta with rope_scaling (the global layers')."""
+    params = cfg.get("rope_parameters") or {}
+    if params and not all(isinstance(params.get(kind), dict) for kind in ("sliding_attention", "full_attention")):
+        raise HFImportError(f"gemma3_text config.json sets rope_parameters={params!r}: Gemma-3 reads one for "
+                            "sliding_attention and one for full_attention")
+    if not params:
+        params = {"sliding_attention": {"rope_type": "default",
+                                        "rope_theta": float(cfg.get("rope_local_base_freq", 10_000.0))},
+                  "full_attention": {"rope_type": "default", **(cfg.get("rope_scaling") or {}),
+                                     "rope_theta": float(cfg.get("rope_theta", 1_000_000.0))}}
+    defaults = {"sliding_attention": 10_000.0, "full_attention": 1_000_000.0}  # Gemma3TextConfig.default_theta
+    return {kind: _rope(_Config({**cfg.raw, "rope_parameters": {"rope_theta": defaults[kind], **params[kind]}}),
+                        head_dim)
+            for kind in defaults}
+
+
 def _gpt_neox(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
     """GPT-NeoX and Pythia: pre-norm LayerNorm, RoPE over the first rotary_pct of each head
     (25%), attention and MLP side by side with a norm each (use_parallel_residual), biases."""
@@ -908,6 +1022,10 @@ def _falcon(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | N
                             f"num_attention_heads={heads}")
     _one_dropout(cfg, ("hidden_dropout", "attention_dropout"))
     position = _rope(cfg, head_dim)
+    if position.fraction != 1.0:  # transformers' Falcon rotates whole heads: a partial cos/sin cannot broadcast
+        raise HFImportError(f"falcon config.json sets partial_rotary_factor={position.fraction}: transformers' "
+                            f"Falcon rotates every dimension of a head and cannot run a partial rotary; "
+                            f"remove the field (or import the model as the family it was trained as)")
     layer = LayerConfig(
         d_model=d,
         heads=heads,
@@ -974,7 +1092,8 @@ def _mpt(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None
     [q | k | v], the exact-gelu MLP of 4 x d_model, no bias anywhere, a tied head. MptModel
     hard-codes much that llm-foundry's config could change (no_bias, expansion_ratio, qk_ln,
     logit_scale...): a config that changes one describes a model MptModel does not compute,
-    and is refused naming it. softmax_scale 1 is lmspec's unscaled attention."""
+    and is refused naming it. softmax_scale is lmspec's attention_scale: null (1/sqrt(head_dim))
+    is inverse_sqrt, 1 is none, any other positive number that number."""
     attn = dict(cfg.get("attn_config") or {})
 
     def require(key: str, allowed: Collection[Any], default: Any, why: str) -> None:
@@ -1005,9 +1124,13 @@ def _mpt(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None
     d, heads = _size(cfg, "d_model", "hidden_size"), _size(cfg, "n_heads", "num_attention_heads")
     head_dim = _head_dim(cfg, d, heads, "d_model, n_heads")
     scale = attn.get("softmax_scale")
-    if scale is not None and scale != 1 and not math.isclose(scale, head_dim**-0.5, rel_tol=1e-9):
-        raise HFImportError(f"mpt config.json sets attn_config.softmax_scale={scale!r}: lmspec scales q.k by "
-                            f"1/sqrt(head_dim {head_dim}) = {head_dim**-0.5:.6g} or not at all (1)")
+    if scale is not None and not scale > 0:
+        raise HFImportError(f"mpt config.json sets attn_config.softmax_scale={scale!r}: lmspec's attention_scale "
+                            "multiplies q.k by a positive number")
+    if scale is None or math.isclose(scale, head_dim**-0.5, rel_tol=1e-9):
+        attention_scale: Any = "inverse_sqrt"
+    else:
+        attention_scale = "none" if scale == 1 else float(scale)
     rates = {"attn_config.attn_pdrop": float(attn.get("attn_pdrop") or 0.0),
              "resid_pdrop": float(cfg.get("resid_pdrop", 0.0)), "emb_pdrop": float(cfg.get("emb_pdrop", 0.0))}
     if len(set(rates.values())) > 1:
@@ -1020,7 +1143,7 @@ def _mpt(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None
         kv_heads=heads,
         head_dim=head_dim,
         d_ff=4 * d,
-        attention=AttentionConfig("causal", scale="none" if scale == 1 else "inverse_sqrt"),
+        attention=AttentionConfig("causal", scale=attention_scale),
         position=PositionConfig("alibi"),
         norm="layernorm",
         norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),

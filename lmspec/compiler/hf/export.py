@@ -11,9 +11,9 @@ same ArchConfig, so a feature no family function checks (a key added to the lang
 can still not slip through.
 
 The tensors follow `mapping.py` backwards: the first name of each rule's alternatives, q, k and
-v split out of the fused projection (or regrouped head by head: GPT-NeoX), gate and up fused
-again (Phi-3), GPT-2's Conv1D weights transposed; a tied matrix is written once, under the
-embedding's name, as transformers writes it.
+v split out of the fused projection (or regrouped head by head: GPT-NeoX, BLOOM; key/value
+group by group: Falcon), gate and up fused again (Phi-3), GPT-2's Conv1D weights transposed; a
+tied matrix is written once, under the embedding's name, as transformers writes it.
 
     model_type, hf_class = export_family(arch)              # or HFExportError, naming the gaps
     config, tensors = export_hf(arch, model.state_dict(), special_ids={"eos": 257})
@@ -61,13 +61,19 @@ EXPORTS: dict[str, dict[tuple[str, ...], str]] = {
     "distilbert": {("mlm(transform: true)",): "DistilBertForMaskedLM", (): "DistilBertModel"},
     "mt5": {("lm",): "MT5ForConditionalGeneration", (): "MT5Model"},
     "bart": {("lm",): "BartForConditionalGeneration", (): "BartModel"},
+    "falcon": {("lm",): "FalconForCausalLM", (): "FalconModel"},
+    "bloom": {("lm",): "BloomForCausalLM", (): "BloomModel"},
+    "mpt": {("lm",): "MptForCausalLM", (): "MptModel"},
+    "gemma": {("lm",): "GemmaForCausalLM", (): "GemmaModel"},
+    "gemma2": {("lm",): "Gemma2ForCausalLM", (): "Gemma2Model"},  # lm(softcap): final_logit_softcapping
 }
 # Which families an arch kind may become, in the order tried: the first that fits is written. No
 # two of them express the same architecture but for the Llama-shaped ones, where the most common
 # comes first (a causal Llama is a Phi-3 with full rotary too, a Mistral a windowed Phi-3 or a
 # Mixtral without experts); mT5 is tried after T5, since it adds only the untied v1.1 head.
 _CANDIDATES = {
-    "decoder": ("llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "gpt2", "opt", "gpt_neox", "phi", "gptj"),
+    "decoder": ("llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "gpt2", "opt", "gpt_neox", "phi", "gptj",
+                "falcon", "bloom", "mpt", "gemma", "gemma2"),
     "encoder": ("bert", "roberta", "distilbert"),
     "encoder_decoder": ("t5", "mt5", "bart"),
 }
@@ -116,6 +122,7 @@ _SHOW: dict[str, Callable[[LayerConfig], str]] = {
     "residual": _residual,
     "mlp": _mlp,
     "shared_experts": lambda L: str(L.moe.shared_experts if L.moe else 0),
+    "norm_bias": lambda L: _bool(L.norm_bias),
 }
 
 
@@ -331,6 +338,31 @@ _GPTJ = (_CAUSAL, _SCALED, _ROPE, _LAYERNORM, _PRE, _SHARED_NORM, _PLAIN, _NO_QK
                "biases on the MLP only: bias: false, mlp_bias: true"))
 _PHI = (_CAUSAL, _SCALED, _ROPE, _LAYERNORM, _PRE, _SHARED_NORM, _PLAIN, _BIASED, _HEAD_DIM, _DENSE, _HALF_ROPE,
         _NO_LONGROPE)
+# Falcon (RoPE) and BLOOM and MPT (ALiBi): the decoders with a LayerNorm before each branch and
+# no position table; Falcon takes any layer shape its flags select, BLOOM and MPT fix nearly all
+_ALIBI = _Need("position", lambda L: L.position.kind == "alibi", "alibi")
+_FOUR_X = _Need("d_ff", lambda L: L.d_ff == 4 * L.d_model, "4 x d_model: its MLP's width is not a config field")
+_NORM_BIAS = _Need("norm_bias", lambda L: L.norm_bias, "true: LayerNorms with a bias")
+_FALCON = (_CAUSAL, _SCALED, _ROPE, _LAYERNORM, _PRE, _PLAIN, _NO_QK_NORM, _HEAD_DIM, _DENSE, _NORM_BIAS, _NO_LONGROPE,
+           _Need("position", lambda L: L.position.fraction == 1 and L.position.layout == "half",
+                 "rope over every dimension of a head, in the half layout (partial rotary: gpt_neox or phi)",
+                 label="rope"),
+           _Need("bias", lambda L: L.bias or not any(L.biased(p) for p in BIAS_PROJECTIONS),
+                 "biases on every projection or on none (bias)"),
+           # the old decoder: one kv head (multi_query) or one per head; grouped ones are the new decoder's
+           _Need("kv_heads", lambda L: L.parallel or L.kv_heads in (1, L.heads),
+                 "in a sequential layer one kv head (multi_query) or one per head; grouped kv heads are its new "
+                 "decoder's, which is parallel"))
+_BLOOM = (_CAUSAL, _SCALED, _ALIBI, _LAYERNORM, _PRE, _SEQUENTIAL, _BIASED, _NO_QK_NORM, _ONE_KV, _HEAD_DIM, _DENSE,
+          _NORM_BIAS, _FOUR_X,
+          _Need("activation", lambda L: L.activation == "gelu_tanh", "gelu_tanh (bloom_gelu)"))
+_MPT = (_CAUSAL, _ALIBI, _LAYERNORM, _PRE, _SEQUENTIAL, _NO_QK_NORM, _ONE_KV, _HEAD_DIM, _DENSE, _FOUR_X,
+        _Need("attention_scale", lambda L: L.attention.scale in ("inverse_sqrt", "none"),
+              "inverse_sqrt, or none (softmax_scale 1)"),
+        _Need("activation", lambda L: L.activation == "gelu", "gelu"),
+        _no_biases("false: no biases anywhere (no_bias)"),
+        # an RMSNorm has no bias to drop: its gap is the norm
+        _Need("norm_bias", lambda L: not L.norm_bias or L.norm != "layernorm", "false: LayerNorms without a bias"))
 
 # the llama-shaped families (RMSNorm, pre, sequential, RoPE): what each fixes beyond that
 _CAUSAL_ONLY = _Need("attention", lambda L: L.attention.kind == "causal", "causal (sliding windows: mistral)")
@@ -539,6 +571,123 @@ def _phi(arch: ArchConfig) -> _Fit:
     return fit
 
 
+def _falcon(arch: ArchConfig) -> _Fit:
+    """Falcon in the layer shapes its flags select: side by side behind one LayerNorm (Falcon-7B:
+    the old decoder, one kv head or one per head), behind one or two (the new decoder: Falcon-40B,
+    180B, Falcon2-11B, any kv_heads), or one after the other (Falcon-RW's shape, here with RoPE);
+    RoPE over each full head, biases on every projection or none, ffn_hidden_size free."""
+    fit = _Fit(arch, "falcon")
+    L = fit.one("heads", "kv_heads", "d_ff", "activation", "dropout", "norm_eps", "position", "bias", "residual")
+    fit.needs(*_FALCON)
+    fit.norm_bias()
+    fit.position(L)
+    fit.common(final_norm=True, embed_norm=False, segments=False, pooler=False)
+    fit.heads()
+    # the old decoder where it fits (as Falcon-7B and RW write it), else the new one
+    new = L.parallel and not (L.shared_norm and L.kv_heads in (1, L.heads))
+    fit.config = {
+        "model_type": "falcon",
+        "vocab_size": arch.vocab,
+        "hidden_size": arch.d_model,
+        "num_hidden_layers": arch.decoder.n_layers,
+        "num_attention_heads": L.heads,
+        "num_kv_heads": L.kv_heads,
+        "new_decoder_architecture": new,
+        "multi_query": L.kv_heads == 1,  # read by the old decoder only
+        "parallel_attn": L.parallel,
+        "num_ln_in_parallel_attn": (1 if L.shared_norm else 2) if L.parallel else None,
+        "ffn_hidden_size": L.d_ff,
+        "activation": _HF_ACTIVATIONS.get(L.activation, "gelu"),
+        "bias": L.bias,
+        "alibi": False,
+        "layer_norm_epsilon": L.norm_eps,
+        "hidden_dropout": L.dropout,
+        "attention_dropout": L.dropout,
+        "max_position_embeddings": arch.context,
+        "tie_word_embeddings": fit.tied,
+        **_rope_fields(L.position),
+    }
+    return fit
+
+
+def _bloom(arch: ArchConfig) -> _Fit:
+    """BLOOM: ALiBi, pre-norm LayerNorms and one over the embeddings, biases everywhere, bloom_gelu
+    (gelu_tanh), an MLP of 4 x d_model; the context is seq_length (ALiBi fixes none)."""
+    fit = _Fit(arch, "bloom")
+    L = fit.one("heads", "dropout", "norm_eps")
+    fit.needs(*_BLOOM)
+    fit.norm_bias()
+    fit.position(L)
+    embedding = (arch.norm, arch.norm_eps)  # word_embeddings_layernorm: the layers' LayerNorm
+    fit.model("norm", f"{arch.norm}, eps {_float(arch.norm_eps)}", embedding == ("layernorm", L.norm_eps),
+              f"the layers' LayerNorm over the embeddings: layernorm, eps {_float(L.norm_eps)}")
+    fit.common(final_norm=True, embed_norm=True, segments=False, pooler=False)
+    fit.heads()
+    fit.config = {
+        "model_type": "bloom",
+        "vocab_size": arch.vocab,
+        "hidden_size": arch.d_model,
+        "n_layer": arch.decoder.n_layers,
+        "n_head": L.heads,
+        "layer_norm_epsilon": L.norm_eps,
+        "hidden_dropout": L.dropout,
+        "attention_dropout": L.dropout,
+        "apply_residual_connection_post_layernorm": False,
+        "pretraining_tp": 1,
+        "slow_but_exact": False,
+        "seq_length": arch.context,
+        "tie_word_embeddings": fit.tied,
+    }
+    return fit
+
+
+def _mpt(arch: ArchConfig) -> _Fit:
+    """MPT as transformers' MptModel computes it: ALiBi (alibi_bias_max 8), LayerNorms without
+    biases, no bias anywhere, the exact-gelu MLP of 4 x d_model; attention scaled by
+    1/sqrt(head_dim) or not at all (softmax_scale 1)."""
+    fit = _Fit(arch, "mpt")
+    L = fit.one("heads", "dropout", "norm_eps", "attention_scale")
+    fit.needs(*_MPT)
+    fit.model("norm_bias", _bool(arch.norm_bias), not arch.norm_bias or arch.norm != "layernorm",
+              "false: LayerNorms without a bias")
+    # MptAttentionConfig types attn_pdrop as an int: transformers 5 refuses any other rate than 0
+    fit.model("dropout", _float(L.dropout), L.dropout == 0, "0.0: transformers 5 reads attn_config.attn_pdrop "
+              "as a whole number, and refuses a config with another rate")
+    fit.position(L)
+    fit.common(final_norm=True, embed_norm=False, segments=False, pooler=False)
+    fit.heads()
+    fit.config = {
+        "model_type": "mpt",
+        "vocab_size": arch.vocab,
+        "d_model": arch.d_model,
+        "n_heads": L.heads,
+        "n_layers": arch.decoder.n_layers,
+        "expansion_ratio": 4,
+        "max_seq_len": arch.context,
+        "layer_norm_epsilon": L.norm_eps,
+        "resid_pdrop": L.dropout,
+        "emb_pdrop": L.dropout,
+        "learned_pos_emb": False,
+        "no_bias": True,
+        "norm_type": "low_precision_layernorm",
+        "logit_scale": None,
+        "embedding_fraction": 1.0,
+        "attn_config": {
+            "attn_type": "multihead_attention",
+            "attn_pdrop": 0,
+            "softmax_scale": 1.0 if L.attention.scale == "none" else None,
+            "clip_qkv": None,
+            "qk_ln": False,
+            "prefix_lm": False,
+            "attn_uses_sequence_id": False,
+            "alibi": True,
+            "alibi_bias_max": 8,
+        },
+        "tie_word_embeddings": fit.tied,
+    }
+    return fit
+
+
 def _bert(arch: ArchConfig) -> _Fit:
     fit = _Fit(arch, "bert")
     L = fit.one("heads", "d_ff", "activation", "dropout", "norm_eps")
@@ -689,7 +838,7 @@ def _t5(arch: ArchConfig, family: str = "t5") -> _Fit:
         "feed_forward_proj": _T5_PROJ.get(L.activation, "relu"),
         "is_encoder_decoder": True,
         "n_positions": arch.context,
-        "decoder_start_token_id": arch.pad_id if arch.pad_id is not None else 0,  # as lmspec's generate
+        "decoder_start_token_id": _decoder_start(arch),
     }
     if family == "mt5":
         # transformers 5 writes tie_word_embeddings: true into every mT5 config and unties when
@@ -703,6 +852,11 @@ def _t5(arch: ArchConfig, family: str = "t5") -> _Fit:
             scale_decoder_outputs=fit.tied and arch.tied_head_scale != 1.0,
         )
     return fit
+
+
+def _decoder_start(arch: ArchConfig) -> int:
+    """The token lmspec's generate starts the decoder from: decoder_start_id, else pad_id, else 0."""
+    return next((i for i in (arch.decoder_start_id, arch.pad_id) if i is not None), 0)
 
 
 def _bart(arch: ArchConfig) -> _Fit:
@@ -747,7 +901,7 @@ def _bart(arch: ArchConfig) -> _Fit:
         "scale_embedding": arch.embed_scale != 1.0,
         "is_encoder_decoder": True,
         "tie_word_embeddings": True,
-        "decoder_start_token_id": arch.pad_id if arch.pad_id is not None else 0,  # as lmspec's generate
+        "decoder_start_token_id": _decoder_start(arch),
     }
     return fit
 
@@ -803,6 +957,104 @@ def _llama(arch: ArchConfig, family: str = "llama") -> _Fit:
     return fit
 
 
+# Gemma (1, 2): RMSNorms of (1 + w), embeddings times sqrt(d_model), a gated MLP, a tied head by
+# default; Gemma 2 adds sandwich norms, a free attention scale, soft caps and alternating windows
+_GEMMA_ACTIVATIONS = {"geglu_tanh": "gelu_pytorch_tanh", "swiglu": "silu", "reglu": "relu"}
+_GEMMA: tuple[_Need, ...] = (
+    _Need("bias", lambda L: L.biased("qkv") == L.biased("out") and not L.biased("mlp"),
+          "one attention_bias for q, k, v and o, and no MLP biases"),
+    _NO_QK_NORM, _FULL_ROPE, _DENSE, _NO_LONGROPE, _ROPE, _RMSNORM, _SEQUENTIAL)
+
+
+def _gemma(arch: ArchConfig, family: str = "gemma") -> _Fit:
+    """Gemma and Gemma 2. Their norms' offset, embedding scale and soft caps are what `common`
+    refuses for every other family: checked here instead."""
+    fit = _Fit(arch, family)
+    two = family == "gemma2"
+    fit.needs(*_GEMMA)
+    if two:  # Gemma 2 applies hidden_activation as it is: the exact gelu too
+        fit.needs(_Need("activation", lambda L: L.activation in _GATED_HF,
+                        "a gated one: geglu_tanh, geglu, swiglu or reglu"),
+                  _Need("placement", lambda L: L.placement == "sandwich", "sandwich"),
+                  _Need("attention", lambda L: L.attention.kind in ("causal", "sliding"),
+                        "causal, or sliding(window) on the layers layer_types names"))
+    else:  # transformers 5 reads Gemma's hidden_act "gelu" as the tanh approximation: no exact gelu
+        fit.needs(_Need("activation", lambda L: L.activation in _GEMMA_ACTIVATIONS,
+                        "geglu_tanh, swiglu or reglu (its legacy hidden_act gelu means the tanh approximation)"),
+                  _SCALED, _PRE, _CAUSAL_ONLY)
+    L = fit.one("heads", "kv_heads", "head_dim", "d_ff", "dropout", "norm_eps", "position", "bias", "mlp",
+                "attention_scale")
+    windows = {layer.attention.window for layer in arch.decoder.layers if layer.attention.kind == "sliding"}
+    if len(windows) > 1:
+        fit.gap("attention", f"attention: windows of {sorted(windows)} ({family} has one sliding_window)")
+    window = min(windows, default=None)
+    if window is not None:
+        fit.model("attention", f"sliding(window: {window})", window < arch.context,
+                  f"a window shorter than the context ({arch.context}); a longer one slides over nothing")
+    fit.position(L)
+    fit.common(final_norm=True, embed_norm=False, segments=False, pooler=False)
+    for key in ("embed_scale", "norm_offset", "softcap"):  # Gemma's own: checked below
+        fit.gaps.pop(key, None)
+    fit.model("embed_scale", _float(arch.embed_scale), arch.embed_scale == arch.d_model**0.5,
+              f"sqrt(d_model) = {_float(arch.d_model**0.5)}")
+    fit.model("norm_offset", _float(arch.norm_offset), arch.norm_offset == 1, "norms scaling by 1 + weight: 1")
+    caps = {layer.attention.softcap for layer in arch.decoder.layers}
+    lm = arch.head("lm")
+    if not two:
+        fit.model("softcap", "/".join(sorted(_float(c) for c in caps | {lm and lm.softcap} if c)),
+                  caps | {lm and lm.softcap} <= {None}, "no soft caps (gemma2 has them)")
+    elif len(caps) > 1:
+        fit.gap("attention_softcap", f"attention_softcap differs between layers ({family} has one "
+                                     "attn_logit_softcapping)")
+    # the heads as the family spells them, the logits' cap aside (final_logit_softcapping)
+    plain = _Fit(dataclasses.replace(arch, heads=tuple(dataclasses.replace(h, softcap=None) for h in arch.heads)),
+                 family)
+    plain.heads()
+    fit.cls = plain.cls
+    for key, text in plain.gaps.items():
+        fit.gap(key, text)
+    fit.config = {
+        "model_type": family,
+        "vocab_size": arch.vocab,
+        "hidden_size": arch.d_model,
+        "intermediate_size": L.d_ff,
+        "num_hidden_layers": arch.decoder.n_layers,
+        "num_attention_heads": L.heads,
+        "num_key_value_heads": L.kv_heads,
+        "head_dim": L.head_dim,
+        "max_position_embeddings": arch.context,
+        "rms_norm_eps": L.norm_eps,
+        "attention_bias": L.biased("qkv"),
+        "attention_dropout": L.dropout,
+        "tie_word_embeddings": fit.tied,
+        **_rope_fields(L.position),
+    }
+    if not two:
+        act = _GEMMA_ACTIVATIONS.get(L.activation, "gelu_pytorch_tanh")
+        fit.config.update(hidden_act=act, hidden_activation=act)  # transformers 5 reads the first, 4 the second
+        return fit
+    scale = L.attention.scale
+    fit.model("attention_scale", str(scale), scale != "none", "query_pre_attn_scalar ** -0.5")
+    # the scale is query_pre_attn_scalar ** -0.5: a whole scalar where one gives the scale back exactly
+    scalar: float = L.head_dim if isinstance(scale, str) else float(scale) ** -2
+    if not isinstance(scale, str) and float(round(scalar)) ** -0.5 == scale:
+        scalar = round(scalar)
+    fit.config.update(
+        hidden_activation=_GATED_HF.get(L.activation, "gelu_pytorch_tanh"),
+        query_pre_attn_scalar=scalar,
+        attn_logit_softcapping=next(iter(caps)),
+        final_logit_softcapping=lm.softcap if lm else None,
+        sliding_window=window if window is not None else arch.context,
+        layer_types=["sliding_attention" if layer.attention.kind == "sliding" else "full_attention"
+                     for layer in arch.decoder.layers],
+    )
+    return fit
+
+
+# a gated lmspec activation -> the hidden_activation Gemma 2 applies to the gate
+_GATED_HF = {"geglu_tanh": "gelu_pytorch_tanh", "geglu": "gelu", "swiglu": "silu", "reglu": "relu"}
+
+
 def _rope_scaling(scaling: RopeScaling | None) -> dict[str, Any]:
     """rope_parameters' rope_type and its arguments (the inverse of config._rope)."""
     if scaling is None:
@@ -837,6 +1089,11 @@ _FITS: dict[str, Callable[[ArchConfig], _Fit]] = {
     "roberta": _roberta,
     "distilbert": _distilbert,
     "mt5": lambda arch: _t5(arch, "mt5"),
+    "falcon": _falcon,
+    "bloom": _bloom,
+    "mpt": _mpt,
+    "gemma": _gemma,
+    "gemma2": lambda arch: _gemma(arch, "gemma2"),
 }
 
 _KINDS = {"decoder": "decoder", "encoder": "encoder", "encoder_decoder": "encoder-decoder"}
@@ -844,6 +1101,7 @@ _KINDS = {"decoder": "decoder", "encoder": "encoder", "encoder_decoder": "encode
 
 def _fit(arch: ArchConfig) -> _Fit:
     """The first family that expresses `arch` exactly, or HFExportError for the closest."""
+    arch = _plain_scales(arch)
     order = list(_CANDIDATES.get(arch.arch, ()))
     if arch.arch == "decoder":
         # what brings a decoder closest to one family: a mixture of experts (mixtral), else a
@@ -854,6 +1112,11 @@ def _fit(arch: ArchConfig) -> _Fit:
         if first is not None:
             order.remove(first)
             order.insert(0, first)
+        if any(L.position.kind == "alibi" for L in layers):
+            # only BLOOM and MPT add ALiBi: what another family lacks first is ALiBi itself, so the
+            # refusal names one of these two (MPT, which has no biases, first for a model without any)
+            biased = any(L.biased(p) for L in layers for p in BIAS_PROJECTIONS)
+            order = ["bloom", "mpt"] if biased else ["mpt", "bloom"]
     fits = [_FITS[family](arch) for family in order]
     exact = next((f for f in fits if not f.gaps), None)
     if exact is not None:
@@ -1025,8 +1288,22 @@ def _normalised(arch: ArchConfig) -> ArchConfig:
     with no vocabulary head dropped (it ties nothing), no name, no mask id (a tokenizer matter
     that config.json does not hold)."""
     vocab_head = any(h.kind in ("lm", "mlm") for h in arch.heads)
-    return dataclasses.replace(arch, name="", mask_id=None, heads=tuple(sorted(arch.heads, key=lambda h: h.kind)),
-                               tie_embeddings=arch.tie_embeddings and vocab_head)
+    return dataclasses.replace(_plain_scales(arch), name="", mask_id=None, tie_embeddings=arch.tie_embeddings and
+                               vocab_head, heads=tuple(sorted(arch.heads, key=lambda h: h.kind)))
+
+
+def _plain_scales(arch: ArchConfig) -> ArchConfig:
+    """`arch` with every attention scale written as the number 1/sqrt(head_dim) made inverse_sqrt: the
+    same function, which every family expresses and the import reads back."""
+    def plain(layer: LayerConfig) -> LayerConfig:
+        scale = layer.attention.scale
+        if isinstance(scale, float) and scale == layer.head_dim ** -0.5:
+            return dataclasses.replace(layer, attention=dataclasses.replace(layer.attention, scale="inverse_sqrt"))
+        return layer
+
+    stacks = {k: dataclasses.replace(s, layers=tuple(plain(layer) for layer in s.layers))
+              for k, s in (("encoder", arch.encoder), ("decoder", arch.decoder)) if s is not None}
+    return dataclasses.replace(arch, **stacks)
 
 
 def _differences(ours: Any, theirs: Any, path: str) -> list[str]:

@@ -303,6 +303,8 @@ def spec_from_arch(arch: ArchConfig, *, comment: str | Sequence[str] = ()) -> st
         lines.append(f"  pad_id: {arch.pad_id}")
     if arch.mask_id is not None:
         lines.append(f"  mask_id: {arch.mask_id}")
+    if arch.decoder_start_id is not None:
+        lines.append(f"  decoder_start_id: {arch.decoder_start_id}")
 
     if arch.arch == "encoder_decoder":
         for label, stack in (("encoder", arch.encoder), ("decoder", arch.decoder)):

@@ -71,7 +71,9 @@ def _check_zeros(model_type: str, arch: ArchConfig, handles: dict) -> None:
     for name in handles:
         if mapping.must_be_zero(name) and bool(handles[name].get_tensor(name).any()):
             raise HFImportError(f"the checkpoint's {name} is not all zero: lmspec has no place for this "
-                                "buffer (a tied lm head's bias outside the parameters), so it cannot add it")
+                                "buffer (a tied lm head's bias outside the parameters), so it cannot add it; "
+                                f"to import the model without it, save {name} as zeros (each logit then "
+                                "loses its bias: the model computes something else)")
 
 
 def _value(copy: _Copy, tensors: list[torch.Tensor]) -> torch.Tensor:

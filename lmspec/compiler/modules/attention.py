@@ -67,7 +67,9 @@ def _softcapped(
         bias = torch.zeros(bias.shape, dtype=scores.dtype, device=q.device).masked_fill(~bias, float("-inf"))
     if bias is not None:  # ALiBi's and T5's float biases carry -inf where hidden already; in q's dtype, as SDPA
         scores = scores + bias.to(scores.dtype)
-    probs = F.dropout(scores.softmax(dim=-1), p=dropout) if dropout > 0 else scores.softmax(dim=-1)
+    # the softmax in fp32, back to q's dtype for the product with v: transformers' Gemma 2 (eager)
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = F.dropout(probs, p=dropout) if dropout > 0 else probs
     return probs @ v  # (B, nh, T, hd)
 
 

@@ -40,7 +40,9 @@ class Stack(nn.Module):
 
     With `checkpoint_activations` set, a training forward pass with gradients keeps only each
     block's inputs and recomputes the block's activations during backward
-    (`torch.utils.checkpoint`, non-reentrant; dropout draws the same masks both times)."""
+    (`torch.utils.checkpoint`, non-reentrant; dropout draws the same masks both times). With
+    `checkpoint_in_eval` too, so does an eval-mode pass with gradients (an rl stage's updates,
+    which run with dropout off)."""
 
     def __init__(
         self,
@@ -58,6 +60,7 @@ class Stack(nn.Module):
         self.rel_bias = rel_bias
         self.final_norm = final_norm
         self.checkpoint_activations = False
+        self.checkpoint_in_eval = False
 
     def forward(
         self,
@@ -84,7 +87,8 @@ class Stack(nn.Module):
             memory_mask=memory_mask,
             dtype=x.dtype,
         )
-        if self.checkpoint_activations and self.training and cache is None and torch.is_grad_enabled():
+        training = self.training or self.checkpoint_in_eval
+        if self.checkpoint_activations and training and cache is None and torch.is_grad_enabled():
             for layer in self.layers:
                 layer.prepare(ctx)  # shared tensors outside the recomputed region: see Block.prepare
             for layer in self.layers:
@@ -126,6 +130,7 @@ class Transformer(nn.Module):
         tie_embeddings: bool = False,
         tied_head_scale: float = 1.0,
         pad_id: int | None = None,
+        decoder_start_id: int | None = None,
     ):
         super().__init__()
         if encoder is None and decoder is None:
@@ -151,16 +156,18 @@ class Transformer(nn.Module):
         self.tie_embeddings = tie_embeddings
         self.tied_head_scale = tied_head_scale
         self.pad_id = pad_id
+        self.decoder_start_id = decoder_start_id  # None: pad_id, else 0 (T5)
         self.tie_weights()
 
-    def checkpoint_activations(self, on: bool = True) -> "Transformer":
+    def checkpoint_activations(self, on: bool = True, *, in_eval: bool = False) -> "Transformer":
         """Recompute each block's activations during backward instead of keeping them
         (training forward passes with gradients only; evaluation and generation are unchanged).
         Saves memory for about one more forward pass of the blocks; `train { checkpoint_activations:
-        true }` sets it. Returns the model."""
+        true }` sets it. `in_eval`: eval-mode passes with gradients too (`rl { checkpoint_activations:
+        true }`: its updates run with dropout off). Returns the model."""
         for stack in (self.encoder, self.decoder):
             if stack is not None:
-                stack.checkpoint_activations = on
+                stack.checkpoint_activations, stack.checkpoint_in_eval = on, on and in_eval
         return self
 
     def tie_weights(self) -> None:
@@ -286,7 +293,9 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         x = self.embed(ids)  # (B, T, d)
         if self.embed_scale != 1.0:
-            x = x * self.embed_scale
+            # the scale rounded to the activations' dtype first, as Gemma's reference code and
+            # transformers do (in bfloat16 sqrt(3584) = 59.87 becomes 60.0); float32 is unchanged
+            x = x * x.new_tensor(self.embed_scale)
         table = self._position_table(stack)
         if table is not None:
             if self.position_offset:  # a new index tensor, which the lookup keeps for backward
@@ -353,9 +362,10 @@ class Transformer(nn.Module):
         returns (B, T + new) prompts and continuations. Prefix-LM decoders treat the whole
         prompt as the prefix unless prefix_lengths says otherwise. Encoder-decoder: input_ids
         go to the encoder; returns (B, 1 + new) decoder tokens starting with `decoder_start_id`
-        (default: pad_id, else 0, as T5). After `eos_id` a row is filled with pad_id (else
-        eos_id); generation stops once every row has finished. `on_token`, if given, is called
-        with each step's new ids (B,) as they are sampled (for streaming).
+        (default: the model's own, as BART's 2, else pad_id, else 0, as T5). After `eos_id` a
+        row is filled with pad_id (else eos_id); generation stops once every row has finished.
+        `on_token`, if given, is called with each step's new ids (B,) as they are sampled (for
+        streaming).
         """
         if self.decoder is None:
             raise ValueError("generate needs a decoder; this model is encoder-only")
@@ -365,7 +375,7 @@ class Transformer(nn.Module):
         try:
             positions = None
             if self.encoder is not None:
-                start_id = decoder_start_id if decoder_start_id is not None else (self.pad_id or 0)
+                start_id = next((i for i in (decoder_start_id, self.decoder_start_id, self.pad_id) if i is not None), 0)
                 tokens = torch.full((B, 1), start_id, dtype=torch.long, device=input_ids.device)
                 cache = self.new_cache(B, 1 + max_new_tokens)
                 out = self(

@@ -3,7 +3,7 @@
 With no offset both are torch's own modules (fused kernels where the backend has them). With
 `offset` (Gemma's RMSNorm: offset 1) the norm multiplies by (offset + weight) and its weight
 starts at 1 - offset: the same function at initialisation, but the stored weight is the
-checkpoint's own and weight decay pulls the scale towards `offset`, not towards 0.
+checkpoint's own (training never decays it: runtime.engine.param_groups decays matrices only).
 """
 
 from __future__ import annotations

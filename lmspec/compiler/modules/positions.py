@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 __all__ = [
     "sinusoidal_positions",
+    "LinearScaling",
+    "Llama3Scaling",
+    "YarnScaling",
+    "LongropeScaling",
     "Rotary",
     "rope_inv_freq",
     "rope_attention_factor",
@@ -40,21 +45,79 @@ def sinusoidal_positions(positions: torch.Tensor, dim: int, dtype: torch.dtype) 
     return table[..., :dim].to(dtype)  # (B, T, d)
 
 
+# RoPE's frequency scalings, one record per kind. `kind` is a field, so that scalings of two kinds
+# never compare equal (a Rotary is a memo key); an attention_factor or mscale of None is derived
+# as transformers derives it.
+
+
+class LinearScaling(NamedTuple):
+    """Every frequency divided by `factor` (position interpolation)."""
+
+    factor: float
+    kind: str = "linear"
+
+
+class Llama3Scaling(NamedTuple):
+    """Llama 3.1: wavelengths past original_context / low_freq slowed by `factor`, those below
+    original_context / high_freq kept, the band between interpolated."""
+
+    factor: float
+    low_freq: float
+    high_freq: float
+    original_context: int
+    kind: str = "llama3"
+
+
+class YarnScaling(NamedTuple):
+    """YaRN: frequencies blended between kept and divided by `factor` along a ramp set by
+    beta_fast and beta_slow (rounded outwards when `truncate`); cos and sin scaled."""
+
+    factor: float
+    original_context: int
+    beta_fast: float
+    beta_slow: float
+    attention_factor: float | None
+    mscale: float | None
+    mscale_all_dim: float | None
+    truncate: bool
+    kind: str = "yarn"
+
+
+class LongropeScaling(NamedTuple):
+    """Phi-3's longrope: per-frequency divisors, the short ones while a pass stays within
+    original_context and the long ones past it; cos and sin scaled."""
+
+    short_factor: tuple[float, ...]
+    long_factor: tuple[float, ...]
+    original_context: int
+    factor: float
+    attention_factor: float | None
+    kind: str = "longrope"
+
+
+RotaryScaling = LinearScaling | Llama3Scaling | YarnScaling | LongropeScaling
+_SCALINGS = {"linear": LinearScaling, "llama3": Llama3Scaling, "yarn": YarnScaling, "longrope": LongropeScaling}
+
+
 @dataclass(frozen=True)
 class Rotary:
     """One rotary embedding: the first `dims` dimensions of each head rotate (the rest pass
-    through: GPT-NeoX, Phi-2), at frequencies theta^(-2i/dims), optionally scaled: () or
-    ("linear", factor) or ("llama3", factor, low_freq, high_freq, original_context) or
-    ("yarn", factor, original_context, beta_fast, beta_slow, attention_factor, mscale,
-    mscale_all_dim, truncate) or ("longrope", short_factors, long_factors, original_context,
-    factor, attention_factor); an attention_factor or mscale of None is derived as transformers
-    derives it. interleaved: dimension 2i pairs with 2i + 1 (GPT-J); otherwise i with i + dims/2
-    (Llama)."""
+    through: GPT-NeoX, Phi-2), at frequencies theta^(-2i/dims), optionally scaled (None:
+    unscaled). A scaling may also be given as a plain tuple led by its kind, its fields in order:
+    ("llama3", 8.0, 1.0, 4.0, 8192). interleaved: dimension 2i pairs with 2i + 1 (GPT-J);
+    otherwise i with i + dims/2 (Llama)."""
 
     dims: int
     theta: float = 10_000.0
     interleaved: bool = False
-    scaling: tuple = ()
+    scaling: RotaryScaling | None = None
+
+    def __post_init__(self) -> None:
+        s = self.scaling
+        if s is not None and type(s) not in _SCALINGS.values():
+            if s and s[0] not in _SCALINGS:
+                raise ValueError(f"unknown rope scaling {s[0]!r}")
+            object.__setattr__(self, "scaling", _SCALINGS[s[0]](*s[1:]) if s else None)
 
 
 def rope_inv_freq(rotary: Rotary, device: torch.device | None = None, *, long: bool = False) -> torch.Tensor:
@@ -62,26 +125,23 @@ def rope_inv_freq(rotary: Rotary, device: torch.device | None = None, *, long: b
     long: longrope's long factors (else its short ones); the other kinds ignore it."""
     exponents = torch.arange(0, rotary.dims, 2, device=device, dtype=torch.int64).float() / rotary.dims
     inv_freq = 1.0 / (rotary.theta**exponents)
-    if not rotary.scaling:
+    s = rotary.scaling
+    if s is None:
         return inv_freq
-    kind = rotary.scaling[0]
-    if kind == "linear":
-        return inv_freq / rotary.scaling[1]
-    if kind == "llama3":
-        return _llama3_inv_freq(inv_freq, *rotary.scaling[1:])
-    if kind == "yarn":
+    if s.kind == "linear":
+        return inv_freq / s.factor
+    if s.kind == "llama3":
+        return _llama3_inv_freq(inv_freq, s)
+    if s.kind == "yarn":
         return _yarn_inv_freq(rotary, exponents)
-    if kind == "longrope":
-        short, long_, *_ = rotary.scaling[1:]
-        factors = torch.tensor(long_ if long else short, dtype=torch.float32, device=device)
-        return 1.0 / (factors * rotary.theta**exponents)
-    raise ValueError(f"unknown rope scaling {kind!r}")
+    factors = torch.tensor(s.long_factor if long else s.short_factor, dtype=torch.float32, device=device)
+    return 1.0 / (factors * rotary.theta**exponents)  # longrope
 
 
-def _llama3_inv_freq(inv_freq: torch.Tensor, factor: float, low_freq: float, high_freq: float,
-                     original: int) -> torch.Tensor:
+def _llama3_inv_freq(inv_freq: torch.Tensor, s: Llama3Scaling) -> torch.Tensor:
     # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between
     # interpolated by where the wavelength falls relative to the original context
+    factor, low_freq, high_freq, original = s.factor, s.low_freq, s.high_freq, s.original_context
     wavelen = 2 * math.pi / inv_freq
     scaled = torch.where(wavelen > original / low_freq, inv_freq / factor, inv_freq)
     smooth = (original / wavelen - low_freq) / (high_freq - low_freq)
@@ -94,14 +154,15 @@ def _yarn_inv_freq(rotary: Rotary, exponents: torch.Tensor) -> torch.Tensor:
     """YaRN (Peng et al. 2023): frequency i is interpolated (divided by factor) when it turns
     fewer than beta_slow times over the original context, kept (extrapolated) when it turns more
     than beta_fast times, and blended along a linear ramp between the two dimensions."""
-    factor, original, beta_fast, beta_slow, _, _, _, truncate = rotary.scaling[1:]
+    s = rotary.scaling
+    factor, original, beta_fast, beta_slow = s.factor, s.original_context, s.beta_fast, s.beta_slow
     dim, base = rotary.dims, rotary.theta
 
     def correction_dim(rotations: float) -> float:  # the dimension that turns `rotations` times
         return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
 
     low, high = correction_dim(beta_fast), correction_dim(beta_slow)
-    if truncate:
+    if s.truncate:
         low, high = math.floor(low), math.ceil(high)
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:
@@ -116,30 +177,27 @@ def rope_attention_factor(rotary: Rotary) -> float:
     """What cos and sin are multiplied by (so q.k by its square): YaRN's 0.1 ln(factor) + 1, or
     mscale's ratio (DeepSeek), and longrope's sqrt(1 + ln(factor) / ln(original_context)),
     unless the scaling gives its own; 1 for the other kinds."""
-    kind = rotary.scaling[0] if rotary.scaling else None
-    if kind == "yarn":
-        factor, _, _, _, attention_factor, mscale, mscale_all_dim, _ = rotary.scaling[1:]
-        if attention_factor is not None:
-            return attention_factor
+    s = rotary.scaling
+    if s is None or s.kind not in ("yarn", "longrope"):
+        return 1.0
+    if s.attention_factor is not None:
+        return s.attention_factor
+    if s.kind == "longrope":
+        return 1.0 if s.factor <= 1.0 else math.sqrt(1 + math.log(s.factor) / math.log(s.original_context))
 
-        def get_mscale(scale: float, m: float = 1.0) -> float:
-            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+    def get_mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
 
-        if mscale and mscale_all_dim:
-            return float(get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim))
-        return get_mscale(factor)
-    if kind == "longrope":
-        _, _, original, factor, attention_factor = rotary.scaling[1:]
-        if attention_factor is not None:
-            return attention_factor
-        return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
-    return 1.0
+    if s.mscale and s.mscale_all_dim:
+        return float(get_mscale(s.factor, s.mscale) / get_mscale(s.factor, s.mscale_all_dim))
+    return get_mscale(s.factor)
 
 
 def rope_switch_length(rotary: Rotary) -> int | None:
     """longrope's original context: a forward pass whose largest position id is at or past it
     uses the long factors; None for every other kind."""
-    return rotary.scaling[3] if rotary.scaling and rotary.scaling[0] == "longrope" else None
+    s = rotary.scaling
+    return s.original_context if s is not None and s.kind == "longrope" else None
 
 
 def rope_cos_sin(positions: torch.Tensor, rotary: Rotary, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,7 +87,9 @@ class RLStage(Stage):
                 ctx.tokenizer(None)[0]
             prompts = prompt_prefixes(ctx, s.rollouts.prompts, self.tokenizer)
         self.pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
-        self.policy = build_stage_model(plan, device=self.device, artifacts=artifacts)
+        # the updates run in eval mode (dropout off), so checkpointing is asked for there too
+        self.policy = build_stage_model(plan, device=self.device, artifacts=artifacts).checkpoint_activations(
+            s.checkpoint_activations, in_eval=True)
         self.reference = self._reference(artifacts)
         # a judge answers on rank 0 for all ranks, the only writer of its cache; a reward model on each
         judged = ctx.report.spec.resolved.blocks[s.reward].kind == "judge"
@@ -180,7 +182,8 @@ class RLStage(Stage):
         from lmspec.compiler.build import build_model
 
         arch = dataclasses.replace(self.plan.arch, heads=(HeadConfig("scalar", pool="last"),), tie_embeddings=False)
-        model = build_model(arch, device=self.device)
+        model = build_model(arch, device=self.device).checkpoint_activations(self.spec.checkpoint_activations,
+                                                                             in_eval=True)
         body = {k: v for k, v in self.policy.state_dict().items() if not k.startswith(("lm_head", "mlm_head"))}
         model.load_state_dict(body, strict=False)
         return model
@@ -400,7 +403,7 @@ class RLStage(Stage):
         if distributed.any_rank(not bool(torch.isfinite(loss))):  # every rank stops at the same update
             raise RunError(f"stage '{self.name}': a non-finite loss ({float(loss)}); the run stopped and keeps its last "
                            "good checkpoint", help="lower the learning rate")
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)  # under DDP too: see distributed.data_parallel
         loss.backward()  # with DDP the ranks' gradients are summed: their shares add up to the global mean
         if self.spec.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.params, self.spec.clip_grad)

@@ -99,8 +99,11 @@ class TrainStage(Stage):
                            f"'{plan.model}' has vocab {arch.vocab}", help=f"use vocab: {self.tokenizer_name}.vocab_size")
         self.seq_len = s.seq_len or arch.context  # check (LMS089) saw to it that it fits the context
         tok = self.tokenizer
+        # an encoder-decoder's decoder starts from the model's decoder_start_id (BART: 2), else
+        # from the tokenizer's pad (T5), as generate starts it (LMS111: a model's pad_id is that pad)
+        start = next((i for i in (arch.decoder_start_id, tok.pad_id) if i is not None), 0)
         self.octx = Context(seq_len=self.seq_len, vocab_size=tok.vocab_size, specials=dict(tok.specials), arch=arch.arch,
-                            sentinels=list(tok.sentinels), decoder_start_id=tok.pad_id if tok.pad_id is not None else 0)
+                            sentinels=list(tok.sentinels), decoder_start_id=start)
         self.terms = compose([(t.weight, build_objective(t.objective, self.octx)) for t in s.objective])
         reads = self.terms[0][1].reads
         if reads.kind == "pairs":
@@ -151,10 +154,14 @@ class TrainStage(Stage):
         return [p for name, p in self.model.named_parameters() if name in unreached and p.requires_grad]
 
     def _build_model(self, plan):
+        from lmspec.compiler.hf.errors import HFError
+
         try:
             return build_stage_model(plan, device=self.device,
                                      artifacts={k: a.weights for k, a in self.ctx.artifacts.items() if a.weights})
-        except (OSError, ValueError) as err:  # init: hf(...) or a stage's weights that do not fit
+        # init: hf(...) or a stage's weights that do not fit; HFError: what only the values show
+        # (BART's final_logits_bias not all zero), which `check` reads no further than the headers
+        except (OSError, ValueError, HFError) as err:
             raise RunError(f"stage '{self.name}' cannot load its initial weights: {err}",
                            help="run `lmspec check` on the spec; describe a checkpoint with `lmspec import-hf DIR`") \
                 from None
