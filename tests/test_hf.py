@@ -233,6 +233,34 @@ def test_sharded_checkpoint_loads(ckpts, tmp_path):
         torch.testing.assert_close(sharded(ids).logits, single(ids).logits, atol=0, rtol=0)
 
 
+def test_a_missing_shard_is_named_before_anything_loads(ckpts, tmp_path):
+    path = tmp_path / "sharded"
+    _hf(ckpts["llama"]).save_pretrained(path, safe_serialization=True, max_shard_size="20KB")
+    shards = sorted(path.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    shards[1].unlink()
+    with pytest.raises(HFImportError, match=rf"lists shards that are not in {path}: {shards[1].name}"):
+        load_hf_model(path)
+
+
+def test_weights_that_are_not_floating_point_are_refused_naming_the_tensor(ckpts, tmp_path):
+    """A quantised checkpoint's int8 weights would be copied as other numbers: refused, every
+    such tensor named, nothing copied."""
+    path = tmp_path / "int8"
+    shutil.copytree(ckpts["gpt2"], path)
+    tensors = load_file(path / "model.safetensors")
+    name = next(n for n in tensors if n.endswith("attn.c_attn.weight"))
+    tensors[name] = tensors[name].to(torch.int8)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    model = build_model(arch_from_hf_config(read_hf_config(path), "gpt2"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(HFWeightsError) as info:
+        load_hf_weights(model, path)
+    assert info.value.wrong_dtype == [(name, "I8")] and not info.value.missing and not info.value.mismatched
+    assert f"{name}: I8" in str(info.value) and "import the unquantised" in str(info.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_legacy_names_gpt2_without_prefix_and_bert_gamma_beta(ckpts, tmp_path):
     """OpenAI's GPT-2 upload has no "transformer." prefix and stores the causal-mask buffers;
     Google's BERT conversions name LayerNorm parameters gamma/beta."""

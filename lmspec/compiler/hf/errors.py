@@ -27,6 +27,8 @@ class HFWeightsError(HFError):
     `missing`: lmspec parameters with no tensor to fill them, each as "lmspec_name (from HF names)"
     or "lmspec_name (no source)". `unexpected`: checkpoint tensors that nothing consumed.
     `mismatched`: (lmspec name, expected shape, found shape, HF names) for tensors of the wrong shape.
+    `wrong_dtype`: (HF name, safetensors dtype) for tensors that hold no floating-point values
+    (integers of a quantised checkpoint, booleans), which a copy would turn into other numbers.
     """
 
     def __init__(
@@ -36,11 +38,13 @@ class HFWeightsError(HFError):
         missing: Sequence[str] = (),
         unexpected: Sequence[str] = (),
         mismatched: Sequence[tuple[str, tuple[int, ...], tuple[int, ...], tuple[str, ...]]] = (),
+        wrong_dtype: Sequence[tuple[str, str]] = (),
     ):
         self.directory = directory
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.mismatched = list(mismatched)
+        self.wrong_dtype = list(wrong_dtype)
         lines = [f"the tensors in {directory} do not match the model built from its config.json:"]
         if self.missing:
             lines.append(f"  missing ({len(self.missing)}): lmspec parameters with no tensor in the checkpoint")
@@ -54,6 +58,10 @@ class HFWeightsError(HFError):
                 lines.append(
                     f"    {name}: expected {_shape(expected)}, found {_shape(found)} (from {', '.join(sources)})"
                 )
+        if self.wrong_dtype:
+            lines.append(f"  not floating point ({len(self.wrong_dtype)}): a quantised or otherwise encoded checkpoint; "
+                         "import the unquantised float32/bfloat16/float16 weights instead")
+            lines += [f"    {name}: {dtype}" for name, dtype in self.wrong_dtype]
         super().__init__("\n".join(lines))
 
 

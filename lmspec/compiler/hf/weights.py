@@ -40,6 +40,9 @@ class _Copy:
     kv_heads: int = 0  # [q .. q k v] (one per key/value head) are regrouped
 
 
+# safetensors dtypes a parameter can be copied from (converted to the model's dtype)
+_FLOATS = frozenset({"F64", "F32", "F16", "BF16"})
+
 # the lmspec modules that are output heads (a `with head ...` model may replace them)
 HEAD_MODULES = ("lm_head", "mlm_head", "nsp_head", "classifier", "score")
 
@@ -134,6 +137,7 @@ def _plan(
     used: set[str] = set()
     missing: list[str] = []
     mismatched: list = []
+    wrong_dtype: list[tuple[str, str]] = []
     for param, names in groups.values():
         candidates = []  # (lmspec name, rule, [chosen source or None], every alternative present)
         for name in names:
@@ -165,6 +169,7 @@ def _plan(
         if rule.split is not None:  # a piece of each; a length that does not divide is reported whole
             parts = rule.split[1]
             shapes = [(s[0] // parts, *s[1:]) if s and s[0] % parts == 0 else s for s in shapes]
+        wrong_dtype += [(s, d) for s in sources if (d := handles[s].get_slice(s).get_dtype()) not in _FLOATS]
         found_shape = _concatenated(shapes)
         if found_shape != tuple(param.shape):
             mismatched.append((name, tuple(param.shape), found_shape, tuple(sources)))
@@ -179,8 +184,9 @@ def _plan(
     unexpected = sorted(available[n] for n in set(available) - used)
     if new_heads:
         unexpected = [n for n in unexpected if not re.search(mapping.head_tensors, mapping.normalize(n))]
-    if missing or unexpected or mismatched:
-        raise HFWeightsError(directory, missing=missing, unexpected=unexpected, mismatched=mismatched)
+    if missing or unexpected or mismatched or wrong_dtype:
+        raise HFWeightsError(directory, missing=missing, unexpected=unexpected, mismatched=mismatched,
+                             wrong_dtype=sorted(set(wrong_dtype)))
     return plan
 
 
