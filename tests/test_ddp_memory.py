@@ -83,7 +83,7 @@ def _train(rank: int, bucket_view: bool, micro: int) -> tuple[list[int], int, di
     summing = distributed._sum_gradients
     if bucket_view:
         distributed._sum_gradients = recording  # data_parallel registers it
-        ddp = distributed.data_parallel(model, torch.device("cpu"))
+        ddp = distributed.data_parallel(model, torch.device("cpu"), accumulates=micro > 1)
         distributed._sum_gradients = summing
     else:  # as data_parallel built DDP before
         ddp = DistributedDataParallel(model, forward_sync_buffers=False)

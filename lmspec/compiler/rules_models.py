@@ -48,7 +48,7 @@ CODES.update({
     "LMS118": "a parallel residual with placement: sandwich",
     "LMS124": "yarn rope scaling whose beta_fast is not above its beta_slow",
     "LMS125": "longrope factor lists that do not hold one divisor per rotated frequency",
-    "LMS135": "longrope rope scaling in a model that is not decoder-only",
+    "LMS135": "longrope rope scaling in the decoder of an encoder-decoder",
 })
 
 
@@ -672,18 +672,18 @@ def longrope_rule(arch: ArchConfig, block: ResolvedBlock) -> Iterator[Diagnostic
     context), so each list holds one divisor per rotated frequency: rotated dimensions / 2.
     LMS135: once generation reaches the original context every cached key must be rotated again
     with the long factors; `generate` re-reads the sequence there for a decoder-only model only
-    (Phi-3's way), so an encoder-decoder's decoder would go on with stale keys."""
+    (Phi-3's way), so an encoder-decoder's decoder would go on with stale keys. An encoder caches
+    nothing: longrope there is each forward's own choice, as in transformers."""
     for stack_name, stack in _stacks(arch):
         for i, layer in enumerate(stack.layers):
             s, dims = layer.position.scaling, layer.position.rotary_dims(layer.head_dim)
             if layer.position.kind != "rope" or s is None or s.kind != "longrope" or dims is None:
                 continue
-            if arch.arch != "decoder":
+            if arch.arch == "encoder_decoder" and stack_name == "decoder":
                 span = ModelSpans(block).layer(stack_name, i, "position")
-                kind = arch.arch.replace("_", "-")
-                yield _err("LMS135", f"longrope scaling in layer {i} of the {stack_name} of {kind} '{arch.name}': "
-                           "lmspec supports longrope in decoder-only models only, where generation re-reads "
-                           "the sequence when the long factors take over",
+                yield _err("LMS135", f"longrope scaling in layer {i} of the decoder of encoder-decoder "
+                           f"'{arch.name}': lmspec generates with longrope in decoder-only models only, where "
+                           "generation re-reads the sequence when the long factors take over",
                            _inner_span(block, span, ("scaling",)),
                            help="use `arch: decoder` (Phi-3 is one), or another scaling: "
                                 "`scaling: yarn(factor: ..., original_context: ...)`")

@@ -257,15 +257,17 @@ def _sum_gradients(state, bucket):
     return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda f: f.value()[0])
 
 
-def data_parallel(model: torch.nn.Module, device: torch.device):
+def data_parallel(model: torch.nn.Module, device: torch.device, *, accumulates: bool = False):
     """`model` replicated with DistributedDataParallel: parameters broadcast from rank 0,
     gradients summed across ranks in buckets during backward.
 
     The gradients are the buckets (`gradient_as_bucket_view`): every `.grad` is a view into
-    DDP's flat all-reduce buffers, so a device holds one fp32 copy of them, not two. They are
-    made here, zero, before DDP is built, which turns each into its bucket view at once (DDP
-    leaves a gradient that does not exist yet alone until its first backward has run). With
-    micro-batches under `no_sync` the engine then zeroes them in place
+    DDP's flat all-reduce buffers, so a device holds one fp32 copy of them, not two. When the
+    stage `accumulates` micro-batches they are made here, zero, before DDP is built, which turns
+    each into its bucket view at once (DDP leaves a gradient that does not exist yet alone until
+    its first backward has run); without micro-batches they stay None, so building DDP never
+    holds a zero copy beside its buckets. With micro-batches under `no_sync` the engine then
+    zeroes them in place
     (`zero_grad(set_to_none=False)`): a gradient set to None would come back as a fresh tensor
     in those micro-batches, a second copy until the all-reduce copies it into its bucket. With
     one backward per update it sets them to None: a fresh gradient is copied into its bucket
@@ -277,7 +279,7 @@ def data_parallel(model: torch.nn.Module, device: torch.device):
     none give the optimizer the same."""
     from torch.nn.parallel import DistributedDataParallel
 
-    for p in model.parameters():
+    for p in model.parameters() if accumulates else ():
         if p.requires_grad and p.grad is None:
             p.grad = torch.zeros_like(p)
     # buffers (rope tables, masks) are built from the spec and equal on every rank: no need to

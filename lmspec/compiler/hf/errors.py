@@ -27,8 +27,9 @@ class HFWeightsError(HFError):
     `missing`: lmspec parameters with no tensor to fill them, each as "lmspec_name (from HF names)"
     or "lmspec_name (no source)". `unexpected`: checkpoint tensors that nothing consumed.
     `mismatched`: (lmspec name, expected shape, found shape, HF names) for tensors of the wrong shape.
-    `wrong_dtype`: (HF name, safetensors dtype) for tensors that hold no floating-point values
-    (integers of a quantised checkpoint, booleans), which a copy would turn into other numbers.
+    `wrong_dtype`: (HF name, safetensors dtype) for tensors in none of float64/float32/bfloat16/
+    float16 (integers of a quantised checkpoint, fp8 with separate scales, booleans), which a
+    copy would turn into other numbers.
     """
 
     def __init__(
@@ -59,8 +60,8 @@ class HFWeightsError(HFError):
                     f"    {name}: expected {_shape(expected)}, found {_shape(found)} (from {', '.join(sources)})"
                 )
         if self.wrong_dtype:
-            lines.append(f"  not floating point ({len(self.wrong_dtype)}): a quantised or otherwise encoded checkpoint; "
-                         "import the unquantised float32/bfloat16/float16 weights instead")
+            lines.append(f"  not float64/float32/bfloat16/float16 ({len(self.wrong_dtype)}): a quantised (or fp8) "
+                         "checkpoint; import the unquantised float32/bfloat16/float16 weights instead")
             lines += [f"    {name}: {dtype}" for name, dtype in self.wrong_dtype]
         super().__init__("\n".join(lines))
 

@@ -403,11 +403,14 @@ class RLStage(Stage):
         if distributed.any_rank(not bool(torch.isfinite(loss))):  # every rank stops at the same update
             raise RunError(f"stage '{self.name}': a non-finite loss ({float(loss)}); the run stopped and keeps its last "
                            "good checkpoint", help="lower the learning rate")
-        self.optimizer.zero_grad(set_to_none=True)  # under DDP too: see distributed.data_parallel
         loss.backward()  # with DDP the ranks' gradients are summed: their shares add up to the global mean
         if self.spec.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.params, self.spec.clip_grad)
         self.optimizer.step()
+        # dropped right after the step, not before the next backward: DDP rebuilds its buckets at
+        # the second update's forward, and gradients still held then would keep the old bucket
+        # beside the new one (two copies); none are held between updates (distributed.data_parallel)
+        self.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), metrics
 
     # ------------------------------------------------------------------ evaluation

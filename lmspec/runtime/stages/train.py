@@ -119,7 +119,7 @@ class TrainStage(Stage):
         each rank draws its own dropout masks."""
         for p in self._unreached_parameters():
             p.requires_grad_(False)
-        ddp = distributed.data_parallel(self.model, self.device)
+        ddp = distributed.data_parallel(self.model, self.device, accumulates=self.spec.grad_accum > 1)
         engine.seed_everything(engine.step_seed(self.spec.seed, 0, 0, salt=2 + self.world.rank))
         return ddp
 
