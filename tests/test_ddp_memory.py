@@ -142,8 +142,10 @@ def test_ddp_holds_one_copy_of_the_gradients_and_check_counts_it(tmp_path):
         assert m["True-2"]["held"] == [grads] * STEPS  # every step, the first one's no_sync micro-batch included
         assert m["False-2"]["held"] == [2 * grads] * STEPS  # the .grad tensors and the buckets
         # the rebuild: the gradients kept between steps hold the old bucket until the new ones have them;
-        # gradients set to None let it go first (a few hundred bytes of the reducer's bookkeeping besides)
-        assert m["True-2"]["rebuild"] == 2 * grads and 0 <= m["True-1"]["rebuild"] - grads < 1024
+        # gradients set to None let it go first; either way the reducer's bookkeeping may add a few
+        # hundred bytes at the peak (a small index tensor, alive or not depending on its timing)
+        assert 0 <= m["True-2"]["rebuild"] - 2 * grads < 1024, m["True-2"]["rebuild"]
+        assert 0 <= m["True-1"]["rebuild"] - grads < 1024, m["True-1"]["rebuild"]
     before, after = (load_file(str(tmp_path / f"weights-{v}-2.safetensors")) for v in (False, True))
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
