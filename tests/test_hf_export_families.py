@@ -318,7 +318,7 @@ def test_the_refusal_lists_the_families_of_the_model_s_kind_only():
 def test_roberta_names_the_pad_id_its_positions_need():
     """RoBERTa's positions start after the pad token's row: position_offset must be pad_id + 1.
     (BERT is as close here, and is named first; RoBERTa's own reading says what it lacks.)"""
-    from lmspec.compiler.hf.export import _FITS
+    from lmspec.compiler.hf.export_fits import _FITS
 
     arch = load_arch(SPEC.replace("pad_id: 100,\n                position_offset: 101", "pad_id: 7,\n"
                                   "                position_offset: 101"), "roberta")
