@@ -22,6 +22,14 @@ from .config_common import _BARE, _Config, _activation, _head_activation, _lm_he
 from .errors import HFImportError
 
 
+def _bert_layer(d: int, heads: int, d_ff: int, eps: float, activation: Activation, dropout: float) -> LayerConfig:
+    """A BERT layer (also RoBERTa's and DistilBERT's): bidirectional, post-norm LayerNorms, biased."""
+    return LayerConfig(d_model=d, heads=heads, kv_heads=heads, head_dim=d // heads, d_ff=d_ff,
+                       attention=AttentionConfig("bidirectional"), position=PositionConfig("learned"),
+                       norm="layernorm", norm_eps=eps, placement="post", activation=activation, bias=True,
+                       dropout=dropout)
+
+
 def _bert(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | None) -> ArchConfig:
     """BERT, and RoBERTa: BERT whose learned positions start at row pad_token_id + 1 (fairseq
     numbers the real tokens from there), and whose MLM head always uses the exact gelu."""
@@ -33,21 +41,7 @@ def _bert(cfg: _Config, name: str, cls: str, tensor_names: Collection[str] | Non
     activation = _activation(cfg, "hidden_act", "gelu")
     dropout = float(cfg.get("hidden_dropout_prob", 0.1))
     eps = float(cfg.get("layer_norm_eps", 1e-12))
-    layer = LayerConfig(
-        d_model=d,
-        heads=heads,
-        kv_heads=heads,
-        head_dim=d // heads,
-        d_ff=cfg["intermediate_size"],
-        attention=AttentionConfig("bidirectional"),
-        position=PositionConfig("learned"),
-        norm="layernorm",
-        norm_eps=eps,
-        placement="post",
-        activation=activation,
-        bias=True,
-        dropout=dropout,
-    )
+    layer = _bert_layer(d, heads, cfg["intermediate_size"], eps, activation, dropout)
     offset = 0
     if cfg.model_type == "roberta":
         # positions are numbered from input ids: a pad token gets row pad_token_id, real tokens the
@@ -100,21 +94,7 @@ def _distilbert(cfg: _Config, name: str, cls: str, tensor_names: Collection[str]
     activation = _activation(cfg, "activation", "gelu")
     dropout = float(cfg.get("dropout", 0.1))
     eps = 1e-12  # hard-coded in modeling_distilbert, not a config field
-    layer = LayerConfig(
-        d_model=d,
-        heads=heads,
-        kv_heads=heads,
-        head_dim=d // heads,
-        d_ff=cfg["hidden_dim"],
-        attention=AttentionConfig("bidirectional"),
-        position=PositionConfig("learned"),
-        norm="layernorm",
-        norm_eps=eps,
-        placement="post",
-        activation=activation,
-        bias=True,
-        dropout=dropout,
-    )
+    layer = _bert_layer(d, heads, cfg["hidden_dim"], eps, activation, dropout)
     heads_ = () if cls in _BARE else (HeadConfig("mlm", transform=True),)
     return ArchConfig(
         name=name,

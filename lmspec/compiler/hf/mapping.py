@@ -332,31 +332,19 @@ def _llama(arch: ArchConfig) -> Mapping:
 
 
 def _gemma2(arch: ArchConfig) -> Mapping:
-    """Llama's names, but four norms a layer (sandwich): post_attention_layernorm is the norm on
-    the attention's output, pre_feedforward_layernorm the one before the MLP (Gemma 2 and 3)."""
+    """Llama's names (q_norm/k_norm: Gemma 3), but four norms a layer (sandwich):
+    post_attention_layernorm is the norm on the attention's output, pre_feedforward_layernorm the
+    one before the MLP (Gemma 2 and 3)."""
+    llama = _llama(arch)
     layer = "{p}layers.{i}."
-    attn = layer + "self_attn."
-    return Mapping(
-        rules=(
-            R("embed.weight", "{p}embed_tokens.weight" + ("|lm_head.weight" if arch.tie_embeddings else "")),
-            R("decoder.layers.{i}.attn_norm.weight", layer + "input_layernorm.weight"),
-            R("decoder.layers.{i}.attn.qkv_proj.{wb}",
-              attn + "q_proj.{wb}", attn + "k_proj.{wb}", attn + "v_proj.{wb}"),
-            R("decoder.layers.{i}.attn.o_proj.{wb}", attn + "o_proj.{wb}"),
-            R("decoder.layers.{i}.attn.q_norm.weight", attn + "q_norm.weight"),  # Gemma 3
-            R("decoder.layers.{i}.attn.k_norm.weight", attn + "k_norm.weight"),
-            R("decoder.layers.{i}.attn_post_norm.weight", layer + "post_attention_layernorm.weight"),
-            R("decoder.layers.{i}.mlp_norm.weight", layer + "pre_feedforward_layernorm.weight"),
-            R("decoder.layers.{i}.mlp.gate_proj.{wb}", layer + "mlp.gate_proj.{wb}"),
-            R("decoder.layers.{i}.mlp.up_proj.{wb}", layer + "mlp.up_proj.{wb}"),
-            R("decoder.layers.{i}.mlp.down_proj.{wb}", layer + "mlp.down_proj.{wb}"),
-            R("decoder.layers.{i}.mlp_post_norm.weight", layer + "post_feedforward_layernorm.weight"),
-            R("decoder.final_norm.weight", "{p}norm.weight"),
-            R("lm_head.weight", "lm_head.weight"),
-        ),
-        prefix="model.",
-        ignored=(r"\.rotary_emb\.\w*inv_freq$", r"embed_tokens\.embed_scale$"),
-    )
+    rules = [r for r in llama.rules if r.target != "decoder.layers.{i}.mlp_norm.weight"]
+    rules += [
+        R("decoder.layers.{i}.attn_post_norm.weight", layer + "post_attention_layernorm.weight"),
+        R("decoder.layers.{i}.mlp_norm.weight", layer + "pre_feedforward_layernorm.weight"),
+        R("decoder.layers.{i}.mlp_post_norm.weight", layer + "post_feedforward_layernorm.weight"),
+    ]
+    return Mapping(rules=tuple(rules), prefix=llama.prefix,
+                   ignored=(r"\.rotary_emb\.\w*inv_freq$", r"embed_tokens\.embed_scale$"))
 
 
 def _phi3(arch: ArchConfig) -> Mapping:
