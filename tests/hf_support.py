@@ -1,20 +1,24 @@
-"""Shared helpers of the Hugging Face import tests: a tiny random model saved by transformers, and
-the two checks every imported family passes (the written spec checks with transformers' parameter
-count; the logits agree within 1e-4 on a right-padded batch), and the fixture that saves a test
-file's families once. Nothing is downloaded."""
+"""Shared helpers of the Hugging Face tests: a tiny random model saved by transformers, and
+the checks every imported family passes (the written spec checks with transformers' parameter
+count; the logits agree within 1e-4 on a right-padded batch; greedy generation token for token),
+the fixture that saves a test file's families once, and the same for exports of lmspec models.
+Nothing is downloaded."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import transformers
+from safetensors.torch import save_file
 
 from lmspec.compiler.analysis import count_parameters, meta_check
-from lmspec.compiler.api import check_text
-from lmspec.compiler.hf import arch_from_hf_config, load_hf_model, read_hf_config, spec_from_hf
+from lmspec.compiler.api import check_text, load_arch
+from lmspec.compiler.build import build_model
+from lmspec.compiler.hf import arch_from_hf_config, export_hf, load_hf_model, read_hf_config, spec_from_hf
 
 VOCAB = 100
 TOL = 1e-4
@@ -89,3 +93,60 @@ def assert_logits_match(path: Path, tol: float = TOL) -> None:
         ours = outputs(model(ids, attention_mask=mask, **extra))
         theirs = outputs(hf(ids, attention_mask=mask, **extra))
         torch.testing.assert_close(ours[real], theirs[real], atol=tol, rtol=0)
+
+
+def assert_generation_matches(path: Path) -> None:
+    """Greedy generation with the KV cache equals transformers' generate token for token, on three
+    left-padded prompts of 7 tokens (one unpadded, one with 3 pads, one with a single real token)."""
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, VOCAB, (3, 7), generator=g)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, :3] = 0
+    mask[2, :6] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    _, model = load_hf_model(path)
+    ours = model.generate(ids, attention_mask=mask, max_new_tokens=8, temperature=0)
+    with torch.no_grad():
+        theirs = hf_model(path).generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8,
+                                         do_sample=False, use_cache=True, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+
+
+def perturbed_model(spec: str, name: str):
+    """The spec's model with every parameter moved off its initial value (norms are not all
+    one, biases not all zero), so a weight written under the wrong name shows in the logits."""
+    arch = load_arch(spec, name)
+    torch.manual_seed(0)
+    model = build_model(arch)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return arch, model.eval()
+
+
+def exported_fixture(spec: str, names, directory: str):
+    """A module-scoped fixture: {name: (arch, model, dir)} for each of `names`, the spec's model
+    (`perturbed_model`) exported by export_hf into its own directory."""
+    @pytest.fixture(scope="module")
+    def exported(tmp_path_factory) -> dict[str, tuple]:
+        root = tmp_path_factory.mktemp(directory)
+        out = {}
+        for name in names:
+            arch, model = perturbed_model(spec, name)
+            config, tensors = export_hf(arch, model.state_dict(), special_ids={"bos": 1, "eos": 2})
+            (root / name).mkdir()
+            (root / name / "config.json").write_text(json.dumps(config))
+            save_file(tensors, str(root / name / "model.safetensors"), metadata={"format": "pt"})
+            out[name] = (arch, model, root / name)
+        return out
+
+    return exported
+
+
+def hf_exported(path: Path):
+    """transformers' model of an export, asserting that every tensor it wants is in the file and
+    nothing else is."""
+    cls = getattr(transformers, json.loads((path / "config.json").read_text())["architectures"][0])
+    model, info = cls.from_pretrained(path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    return model.eval()

@@ -8,14 +8,12 @@ refused naming what the closer of the two lacks. Nothing is downloaded."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")  # a test extra: pip install lmspec[test]
 from safetensors import safe_open  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 from lmspec.compiler.api import load_arch  # noqa: E402
 from lmspec.compiler.build import build_model  # noqa: E402
@@ -23,7 +21,7 @@ from lmspec.compiler.hf import HFExportError, export_family, export_hf, load_hf_
 
 transformers.logging.set_verbosity_error()
 
-from hf_support import TOL, inputs, outputs  # noqa: E402, I001
+from hf_support import TOL, exported_fixture, hf_exported, inputs, outputs  # noqa: E402, I001
 
 SPEC = """lmspec 1
 model falcon_40b { arch: decoder, vocab: 100, context: 64, layers: 2, d_model: 32, heads: 4, kv_heads: 2, d_ff: 96,
@@ -71,38 +69,7 @@ FAMILIES = {
 }
 
 
-def _model(name: str):
-    """The spec's model with every parameter moved off its initial value (norms are not all
-    one, biases not all zero), so a weight written under the wrong name shows in the logits."""
-    arch = load_arch(SPEC, name)
-    torch.manual_seed(0)
-    model = build_model(arch)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return arch, model.eval()
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> dict[str, tuple]:
-    root = tmp_path_factory.mktemp("export_alibi")
-    out = {}
-    for name in FAMILIES:
-        arch, model = _model(name)
-        config, tensors = export_hf(arch, model.state_dict(), special_ids={"bos": 1, "eos": 2})
-        (root / name).mkdir()
-        (root / name / "config.json").write_text(json.dumps(config))
-        save_file(tensors, str(root / name / "model.safetensors"), metadata={"format": "pt"})
-        out[name] = (arch, model, root / name)
-    return out
-
-
-def _hf(path: Path):
-    cls = getattr(transformers, json.loads((path / "config.json").read_text())["architectures"][0])
-    model, info = cls.from_pretrained(path, output_loading_info=True)
-    # every tensor transformers wants is in the file, and nothing else is
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    return model.eval()
+exported = exported_fixture(SPEC, FAMILIES, "export_alibi")
 
 
 def _config(exported, name: str) -> dict:
@@ -120,7 +87,7 @@ def test_each_model_exports_as_its_family(name):
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_logits_match_transformers_with_padding(exported, name):
     arch, model, path = exported[name]
-    hf = _hf(path)
+    hf = hf_exported(path)
     ids, mask = inputs()
     with torch.no_grad():
         ours, theirs = outputs(model(ids, attention_mask=mask)), outputs(hf(ids, attention_mask=mask))

@@ -8,7 +8,6 @@ downloaded."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ from lmspec.compiler.hf import HFExportError, export_family, export_hf, load_hf_
 
 transformers.logging.set_verbosity_error()
 
-from hf_support import TOL, inputs, outputs  # noqa: E402, I001
+from hf_support import TOL, exported_fixture, hf_exported, inputs, outputs  # noqa: E402, I001
 
 SPEC = """lmspec 1
 model gpt_neox { arch: decoder, vocab: 100, context: 64, layers: 2, d_model: 64, heads: 4, d_ff: 96,
@@ -95,38 +94,7 @@ FAMILIES = {
 }
 
 
-def _model(name: str):
-    """The spec's model with every parameter moved off its initial value (norms are not all
-    one, biases not all zero), so a weight written under the wrong name shows in the logits."""
-    arch = load_arch(SPEC, name)
-    torch.manual_seed(0)
-    model = build_model(arch)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return arch, model.eval()
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> dict[str, tuple]:
-    root = tmp_path_factory.mktemp("export_families")
-    out = {}
-    for name in FAMILIES:
-        arch, model = _model(name)
-        config, tensors = export_hf(arch, model.state_dict(), special_ids={"bos": 1, "eos": 2})
-        (root / name).mkdir()
-        (root / name / "config.json").write_text(json.dumps(config))
-        save_file(tensors, str(root / name / "model.safetensors"), metadata={"format": "pt"})
-        out[name] = (arch, model, root / name)
-    return out
-
-
-def _hf(path: Path):
-    cls = getattr(transformers, json.loads((path / "config.json").read_text())["architectures"][0])
-    model, info = cls.from_pretrained(path, output_loading_info=True)
-    # every tensor transformers wants is in the file, and nothing else is
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    return model.eval()
+exported = exported_fixture(SPEC, FAMILIES, "export_families")
 
 
 def _config(exported, name: str) -> dict:
@@ -149,7 +117,7 @@ def test_each_model_exports_as_its_family(name):
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_logits_match_transformers_with_padding(exported, name):
     arch, model, path = exported[name]
-    hf = _hf(path)
+    hf = hf_exported(path)
     ids, mask = inputs()
     # an encoder-decoder reads the padded batch in its encoder and 7 other tokens in its decoder
     extra = {"decoder_input_ids": torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(2))
@@ -227,10 +195,10 @@ def test_opt_and_roberta_write_their_offset_tables(exported):
 
 def test_untied_heads_keep_their_own_matrix(exported):
     """mT5 (transformers 5 ties it unless the file holds a different lm_head) and DistilBERT."""
-    mt5 = _hf(exported["mt5"][2])
+    mt5 = hf_exported(exported["mt5"][2])
     assert mt5.lm_head.weight.data_ptr() != mt5.shared.weight.data_ptr()
     assert _config(exported, "mt5")["tie_word_embeddings"] is False
-    distil = _hf(exported["distilbert_untied"][2])
+    distil = hf_exported(exported["distilbert_untied"][2])
     assert distil.vocab_projector.weight.data_ptr() != distil.distilbert.embeddings.word_embeddings.weight.data_ptr()
 
 

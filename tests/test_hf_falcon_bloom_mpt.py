@@ -23,7 +23,8 @@ from lmspec.compiler.modules.positions import alibi_slopes  # noqa: E402
 transformers.logging.set_verbosity_error()
 
 from hf_support import (  # noqa: E402, I001
-    TOL, VOCAB, assert_imports_exactly, assert_logits_match, ckpts_fixture, hf_model, outputs, save_tiny)
+    TOL, VOCAB, assert_generation_matches, assert_imports_exactly, assert_logits_match, ckpts_fixture, hf_model, outputs,
+    save_tiny)
 
 T = transformers
 
@@ -92,18 +93,7 @@ def test_alibi_logits_match_with_left_padding(ckpts, name):
 @pytest.mark.parametrize("name", ["falcon_40b", "bloom_6_heads", "mpt"])
 def test_greedy_generation_matches_transformers_with_left_padding(ckpts, name):
     """The KV cache with grouped keys and values, and with ALiBi, token for token."""
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(1, VOCAB, (3, 7), generator=g)
-    mask = torch.ones(3, 7, dtype=torch.long)
-    mask[1, :3] = 0
-    mask[2, :6] = 0
-    ids = ids.masked_fill(mask == 0, 0)
-    _, model = load_hf_model(ckpts[name])
-    ours = model.generate(ids, attention_mask=mask, max_new_tokens=8, temperature=0)
-    with torch.no_grad():
-        theirs = hf_model(ckpts[name]).generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8,
-                                                do_sample=False, use_cache=True, pad_token_id=0)
-    assert torch.equal(ours, theirs)
+    assert_generation_matches(ckpts[name])
 
 
 # --- ALiBi slopes and bloom_gelu ------------------------------------------------------------

@@ -25,7 +25,7 @@ from lmspec.compiler.hf import (  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
-from hf_support import TOL, VOCAB, assert_imports_exactly, assert_logits_match, hf_model, inputs, save_tiny  # noqa: E402, I001
+from hf_support import TOL, VOCAB, assert_generation_matches, assert_imports_exactly, assert_logits_match, hf_model, inputs, save_tiny  # noqa: E402, I001
 
 T = transformers
 
@@ -125,18 +125,7 @@ def test_each_gemma_setting_changes_the_logits(ckpts, name, change):
 @pytest.mark.parametrize("name", ["gemma2", "gemma3", "gemma3_capped"])
 def test_greedy_generation_matches_transformers_with_left_padding(ckpts, name):
     """The KV cache across sliding and global layers, caps and two RoPEs, token for token."""
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(1, VOCAB, (3, 7), generator=g)
-    mask = torch.ones(3, 7, dtype=torch.long)
-    mask[1, :3] = 0
-    mask[2, :6] = 0
-    ids = ids.masked_fill(mask == 0, 0)
-    _, model = load_hf_model(ckpts[name])
-    ours = model.generate(ids, attention_mask=mask, max_new_tokens=8, temperature=0)
-    with torch.no_grad():
-        theirs = hf_model(ckpts[name]).generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8,
-                                                do_sample=False, use_cache=True, pad_token_id=0)
-    assert torch.equal(ours, theirs)
+    assert_generation_matches(ckpts[name])
 
 
 def test_older_configs_without_layer_types_alternate_and_read_the_legacy_rope_keys(ckpts):

@@ -26,7 +26,7 @@ from lmspec.compiler.modules.positions import Rotary, rope_attention_factor, rop
 transformers.logging.set_verbosity_error()
 
 from hf_support import (  # noqa: E402, I001
-    TOL, VOCAB, assert_imports_exactly, assert_logits_match, ckpts_fixture, hf_model, inputs)
+    TOL, VOCAB, assert_generation_matches, assert_imports_exactly, assert_logits_match, ckpts_fixture, hf_model, inputs)
 
 T = transformers
 
@@ -92,18 +92,7 @@ def test_the_spec_writes_the_scaling_with_what_transformers_derives(ckpts, name,
 def test_greedy_generation_matches_transformers_with_left_padding(ckpts, name):
     """Prompts of 7 and 8 new tokens: the cache crosses the original context (8) mid-generation,
     where Phi-3 re-reads the sequence with its long factors."""
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(1, VOCAB, (3, 7), generator=g)
-    mask = torch.ones(3, 7, dtype=torch.long)
-    mask[1, :3] = 0
-    mask[2, :6] = 0
-    ids = ids.masked_fill(mask == 0, 0)
-    _, model = load_hf_model(ckpts[name])
-    ours = model.generate(ids, attention_mask=mask, max_new_tokens=8, temperature=0)
-    with torch.no_grad():
-        theirs = hf_model(ckpts[name]).generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8,
-                                                do_sample=False, use_cache=True, pad_token_id=0)
-    assert torch.equal(ours, theirs)
+    assert_generation_matches(ckpts[name])
 
 
 def test_longrope_generation_without_the_restart_would_differ(ckpts):
