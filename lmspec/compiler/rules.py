@@ -35,6 +35,7 @@ from lmspec.compiler.rules_parallel import PARALLEL_RULES
 from lmspec.compiler.rules_settings import SETTINGS_RULES
 from lmspec.compiler.rules_stages import STAGE_RULES
 from lmspec.compiler.rules_tokens import TOKEN_RULES, tokenizer_vocab_size, unknown_value_rule  # noqa: F401 - re-exported
+from lmspec.compiler.rules_tokens import span_counts
 from lmspec.compiler.schema_check import ValidatedSpec
 from lmspec.diagnostics import CODES, Diagnostic, Label, Span
 
@@ -267,10 +268,13 @@ def _fit(kind: str, obj, v: _TrainView) -> Iterator[_Misfit]:
                               "has bidirectional attention (it would see the tokens it predicts)",
                               *attention_label("decoder", i), "use `attention: causal` in `decoder { }`")
         yield from needs_head("lm", "lm")
-        if v.tok_spec is not None:
-            # T5's arithmetic: round(T * noise) noise tokens in spans of mean_span tokens,
-            # each span replaced by its own sentinel
-            spans_needed = max(1, round(round(v.seq_len * obj.noise) / obj.mean_span))
+        prefix = arch.arch == "decoder"  # the runtime's batch layout, whatever LMS070 said of the model
+        # the runtime's arithmetic (T5's): round(W * noise) noise tokens in spans of mean_span, each
+        # replaced by its own sentinel, in the longest window W whose corrupted input (in a prefix-LM
+        # decoder, with its target) fits seq_len; None when none fits (LMS089)
+        counts = span_counts(v.seq_len, obj.noise, obj.mean_span, prefix)
+        if v.tok_spec is not None and counts is not None:
+            window, _, spans_needed = counts
             have = v.tok_spec.sentinels
             if spans_needed > MAX_SENTINELS:  # more than a tokenizer may have: cut fewer spans
                 fix = (f"a tokenizer has at most {MAX_SENTINELS} sentinels: use a shorter seq_len, less noise or "
@@ -285,7 +289,9 @@ def _fit(kind: str, obj, v: _TrainView) -> Iterator[_Misfit]:
                 yield _Misfit("LMS071", f"{what} needs sentinel tokens, but tokenizer '{v.tok_name}' has none",
                               v.tok_span("sentinels"), f"tokenizer '{v.tok_name}'", fix)
             elif have < spans_needed:
-                yield _Misfit("LMS071", f"{what} cuts about {spans_needed} spans from {v.seq_len} tokens, but "
+                fits = (f" (the longest window whose input{' and target' if prefix else ''} fit seq_len "
+                        f"{v.seq_len})" if window < v.seq_len else "")
+                yield _Misfit("LMS071", f"{what} cuts about {spans_needed} spans from {window} tokens{fits}, but "
                               f"tokenizer '{v.tok_name}' has {have} sentinels",
                               v.tok_span("sentinels"), f"sentinels of '{v.tok_name}'", fix)
         yield from text_data()

@@ -18,6 +18,7 @@ from lmspec.compiler import schema as S
 from lmspec.compiler.arch import ROTARY_TOLERANCE, ArchConfig, StackConfig
 from lmspec.compiler.graphs import ModelSpans
 from lmspec.compiler.resolve import ResolvedBlock
+from lmspec.compiler.values import percent
 from lmspec.diagnostics import CODES, Diagnostic, Label, Span
 from lmspec.grammar.ast import layer_selector
 
@@ -183,11 +184,6 @@ def _rotated(fraction: float, head_dim: int) -> int | None:
     return whole if abs(dims - whole) < ROTARY_TOLERANCE and whole >= 2 and whole % 2 == 0 else None
 
 
-def _percent(fraction: float) -> str:
-    text = f"{fraction * 100:.10g}"
-    return f"{text}%" if float(text) / 100 == fraction else f"{fraction:g}"
-
-
 def _stack_specs(spec: S.ModelSpec) -> list[tuple[tuple, S.StackSpec | None, int]]:
     if spec.arch == "encoder_decoder":
         return [((part,), getattr(spec, part), getattr(spec, part).layers) for part in ("encoder", "decoder")
@@ -312,10 +308,10 @@ def _shape_rules(spec: S.ModelSpec, block: ResolvedBlock) -> Iterator[Diagnostic
         elif ("LMS062", i) in before:
             # the even numbers of dimensions nearest to what was asked for, as fractions of the head
             near = sorted(range(2, hd + 1, 2), key=lambda n: (abs(n - fraction * hd), n))[:1]
-            yield _err("LMS062", f"RoPE rotates pairs of dimensions, but {_percent(fraction)} of head_dim {hd} is "
-                       f"{fraction * hd:.6g}, not an even number",
+            yield _err("LMS062", f"RoPE rotates pairs of dimensions, but {percent(fraction, digits=6)} of head_dim "
+                       f"{hd} is {fraction * hd:.6g}, not an even number",
                        block.span_of(origin["position"] + ("position", "fraction")),
-                       help=f"try `fraction: {_percent(near[0] / hd)}` ({near[0]} dimensions)" if near else
+                       help=f"try `fraction: {percent(near[0] / hd, digits=6)}` ({near[0]} dimensions)" if near else
                        "give the heads at least two dimensions to rotate")
         att = s.values["attention"]
         if att is not None and att.kind == "sliding" and att.window > spec.context:

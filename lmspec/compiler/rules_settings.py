@@ -20,8 +20,8 @@ not as written. Each is a located diagnostic with the figures the runtime would 
 Only what the spec writes is held against it: a default the runtime adapts (three samples of an
 encoder, which samples nothing) is not a setting. Split and prompt counts are compared where
 they are known without reading data: any source with `validation: 0`, and the built-in corpora,
-whose record counts are constants and whose split is the runtime's hash of (seed, index),
-computed here as `runtime.data.order` computes it (a test keeps the two equal).
+whose record counts are constants and whose split is the runtime's hash of (seed, index)
+(`compiler.split`, which the runtime splits with).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from lmspec.compiler.rules_stages import BUILDS_FIRST, stage_tokenizer
 from lmspec.compiler.rules_tokens import (
     DEFAULT_TOKENIZER_SPEC, hf_tokenizer_file, runtime_tokenizer, special_ids, tokenizer_vocab_size,
 )
+from lmspec.compiler.split import is_validation
 from lmspec.diagnostics import CODES, Diagnostic, Label
 
 __all__ = ["SETTINGS_RULES", "BUILTIN_RECORDS", "held_out", "builtin_split"]
@@ -83,32 +84,12 @@ def _steps(x, name: str, steps: int) -> tuple[str, list[Label]]:
 #: records of each built-in corpus (runtime.data.builtin generates them; a test keeps the two equal)
 BUILTIN_RECORDS = {"tiny-stories": 20_000, "tiny-reviews": 10_000, "tiny-instructions": 6_000}
 
-_MASK = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_SPLIT_STREAM = 1
-
-
-def _mix_int(x: int) -> int:
-    x &= _MASK
-    x ^= x >> 30
-    x = (x * 0xBF58476D1CE4E5B9) & _MASK
-    x ^= x >> 27
-    x = (x * 0x94D049BB133111EB) & _MASK
-    return x ^ (x >> 31)
-
 
 def held_out(seed: int, n: int, fraction: float) -> int:
-    """How many of examples 0 .. n-1 go to validation: runtime.data.order.is_validation's
-    keyed hash (splitmix64's finaliser) below `fraction` of 2**64."""
+    """How many of examples 0 .. n-1 go to validation: the runtime's split (`compiler.split`)."""
     if n <= 0 or fraction <= 0:
         return 0
-    x = np.uint64(_mix_int(_mix_int(seed) ^ _SPLIT_STREAM)) + np.arange(n, dtype=np.uint64) * np.uint64(_GOLDEN)
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    return int((x < np.uint64(min(int(fraction * 2.0**64), _MASK))).sum())
+    return int(is_validation(seed, np.arange(n), fraction).sum())
 
 
 def builtin_split(spec: S.DataSpec) -> tuple[int, int] | None:

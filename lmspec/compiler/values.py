@@ -1,15 +1,17 @@
 """The values a resolved spec holds besides numbers, strings, booleans and lists.
 
 Resolution turns expressions into these plain, hashable values; the schema
-(`compiler.schema`) then reads them into typed models.
+(`compiler.schema`) then reads them into typed models. `describe` writes a value for an error
+message, `percent` a fraction for spec text (what `lmspec import-hf` and help lines print).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Symbol", "Ref", "CallValue", "Combination", "FromStage", "WithValue", "describe"]
+__all__ = ["Symbol", "Ref", "CallValue", "Combination", "FromStage", "WithValue", "describe", "percent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +94,16 @@ def describe(value: Any) -> str:
     if isinstance(value, dict):
         return "a block"
     return type(value).__name__
+
+
+def percent(fraction: float, digits: int | None = None) -> str:
+    """A fraction as spec text: a percentage where that reads back as the same float (0.25 ->
+    25%, 0.07 -> 7%), else the number, exactly (repr: 28/96 -> 0.2916666666666667) or, with
+    `digits`, to that many significant digits (0.291667: for a message or a help line, where the
+    rule reading it back allows for the rounding)."""
+    if not math.isfinite(fraction):
+        raise ValueError(f"{fraction} cannot be written in a spec")
+    text = f"{fraction * 100:.10g}"
+    if float(text) / 100 == fraction:
+        return f"{text}%"
+    return repr(float(fraction)) if digits is None else f"{fraction:.{digits}g}"

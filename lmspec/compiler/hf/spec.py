@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..arch import ArchConfig, AttentionConfig, HeadConfig, LayerConfig, PositionConfig, RopeScaling, StackConfig
+from ..values import percent
 from .config import arch_from_hf_config, hf_class
 from .errors import HFError, HFImportError
 from .files import read_hf_config, tensor_shapes
@@ -50,12 +51,6 @@ def _attention(a: AttentionConfig) -> str:
     return f"sliding(window: {_int(a.window)})" if a.kind == "sliding" else a.kind  # type: ignore[arg-type]
 
 
-def _percent(x: float) -> str:
-    """A fraction as a percentage when that reads back exactly (0.25 -> 25%), else as a number."""
-    text = f"{_float(x * 100)}%"
-    return text if float(text[:-1].replace("_", "")) / 100 == x else _float(x)
-
-
 def _rope_scaling(s: RopeScaling) -> str:
     if s.kind == "linear":
         return f"linear(factor: {_float(s.factor)})"
@@ -86,7 +81,7 @@ def _position(p: PositionConfig) -> str:
         if p.scaling is not None:
             args.append(f"scaling: {_rope_scaling(p.scaling)}")
         if p.fraction != 1:
-            args.append(f"fraction: {_percent(p.fraction)}")
+            args.append(f"fraction: {percent(p.fraction)}")
         if p.layout != "half":
             args.append(f"layout: {p.layout}")
         return f"rope({', '.join(args)})"
