@@ -1,7 +1,8 @@
 """`parallel: fsdp` on 2 gloo processes: FSDP2 gives one process's losses for the same global
 batch, every rank writes its slices of each checkpoint (DCP's safetensors files, nothing
-pickled), a killed rank resumes to the uninterrupted weights, a sharded run resumes in one
-process and a one-process run resumes sharded, and a missing or damaged shard is named."""
+pickled), clips the gradient by the norm over every rank's slices, a killed rank resumes to the
+uninterrupted weights, a sharded run resumes in one process and a one-process run resumes
+sharded, and a missing or damaged shard is named."""
 
 from __future__ import annotations
 
@@ -94,6 +95,9 @@ def test_fsdp_gives_the_losses_of_one_process(two, one):
     assert max(abs(a - b) for a, b in zip(ones, twos)) < 1e-5
     assert max(abs(a - b) for a, b in zip(_losses(one, "eval_loss"), _losses(two, "eval_loss"))) < 1e-5
     assert ones[-1] < ones[0] - 0.5  # it trained
+    # the norm clip_grad (default 1.0) clips by is the norm of the whole gradient, not of rank 0's slices
+    norms_one, norms_two = _losses(one, "grad_norm"), _losses(two, "grad_norm")
+    assert max(abs(a - b) / a for a, b in zip(norms_one, norms_two)) < 1e-4 and min(norms_one) > 1.0
     # the final weights are gathered into the single-process file: same names (the tied head once)
     assert _gap(_final(one), _final(two)) < 1e-5 and "lm_head.weight" not in _final(two)
     assert [m["step"] for m in open_run(two).samples("pretrain")] == [10, 20]  # samples ran on the sharded model
@@ -114,6 +118,31 @@ def test_every_rank_writes_its_slices_and_nothing_is_pickled(two, one):
     assert offsets["model.embed.weight"]["saved_offsets"] == [whole - rows, 0] and rows == whole // 2
     # one process writes the single-process format, whatever `parallel` says
     assert (_checkpoints(one) / "step-0000015" / "model.safetensors").is_file()
+
+
+# SGD moves the weights by lr times the clipped gradient, so a clip by a wrong norm shows in the
+# losses (AdamW, dividing by its running second moment, would hide a clip factor that stays near constant)
+CLIPPED = """lmspec 1
+tokenizer tok { kind: bytes }
+data d { source: text("corpus.txt"), validation: 10% }
+model m { vocab: tok.vocab_size, context: 32, layers: 2, d_model: 32, heads: 4, dropout: 0.0, tie_embeddings: true }
+train pretrain { model: m, objective: clm, data: d, steps: 6, batch: 8, grad_accum: 2, log_every: 1, samples: 0,
+                 optimizer: sgd(lr: 2.0), schedule: constant, clip_grad: 0.25, parallel: fsdp }
+"""
+
+
+def test_fsdp_clips_the_gradient_as_one_process_does(project, env_cache):
+    (project / "clipped.lmspec").write_text(CLIPPED)
+    done = cli(project, "run", "clipped.lmspec", "--nproc", "2", "--out", "clipped-two", "--plain")
+    assert done.returncode == 0, done.stderr
+    one = run(project / "clipped.lmspec", out=project / "clipped-one", progress=quiet()).path
+    two = project / "clipped-two"
+    norms_one, norms_two = _losses(one, "grad_norm"), _losses(two, "grad_norm")
+    assert len(norms_one) == len(norms_two) == 6 and min(norms_one) > 0.25  # every step was clipped
+    assert max(abs(a - b) / a for a, b in zip(norms_one, norms_two)) < 1e-4
+    ones, twos = _losses(one), _losses(two)
+    assert max(abs(a - b) for a, b in zip(ones, twos)) < 1e-5 and ones[-1] < ones[0]  # clipped, it still trains
+    assert _gap(_final(one), _final(two)) < 1e-5
 
 
 # ----------------------------------------------------------------------------- resuming

@@ -145,7 +145,7 @@ def test_tensorboard_gets_every_metric(tmp_path, cache, monkeypatch):
     scalars = []
 
     class SummaryWriter:  # the interface of torch.utils.tensorboard.SummaryWriter the runtime uses
-        def __init__(self, logdir):
+        def __init__(self, logdir, purge_step=None):
             self.logdir = logdir
 
         def add_scalar(self, tag, value, step):

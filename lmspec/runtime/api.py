@@ -25,7 +25,7 @@ from lmspec.runtime import distributed
 from lmspec.runtime.errors import RunError
 from lmspec.runtime.loop import InterruptFlag, Interrupted, drive, finished_artifacts, reset_stage
 from lmspec.runtime.progress import Progress, render_summary
-from lmspec.runtime.rundir import RunDir, canonical_spec, default_run_dir, spec_diff, spec_hash
+from lmspec.runtime.rundir import RunDir, canonical_spec, default_run_dir, spec_diff
 
 __all__ = ["run", "resume", "open_run", "Run", "default_cache_dir", "runnable_stages"]
 
@@ -351,12 +351,11 @@ def _execute(rd: RunDir, report, schedule, selected, blocked, dev, progress, cac
         progress.message(f"stage {name}: cannot run yet: {why}")
     ctx = RunContext(report, schedule, dev, Path(cache_dir) if cache_dir else default_cache_dir(), rd.path,
                      log=progress.message)
-    writer = None
     status = "running"
     main = distributed.is_main()
     try:
         with rd.lock() if main else contextlib.nullcontext(), InterruptFlag() as interrupt:
-            writer = _tensorboard_writer()(str(rd.path / "tensorboard")) if tensorboard and main else None
+            board = _TensorBoard(rd.path / "tensorboard") if tensorboard and main else None
             for plan in schedule:
                 if plan.name not in selected:
                     continue
@@ -366,7 +365,7 @@ def _execute(rd: RunDir, report, schedule, selected, blocked, dev, progress, cac
                         if found is not None:
                             ctx.artifacts[need] = found
                 stage = make_stage(plan, ctx)
-                ctx.artifacts[plan.name] = drive(stage, rd, progress, interrupt=interrupt, tensorboard=writer)
+                ctx.artifacts[plan.name] = drive(stage, rd, progress, interrupt=interrupt, tensorboard=board)
                 later = [n for n in selected if n not in ctx.artifacts]
                 if interrupt.set and later:
                     raise Interrupted(f"interrupted: stage '{plan.name}' finished; {', '.join(later)} did not start",
@@ -401,8 +400,6 @@ def _execute(rd: RunDir, report, schedule, selected, blocked, dev, progress, cac
                 rd.finish(status)
         except OSError:
             pass  # the disk that failed the run may refuse this too; the stages' files tell the story
-        if writer is not None:
-            writer.close()
     result = Run(rd.path)
     if not progress.quiet:
         _print_samples(result, selected, progress)
@@ -437,6 +434,23 @@ def _tensorboard_writer():
         raise RunError("--tensorboard needs the tensorboard package",
                        help="pip install 'lmspec[tensorboard]' (or pip install tensorboard)") from None
     return SummaryWriter
+
+
+class _TensorBoard:
+    """The event files of a run, one directory per stage (RUN/tensorboard/STAGE/), each opened by
+    its stage with the step it resumes from. A SummaryWriter's `purge_step` writes a SessionLog
+    START, and TensorBoard then hides the events of earlier sessions at or after that step, in
+    every tag of that directory: one directory for the run would also hide the steps of the
+    stages that finished before the crash, which are not run again. TensorBoard ignores the first
+    START of a directory, so a stage's first session writes one too."""
+
+    def __init__(self, root: Path):
+        self.root, self.SummaryWriter = root, _tensorboard_writer()
+
+    def open(self, stage: str, start: int):
+        # a stage resumed from the checkpoint of step `start` logs step start + 1 first: the
+        # earlier session's point at `start` stays, as its line in metrics.jsonl does
+        return self.SummaryWriter(str(self.root / stage), purge_step=start + 1)
 
 
 # ----------------------------------------------------------------------------- reading a run

@@ -155,7 +155,8 @@ def _set_aside(directory: Path, newer_than: int, progress) -> None:
 
 
 def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tensorboard=None) -> StageArtifacts:
-    """Run `stage` to its last step (or from where its checkpoints left off) and return its artifacts."""
+    """Run `stage` to its last step (or from where its checkpoints left off) and return its artifacts.
+    `tensorboard`: what opens the stage's event writer given the step it starts from (api's _TensorBoard)."""
     name = stage.name
     done = finished_artifacts(run, name, stage.plan.model, warn=progress.message)
     if done is not None:
@@ -184,6 +185,8 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
     if main:
         _set_aside(ckpt_dir, start, progress)
     metrics, samples = files.log("metrics.jsonl", start), files.log("samples.jsonl", start)
+    # TensorBoard hides what an earlier session logged after `start`, as metrics.jsonl drops it
+    board = tensorboard.open(name, start) if tensorboard is not None and main else None
     files.status("running", step=start, total=total, seconds=seconds, kind=stage.kind,
                  tokenizer=getattr(stage, "tokenizer_name", None), pid=os.getpid(),
                  world_size=distributed.world().size)
@@ -217,10 +220,10 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
                         samples.write({"stage": name, "step": step, **s})
                 line = {"stage": name, "step": step, **{k: _clean(v) for k, v in record.items()}}
                 metrics.write(line)
-                if tensorboard is not None and main:
+                if board is not None:
                     for k, v in line.items():
                         if isinstance(v, (int, float)) and k != "step":
-                            tensorboard.add_scalar(f"{name}/{k}", v, step)
+                            board.add_scalar(f"{name}/{k}", v, step)
                 t_log, tokens_at_log = time.perf_counter(), tokens
             progress.update(step, record, logged=logged)
             stop = distributed.any_rank(interrupt.set)
@@ -237,6 +240,8 @@ def drive(stage: Stage, run: RunDir, progress, *, interrupt: InterruptFlag, tens
     finally:
         metrics.close()
         samples.close()
+        if board is not None:
+            board.close()
         progress.end_stage()
     if sharded:
         stage.consolidate()
