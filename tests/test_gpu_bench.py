@@ -36,6 +36,9 @@ def test_reduced_gpu_benchmark_runs_every_section_on_the_cpu(tmp_path):
     assert fsdp["sharded_parameters"] > 0 and len(fsdp["losses"]) == 2 and fsdp["finite"]
     gen = sections["generate"]
     assert gen["same_tokens"] is True and gen["lmspec_tokens_per_s"] > 0 and gen["hf_tokens_per_s"] > 0
+    flex = sections["flex"]["kernels"]  # the CPU trains the sdpa stage; FlexAttention only runs forward here
+    assert list(flex) == ["sdpa"] and flex["sdpa"]["estimate_bytes"] > 0 and flex["sdpa"]["tokens_per_s"] > 0
+    assert flex["sdpa"]["flex_forward_max_abs_diff"] < 1e-5
 
 
 def test_run_sh_refuses_a_machine_without_cuda():

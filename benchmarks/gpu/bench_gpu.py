@@ -18,6 +18,12 @@ others still run):
               and peak memory.
   generate    greedy generation with the KV cache, lmspec `Transformer.generate` against
               transformers' `generate` on the same GPT-2 weights: new tokens/s and the ratio.
+  flex        a Mistral-style decoder (sliding window shorter than the sequence, GQA) trained in
+              bf16 with `attention_kernel: sdpa` (a dense mask: SDPA's math kernel) and
+              `attention_kernel: flex` (FlexAttention, modules/flex.py): the first losses of
+              both (same weights, same data), step time, tokens/s, and peak memory against
+              `check`'s estimate for each kernel. On the CPU (--reduced) the sdpa stage trains
+              and the flex logits are compared with SDPA's without gradients.
 
 `--reduced` runs every section's code on the CPU with tiny shapes and fp32, in seconds: the
 test suite runs it (tests/test_gpu_bench.py) so that the script cannot rot between GPU runs.
@@ -107,6 +113,24 @@ train pretrain {{
 }}
 """
 
+SLIDING = """lmspec 1
+tokenizer tok {{ kind: bytes }}
+data stories {{ source: builtin("tiny-stories"), validation: 2% }}
+
+model mistral {{
+  arch: decoder, vocab: {vocab}, context: {context}
+  layers: {layers}, d_model: {d_model}, heads: {heads}, kv_heads: {kv_heads}, d_ff: {d_ff}
+  position: rope(theta: 10_000), norm: rmsnorm, activation: swiglu, bias: false
+  attention: sliding(window: {window})
+}}
+
+train pretrain {{
+  model: mistral, objective: clm, data: stories
+  steps: 1000, batch: {batch}, log_every: 1000
+  optimizer: adamw(lr: 3e-4), clip_grad: 1.0, precision: {precision}, attention_kernel: {kernel}
+}}
+"""
+
 FULL = {
     "train": dict(vocab=50_257, context=1024, layers=12, d_model=768, heads=12, batch=16, precision="bf16",
                   compile="true", parallel="auto", warmup=3, steps=20),
@@ -121,6 +145,8 @@ FULL = {
     "fsdp": dict(vocab=50_257, context=1024, layers=12, d_model=768, heads=12, batch=8, precision="bf16",
                  compile="false", parallel="fsdp", steps=10),
     "generate": dict(vocab=50_257, context=1024, layers=12, d_model=768, heads=12, batch=8, prompt=64, new=128),
+    "flex": dict(vocab=32_000, context=4096, layers=4, d_model=1024, heads=16, kv_heads=4, d_ff=2816, window=512,
+                 batch=2, precision="bf16", warmup=3, steps=5),
 }
 REDUCED = {
     "train": dict(vocab=300, context=64, layers=2, d_model=64, heads=4, batch=2, precision="fp32",
@@ -136,6 +162,8 @@ REDUCED = {
     "fsdp": dict(vocab=300, context=64, layers=2, d_model=64, heads=4, batch=2, precision="fp32",
                  compile="false", parallel="fsdp", steps=2),
     "generate": dict(vocab=300, context=64, layers=2, d_model=64, heads=4, batch=2, prompt=8, new=8),
+    "flex": dict(vocab=300, context=64, layers=2, d_model=64, heads=4, kv_heads=2, d_ff=128, window=16,
+                 batch=2, precision="fp32", warmup=1, steps=1),
 }
 
 
@@ -320,12 +348,56 @@ def section_generate(cfg: dict, device: torch.device) -> dict:
             "hf_tokens_per_s": tokens / hf_s, "time_ratio_lmspec_over_hf": ours_s / hf_s, "same_tokens": same}
 
 
+def section_flex(cfg: dict, tmp: Path, device: torch.device) -> dict:
+    shape = dict(cfg)
+    warmup, steps = shape.pop("warmup"), shape.pop("steps")
+    B, T = shape["batch"], shape["context"]
+    kernels = ("sdpa", "flex") if device.type == "cuda" else ("sdpa",)  # no FlexAttention backward on the CPU
+    out: dict = {"shape": cfg, "kernels": {}}
+    for kernel in kernels:
+        report, plan, stage = stage_of(SLIDING, dict(shape, kernel=kernel), tmp, device, f"flex-{kernel}")
+        estimate = spec_figures(report, meta=False)[0].stages["pretrain"].memory
+        row: dict = {"estimate_bytes": estimate.total, "estimate_activations": estimate.activations}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        losses, times = [], []
+        for i in range(warmup + steps):  # FlexAttention's kernels are compiled in the first step
+            start = time.perf_counter()
+            losses.append(stage.step(i).get("loss"))
+            sync(device)
+            times.append(time.perf_counter() - start)
+        row.update(first_losses=losses[:3], median_step_s=statistics.median(times[warmup:]),
+                   first_step_s=times[0])
+        row["tokens_per_s"] = B * T / row["median_step_s"]
+        if device.type == "cuda":
+            row["measured_bytes"] = torch.cuda.max_memory_allocated(device)
+            row["ratio"] = row["measured_bytes"] / estimate.total
+            row["within_15%"] = abs(row["ratio"] - 1) <= 0.15
+        else:  # the CPU trains with sdpa only: compare FlexAttention's forward pass with SDPA's
+            model = stage.model.eval()
+            ids = torch.randint(0, shape["vocab"], (B, T), device=device)
+            with torch.no_grad():
+                dense = model.attention_kernel("sdpa")(ids).logits
+                flex = model.attention_kernel("flex")(ids).logits
+            row["flex_forward_max_abs_diff"] = (flex - dense).abs().max().item()
+        out["kernels"][kernel] = row
+        del stage
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if len(out["kernels"]) == 2:
+        sdpa, flex = out["kernels"]["sdpa"], out["kernels"]["flex"]
+        out["flex_speedup"] = sdpa["median_step_s"] / flex["median_step_s"]
+        out["flex_memory_ratio"] = flex["measured_bytes"] / sdpa["measured_bytes"]
+        out["first_loss_diff"] = abs(flex["first_losses"][0] - sdpa["first_losses"][0])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gpu-bench.json", help="where the JSON goes")
     parser.add_argument("--reduced", action="store_true", help="tiny shapes on the CPU, in seconds (the tests)")
-    parser.add_argument("--only", action="append", choices=("train", "memory", "fsdp", "generate"),
+    parser.add_argument("--only", action="append", choices=("train", "memory", "fsdp", "generate", "flex"),
                         help="run only these sections (repeatable)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
     args = parser.parse_args(argv)
@@ -343,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "python": platform.python_version(), "sections": {},
     }
-    sections = args.only or ["train", "memory", "fsdp", "generate"]
+    sections = args.only or ["train", "memory", "fsdp", "generate", "flex"]
     with tempfile.TemporaryDirectory(prefix="lmspec-gpu-") as tmp:
         tmp = Path(tmp)
         os.environ["LMSPEC_CACHE"] = str(tmp / "cache")
@@ -357,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
                     res = section_memory(cfg["memory"], tmp, device)
                 elif name == "fsdp":
                     res = section_fsdp(cfg["fsdp"], tmp, device)
+                elif name == "flex":
+                    res = section_flex(cfg["flex"], tmp, device)
                 else:
                     res = section_generate(cfg["generate"], device)
                 res["ok"] = "error" not in res

@@ -171,7 +171,8 @@ def spec_figures(report, *, meta: bool = True) -> tuple[Figures, list[Diagnostic
         momentum = getattr(spec.optimizer, "momentum", 0.0)  # sgd keeps a buffer only with momentum
         memory = A.training_memory(arch, batch=micro, seq_len=seq_len, precision=precision,
                                    optimizer=spec.optimizer.kind, decoder_seq_len=dec, momentum=momentum,
-                                   checkpoint_activations=getattr(spec, "checkpoint_activations", False))
+                                   checkpoint_activations=getattr(spec, "checkpoint_activations", False),
+                                   attention_kernel=getattr(spec, "attention_kernel", "auto"))
         if rl is not None:
             memory = _rl_memory(report, stage, arch, memory, rl)
         figures.stages[stage] = StageFigures(stage, kind, model, batch, seq_len, steps, tokens, flops, precision,
@@ -300,7 +301,8 @@ def _rl_memory(report, stage: str, arch: ArchConfig, policy: A.MemoryEstimate, r
                                            seq_len=rl.prompt_tokens + rl.new_tokens,
                                            precision=policy.precision, optimizer=spec.optimizer.kind,
                                            momentum=getattr(spec.optimizer, "momentum", 0.0),
-                                           checkpoint_activations=spec.checkpoint_activations)
+                                           checkpoint_activations=spec.checkpoint_activations,
+                                           attention_kernel=spec.attention_kernel)
     for name, m in parts.items():
         rl.memory[name] = m.weights + m.weight_copies + m.gradients + m.optimizer + m.activations
     frozen = rl.memory["reference"] + rl.memory["reward"] + rl.memory["judges"]

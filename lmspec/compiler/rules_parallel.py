@@ -5,6 +5,8 @@ parallelism, and a batch that splits over them. All before anything launches.
     LMS121  `parallel: ddp` for a stage that fits its devices only sharded (fsdp)
     LMS122  a device memory that is not a size (`device_memory: "80GB"`)
     LMS123  a stage that fits with less than a tenth of the device's memory to spare (warning)
+    LMS136  `attention_kernel: flex` for a layer FlexAttention cannot take (it would run SDPA)
+    LMS137  `attention_kernel: flex` where no layer needs a dense mask: it changes nothing (warning)
 
 and LMS089 a global batch that does not split into grad_accum x devices equal micro-batches.
 
@@ -41,6 +43,8 @@ CODES.setdefault("LMS120", "a stage that does not fit the memory of one device, 
 CODES.setdefault("LMS121", "parallel: ddp for a stage that fits its devices only sharded (fsdp)")
 CODES.setdefault("LMS122", "a device memory that is not a size")
 CODES.setdefault("LMS123", "a stage that fits with less than a tenth of the device's memory to spare (warning)")
+CODES.setdefault("LMS136", "attention_kernel: flex for a layer FlexAttention cannot take")
+CODES.setdefault("LMS137", "attention_kernel: flex where no layer needs a dense mask (warning)")
 
 #: below this share of a device's memory left free, a fit is a warning: the estimate leaves out
 #: the CUDA context, the allocator's cache and fragmentation, kernel workspaces and the logits
@@ -184,7 +188,7 @@ def stage_plan(report, stage: str, hardware: Hardware | None = None, *, figures=
     seq_len = min(spec.seq_len or arch.context, arch.context)
     shapes = dict(seq_len=seq_len, precision=_precision(spec.precision), optimizer=spec.optimizer.kind,
                   decoder_seq_len=_decoder_len(arch, spec, seq_len), momentum=getattr(spec.optimizer, "momentum", 0.0),
-                  checkpoint_activations=spec.checkpoint_activations)
+                  checkpoint_activations=spec.checkpoint_activations, attention_kernel=spec.attention_kernel)
     micro = max(1, spec.batch // (spec.grad_accum * devices))  # LMS089 when it does not divide
     # dpo keeps a frozen copy of the starting model, whole on every device (runtime.stages.train)
     frozen = 4 * A.count_parameters(arch).total if any(t.objective.kind == "dpo" for t in spec.objective) else 0
@@ -444,7 +448,41 @@ def parallel_rule(x) -> Iterator[Diagnostic]:
             yield from _memory_diagnostics(_report(x), x.block(name), plan, spec)
 
 
-PARALLEL_RULES = [parallel_rule]
+def attention_kernel_rule(x) -> Iterator[Diagnostic]:
+    """LMS136 and LMS137 for train and rl stages that ask for `attention_kernel: flex`."""
+    report = _report(x)
+    for kind in ("train", "rl"):
+        for name, spec in x.of_kind(kind).items():
+            if spec.attention_kernel != "flex":
+                continue
+            found = stage_arch(report, name)
+            if found is None:
+                continue
+            model, arch = found
+            if kind == "train":
+                seq_len = min(spec.seq_len or arch.context, arch.context)
+            else:
+                seq_len = min(spec.rollouts.prompts.tokens + spec.rollouts.max_new_tokens, arch.context)
+            layers = A.dense_mask_layers(arch, seq_len, dropout=kind == "train")  # rl updates run in eval mode
+            span = x.block(name).span_of(("attention_kernel",))
+            refused = [(stack, i, why) for stack, i, why in layers if why is not None]
+            if refused:
+                stack, i, why = refused[0]
+                more = f" (and {len(refused) - 1} more layer{'s' * (len(refused) > 2)})" if len(refused) > 1 else ""
+                yield _err("LMS136", f"{kind} '{name}' has attention_kernel: flex, but FlexAttention cannot take "
+                           f"layer {i} of model '{model}'s {stack} ({why}){more}: it would run SDPA with a dense mask",
+                           span, help="use `attention_kernel: auto`, which gives FlexAttention the layers it can take "
+                                      "and SDPA the rest" + (", or attention dropout 0 (FlexAttention has none)"
+                                                             if "dropout" in why else ""))
+            elif not layers:
+                yield Diagnostic(
+                    "warning", "LMS137", f"{kind} '{name}' has attention_kernel: flex, but no layer of model '{model}' "
+                    f"needs a dense mask over {seq_len} tokens (a sliding window shorter than that, a prefix, ALiBi): "
+                    "FlexAttention would run no layer", span, [],
+                    "remove `attention_kernel: flex`: causal and bidirectional attention run SDPA's fused kernels", [])
+
+
+PARALLEL_RULES = [parallel_rule, attention_kernel_rule]
 
 
 # ---------------------------------------------------------------------------- at `lmspec run`

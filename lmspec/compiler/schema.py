@@ -590,6 +590,10 @@ class TrainSpec(Block):
     checkpoint_activations: bool = Field(False, description="recompute each block's activations during backward "
                                                             "instead of keeping them: less memory, one more forward "
                                                             "pass of the blocks")
+    attention_kernel: Literal["auto", "sdpa", "flex"] = Field(
+        "auto", description="what runs the layers whose mask SDPA takes dense (a sliding window shorter than "
+                            "seq_len, a prefix, ALiBi): auto = FlexAttention on CUDA, SDPA elsewhere; sdpa; "
+                            "flex = FlexAttention (CUDA only)")
     devices: int | None = Field(None, ge=1, description="the devices (processes) `check` plans the stage for: "
                                                         "memory per device, and the batch split over them; "
                                                         "default 1 (`run` uses the processes it is given)")
@@ -803,6 +807,10 @@ class RLSpec(Block):
                                                             "backward instead of keeping them (the policy and PPO's "
                                                             "value model): less memory, one more forward pass of the "
                                                             "blocks")
+    attention_kernel: Literal["auto", "sdpa", "flex"] = Field(
+        "auto", description="what runs the layers whose mask SDPA takes dense (a sliding window shorter than "
+                            "seq_len, a prefix, ALiBi): auto = FlexAttention on CUDA, SDPA elsewhere; sdpa; "
+                            "flex = FlexAttention (CUDA only)")
     device_memory: str | None = Field(None, description='the memory of the device, e.g. "80GB" or "80GiB": `check` '
                                                         "says whether the stage fits (on several devices: DDP, every model "
                                                         "whole on each, the rollouts split)")

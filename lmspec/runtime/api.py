@@ -82,15 +82,16 @@ def _warnings(report, progress) -> None:
 
 def _preflight(schedule, selected: list[str], dev, report=None, cache_dir: Path | None = None) -> None:
     """What would fail in a stage's setup and can be known now, before a run directory exists:
-    the device's precision and compiler, then (given the report) each train stage's tokenizer
+    the device's precision, compiler and attention kernel, then (given the report) each train stage's tokenizer
     and data, prepared into the cache (`_prepare_data`)."""
-    from lmspec.runtime.engine import check_compile, resolve_precision
+    from lmspec.runtime.engine import check_attention_kernel, check_compile, resolve_precision
 
     for plan in schedule:
         if plan.name in selected and plan.kind in ("train", "rl"):
             resolve_precision(plan.spec.precision, dev)
             if getattr(plan.spec, "compile", False):
                 check_compile(dev, plan.name)
+            check_attention_kernel(dev, plan.name, plan.spec.attention_kernel)
     if report is not None and distributed.env_rank() == 0 and not distributed.launched():
         _prepare_data(report, schedule, selected, dev, cache_dir)
 

@@ -105,6 +105,30 @@ def check_compile(device: torch.device, stage: str) -> None:
                        help="install g++ or clang++ (or set CXX), or set compile: false") from None
 
 
+def check_attention_kernel(device: torch.device, stage: str, kernel: str) -> None:
+    """`attention_kernel: flex` runs FlexAttention, which trains only on CUDA (torch's CPU
+    FlexAttention has no backward pass) and builds its kernels with triton; `auto` needs
+    neither (it falls back to SDPA)."""
+    from lmspec.compiler.modules.flex import AVAILABLE, _has_triton
+    from lmspec.runtime.errors import RunError
+
+    if kernel != "flex":
+        return
+    auto = "or attention_kernel: auto (FlexAttention on CUDA, SDPA elsewhere)"
+    if not AVAILABLE:
+        raise RunError(f"stage '{stage}' has attention_kernel: flex, but torch {torch.__version__} has no FlexAttention "
+                       "(torch.nn.attention.flex_attention, torch 2.5 and later)",
+                       help=f"upgrade torch, {auto}")
+    if device.type != "cuda":
+        raise RunError(f"stage '{stage}' has attention_kernel: flex, but runs on {device.type}: FlexAttention "
+                       "trains on CUDA only (torch has no FlexAttention backward pass on the CPU)",
+                       help=f"run on a GPU (--device cuda), {auto}")
+    if not _has_triton():
+        raise RunError(f"stage '{stage}' has attention_kernel: flex, but triton, which FlexAttention builds its "
+                       "kernels with, is not available here",
+                       help=f"pip install triton (it comes with torch's CUDA wheels), {auto}")
+
+
 def seed_everything(seed: int) -> None:
     """The global generators: model initialisation and dropout draw from them. Data order and
     masking never do (they use `micro_generator`), so both are pure functions of the step."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .flops import FlopCount, StageCost, flops_per_token, forward_flops, stage_cost
 from .memory import (
+    ATTENTION_KERNELS,
     OPTIMIZERS,
     PARALLELISMS,
     PRECISIONS,
@@ -17,6 +18,7 @@ from .memory import (
     KVCacheEstimate,
     MemoryEstimate,
     activation_bytes,
+    dense_mask_layers,
     device_memory,
     kv_cache_memory,
     optimizer_state_bytes,
@@ -50,6 +52,8 @@ __all__ = [
     "PARALLELISMS",
     "DeviceMemory",
     "device_memory",
+    "ATTENTION_KERNELS",
+    "dense_mask_layers",
     "meta_check",
     "meta_pass",
     "MetaResult",

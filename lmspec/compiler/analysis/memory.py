@@ -50,6 +50,8 @@ __all__ = [
     "PARALLELISMS",
     "DeviceMemory",
     "device_memory",
+    "ATTENTION_KERNELS",
+    "dense_mask_layers",
 ]
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -75,7 +77,9 @@ _STATE: dict[str, tuple[int, bool]] = {
 }
 OPTIMIZERS: tuple[str, ...] = tuple(_STATE)
 
-FP32, INDEX = 4, 8  # bytes of an fp32 element and of an int64 index
+FP32, INDEX, INT32 = 4, 8, 4  # bytes of an fp32 element, an int64 index and an int32 one
+FLEX_BLOCK = 128  # the side of a FlexAttention BlockMask tile (modules/flex.py BLOCK)
+ATTENTION_KERNELS: tuple[str, ...] = ("auto", "sdpa", "flex")
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,7 @@ class _Kernels:
 
     device: str
     act: int  # bytes of an activation element: 4 in fp32, 2 under autocast
+    flex: bool = False  # FlexAttention takes the layers whose mask SDPA would take dense (modules/flex.py)
 
     @property
     def half(self) -> bool:
@@ -220,9 +225,12 @@ class _Kernels:
         CPU: its flash kernel, unless attention dropout is on or the mask is trained (T5's
         bias), which need the math kernel. CUDA: flash (half precision, no mask; grouped-query
         heads allowed), else memory-efficient (any mask, fp32, but no grouped-query heads),
-        else math. A soft-capped layer is none of them: "softcap", its explicit path."""
+        else math. A soft-capped layer is none of them: "softcap", its explicit path. With
+        `flex`, a masked layer without a trained bias or attention dropout is "flex"."""
         if layer.attention.softcap is not None:
             return "softcap"
+        if self.flex and masked and not trained_bias and layer.dropout == 0:
+            return "flex"
         if self.device == "cpu":
             return "math" if layer.dropout > 0 or trained_bias else "fused"
         flash = self.half and not masked
@@ -251,7 +259,7 @@ def _attention_bytes(layer: LayerConfig, B: int, T: int, S: int, kernel: str, k:
     o_proj's input, a contiguous copy of its output."""
     q, kv, H = layer.heads * layer.head_dim, layer.kv_heads * layer.head_dim, layer.heads
     act = k.act
-    if kernel == "fused":
+    if kernel in ("fused", "flex"):  # FlexAttention keeps what flash attention keeps (flex.py)
         per_query = layer.d_model + 2 * q  # projection input, q, attention output
         if not cross and (layer.position.kind == "rope" or layer.qk_norm):
             # rotated (or normalised) q; the raw q is a view of the projection output
@@ -311,12 +319,15 @@ def _mask_bytes(layer: LayerConfig, B: int, T: int, kernel: str, k: _Kernels) ->
     layer; ALiBi's and T5's (1|B, heads, T, T) fp32 biases are one tensor the stack's layers
     share (under autocast, SDPA's half-precision copy of it, one per layer). The math kernel
     adds the mask to the scores and keeps nothing of it. T5's bias is trained, so the
-    masked_fill that hides future keys from it keeps its boolean structure."""
+    masked_fill that hides future keys from it keeps its boolean structure. FlexAttention
+    keeps its block mask, which its layers share (`_flex_mask_bytes`)."""
     kind, masked = _self_attention_masked(layer, T)
     alibi, relative = layer.position.kind == "alibi", layer.position.kind == "relative"
     rows = B if kind == "prefix" else 1
     structured = kind in ("sliding", "prefix") or (kind == "causal" and (alibi or relative))
     key = (kind, layer.attention.window, layer.heads if alibi else None, relative, kernel)
+    if kernel == "flex":
+        return key, _flex_mask_bytes(rows, T, layer.heads if alibi else None), 0
     shared = rows * T * T if relative and structured else 0
     if kernel in ("math", "softcap") or not masked:
         return key, shared, 0
@@ -325,6 +336,33 @@ def _mask_bytes(layer: LayerConfig, B: int, T: int, kernel: str, k: _Kernels) ->
             return key, shared, k.act * rows * layer.heads * T * T
         return key, shared + FP32 * rows * layer.heads * T * T, 0
     return key, shared, k.act * rows * T * T
+
+
+def dense_mask_layers(arch: ArchConfig, seq_len: int, *, dropout: bool = True) -> list[tuple[str, int, str | None]]:
+    """The self-attention layers whose mask SDPA would take as a dense tensor over `seq_len`
+    tokens (a sliding window shorter than it, a prefix, ALiBi, T5's bias): (stack, index, why
+    FlexAttention cannot take it, or None when it can). dropout: whether attention dropout is
+    on (training; rl updates run in eval mode)."""
+    out = []
+    for name, stack in (("encoder", arch.encoder), ("decoder", arch.decoder)):
+        for i, layer in enumerate(stack.layers if stack is not None else ()):
+            _, masked = _self_attention_masked(layer, seq_len)
+            if not masked:
+                continue
+            why = ("a soft cap" if layer.attention.softcap is not None
+                   else "T5's trained relative bias" if layer.position.kind == "relative"
+                   else f"attention dropout {layer.dropout:g}" if dropout and layer.dropout > 0 else None)
+            out.append((name, i, why))
+    return out
+
+
+def _flex_mask_bytes(rows: int, T: int, alibi_heads: int | None) -> int:
+    """A FlexAttention mask over T queries and keys (modules/flex.py): the BlockMask's int32
+    tensors, for n = ceil(T / 128) tiles a side, the (rows, 1, n) counts and (rows, 1, n, n)
+    indices of partial and of full tiles, by query tile and again by key tile; and for ALiBi the
+    buffers its score_mod reads, the (heads,) fp32 slopes and the (T,) position ids."""
+    n = -(-T // FLEX_BLOCK)
+    return INT32 * rows * (4 * n + 4 * n * n) + (FP32 * alibi_heads + INDEX * T if alibi_heads else 0)
 
 
 def _layer_activations(layer: LayerConfig, B: int, T: int, S: int, k: _Kernels) -> tuple[dict[str, int], tuple, int]:
@@ -459,7 +497,7 @@ def _stack_activations(
     into.keep(f"{name}.final_norm", _final_norm_bytes(stack, B, T, k))
 
 
-def _context_bytes(stack: StackConfig, B: int, T: int) -> int:
+def _context_bytes(stack: StackConfig, B: int, T: int, k: _Kernels) -> int:
     """What a stack's `AttentionContext` holds, which under activation checkpointing stays
     alive with the blocks that read it: the masks and biases it memoises (one per distinct
     mask of the layers, built before the blocks run), T5's bias table output, and the boolean
@@ -469,13 +507,18 @@ def _context_bytes(stack: StackConfig, B: int, T: int) -> int:
     for layer in stack.layers:
         kind, window = layer.attention.kind, layer.attention.window
         alibi, relative = layer.position.kind == "alibi", layer.position.kind == "relative"
-        key = (kind, window, layer.heads if alibi else None, relative)
+        _, masked = _self_attention_masked(layer, T)
+        flex = k.attention(layer, masked=masked, trained_bias=relative) == "flex"
+        key = (kind, window, layer.heads if alibi else None, relative, flex)
         if key in seen:
             continue
         seen.add(key)
         if kind == "sliding" and window is not None and T <= window:
             kind = "causal"
         rows = B if kind == "prefix" else 1
+        if flex:
+            n += _flex_mask_bytes(rows, T, layer.heads if alibi else None)
+            continue
         structured = kind != "bidirectional"
         if alibi or relative:
             if structured:  # the masked copy of the bias (B|1, h, T, T), and for T5 the mask it keeps
@@ -497,7 +540,7 @@ def _checkpointed_stack(
     into.keep(f"{name}.positions", INDEX * T if position_ids else 0)  # (1, T), held by the context
     if any(layer.attention.kind == "prefix" for layer in stack.layers):
         into.keep(f"{name}.positions", INDEX * B)  # and the prefix lengths (B,)
-    into.keep(f"{name}.masks", _context_bytes(stack, B, T))
+    into.keep(f"{name}.masks", _context_bytes(stack, B, T, k))
     into.keep(f"{name}.rope", _rope_bytes(stack, T))
     if stack.relative_layer is not None:
         into.keep(f"{name}.relative_bias", INDEX * T * T)
@@ -534,19 +577,23 @@ def activation_bytes(
     precision: Precision = "fp32",
     device: Device = "cuda",
     checkpoint_activations: bool = False,
+    attention_kernel: str = "auto",
 ) -> dict[str, int]:
     """Bytes autograd saves for backward during one training forward pass and the loss,
     by component; see the module docstring. With `checkpoint_activations`, the most that is
     alive at once while every block runs under activation checkpointing, by component at that
-    moment (`_Timeline.peak`)."""
+    moment (`_Timeline.peak`). attention_kernel: "auto" and "flex" give FlexAttention the
+    layers whose mask SDPA would take dense, on CUDA; "sdpa" keeps SDPA (`Transformer.attention_kernel`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
     if batch < 1 or seq_len < 1:
         raise ValueError(f"batch and seq_len must be positive, got batch={batch}, seq_len={seq_len}")
+    if attention_kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"unknown attention kernel {attention_kernel!r}: expected one of {', '.join(ATTENTION_KERNELS)}")
     act = FP32 if precision == "fp32" else 2
-    kernels = _Kernels(device, act)
+    kernels = _Kernels(device, act, flex=device == "cuda" and attention_kernel != "sdpa")
     B, T, d, V = batch, seq_len, arch.d_model, arch.vocab
     timeline = _Timeline()
     add = timeline.keep
@@ -649,6 +696,7 @@ def training_memory(
     device: Device = "cuda",
     momentum: float = 0.0,
     checkpoint_activations: bool = False,
+    attention_kernel: str = "auto",
 ) -> MemoryEstimate:
     """Bytes to train `arch` on batches of `batch` x `seq_len` tokens: one device, no
     sharding; `batch` is the micro-batch one forward pass sees.
@@ -657,7 +705,8 @@ def training_memory(
     state; half-precision copies of the matmul weights). optimizer: one of `OPTIMIZERS`
     (`momentum` > 0 turns "sgd" into SGD with a momentum buffer). device: whose attention and
     dropout kernels decide what is kept for backward, "cuda" (the default) or "cpu".
-    checkpoint_activations: every block runs under activation checkpointing (`activation_bytes`)."""
+    checkpoint_activations: every block runs under activation checkpointing; attention_kernel:
+    which kernel takes the layers SDPA would give a dense mask (both `activation_bytes`)."""
     shapes = parameter_shapes(arch)  # listed once for the weights, their copies and the optimizer
     n = sum(p.numel for p in shapes)  # == count_parameters(arch).total: a tied weight is listed once
     weights = FP32 * n
@@ -666,7 +715,7 @@ def training_memory(
     state = _optimizer_state_bytes(shapes, optimizer, momentum)
     acts = activation_bytes(
         arch, batch=batch, seq_len=seq_len, decoder_seq_len=decoder_seq_len, precision=precision, device=device,
-        checkpoint_activations=checkpoint_activations,
+        checkpoint_activations=checkpoint_activations, attention_kernel=attention_kernel,
     )
     activations = sum(acts.values())
     return MemoryEstimate(
@@ -748,6 +797,7 @@ def device_memory(
     momentum: float = 0.0,
     checkpoint_activations: bool = False,
     grad_accum: int = 1,
+    attention_kernel: str = "auto",
 ) -> DeviceMemory:
     """Bytes on one of `world` devices training `arch` on micro-batches of `batch` x `seq_len`
     tokens per device, under `parallel`:
@@ -776,7 +826,7 @@ def device_memory(
         raise ValueError(f"world must be 1 or more, got {world}")
     base = training_memory(arch, batch=batch, seq_len=seq_len, precision=precision, optimizer=optimizer,
                            decoder_seq_len=decoder_seq_len, device=device, momentum=momentum,
-                           checkpoint_activations=checkpoint_activations)
+                           checkpoint_activations=checkpoint_activations, attention_kernel=attention_kernel)
     if parallel == "ddp":  # torch's reducer: one flat fp32 tensor per bucket, the sum of its parameters' numels
         rebuild = base.weights + 2 * base.gradients + base.optimizer if world > 1 and grad_accum > 1 else 0
         return DeviceMemory("ddp", world, batch, base.weights, base.weight_copies, 0, base.gradients, 0,

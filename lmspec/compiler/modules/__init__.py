@@ -5,6 +5,7 @@ norms.py      make_norm: LayerNorm / RMSNorm, with Gemma's (offset + weight) sca
 positions.py  sinusoidal tables, RoPE, ALiBi, T5 relative-position bias
 masks.py      AttentionContext: every layer's mask, built once per forward
 attention.py  Attention (self, fused qkv), CrossAttention, attend (SDPA)
+flex.py       FlexAttention for the masks SDPA takes dense (sliding, prefix, ALiBi), on CUDA
 mlp.py        FeedForward (plain or gated)
 moe.py        MixtureOfExperts: a routed mixture of FeedForwards (Mixtral), moe_aux_loss
 block.py      Block: attention (+ cross-attention) + feed-forward, pre-, post- or sandwich norm

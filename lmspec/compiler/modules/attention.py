@@ -1,7 +1,9 @@
 """Self-attention (fused q/k/v projection) and cross-attention (decoder over encoder output).
 
 Both end in `F.scaled_dot_product_attention`; what differs between causal, sliding, prefix,
-ALiBi and T5 attention is only the mask the `AttentionContext` hands over. A soft-capped layer
+ALiBi and T5 attention is only the mask the `AttentionContext` hands over. Where that would be
+a dense mask and the stack runs FlexAttention (on CUDA by default), the context hands over a
+block mask instead and the layer calls `flex_attention` (flex.py). A soft-capped layer
 (Gemma 2) takes an explicit path instead, since SDPA cannot cap its scores: the (T x S) score
 matrix is materialised, as SDPA's math kernel would.
 """
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .flex import flex_attend
 from .kv_cache import LayerCache
 from .masks import AttentionContext, AttentionMask
 from .positions import Rotary, apply_rope
@@ -37,6 +40,10 @@ def attend(
     before the mask."""
     if softcap is not None:
         return _softcapped(q, k, v, mask, dropout=dropout, scale=scale, softcap=softcap)
+    if mask.flex is not None:
+        if dropout > 0:
+            raise ValueError("FlexAttention has no attention dropout: a layer with dropout asks for an SDPA mask")
+        return flex_attend(q, k, v, mask.flex, scale=scale)
     extra = {}
     if k.shape[1] != q.shape[1]:
         if _SDPA_GQA:
@@ -138,8 +145,10 @@ class Attention(nn.Module):
         return self.o_proj(y)
 
     def _mask(self, ctx: AttentionContext, ring: int | None = None):
+        # FlexAttention has no dropout and no soft cap (those layers keep their SDPA / explicit paths)
+        flex = self.softcap is None and (self.dropout == 0 or not self.training)
         return ctx.mask(self.kind, self.window, alibi_heads=self.heads if self.position == "alibi" else None,
-                        relative=self.position == "relative", ring=ring)
+                        relative=self.position == "relative", ring=ring, flex=flex)
 
     def prepare(self, ctx: AttentionContext) -> None:
         """Ask `ctx` now for the rope tables and the mask `forward` will ask for (see Block.prepare)."""

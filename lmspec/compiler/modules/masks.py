@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .flex import FlexMask, build_flex_mask
 from .kv_cache import ring_key_count, ring_key_slots
 from .positions import Rotary, alibi_bias, alibi_slopes, rope_cos_sin
 
@@ -30,10 +31,12 @@ __all__ = ["AttentionMask", "AttentionContext"]
 @dataclass
 class AttentionMask:
     """What `F.scaled_dot_product_attention` takes: a boolean mask (True = may attend),
-    an additive float bias, or nothing at all with `is_causal` (the fast kernels)."""
+    an additive float bias, or nothing at all with `is_causal` (the fast kernels); or, for
+    FlexAttention, its block mask and score modification (flex.py)."""
 
     mask: torch.Tensor | None = None  # bool (B|1, 1, T, S) or float (B|1, nh, T, S)
     is_causal: bool = False
+    flex: FlexMask | None = None
 
 
 class AttentionContext:
@@ -44,6 +47,8 @@ class AttentionContext:
     key_mask: (B, S) bool, False for padding keys, or None when nothing is padding;
     relative_bias: the stack's T5 bias (B|1, nh, T, S) or None; memory_mask: (B, S_enc) bool,
     False at encoder padding, or None, from which `cross_mask` is made for cross-attention.
+    flex: layers that ask for it (`mask(flex=True)`) get FlexAttention masks where SDPA would
+    get a dense one (flex.py): a sliding window shorter than the keys, a prefix, ALiBi.
     """
 
     def __init__(
@@ -57,13 +62,14 @@ class AttentionContext:
         relative_bias: torch.Tensor | None,
         memory_mask: torch.Tensor | None,
         dtype: torch.dtype,
+        flex: bool = False,
     ):
         self.q_pos, self.k_pos, self.start = q_pos, k_pos, start
         self.key_mask = key_mask
         self.prefix_lengths = prefix_lengths
         self.relative_bias = relative_bias
         self.cross_mask = _cross_mask(memory_mask)
-        self.dtype = dtype
+        self.dtype, self.flex = dtype, flex
         self.T, self.S = q_pos.shape[1], k_pos.shape[1]
         self._memo: dict[tuple, object] = {}
 
@@ -82,16 +88,21 @@ class AttentionContext:
         alibi_heads: int | None = None,
         relative: bool = False,
         ring: int | None = None,
+        flex: bool = False,
     ) -> AttentionMask:
         """The mask of a layer of this kind; ring: the rows of the layer's ring-buffer cache
-        (its keys are then those `ring_key_slots` names), or None for slots 0 .. S-1."""
-        key = ("mask", kind, window, alibi_heads, relative, ring)
+        (its keys are then those `ring_key_slots` names), or None for slots 0 .. S-1; flex: the
+        layer can take a FlexAttention mask (no attention dropout, no soft cap), which it gets
+        when the context was made with `flex` and SDPA would need a dense mask."""
+        flex = flex and self.flex and ring is None and self.start == 0 and not relative
+        key = ("mask", kind, window, alibi_heads, relative, ring, flex)
         if key not in self._memo:
-            self._memo[key] = self._build(kind, window, alibi_heads, relative, ring)
+            self._memo[key] = self._build(kind, window, alibi_heads, relative, ring, flex)
         return self._memo[key]  # type: ignore[return-value]
 
     def _build(
-        self, kind: str, window: int | None, alibi_heads: int | None, relative: bool, ring: int | None
+        self, kind: str, window: int | None, alibi_heads: int | None, relative: bool, ring: int | None,
+        flex: bool = False,
     ) -> AttentionMask:
         if relative and self.relative_bias is None:
             raise ValueError("a layer uses relative positions but its stack has no relative bias table")
@@ -107,6 +118,13 @@ class AttentionContext:
                 return AttentionMask()
             if kind == "causal" and self.start == 0:
                 return AttentionMask(is_causal=True)
+        if flex and (alibi_heads is not None or kind in ("sliding", "prefix")):
+            # the layers check counts as FlexAttention's (analysis/memory.py): padding alone
+            # (a causal or bidirectional mask over padded keys) stays with SDPA
+            slopes = None if alibi_heads is None else alibi_slopes(alibi_heads)
+            return AttentionMask(flex=build_flex_mask(
+                kind, window, T=self.T, key_mask=self.key_mask, prefix_lengths=self.prefix_lengths,
+                positions=self.q_pos, slopes=slopes, device=self.q_pos.device))
 
         k_slot = self._key_slots(ring)  # (S',) the slot of every key this layer attends to
         k_pos, key_mask, relative_bias = self.k_pos, self.key_mask, self.relative_bias

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .block import Block
+from .flex import use_flex
 from .heads import MLMHead, Pooler, pool
 from .kv_cache import KVCache
 from .masks import AttentionContext
@@ -61,6 +62,7 @@ class Stack(nn.Module):
         self.final_norm = final_norm
         self.checkpoint_activations = False
         self.checkpoint_in_eval = False
+        self.attention_kernel = "auto"  # flex.use_flex: FlexAttention on CUDA for the masks SDPA takes dense
 
     def forward(
         self,
@@ -86,6 +88,7 @@ class Stack(nn.Module):
             relative_bias=None if self.rel_bias is None else self.rel_bias(positions, k_pos),
             memory_mask=memory_mask,
             dtype=x.dtype,
+            flex=cache is None and use_flex(self.attention_kernel, x.device),  # decoding keeps SDPA
         )
         training = self.training or self.checkpoint_in_eval
         if self.checkpoint_activations and training and cache is None and torch.is_grad_enabled():
@@ -168,6 +171,17 @@ class Transformer(nn.Module):
         for stack in (self.encoder, self.decoder):
             if stack is not None:
                 stack.checkpoint_activations, stack.checkpoint_in_eval = on, on and in_eval
+        return self
+
+    def attention_kernel(self, kernel: str = "auto") -> "Transformer":
+        """Which kernel runs the layers whose mask SDPA takes as a dense tensor (a sliding window
+        shorter than the sequence, a prefix, ALiBi): "auto" FlexAttention on CUDA and SDPA
+        elsewhere, "sdpa" always SDPA, "flex" always FlexAttention (modules/flex.py);
+        `train { attention_kernel: ... }` sets it. Returns the model."""
+        use_flex(kernel, torch.device("cpu"))  # an unknown name fails here, not at the first forward
+        for stack in (self.encoder, self.decoder):
+            if stack is not None:
+                stack.attention_kernel = kernel
         return self
 
     def tie_weights(self) -> None:

@@ -89,7 +89,7 @@ class RLStage(Stage):
         self.pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
         # the updates run in eval mode (dropout off), so checkpointing is asked for there too
         self.policy = build_stage_model(plan, device=self.device, artifacts=artifacts).checkpoint_activations(
-            s.checkpoint_activations, in_eval=True)
+            s.checkpoint_activations, in_eval=True).attention_kernel(s.attention_kernel)
         self.reference = self._reference(artifacts)
         # a judge answers on rank 0 for all ranks, the only writer of its cache; a reward model on each
         judged = ctx.report.spec.resolved.blocks[s.reward].kind == "judge"
@@ -156,6 +156,7 @@ class RLStage(Stage):
         plan = dataclasses.replace(self.plan, init=dataclasses.replace(self.plan.init, stage=ref_stage)) \
             if self.plan.init and ref_stage else self.plan
         model = build_stage_model(plan, device=self.device, artifacts=artifacts).eval()
+        model.attention_kernel(self.spec.attention_kernel)
         for p in model.parameters():
             p.requires_grad_(False)
         return model
@@ -184,6 +185,7 @@ class RLStage(Stage):
         arch = dataclasses.replace(self.plan.arch, heads=(HeadConfig("scalar", pool="last"),), tie_embeddings=False)
         model = build_model(arch, device=self.device).checkpoint_activations(self.spec.checkpoint_activations,
                                                                              in_eval=True)
+        model.attention_kernel(self.spec.attention_kernel)
         body = {k: v for k, v in self.policy.state_dict().items() if not k.startswith(("lm_head", "mlm_head"))}
         model.load_state_dict(body, strict=False)
         return model

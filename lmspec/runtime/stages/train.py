@@ -68,7 +68,8 @@ class TrainStage(Stage):
         self.precision = engine.resolve_precision(s.precision, self.device)
         with distributed.rank_zero_first():  # rank 0 writes the tokenizer and the data cache; the others read them
             self._setup_tokens_and_data()
-        self.model = self._build_model(plan).checkpoint_activations(s.checkpoint_activations)
+        self.model = self._build_model(plan).checkpoint_activations(s.checkpoint_activations).attention_kernel(
+            s.attention_kernel)
         self.reference = None
         if any(getattr(obj, "needs_reference", False) for _, obj in self.terms):  # dpo: the model as it starts
             import copy

@@ -1,0 +1,230 @@
+"""FlexAttention (modules/flex.py): the layers whose mask SDPA takes dense (a sliding window
+shorter than the sequence, a prefix, ALiBi) run `flex_attention` with a block mask on CUDA.
+
+torch 2.13's CPU FlexAttention runs forward passes only (its backward raises), so on the CPU
+the kernel is compared with SDPA without gradients, and the training path is covered by what
+the CPU can say: which layers take it, what `check` counts for it, the graph `compile` traces,
+and the errors that stop a CPU run asking for it. The GPU run is benchmarks/gpu/run.sh.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from lmspec.compiler import analysis as A
+from lmspec.compiler.analysis.memory import FLEX_BLOCK, _flex_mask_bytes
+from lmspec.compiler.api import check_text
+from lmspec.compiler.build import build_model
+from lmspec.compiler.costs import spec_figures
+from lmspec.compiler.modules import AttentionContext
+from lmspec.compiler.modules.flex import BLOCK, build_flex_mask, use_flex
+
+MODELS = {
+    "sliding_gqa": "position: rope(theta: 10_000), attention: sliding(window: 8), kv_heads: 2",
+    "prefix": "position: rope(theta: 10_000), attention: prefix",
+    "alibi": "position: alibi",
+    "alibi_sliding": "position: alibi, attention: sliding(window: 6), kv_heads: 1",
+    "encoder_alibi": "arch: encoder, position: alibi, head: mlm",
+}
+
+
+def _report(body: str, stage: str = ""):
+    arch = "" if "arch:" in body else "arch: decoder, "
+    text = (f"lmspec 1\ntokenizer tok {{ kind: bytes }}\ndata text {{ source: builtin(\"tiny-stories\") }}\n"
+            f"model m {{ vocab: tok.vocab_size, context: 64, layers: 2, d_model: 32, heads: 4, {arch}{body} }}\n"
+            + stage)
+    return check_text(text, "flex.lmspec")
+
+
+def _model(body: str) -> torch.nn.Module:
+    report = _report(body)
+    assert report.ok, [d.message for d in report.diagnostics]
+    torch.manual_seed(0)
+    return build_model(report.models["m"], device=torch.device("cpu")).eval()
+
+
+def _logits(model, ids, **kw) -> torch.Tensor:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager FlexAttention warns that it is unfused
+        out = model(ids, **kw)
+    return out.logits
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_flex_attention_gives_sdpas_logits(kind):
+    model = _model(MODELS[kind])
+    ids = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(1))
+    kw = {"prefix_lengths": torch.tensor([5, 17, 40])} if kind == "prefix" else {}
+    dense = _logits(model.attention_kernel("sdpa"), ids, **kw)
+    flex = _logits(model.attention_kernel("flex"), ids, **kw)
+    assert (flex - dense).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["sliding_gqa", "alibi"])
+def test_padding_is_hidden_from_flex_attention_as_from_sdpa(kind):
+    model = _model(MODELS[kind])
+    ids = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    mask[1, 22:] = False  # right padding in the second row
+    dense = _logits(model.attention_kernel("sdpa"), ids, attention_mask=mask)
+    flex = _logits(model.attention_kernel("flex"), ids, attention_mask=mask)
+    assert (flex[mask] - dense[mask]).abs().max() < 1e-5
+    # and the padding changes the real tokens of neither: the second row's first 22 equal an unpadded pass
+    alone = _logits(model, ids[1:, :22])
+    assert (flex[1, :22] - alone[0]).abs().max() < 1e-5
+
+
+def _context(T: int = 20, *, flex: bool = True, start: int = 0, key_mask=None, relative_bias=None):
+    pos = torch.arange(start, start + T)[None]
+    return AttentionContext(q_pos=pos, k_pos=torch.arange(start + T)[None], start=start, key_mask=key_mask,
+                            prefix_lengths=torch.tensor([3, 7]), relative_bias=relative_bias, memory_mask=None,
+                            dtype=torch.float32, flex=flex)
+
+
+def test_only_the_masks_sdpa_takes_dense_go_to_flex_attention():
+    ctx = _context()
+    assert ctx.mask("sliding", 4, flex=True).flex is not None
+    assert ctx.mask("prefix", flex=True).flex is not None
+    assert ctx.mask("causal", alibi_heads=4, flex=True).flex is not None
+    # SDPA's fused kernels take these without a mask tensor: nothing to gain
+    assert ctx.mask("causal", flex=True) == ctx.mask("causal") and ctx.mask("causal").is_causal
+    assert ctx.mask("sliding", 40, flex=True).is_causal  # a window longer than the keys is causal attention
+    # a layer that cannot take it (dropout, soft cap) asks without flex and gets SDPA's dense mask
+    assert ctx.mask("sliding", 4).flex is None and ctx.mask("sliding", 4).mask is not None
+    # padding alone stays with SDPA, as check counts it
+    padded = _context(key_mask=torch.ones(2, 20, dtype=torch.bool))
+    assert padded.mask("causal", flex=True).flex is None
+    # T5's trained bias, a context made without flex, and decoding with a cache: SDPA
+    rel = _context(relative_bias=torch.zeros(1, 4, 20, 20))
+    assert rel.mask("causal", relative=True, flex=True).flex is None
+    assert _context(flex=False).mask("sliding", 4, flex=True).flex is None
+    assert _context(T=1, start=19).mask("sliding", 4, flex=True).flex is None
+
+
+def test_a_layer_with_attention_dropout_keeps_sdpa_while_training():
+    model = _model(MODELS["sliding_gqa"].replace("kv_heads: 2", "kv_heads: 2, dropout: 0.1")).attention_kernel("flex")
+    attn = model.decoder.layers[0].attn
+    ctx = _context()
+    model.train()
+    assert attn._mask(ctx).flex is None  # FlexAttention has no dropout
+    model.eval()
+    assert attn._mask(ctx).flex is not None  # without dropout at evaluation it can
+
+
+def test_decoding_with_a_cache_keeps_sdpa_and_agrees_with_flex_prefill():
+    model = _model(MODELS["sliding_gqa"]).attention_kernel("flex")
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))
+    full = _logits(model, ids)
+    cache = model.new_cache(batch=2, max_len=24)
+    with torch.no_grad():
+        first = model(ids[:, :20], cache=cache).logits
+        step = [model(ids[:, t:t + 1], cache=cache).logits for t in range(20, 24)]
+    assert (torch.cat([first, *step], dim=1) - full).abs().max() < 1e-5
+
+
+def test_which_kernel_a_stack_uses():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not use_flex("auto", cpu) and not use_flex("sdpa", cuda) and use_flex("flex", cpu)
+    with pytest.raises(ValueError, match="unknown attention kernel 'triton'"):
+        use_flex("triton", cpu)
+    model = _model(MODELS["alibi"])
+    with pytest.raises(ValueError, match="expected one of auto, sdpa, flex"):
+        model.attention_kernel("fast")
+    assert model.decoder.attention_kernel == "auto"  # the default: FlexAttention on CUDA only
+    assert model.attention_kernel("sdpa").decoder.attention_kernel == "sdpa"
+
+
+@pytest.mark.parametrize("rows, T", [(1, 100), (1, 128), (1, 300), (3, 257)])
+def test_check_counts_the_block_mask_flex_attention_builds(rows, T):
+    assert FLEX_BLOCK == BLOCK
+    key_mask = torch.ones(rows, T, dtype=torch.bool) if rows > 1 else None
+    made = build_flex_mask("sliding", 50, T=T, key_mask=key_mask, prefix_lengths=None,
+                           positions=torch.arange(T)[None], slopes=None, device=torch.device("cpu"))
+    tensors = [t for t in made.block_mask.as_tuple() if isinstance(t, torch.Tensor)]
+    assert sum(t.nbytes for t in tensors) == _flex_mask_bytes(rows, T, None)
+
+
+def test_check_gives_flex_layers_flash_attentions_activations_on_cuda():
+    """A grouped-query sliding-window layer with a dense mask runs SDPA's math kernel on CUDA
+    (memory-efficient attention takes no grouped heads): the (T x T) probabilities per head.
+    FlexAttention keeps what flash attention keeps for causal attention, plus its block mask."""
+    sliding = _report(MODELS["sliding_gqa"]).models["m"]
+    causal = _report(MODELS["sliding_gqa"].replace("attention: sliding(window: 8), ", "")).models["m"]
+    shape = dict(batch=4, seq_len=64, precision="bf16")
+    flex = A.activation_bytes(sliding, **shape)  # auto: FlexAttention on CUDA
+    dense = A.activation_bytes(sliding, **shape, attention_kernel="sdpa")
+    flash = A.activation_bytes(causal, **shape)
+    assert flex["decoder.attention"] == flash["decoder.attention"] < dense["decoder.attention"]
+    assert dense["decoder.attention"] - flash["decoder.attention"] > 4 * 4 * 64 * 64 * 2  # a layer's probabilities
+    assert flex["decoder.masks"] == _flex_mask_bytes(1, 64, None)
+    # on the CPU nothing changes: FlexAttention does not train there
+    cpu = dict(shape, device="cpu")
+    assert A.activation_bytes(sliding, **cpu) == A.activation_bytes(sliding, **cpu, attention_kernel="sdpa")
+    with pytest.raises(ValueError, match="unknown attention kernel"):
+        A.activation_bytes(sliding, **shape, attention_kernel="xformers")
+
+
+def test_check_and_the_stage_agree_on_the_kernel():
+    stage = "train t {{ model: m, objective: clm, data: text, batch: 4, seq_len: 64, precision: bf16{} }}\n"
+    figures = {}
+    for kernel in ("auto", "sdpa"):
+        report = _report(MODELS["sliding_gqa"], stage.format(f", attention_kernel: {kernel}"))
+        assert report.ok, [d.message for d in report.diagnostics]
+        figures[kernel] = spec_figures(report, meta=False)[0].stages["t"].memory.activations
+    assert figures["auto"] < figures["sdpa"]
+
+
+def test_flex_for_a_layer_it_cannot_take_is_an_error():
+    stage = ("train t { model: m, objective: clm, data: text, batch: 4, seq_len: 64, "
+             "attention_kernel: flex }\n")
+    report = _report(MODELS["sliding_gqa"] + ", dropout: 0.1", stage)
+    (d,) = [d for d in report.diagnostics if d.code == "LMS136"]
+    assert "cannot take layer 0 of model 'm's decoder (attention dropout 0.1) (and 1 more layer)" in d.message
+    assert "attention_kernel: auto" in d.help and "dropout 0" in d.help
+    assert d.span.line == 5
+    capped = _report(MODELS["sliding_gqa"] + ", attention_softcap: 50", stage)
+    assert any(d.code == "LMS136" and "(a soft cap)" in d.message for d in capped.diagnostics)
+    # under auto such layers run SDPA and nothing is said
+    assert _report(MODELS["sliding_gqa"] + ", dropout: 0.1", stage.replace("flex", "auto")).ok
+
+
+def test_flex_where_no_layer_needs_a_dense_mask_is_a_warning():
+    stage = "train t { model: m, objective: clm, data: text, seq_len: 8, attention_kernel: flex }\n"
+    report = _report(MODELS["sliding_gqa"], stage)  # a window of 8 over 8 tokens: causal attention
+    (d,) = [d for d in report.diagnostics if d.code == "LMS137"]
+    assert d.severity == "warning" and "no layer of model 'm' needs a dense mask over 8 tokens" in d.message
+    assert report.ok
+
+
+def test_a_cpu_run_asking_for_flex_stops_before_its_run_directory(tmp_path):
+    from lmspec.runtime.api import run
+    from lmspec.runtime.errors import RunError
+
+    text = (f"lmspec 1\ntokenizer tok {{ kind: bytes }}\ndata text {{ source: builtin(\"tiny-stories\") }}\n"
+            f"model m {{ arch: decoder, vocab: tok.vocab_size, context: 64, layers: 1, d_model: 32, heads: 4, "
+            f"{MODELS['alibi']} }}\n"
+            "train t { model: m, objective: clm, data: text, steps: 1, batch: 2, attention_kernel: flex }\n")
+    spec = tmp_path / "flex.lmspec"
+    spec.write_text(text)
+    with pytest.raises(RunError) as err:
+        run(spec, out=tmp_path / "run", device="cpu")
+    assert "FlexAttention trains on CUDA only" in str(err.value) and "attention_kernel: auto" in err.value.help
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["sliding_gqa", "prefix", "alibi"])
+def test_a_flex_model_traces_to_one_graph(kind):
+    """compile: true over FlexAttention layers: one graph, no break (traced, not compiled)."""
+    import torch._dynamo as dynamo
+
+    model = _model(MODELS[kind]).attention_kernel("flex")
+    ids = torch.randint(0, 256, (2, 16))
+    kw = {"prefix_lengths": torch.tensor([4, 9])} if kind == "prefix" else {}
+    dynamo.reset()
+    with torch.no_grad():
+        explained = dynamo.explain(model)(ids, **kw)
+    assert explained.graph_break_count == 0, [str(r.reason) for r in explained.break_reasons]
+    assert explained.graph_count == 1
