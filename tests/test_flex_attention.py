@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lmspec.compiler import analysis as A
-from lmspec.compiler.analysis.memory import FLEX_BLOCK, _flex_mask_bytes
+from lmspec.compiler.analysis.memory import FLEX_BLOCK, _block_mask_bytes, _flex_mask_bytes
 from lmspec.compiler.api import check_text
 from lmspec.compiler.build import build_model
 from lmspec.compiler.costs import spec_figures
@@ -34,7 +34,7 @@ MODELS = {
 def _report(body: str, stage: str = ""):
     arch = "" if "arch:" in body else "arch: decoder, "
     text = (f"lmspec 1\ntokenizer tok {{ kind: bytes }}\ndata text {{ source: builtin(\"tiny-stories\") }}\n"
-            f"model m {{ vocab: tok.vocab_size, context: 64, layers: 2, d_model: 32, heads: 4, {arch}{body} }}\n"
+            f"model m {{ vocab: tok.vocab_size, context: 64, layers: 2, d_model: 64, heads: 4, {arch}{body} }}\n"
             + stage)
     return check_text(text, "flex.lmspec")
 
@@ -53,24 +53,53 @@ def _logits(model, ids, **kw) -> torch.Tensor:
     return out.logits
 
 
+@pytest.fixture
+def flex_calls(monkeypatch):
+    """How many times the layers called FlexAttention."""
+    from lmspec.compiler.modules import attention
+
+    calls = []
+    real = attention.flex_attend
+
+    def counted(*args, **kw):
+        calls.append(args[0].shape)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(attention, "flex_attend", counted)
+    return calls
+
+
 @pytest.mark.parametrize("kind", list(MODELS))
-def test_flex_attention_gives_sdpas_logits(kind):
+def test_flex_attention_gives_sdpas_logits(kind, flex_calls):
     model = _model(MODELS[kind])
     ids = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(1))
     kw = {"prefix_lengths": torch.tensor([5, 17, 40])} if kind == "prefix" else {}
     dense = _logits(model.attention_kernel("sdpa"), ids, **kw)
+    assert not flex_calls
     flex = _logits(model.attention_kernel("flex"), ids, **kw)
+    assert len(flex_calls) == 2  # both layers
     assert (flex - dense).abs().max() < 1e-5
 
 
+def test_heads_under_16_keep_sdpa(flex_calls):
+    """torch's CUDA FlexAttention takes no head_dim under 16; check agrees (LMS136 under flex)."""
+    model = _model(MODELS["alibi"] + ", head_dim: 8").attention_kernel("flex")
+    _logits(model, torch.randint(0, 256, (2, 20)))
+    assert not flex_calls
+    stage = "train t { model: m, objective: clm, data: text, batch: 2, seq_len: 32, attention_kernel: flex }\n"
+    report = _report(MODELS["alibi"] + ", head_dim: 8", stage)
+    assert any(d.code == "LMS136" and "(head_dim 8, under 16)" in d.message for d in report.diagnostics)
+
+
 @pytest.mark.parametrize("kind", ["sliding_gqa", "alibi"])
-def test_padding_is_hidden_from_flex_attention_as_from_sdpa(kind):
+def test_padding_is_hidden_from_flex_attention_as_from_sdpa(kind, flex_calls):
     model = _model(MODELS[kind])
     ids = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(2))
     mask = torch.ones(2, 30, dtype=torch.bool)
     mask[1, 22:] = False  # right padding in the second row
     dense = _logits(model.attention_kernel("sdpa"), ids, attention_mask=mask)
     flex = _logits(model.attention_kernel("flex"), ids, attention_mask=mask)
+    assert flex_calls
     assert (flex[mask] - dense[mask]).abs().max() < 1e-5
     # and the padding changes the real tokens of neither: the second row's first 22 equal an unpadded pass
     alone = _logits(model, ids[1:, :22])
@@ -144,7 +173,7 @@ def test_check_counts_the_block_mask_flex_attention_builds(rows, T):
     made = build_flex_mask("sliding", 50, T=T, key_mask=key_mask, prefix_lengths=None,
                            positions=torch.arange(T)[None], slopes=None, device=torch.device("cpu"))
     tensors = [t for t in made.block_mask.as_tuple() if isinstance(t, torch.Tensor)]
-    assert sum(t.nbytes for t in tensors) == _flex_mask_bytes(rows, T, None)
+    assert sum(t.nbytes for t in tensors) == _block_mask_bytes(rows, T)
 
 
 def test_check_gives_flex_layers_flash_attentions_activations_on_cuda():
@@ -204,7 +233,7 @@ def test_a_cpu_run_asking_for_flex_stops_before_its_run_directory(tmp_path):
     from lmspec.runtime.errors import RunError
 
     text = (f"lmspec 1\ntokenizer tok {{ kind: bytes }}\ndata text {{ source: builtin(\"tiny-stories\") }}\n"
-            f"model m {{ arch: decoder, vocab: tok.vocab_size, context: 64, layers: 1, d_model: 32, heads: 4, "
+            f"model m {{ arch: decoder, vocab: tok.vocab_size, context: 64, layers: 1, d_model: 64, heads: 4, "
             f"{MODELS['alibi']} }}\n"
             "train t { model: m, objective: clm, data: text, steps: 1, batch: 2, attention_kernel: flex }\n")
     spec = tmp_path / "flex.lmspec"
@@ -228,3 +257,47 @@ def test_a_flex_model_traces_to_one_graph(kind):
         explained = dynamo.explain(model)(ids, **kw)
     assert explained.graph_break_count == 0, [str(r.reason) for r in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+def test_auto_asks_for_triton_without_a_graph_break():
+    """On CUDA `auto` asks whether triton is there inside the compiled forward: a constant to
+    torch.compile, not a call it would break the graph for."""
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    explained = dynamo.explain(lambda x: x + int(use_flex("auto", torch.device("cuda"))))(torch.ones(1))
+    assert explained.graph_break_count == 0, [str(r.reason) for r in explained.break_reasons]
+
+
+def test_layers_of_other_kinds_and_windows_share_one_compiled_kernel():
+    """torch.compile keeps at most a few versions of flex_attention before it falls back to the
+    unfused kernel: kinds, windows and prefixes are tensors to it, not new code."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.testing import CompileCounter
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from lmspec.compiler.modules.positions import alibi_slopes
+
+    dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(flex_attention, backend=counter)
+    q, kv = torch.randn(2, 4, 40, 16), torch.randn(2, 2, 40, 16)
+
+    def run(kind, window=None, *, key_mask=None, prefix=None, alibi=False, T=40):
+        made = build_flex_mask(kind, window, T=T, key_mask=key_mask, prefix_lengths=prefix,
+                               positions=torch.arange(T)[None], slopes=alibi_slopes(4) if alibi else None,
+                               device=torch.device("cpu"))
+        with torch.no_grad():
+            compiled(q[:, :, :T], kv[:, :, :T], kv[:, :, :T], score_mod=made.score_mod, block_mask=made.block_mask,
+                     enable_gqa=True)
+
+    for window in (4, 8, 16):
+        run("sliding", window)
+    assert counter.frame_count == 1
+    run("causal", alibi=True)
+    run("sliding", 8, alibi=True)
+    run("bidirectional", alibi=True)
+    assert counter.frame_count == 2  # ALiBi adds its score function
+    run("prefix", prefix=torch.tensor([3, 9]))
+    run("sliding", 8, key_mask=torch.ones(2, 40, dtype=torch.bool))
+    assert counter.frame_count == 3  # row-wise masks (a prefix, padding) are one more

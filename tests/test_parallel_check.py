@@ -469,24 +469,25 @@ def test_a_tight_fit_is_a_warning_and_a_bad_size_an_error_at_the_key():
 
 
 def test_an_rl_stage_is_checked_per_device_with_its_share_of_the_rollouts():
-    """rl stages run DDP across ranks: every model whole on each device, 1/N of the rollouts and
-    of each minibatch; rollouts that do not split in whole prompt groups are LMS089."""
+    """rl stages hold 1/N of the rollouts and of each minibatch on each device (under DDP every
+    model whole on each; auto shards the policy when it fits only so: tests/test_rl_parallel_check.py);
+    rollouts that do not split in whole prompt groups are LMS089."""
     spec = PRELUDE + CRITIC + """
 train pre { model: gpt, objective: clm, data: text }
 rl r { policy: gpt from pre, reward: j, rollouts { prompts: text.prefixes(tokens: 8), per_step: 256 },
        device_memory: "4GB" }
 """
     report = check_text(spec, "spec.lmspec", devices=8)
-    d = one(report, "LMS120")
-    assert d.message.startswith("rl 'r' needs ") and "per device on 8 devices (DDP: every model whole on each)" \
-        in d.message
+    d = one(report, "LMS123")  # replicated it does not fit; sharded it does, with less than a tenth to spare
+    assert d.message.startswith("rl 'r' needs 3.43 GiB per device, 92% of the 3.73 GiB a device has")
     eight = device_plans(report, Hardware(devices=8))
     alone = device_plans(check_text(spec, "spec.lmspec"), Hardware(devices=1))
-    assert eight["r"].devices == 8 and eight["r"].chosen == "ddp" and eight["pre"].devices == 8
+    assert eight["r"].devices == 8 and eight["r"].chosen == "fsdp" and eight["pre"].devices == 8
     assert alone["r"].devices == 1
-    # a device holds the same models but an eighth of the rollouts: less activation and KV cache
-    assert eight["r"].memory.weights == alone["r"].memory.weights
-    assert eight["r"].memory.activations < alone["r"].memory.activations
+    # replicated, a device holds the same models but an eighth of the rollouts: less activation and KV cache
+    assert eight["r"].replicated.weights == alone["r"].memory.weights
+    assert eight["r"].replicated.activations < alone["r"].memory.activations
+    assert eight["r"].replicated.total > 4 * 10**9 > eight["r"].memory.total
     (d,) = [d for d in check_text(spec, "spec.lmspec", devices=3).diagnostics
             if d.code == "LMS089" and "stage 'r'" in d.message]
     assert "per_step (256) of stage 'r' does not split over 3 devices" in d.message

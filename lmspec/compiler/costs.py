@@ -13,12 +13,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from lmspec.compiler import analysis as A
+from lmspec.compiler.analysis.memory import RLDeviceMemory, rl_device_memory
 from lmspec.compiler.arch import ArchConfig
 from lmspec.compiler.lower import lower_model
 from lmspec.diagnostics import CODES, Diagnostic, Label
 
 __all__ = ["ModelFigures", "StageFigures", "RLFigures", "Figures", "spec_figures", "stage_arch", "render_figures",
-           "rl_figures", "generation_flops"]
+           "rl_figures", "rl_sharded_memory", "generation_flops"]
 
 CODES.setdefault("LMS090", "a model failed its forward/backward pass on the meta device")
 CODES.setdefault("LMS096", "parameters that a stage's objectives do not train (warning)")
@@ -169,7 +170,7 @@ def spec_figures(report, *, meta: bool = True) -> tuple[Figures, list[Diagnostic
             micro = rl.minibatch
         precision = _precision(spec.precision)
         momentum = getattr(spec.optimizer, "momentum", 0.0)  # sgd keeps a buffer only with momentum
-        memory = A.training_memory(arch, batch=micro, seq_len=seq_len, precision=precision,
+        memory = A.training_memory(arch if kind == "train" else eval_mode(arch), batch=micro, seq_len=seq_len, precision=precision,
                                    optimizer=spec.optimizer.kind, decoder_seq_len=dec, momentum=momentum,
                                    checkpoint_activations=getattr(spec, "checkpoint_activations", False),
                                    attention_kernel=getattr(spec, "attention_kernel", "auto"))
@@ -221,6 +222,16 @@ def generation_flops(arch: ArchConfig, prompt: int, new: int) -> int:
     for j in range(1, new):  # new token j (from 1) sees the prompt and j tokens: prompt + j keys
         total += step + per_key * (prompt + j - 1)
     return total
+
+
+def eval_mode(arch: ArchConfig) -> ArchConfig:
+    """`arch` as an rl stage's updates run it, in eval mode: no dropout anywhere (so no dropout
+    masks, and attention layers with dropout take the fast kernels and FlexAttention)."""
+    from dataclasses import replace
+
+    stacks = {name: replace(s, layers=tuple(replace(layer, dropout=0.0) for layer in s.layers))
+              for name, s in (("encoder", arch.encoder), ("decoder", arch.decoder)) if s is not None}
+    return replace(arch, dropout=0.0, **stacks)
 
 
 def _value_arch(arch: ArchConfig) -> ArchConfig:
@@ -297,7 +308,7 @@ def _rl_memory(report, stage: str, arch: ArchConfig, policy: A.MemoryEstimate, r
     spec = report.spec.blocks[stage]
     parts = {"policy": policy}
     if spec.algorithm.kind == "ppo":
-        parts["value"] = A.training_memory(_value_arch(arch), batch=rl.minibatch,
+        parts["value"] = A.training_memory(eval_mode(_value_arch(arch)), batch=rl.minibatch,
                                            seq_len=rl.prompt_tokens + rl.new_tokens,
                                            precision=policy.precision, optimizer=spec.optimizer.kind,
                                            momentum=getattr(spec.optimizer, "momentum", 0.0),
@@ -318,6 +329,23 @@ def _rl_memory(report, stage: str, arch: ArchConfig, policy: A.MemoryEstimate, r
     return A.MemoryEstimate(weights=weights, weight_copies=copies, gradients=grads, optimizer=optim, activations=acts,
                             total=weights + copies + grads + optim + acts, activation_breakdown=breakdown,
                             precision=policy.precision, optimizer_name=policy.optimizer_name)
+
+
+def rl_sharded_memory(report, stage: str, arch: ArchConfig, rl: RLFigures, world: int) -> RLDeviceMemory:
+    """One of `world` devices of rl stage `stage` under `parallel: fsdp`: the policy (and PPO's
+    value model) sharded, the frozen models whole (`analysis.memory.rl_device_memory`).
+    `report` and `rl`: the stage as one device sees it, its share of the rollouts and of each
+    minibatch (`rules_parallel._per_rank_rl`)."""
+    spec = report.spec.blocks[stage]
+    return rl_device_memory(eval_mode(arch), value=eval_mode(_value_arch(arch)) if spec.algorithm.kind == "ppo" else None,
+                            world=world,
+                            batch=rl.minibatch, seq_len=rl.prompt_tokens + rl.new_tokens,
+                            rollouts=spec.rollouts.per_step,
+                            frozen=rl.memory["reference"] + rl.memory["reward"] + rl.memory["judges"],
+                            precision=_precision(spec.precision), optimizer=spec.optimizer.kind,
+                            momentum=getattr(spec.optimizer, "momentum", 0.0),
+                            checkpoint_activations=spec.checkpoint_activations,
+                            attention_kernel=spec.attention_kernel)
 
 
 

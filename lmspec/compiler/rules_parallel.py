@@ -17,8 +17,11 @@ the global batch of one optimizer step: each device runs micro-batches of
 batch / (grad_accum x devices) sequences, as the runtime splits it (runtime.distributed).
 `parallel: auto` is ddp when the stage fits replicated with HEADROOM to spare, fsdp otherwise
 (ddp when no memory is known); `lmspec run` chooses by the same function
-(`runtime.distributed.resolve_parallel`). rl stages run DDP (every model whole on each device,
-the rollouts split). The figures: `analysis.device_memory`,
+(`runtime.distributed.resolve_parallel`). An rl stage splits its rollouts and minibatches over
+the devices and holds its frozen models (reference, reward) whole on each; under ddp every model
+is whole on each, under fsdp the policy (and PPO's value model) is sharded and gathered whole for
+the rollouts; its `auto` chooses as a train stage's does.
+The figures: `analysis.device_memory`, `analysis.memory.rl_device_memory`,
 docs/analysis.md#per-device-memory.
 """
 
@@ -32,7 +35,9 @@ from types import SimpleNamespace
 from typing import Iterator
 
 from lmspec.compiler import analysis as A
-from lmspec.compiler.costs import _decoder_len, _precision, _table, human_bytes, spec_figures, stage_arch
+from lmspec.compiler.analysis.memory import RLDeviceMemory
+from lmspec.compiler.costs import (_decoder_len, _precision, _table, human_bytes, rl_sharded_memory,
+                                  spec_figures, stage_arch)
 from lmspec.diagnostics import CODES, Diagnostic, Label
 
 __all__ = ["Hardware", "DevicePlan", "parse_size", "device_plans", "stage_plan", "split_help", "split_diagnostic",
@@ -97,7 +102,7 @@ class DevicePlan:
     stage: str
     kind: str  # train | rl
     devices: int
-    parallel: str  # as written: auto | ddp | fsdp; "ddp" for an rl stage on several devices, else "-"
+    parallel: str  # as written: auto | ddp | fsdp ("-" for an rl stage on one device)
     chosen: str  # ddp | fsdp, or "one" for one process
     seq_len: int
     memory: A.DeviceMemory  # one device under `chosen`
@@ -172,15 +177,21 @@ def stage_plan(report, stage: str, hardware: Hardware | None = None, *, figures=
     sources = ("--devices" if hw.devices else "devices:" if devices_key else "",
                "--device-memory" if hw.device_memory else "device_memory:" if text else "")
     memory = _memory_of(text)
-    if kind == "rl":  # DDP: a rank holds every model whole and 1/N of the rollouts and of each minibatch
+    if kind == "rl":  # a rank holds 1/N of the rollouts and of each minibatch, and the frozen models whole
         rl_devices = hw.devices or 1
         if rl_devices > 1 and not rollout_split(stage, spec, rl_devices):
             per_rank = _per_rank_rl(spec, rl_devices)
-            view = replace(report.spec, blocks={**report.spec.blocks, stage: per_rank})
-            rl = spec_figures(SimpleNamespace(spec=view, models=report.models), meta=False)[0].stages[stage]
+            view = SimpleNamespace(spec=replace(report.spec, blocks={**report.spec.blocks, stage: per_rank}),
+                                   models=report.models)
+            rl = spec_figures(view, meta=False)[0].stages[stage]
             m = _plain(rl.memory, rl.rl.minibatch, spec.checkpoint_activations)
-            m = replace(m, world=rl_devices)  # DDP's gradients are its all-reduce buckets: nothing more
-            return DevicePlan(stage, kind, rl_devices, "ddp", "ddp", rl.seq_len, m, memory, text, *sources)
+            replicated = replace(m, world=rl_devices)  # DDP's gradients are its all-reduce buckets: nothing more
+            sharded = rl_sharded_memory(view, stage, arch, rl.rl, rl_devices)
+            chosen = spec.parallel
+            if chosen == "auto":  # as for train stages: ddp where it fits with HEADROOM to spare
+                chosen = "ddp" if memory is None or replicated.total <= (1 - HEADROOM) * memory else "fsdp"
+            return DevicePlan(stage, kind, rl_devices, spec.parallel, chosen, rl.seq_len,
+                              sharded if chosen == "fsdp" else replicated, memory, text, *sources, replicated, sharded)
         figures = figures or spec_figures(SimpleNamespace(spec=report.spec, models=report.models), meta=False)[0].stages
         rl = figures[stage]
         return DevicePlan(stage, kind, 1, "-", "one", rl.seq_len,
@@ -305,6 +316,8 @@ def split_diagnostic(name: str, spec, block, size: int, *, what: str = "processe
 
 def _parts(m: A.DeviceMemory, seq_len: int) -> str:
     """weights 1.2 GiB + gradients ... = total, as a note."""
+    if isinstance(m, RLDeviceMemory):
+        return _rl_parts(m, seq_len)
     parts = [("weights", m.weights), ("weight copies", m.weight_copies), ("gathered", m.gathered),
              ("gradients", m.gradients), ("unsharded gradients", m.gradient_buffers),
              ("optimizer", m.optimizer),
@@ -320,6 +333,34 @@ def _parts(m: A.DeviceMemory, seq_len: int) -> str:
         text += (f"; but before the second step DDP rebuilds its all-reduce buckets and holds the old and the new "
                  f"ones at once (weights + optimizer + 2 x gradients): {human_bytes(m.bucket_rebuild)}")
     return text
+
+
+def _rl_parts(m: RLDeviceMemory, seq_len: int) -> str:
+    """An rl stage under fsdp: its update and its rollout phase, and the frozen models, as a note."""
+    update = [("weights", m.weights), ("gathered", m.gathered), ("gradients", m.gradients),
+              ("unsharded gradients", m.gradient_buffers), ("optimizer", m.optimizer),
+              (f"activations{' (checkpointed)' * m.checkpoint_activations}", m.activations)]
+    rollout = [("weights", m.weights), ("optimizer", m.optimizer), ("gathered whole", m.gathered_whole),
+               ("KV cache", m.kv_cache)]
+    shown = lambda parts: " + ".join(f"{name} {human_bytes(n)}" for name, n in parts if n)  # noqa: E731
+    text = (f"per device: updates {shown(update)} = {human_bytes(m.training)}, for micro-batches of {m.batch} x "
+            f"{seq_len} tokens; rollouts {shown(rollout)} = {human_bytes(m.rollout)}; and the frozen models whole "
+            f"{human_bytes(m.frozen)}: {human_bytes(m.total)}")
+    if m.whole_model > max(m.training, m.rollout):
+        text += (f"; but each process first builds the trained models whole in fp32 before sharding them: "
+                 f"{human_bytes(m.whole_model)} (+ the frozen models)")
+    return text
+
+
+def _rl_fix(plan: DevicePlan, spec, limit: float = 1.0) -> str:
+    """What would make an rl stage need at most `limit` of its device: sharding, where it does,
+    then checkpointing; the caller adds fewer rollouts and a smaller policy."""
+    fix = ""
+    sharded = plan.sharded
+    if plan.chosen == "ddp" and sharded is not None and sharded.total <= limit * plan.device_memory:
+        fix = f"use parallel: fsdp ({human_bytes(sharded.total)} per device), "
+    fix += "set checkpoint_activations: true, " * (not spec.checkpoint_activations)
+    return fix
 
 
 def _first_fit(report, plan: DevicePlan, spec, tries, limit: float = 1.0) -> str | None:
@@ -377,24 +418,36 @@ def _memory_diagnostics(report, block, plan: DevicePlan, spec) -> Iterator[Diagn
     if plan.fits:
         if plan.share > 1 - HEADROOM:
             fix = (_remedies(report, plan, spec, 1 - HEADROOM) if plan.kind == "train"
-                   else "set checkpoint_activations: true, " * (not spec.checkpoint_activations)
-                   + "fewer rollouts per step, or a smaller policy")
+                   else _rl_fix(plan, spec, 1 - HEADROOM) + "fewer rollouts per step, or a smaller policy")
             yield Diagnostic(
                 "warning", "LMS123", f"{plan.kind} '{plan.stage}' needs {need} per device, {plan.share:.0%} of the "
                 f"{mem} a device has: the estimate leaves out the CUDA context, the allocator's cache and kernel "
                 "workspaces",
                 block.name_span, labels, help=f"leave a tenth free: {fix}", notes=notes)
         return
-    if plan.kind == "rl":
-        where = f"per device on {_ways(plan.devices)} (DDP: every model whole on each)" if plan.devices > 1 \
-            else "on one device"
-        yield _err("LMS120", f"rl '{plan.stage}' needs {need} {where}, more than the {mem} a device has",
-                   block.name_span, labels=labels, notes=notes,
-                   help="set checkpoint_activations: true, " * (not spec.checkpoint_activations)
-                   + "a smaller policy, fewer rollouts per step (rollouts.per_step, minibatch) or more devices to "
-                     "share them, or a device with more memory")
-        return
     sharded = plan.sharded
+    if plan.kind == "rl":
+        trained = "the policy and value model" if spec.algorithm.kind == "ppo" else "the policy"
+        if plan.parallel == "ddp" and sharded is not None and sharded.total <= plan.device_memory:
+            yield _err("LMS121", f"rl '{plan.stage}' needs {need} per device replicated on {_ways(plan.devices)} "
+                       f"(parallel: ddp), more than the {mem} a device has; sharded it needs "
+                       f"{human_bytes(sharded.total)}", block.span_of(("parallel",)), labels=labels, notes=notes,
+                       help=f"use parallel: fsdp ({trained} sharded, gathered whole for the rollouts), or auto, "
+                            "which chooses fsdp when a stage fits only sharded")
+            return
+        if plan.devices == 1:
+            where = "on one device"
+        elif plan.chosen == "fsdp":
+            where = (f"per device even sharded over {_ways(plan.devices)} (fsdp: {trained} sharded, gathered whole "
+                     "for the rollouts; the frozen models whole on each)")
+        else:
+            where = f"per device on {_ways(plan.devices)} (DDP: every model whole on each)"
+        also = f"; sharded it needs {human_bytes(sharded.total)}" if plan.chosen == "ddp" and sharded else ""
+        yield _err("LMS120", f"rl '{plan.stage}' needs {need} {where}, more than the {mem} a device has{also}",
+                   block.name_span, labels=labels, notes=notes,
+                   help=_rl_fix(plan, spec) + "a smaller policy, fewer rollouts per step (rollouts.per_step, "
+                   "minibatch) or more devices to share them, or a device with more memory")
+        return
     if plan.chosen == "ddp" and plan.parallel == "ddp" and sharded is not None and sharded.total <= plan.device_memory:
         yield _err("LMS121", f"train '{plan.stage}' needs {need} per device replicated on {_ways(plan.devices)} "
                    f"(parallel: ddp), more than the {mem} a device has; sharded it needs {human_bytes(sharded.total)}",
@@ -473,7 +526,9 @@ def attention_kernel_rule(x) -> Iterator[Diagnostic]:
                            f"layer {i} of model '{model}'s {stack} ({why}){more}: it would run SDPA with a dense mask",
                            span, help="use `attention_kernel: auto`, which gives FlexAttention the layers it can take "
                                       "and SDPA the rest" + (", or attention dropout 0 (FlexAttention has none)"
-                                                             if "dropout" in why else ""))
+                                                             if "dropout" in why else
+                                                             ", or heads of 16 or more (head_dim)"
+                                                             if "head_dim" in why else ""))
             elif not layers:
                 yield Diagnostic(
                     "warning", "LMS137", f"{kind} '{name}' has attention_kernel: flex, but no layer of model '{model}' "
@@ -515,13 +570,27 @@ def render_device_plans(plans: dict[str, DevicePlan]) -> str:
         if p.parallel == "auto" and p.chosen != "one":
             parallel = f"auto -> {p.chosen}"
         fits = "-" if p.fits is None else f"{'yes' if p.fits else 'NO'} {p.share:.0%}"
+        weights, grads = m.weights + m.weight_copies + m.gathered, m.gradients + m.gradient_buffers
         activations = human_bytes(m.activations) + (" ckpt" if m.checkpoint_activations else "")
-        rows.append([p.stage, str(p.devices), parallel, f"{m.batch}x{p.seq_len}",
-                     human_bytes(m.weights + m.weight_copies + m.gathered),
-                     human_bytes(m.gradients + m.gradient_buffers), human_bytes(m.optimizer), activations,
+        if isinstance(m, RLDeviceMemory):  # the frozen models with the weights, as under ddp; the larger phase
+            weights += m.frozen
+            if m.rollout > m.training:
+                weights, grads = m.weights + m.gathered_whole + m.frozen, 0
+                activations = "kv " + human_bytes(m.kv_cache)
+        rows.append([p.stage, str(p.devices), parallel, f"{m.batch}x{p.seq_len}", human_bytes(weights),
+                     human_bytes(grads), human_bytes(m.optimizer), activations,
                      human_bytes(m.total), human_bytes(p.device_memory) if p.device_memory else "-", fits])
     lines = ["per device"] + _table(["stage", "devices", "parallel", "micro", "weights", "grads", "optim", "activ.",
                                      "memory", "device", "fits"], rows)
-    if any(p.kind == "rl" for p in plans.values()):
-        lines.append("  rl stages: DDP, every model whole on each device, the rollouts and minibatches split")
+    rl = [p for p in plans.values() if p.kind == "rl"]
+    if rl:
+        lines.append("  rl stages: the rollouts and minibatches split; ddp: every model whole on each device; "
+                     "fsdp: the policy (and value model) sharded, gathered whole for the rollouts, the frozen "
+                     "models whole")
+    for p in rl:
+        if isinstance(p.memory, RLDeviceMemory):
+            m = p.memory
+            lines.append(f"  {p.stage} (fsdp): updates {human_bytes(m.training)} or rollouts {human_bytes(m.rollout)} "
+                         f"or the build before sharding {human_bytes(m.whole_model)}, + frozen models "
+                         f"{human_bytes(m.frozen)}: {human_bytes(m.total)} per device")
     return "\n".join(lines)

@@ -811,9 +811,15 @@ class RLSpec(Block):
         "auto", description="what runs the layers whose mask SDPA takes dense (a sliding window shorter than "
                             "seq_len, a prefix, ALiBi): auto = FlexAttention on CUDA, SDPA elsewhere; sdpa; "
                             "flex = FlexAttention (CUDA only)")
+    parallel: Literal["auto", "ddp", "fsdp"] = Field("auto", description="with several processes: ddp replicates "
+                                                     "the policy (and PPO's value model); fsdp shards their weights, "
+                                                     "gradients and optimizer state (FSDP2), gathering the policy "
+                                                     "whole for the rollouts; the rollouts are split either way and "
+                                                     "the frozen models stay whole on each; auto: ddp, or fsdp on "
+                                                     "GPUs the stage fits only sharded")
     device_memory: str | None = Field(None, description='the memory of the device, e.g. "80GB" or "80GiB": `check` '
-                                                        "says whether the stage fits (on several devices: DDP, every model "
-                                                        "whole on each, the rollouts split)")
+                                                        "says whether the stage fits (on several devices: under its "
+                                                        "parallel, the rollouts split)")
     seed: int = Field(0, ge=0)
 
 

@@ -313,13 +313,49 @@ def shard_model(model: torch.nn.Module, device: torch.device, precision) -> torc
         policy = MixedPrecisionPolicy()
     blocks = [m for m in model.modules() if isinstance(m, (Block, ParallelBlock))]  # one unit per layer
     for i, block in enumerate(blocks):
-        # the last block's backward comes right after its forward: keeping it gathered saves an all-gather
-        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=i < len(blocks) - 1)
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=_reshards_after_forward(i, len(blocks)))
     fully_shard(model, mesh=mesh, mp_policy=policy)
     for unit in (*blocks, model):
         unit.set_gradient_divide_factor(1.0)
         unit.set_force_sum_reduction_for_comms(True)
     return model
+
+
+@contextlib.contextmanager
+def gathered(*models: torch.nn.Module | None):
+    """Every FSDP unit of `models` (sharded by `shard_model`; others pass through) gathered whole
+    on every rank for the duration, and kept so across forward passes: a rank may then run as
+    many forward passes as it likes without the others (an rl stage's generation, where each rank
+    stops when its own responses end; an evaluation on rank 0 alone). Collective on entry (every
+    rank all-gathers); on exit each unit is resharded and reshards after its forward again as
+    `shard_model` set it. No gradients may flow inside (backward passes belong outside)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    roots = [m for m in models if isinstance(m, FSDPModule)]
+    if not roots:
+        yield
+        return
+    units = [u for root in roots for u in root.modules() if isinstance(u, FSDPModule)]
+    for root in roots:
+        for unit in root.modules():
+            if isinstance(unit, FSDPModule) and unit is not root:
+                unit.set_reshard_after_forward(False, recurse=False)
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+        for root in roots:
+            blocks = [u for u in root.modules() if isinstance(u, FSDPModule) and u is not root]
+            for i, block in enumerate(blocks):
+                block.set_reshard_after_forward(_reshards_after_forward(i, len(blocks)), recurse=False)
+
+
+def _reshards_after_forward(i: int, blocks: int) -> bool:
+    # the last block's backward comes right after its forward: keeping it gathered saves an all-gather
+    return i < blocks - 1
 
 
 def sharded_grad_scaler():

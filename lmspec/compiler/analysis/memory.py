@@ -23,7 +23,8 @@ weight copies mixed precision makes). Conventions, written out in docs/analysis.
   real pass on CPU (tests/test_parallel_check.py).
 - **Per device** (`device_memory`): one of `world` devices under DDP (everything replicated;
   the gradients are views into the all-reduce buckets, one copy) or FSDP2 (`fully_shard` per
-  block and root: shards, plus the root and two blocks gathered at once);
+  block and root: shards, plus the root and two blocks gathered at once); an rl stage's under
+  FSDP2 (`rl_device_memory`) also at its rollouts, the trained models gathered whole;
   docs/analysis.md#per-device-memory.
 """
 
@@ -50,6 +51,8 @@ __all__ = [
     "PARALLELISMS",
     "DeviceMemory",
     "device_memory",
+    "RLDeviceMemory",
+    "rl_device_memory",
     "ATTENTION_KERNELS",
     "dense_mask_layers",
 ]
@@ -79,6 +82,7 @@ OPTIMIZERS: tuple[str, ...] = tuple(_STATE)
 
 FP32, INDEX, INT32 = 4, 8, 4  # bytes of an fp32 element, an int64 index and an int32 one
 FLEX_BLOCK = 128  # the side of a FlexAttention BlockMask tile (modules/flex.py BLOCK)
+FLEX_MIN_HEAD_DIM = 16  # FlexAttention's CUDA kernels take no smaller heads (modules/flex.py MIN_HEAD_DIM)
 ATTENTION_KERNELS: tuple[str, ...] = ("auto", "sdpa", "flex")
 
 
@@ -229,7 +233,7 @@ class _Kernels:
         `flex`, a masked layer without a trained bias or attention dropout is "flex"."""
         if layer.attention.softcap is not None:
             return "softcap"
-        if self.flex and masked and not trained_bias and layer.dropout == 0:
+        if self.flex and masked and not trained_bias and layer.dropout == 0 and layer.head_dim >= FLEX_MIN_HEAD_DIM:
             return "flex"
         if self.device == "cpu":
             return "math" if layer.dropout > 0 or trained_bias else "fused"
@@ -351,18 +355,27 @@ def dense_mask_layers(arch: ArchConfig, seq_len: int, *, dropout: bool = True) -
                 continue
             why = ("a soft cap" if layer.attention.softcap is not None
                    else "T5's trained relative bias" if layer.position.kind == "relative"
+                   else f"head_dim {layer.head_dim}, under {FLEX_MIN_HEAD_DIM}" if layer.head_dim < FLEX_MIN_HEAD_DIM
                    else f"attention dropout {layer.dropout:g}" if dropout and layer.dropout > 0 else None)
             out.append((name, i, why))
     return out
 
 
-def _flex_mask_bytes(rows: int, T: int, alibi_heads: int | None) -> int:
+def _flex_mask_bytes(rows: int, T: int, alibi_heads: int | None, *, positions: bool = True) -> int:
     """A FlexAttention mask over T queries and keys (modules/flex.py): the BlockMask's int32
     tensors, for n = ceil(T / 128) tiles a side, the (rows, 1, n) counts and (rows, 1, n, n)
-    indices of partial and of full tiles, by query tile and again by key tile; and for ALiBi the
-    buffers its score_mod reads, the (heads,) fp32 slopes and the (T,) position ids."""
+    indices of partial and of full tiles, by query tile and again by key tile; the mask
+    function's buffers (a bool and an int64 scalar; with rows, a prefix's (rows, T) bool keys);
+    and for ALiBi the buffers its score_mod reads, the (heads,) fp32 slopes and the (T,) position
+    ids (`positions`: unless counted already, as a checkpointed stack's context counts them)."""
+    buffers = 1 + INDEX + (rows * T if rows > 1 else 0)
+    alibi = FP32 * alibi_heads + (INDEX * T if positions else 0) if alibi_heads else 0
+    return _block_mask_bytes(rows, T) + buffers + alibi
+
+
+def _block_mask_bytes(rows: int, T: int) -> int:
     n = -(-T // FLEX_BLOCK)
-    return INT32 * rows * (4 * n + 4 * n * n) + (FP32 * alibi_heads + INDEX * T if alibi_heads else 0)
+    return INT32 * rows * (4 * n + 4 * n * n)
 
 
 def _layer_activations(layer: LayerConfig, B: int, T: int, S: int, k: _Kernels) -> tuple[dict[str, int], tuple, int]:
@@ -516,8 +529,8 @@ def _context_bytes(stack: StackConfig, B: int, T: int, k: _Kernels) -> int:
         if kind == "sliding" and window is not None and T <= window:
             kind = "causal"
         rows = B if kind == "prefix" else 1
-        if flex:
-            n += _flex_mask_bytes(rows, T, layer.heads if alibi else None)
+        if flex:  # the position ids are the caller's
+            n += _flex_mask_bytes(rows, T, layer.heads if alibi else None, positions=False)
             continue
         structured = kind != "bidirectional"
         if alibi or relative:
@@ -849,6 +862,69 @@ def device_memory(
     total = max(weights + gathered + gradients + in_flight + state + base.activations, whole)
     return DeviceMemory("fsdp", world, batch, weights, 0, gathered, gradients, in_flight, state, base.activations,
                         total, base.activation_breakdown, checkpoint_activations, whole)
+
+
+@dataclass(frozen=True)
+class RLDeviceMemory(DeviceMemory):
+    """Bytes one of `world` devices holds for an rl stage under FSDP2 (`rl_device_memory`). The
+    `DeviceMemory` fields are the update phase, summed over the trained models (the policy, and
+    PPO's value model), `frozen` the models kept whole (reference, reward, judges). The rollout
+    phase holds the same shards and optimizer state, no gradients, every trained model gathered
+    whole (`gathered_whole`) and the KV cache of the device's rollouts (`kv_cache`): `rollout`
+    bytes. `total` is `frozen` plus the largest of the update peak, `rollout` and `whole_model`."""
+
+    gathered_whole: int = 0
+    kv_cache: int = 0
+    rollout: int = 0
+
+
+def rl_device_memory(
+    policy: ArchConfig,
+    *,
+    value: ArchConfig | None,
+    world: int,
+    batch: int,
+    seq_len: int,
+    rollouts: int,
+    frozen: int,
+    precision: Precision = "fp32",
+    optimizer: str = "adamw",
+    device: Device = "cuda",
+    momentum: float = 0.0,
+    checkpoint_activations: bool = False,
+    attention_kernel: str = "auto",
+) -> RLDeviceMemory:
+    """Bytes on one of `world` devices of an rl stage whose policy (and `value` model, PPO's) are
+    sharded with FSDP2 as a train stage's model is, one optimizer over both; `batch`: the
+    device's share of a minibatch, `rollouts`: its share of a step's rollouts, `seq_len`: a
+    rollout at its longest; `frozen`: bytes of the models kept whole on every device.
+
+    - updates: `device_memory(..., parallel="fsdp")` of each trained model at `batch` x `seq_len`,
+      summed (their shards, gathered root and two blocks, unsharded gradients and activations);
+    - rollouts: generation and the no-grad scoring passes run on the trained models gathered
+      whole and kept so (runtime.distributed.gathered), in the compute dtype (half precision
+      under bf16/fp16, the mixed-precision policy's, else fp32), every unit padded as its
+      shards are; the KV cache of the device's `rollouts` is in that dtype too (the cache takes
+      the activations' dtype). Gradients are dropped after each update: none then;
+    - each process first builds the trained models whole in fp32 (`whole_model`)."""
+    models = {"policy": policy, **({"value": value} if value is not None else {})}
+    parts = {name: device_memory(arch, world=world, parallel="fsdp", batch=batch, seq_len=seq_len,
+                                 precision=precision, optimizer=optimizer, device=device, momentum=momentum,
+                                 checkpoint_activations=checkpoint_activations, attention_kernel=attention_kernel)
+             for name, arch in models.items()}
+    total_of = lambda field: sum(getattr(m, field) for m in parts.values())  # noqa: E731
+    weights, gathered, gradients = total_of("weights"), total_of("gathered"), total_of("gradients")
+    in_flight, state, activations, whole = (total_of("gradient_buffers"), total_of("optimizer"),
+                                            total_of("activations"), total_of("whole_model"))
+    compute = FP32 if precision == "fp32" else 2
+    gathered_whole = compute * world * (weights // FP32)  # every unit's padded shards, all-gathered
+    kv = kv_cache_memory(policy, batch=rollouts, seq_len=seq_len, dtype_bytes=compute).total
+    rollout = weights + state + gathered_whole + kv
+    update = weights + gathered + gradients + in_flight + state + activations
+    breakdown = {f"{name}.{k}": v for name, m in parts.items() for k, v in m.activation_breakdown.items()}
+    return RLDeviceMemory("fsdp", world, batch, weights, 0, gathered, gradients, in_flight, state, activations,
+                          frozen + max(update, rollout, whole), breakdown, checkpoint_activations, whole, frozen,
+                          gathered_whole=gathered_whole, kv_cache=kv, rollout=rollout)
 
 
 def kv_cache_memory(

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .flex import flex_attend
+from .flex import MIN_HEAD_DIM, flex_attend
 from .kv_cache import LayerCache
 from .masks import AttentionContext, AttentionMask
 from .positions import Rotary, apply_rope
@@ -145,8 +145,8 @@ class Attention(nn.Module):
         return self.o_proj(y)
 
     def _mask(self, ctx: AttentionContext, ring: int | None = None):
-        # FlexAttention has no dropout and no soft cap (those layers keep their SDPA / explicit paths)
-        flex = self.softcap is None and (self.dropout == 0 or not self.training)
+        # FlexAttention has no dropout, no soft cap and no heads under 16 (such layers keep SDPA / their own path)
+        flex = self.softcap is None and self.head_dim >= MIN_HEAD_DIM and (self.dropout == 0 or not self.training)
         return ctx.mask(self.kind, self.window, alibi_heads=self.heads if self.position == "alibi" else None,
                         relative=self.position == "relative", ring=ring, flex=flex)
 

@@ -11,35 +11,54 @@ the output and a log-sum-exp per query, as flash attention does.
 Which layers use it is `use_flex`'s answer for the stack (`Stack.attention_kernel`): on CUDA by
 default, never on the CPU, whose FlexAttention has no backward pass (torch 2.13 refuses it).
 Masks are built on slots 0 .. T-1 of a forward pass without a KV cache; decoding keeps SDPA
-and its small dense masks (masks.py).
+and its small dense masks (masks.py). Triton's kernels need a head_dim of 16 or more
+(`MIN_HEAD_DIM`): smaller heads keep SDPA.
+
+torch.compile compiles `flex_attention` once per distinct mask and score function, and falls
+back to the unfused kernel (the whole score matrix) past its recompile limit, silently but for
+a log line. So the mask functions take what differs between layers (kind, window, prefix
+lengths, padding) as tensors, not as Python values baked into the code: one compiled kernel per
+(row-wise or not, ALiBi or not, gradients or not, static or dynamic shapes), and the call raises
+the limit for itself (`RECOMPILE_LIMIT`) rather than ever reaching the unfused kernel.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-try:
-    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
-except ImportError:  # torch < 2.5
-    BlockMask = create_block_mask = flex_attention = None  # type: ignore[assignment,misc]
+__all__ = ["AVAILABLE", "BLOCK", "KERNELS", "MIN_HEAD_DIM", "FlexMask", "build_flex_mask", "flex_attend", "use_flex"]
 
-__all__ = ["AVAILABLE", "BLOCK", "KERNELS", "FlexMask", "build_flex_mask", "flex_attend", "use_flex"]
-
-AVAILABLE = flex_attention is not None
+# imported when first used: torch.nn.attention.flex_attention imports torch._dynamo (seconds),
+# which building a model, or `lmspec check`'s meta pass, never needs
+AVAILABLE = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None  # torch 2.5 and later
 BLOCK = 128  # the tile of a BlockMask (torch's _DEFAULT_SPARSE_BLOCK_SIZE)
 KERNELS = ("auto", "sdpa", "flex")
+MIN_HEAD_DIM = 16  # triton's tl.dot: torch's CUDA FlexAttention refuses smaller heads
+RECOMPILE_LIMIT = 64  # torch.compile's versions of flex_attention, at most (torch's default: 8)
+
+
+_TRITON: list[bool] = []  # the answer, once known
 
 
 def _has_triton() -> bool:
-    try:
-        from torch.utils._triton import has_triton
-    except ImportError:
-        return False
-    return has_triton()
+    """Whether triton can build FlexAttention's kernels here. Inside torch.compile the answer is
+    yes (it compiles CUDA kernels with triton; `compile: true` checks for it before the run), and
+    a constant, so a stack asking it breaks no graph."""
+    if torch.compiler.is_compiling():
+        return True
+    if not _TRITON:
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:
+            _TRITON.append(False)
+        else:
+            _TRITON.append(has_triton())
+    return _TRITON[0]
 
 
 def use_flex(kernel: str, device: torch.device) -> bool:
@@ -62,7 +81,7 @@ def use_flex(kernel: str, device: torch.device) -> bool:
 class FlexMask:
     """What `flex_attention` takes in place of a dense mask."""
 
-    block_mask: "BlockMask"
+    block_mask: object  # torch.nn.attention.flex_attention.BlockMask
     score_mod: Callable | None = None  # ALiBi: score - slope[h] * |q_pos - k_pos|
 
 
@@ -81,29 +100,35 @@ def build_flex_mask(
     same T keys (no cache): kind "causal" | "bidirectional" | "sliding" | "prefix"; key_mask
     (B, T) False at padding keys, which stay visible to themselves so no row is empty;
     positions (B|1, T) the position ids ALiBi reads; slopes (nh,) ALiBi's, or None."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
     if kind == "prefix" and prefix_lengths is None:
         raise ValueError("prefix attention needs prefix_lengths (B,): pass prefix_lengths= to forward()")
-    prefix = None if prefix_lengths is None else prefix_lengths.to(device)
+    if kind not in ("causal", "bidirectional", "sliding", "prefix"):
+        raise ValueError(f"unknown attention kind {kind!r}")
+    # the kind and window as tensors: every layer's mask is one function (module docstring).
+    # A key is visible when every key is (bidirectional), or when it is at most `reach` - 1 before
+    # the query (causal: T, any key before it; sliding: the window), or both are in the prefix.
+    every = torch.tensor(kind == "bidirectional", device=device)
+    reach = torch.tensor(window if kind == "sliding" else T, device=device)
 
     def structure(b, h, q, k):
-        if kind == "bidirectional":
-            return q >= 0  # every key: an all-true predicate of the right shape
-        causal = k <= q
-        if kind == "causal":
-            return causal
-        if kind == "sliding":
-            return causal & (k > q - window)
-        if kind == "prefix":
-            return causal | ((q < prefix[b]) & (k < prefix[b]))
-        raise ValueError(f"unknown attention kind {kind!r}")
-
-    def padded(b, h, q, k):  # the structure, less padding keys (each visible to itself)
-        return structure(b, h, q, k) & (key_mask[b, k] | (q == k))
+        return every | ((k <= q) & (k > q - reach))
 
     per_row = key_mask is not None or kind == "prefix"
-    rows = (key_mask.shape[0] if key_mask is not None else prefix.shape[0]) if per_row else None
-    mask_mod = structure if key_mask is None else padded
-    block_mask = create_block_mask(mask_mod, rows, None, T, T, device=device, BLOCK_SIZE=BLOCK)
+    rows = None
+    if per_row:
+        rows = key_mask.shape[0] if key_mask is not None else prefix_lengths.shape[0]
+        prefix = (prefix_lengths.to(device) if kind == "prefix" and prefix_lengths is not None
+                  else torch.zeros(rows, dtype=torch.long, device=device))
+        keys = key_mask if key_mask is not None else torch.ones(rows, T, dtype=torch.bool, device=device)
+
+        def row_wise(b, h, q, k):  # the prefix sees itself; padding keys are hidden but from themselves
+            inside = (q < prefix[b]) & (k < prefix[b])
+            return (structure(b, h, q, k) | inside) & (keys[b, k] | (q == k))
+
+    block_mask = create_block_mask(row_wise if per_row else structure, rows, None, T, T, device=device,
+                                   BLOCK_SIZE=BLOCK)
     if slopes is None:
         return FlexMask(block_mask)
     slopes = slopes.to(device=device, dtype=torch.float32)
@@ -121,6 +146,8 @@ def build_flex_mask(
 @functools.cache
 def _compiled() -> Callable:
     # FlexAttention is fused only under torch.compile; called eagerly it runs an unfused reference
+    from torch.nn.attention.flex_attention import flex_attention
+
     return torch.compile(flex_attention)
 
 
@@ -128,6 +155,13 @@ def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: FlexMas
     """softmax(score_mod(q k^T * scale)) v over the keys `mask.block_mask` lets each query see:
     q (B, nh, T, hd), k and v (B, nkv, T, hd). The output is laid out as q is (torch matches
     its strides), so the caller's transpose back to (B, T, nh*hd) is a view."""
-    fn = flex_attention if q.device.type == "cpu" or torch.compiler.is_compiling() else _compiled()
-    return fn(q, k, v, score_mod=mask.score_mod, block_mask=mask.block_mask, scale=scale,
-              enable_gqa=k.shape[1] != q.shape[1])  # (B, nh, T, hd)
+    from torch.nn.attention.flex_attention import flex_attention
+
+    extra = dict(score_mod=mask.score_mod, block_mask=mask.block_mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+    if q.device.type == "cpu" or torch.compiler.is_compiling():  # the reference; or traced by the model's compile
+        return flex_attention(q, k, v, **extra)  # (B, nh, T, hd)
+    import torch._dynamo
+
+    limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    with torch._dynamo.config.patch(recompile_limit=limit):
+        return _compiled()(q, k, v, **extra)  # (B, nh, T, hd)

@@ -24,6 +24,12 @@ tokens or responses of all ranks), and DDP sums the gradients, so an update is t
 global minibatch. The logged figures are the global batch's. A judge's scores are asked on
 rank 0 for every rank (one writer of RUN/judgments/); a reward model scores on each rank.
 Samples depend on the world size: the same spec at another N draws other rollouts.
+
+`parallel: fsdp` shards the policy and the value model (FSDP2, `distributed.shard_model`)
+instead of replicating them: the updates run sharded, while the rollouts and their no-grad
+passes run on the policy gathered whole on every rank (`distributed.gathered`), so that each
+rank generates until its own responses end. The reference and a reward model stay whole on
+every rank. Checkpoints are written by every rank, its slices, and read at any world size.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from pathlib import Path
 import torch
 
 from lmspec.runtime import distributed, engine
-from lmspec.runtime.checkpoint import (load_model_state, load_optimizer, optimizer_tensors, rng_state, save_weights,
-                                       set_rng_state, unique_state, write_json_atomic)
+from lmspec.runtime.checkpoint import (ShardedTensors, gathered_model_state, load_model_state, load_optimizer,
+                                       load_sharded_state, load_whole_state_sharded, optimizer_layout,
+                                       optimizer_tensors, rng_state, save_weights, set_rng_state, sharded_state,
+                                       tied_names, unique_state, write_json_atomic)
 from lmspec.runtime.errors import RunError
 from lmspec.runtime.stages.base import Stage, StageArtifacts
 from lmspec.runtime.stages.feedback import generate_responses, prompt_prefixes, response_mask
@@ -110,13 +118,22 @@ class RLStage(Stage):
         self.eval_set, self.prompts = prompts[-n_eval:], prompts[:-n_eval]  # the last prompts are held out
         params = list(self.policy.parameters()) + (list(self.value.parameters()) if self.value is not None else [])
         self.params = [p for p in params if p.requires_grad]
-        both = torch.nn.ModuleDict({"policy": self.policy, **({"value": self.value} if self.value is not None else {})})
-        self.optimizer = engine.make_optimizer(s.optimizer, both, self.device)
+        # what the optimizer and the checkpoints see: names `policy.*` and `value.*`
+        self.both = torch.nn.ModuleDict({"policy": self.policy,
+                                         **({"value": self.value} if self.value is not None else {})})
+        self.tied = tied_names(self.both)
+        self.optimizer = engine.make_optimizer(s.optimizer, self.both, self.device)
         self.policy.eval()  # dropout off: see the module docstring
         if self.value is not None:
             self.value.eval()
         self.train_policy, self.train_value = self.policy, self.value  # what the updates' forward passes call
-        if self.world.size > 1:
+        # `auto`: fsdp on GPUs the stage fits only sharded, else ddp; with one process nothing is wrapped
+        self.parallel = distributed.resolve_parallel(ctx.report, self.name, s.parallel, self.device)
+        self.sharded = self.parallel == "fsdp" and self.world.size > 1
+        self.final_weights: dict[str, dict[str, torch.Tensor]] = {}
+        if self.sharded:
+            self._shard()
+        elif self.world.size > 1:
             self._data_parallel()
 
     def _data_parallel(self) -> None:
@@ -132,6 +149,25 @@ class RLStage(Stage):
         self.train_policy = distributed.data_parallel(self.policy, self.device)
         if self.value is not None:
             self.train_value = distributed.data_parallel(self.value, self.device)
+
+    def _shard(self) -> None:
+        """The policy and the value model sharded (FSDP2), each as a train stage's model is,
+        then the optimizer built on the shards. `layout`: the order a one-process optimizer
+        numbers its state in, to read a single-process checkpoint into the shards. Parameters
+        no loss reaches are frozen first, as for DDP."""
+        self.layout = optimizer_layout(self.both, engine.param_groups(self.both, 0.0))
+        for p in self._unreached():
+            p.requires_grad_(False)
+        self.tied_models = {name: tied_names(m) for name, m in self.both.items()}
+        for model in self.both.values():
+            distributed.shard_model(model, self.device, self.precision)
+        self.optimizer = engine.make_optimizer(self.spec.optimizer, self.both, self.device)
+        self.params = [p for p in self.both.parameters() if p.requires_grad]
+
+    def _gathered(self):
+        """The policy and value model whole on every rank for the rollouts and their no-grad
+        passes (collective: every rank enters); nothing to do unless sharded."""
+        return distributed.gathered(self.policy, self.value)
 
     def _unreached(self) -> list[torch.nn.Parameter]:
         """The trainable parameters of the policy and value model the loss has no gradient for,
@@ -175,6 +211,7 @@ class RLStage(Stage):
 
         net, tok, arch, weights = stage_model(self.ctx, ModelUse(model=stage.model, stage=name),
                                               what=f"stage '{self.name}'", arch=stage.arch)
+        net.attention_kernel(self.spec.attention_kernel)
         return ModelJudge(name, net, tok, score="scalar", context=arch.context, weights=weights, device=self.device)
 
     def _value_model(self):
@@ -289,10 +326,12 @@ class RLStage(Stage):
 
         s, w = self.spec, self.world
         if self.before is None:  # the held-out reward of the policy as it starts, before any update
-            self.before = self._held_out(self.policy) if w.main else {}  # rank 0 evaluates for all
+            with self._gathered():
+                self.before = self._held_out(self.policy) if w.main else {}  # rank 0 evaluates for all
         prompts = self._prompts(i)
         gen = torch.Generator(device=self.device).manual_seed(engine.step_seed(s.seed, i, w.rank, salt=3))
-        query, qmask, response, rmask, prompt_texts, texts = self._rollout(prompts, gen)
+        with self._gathered():  # each rank generates until its own responses end
+            query, qmask, response, rmask, prompt_texts, texts = self._rollout(prompts, gen)
         scores = self._score(prompt_texts, texts, i).to(self.device)
         full, mask, positions = self._sequences(query, qmask, response, rmask)
         rmask_d = rmask.to(self.device)
@@ -311,7 +350,7 @@ class RLStage(Stage):
             old, values = new.detach(), (None if new_values is None else new_values.detach())
             live = (new, ent, new_values)
         else:
-            with torch.no_grad():
+            with torch.no_grad(), self._gathered():
                 old, _ = self._logprobs(self.policy, full, mask, positions, response, rmask)
                 values = self._values(full, mask, positions, response.shape[1]) if self.value is not None else None
         if self.kl_ctl is not None:
@@ -421,7 +460,11 @@ class RLStage(Stage):
     def evaluate(self) -> dict[str, float]:
         """The reward of the held-out prompts' samples (fixed seed), and the same for the policy
         as it started (`before_*`, measured once and kept in the checkpoint)."""
-        result = self._held_out(self.policy)
+        if not self.sharded:
+            result = self._held_out(self.policy)
+        else:  # every rank gathers the weights; rank 0 evaluates for all
+            with self._gathered():
+                result = self._held_out(self.policy) if self.world.main else {}
         result.update({f"before_{k}": v for k, v in self.before.items()})
         return result
 
@@ -445,34 +488,59 @@ class RLStage(Stage):
     # ------------------------------------------------------------------ state
 
     def state_dict(self):
-        opt_tensors, opt_meta = optimizer_tensors(self.optimizer)
-        tensors = {"policy": unique_state(self.policy), "optimizer": opt_tensors}
-        if self.value is not None:
-            tensors["value"] = unique_state(self.value)
+        """Replicas are identical, so rank 0 writes one process's models and optimizer; sharded
+        models are written by every rank, its slices. Any number of processes resumes from either."""
+        if self.sharded:
+            tensors, opt_meta = sharded_state(self.both, self.optimizer, self.tied)
+        else:
+            opt_tensors, opt_meta = optimizer_tensors(self.optimizer)
+            tensors = {"policy": unique_state(self.policy), "optimizer": opt_tensors}
+            if self.value is not None:
+                tensors["value"] = unique_state(self.value)
         state = {"rng": rng_state(), "optimizer": opt_meta, "before": self.before,
                  "kl_coef": None if self.kl_ctl is None else self.kl_ctl.value}
         return tensors, state
 
     def load_state_dict(self, tensors, state) -> None:
-        load_model_state(self.policy, tensors["policy"], f"the checkpoint of stage '{self.name}'")
-        if self.value is not None:
-            load_model_state(self.value, tensors["value"], f"the checkpoint of stage '{self.name}' (value model)")
-        load_optimizer(self.optimizer, tensors.get("optimizer", {}), state["optimizer"])
+        where = f"the checkpoint of stage '{self.name}'"
+        if isinstance(tensors, ShardedTensors):  # written sharded: read into any sharding (DCP reshards)
+            load_sharded_state(self.both, self.optimizer, tensors, state["optimizer"], self.tied, where)
+        elif self.sharded:  # written by one process (or DDP's rank 0): each rank keeps its slices
+            if any(name not in tensors for name in self.both):
+                raise RunError(f"{where} holds no {' or '.join(n for n in self.both if n not in tensors)} weights",
+                               help="the run's spec changed since the checkpoint; start the stage afresh")
+            whole = {"model": {f"{name}.{k}": v for name in self.both for k, v in tensors[name].items()},
+                     "optimizer": tensors.get("optimizer", {})}
+            load_whole_state_sharded(self.both, self.optimizer, whole, state["optimizer"], self.tied, self.layout,
+                                     where)
+        else:
+            load_model_state(self.policy, tensors["policy"], where)
+            if self.value is not None:
+                load_model_state(self.value, tensors["value"], f"{where} (value model)")
+            load_optimizer(self.optimizer, tensors.get("optimizer", {}), state["optimizer"])
         set_rng_state(state["rng"])
         self.before = state.get("before")
         if self.kl_ctl is not None and state.get("kl_coef") is not None:
             self.kl_ctl.value = state["kl_coef"]
 
+    def consolidate(self) -> None:
+        """Called on every rank before rank 0 writes the artifacts: sharded models' weights
+        gathered onto rank 0, for the single-process weights files."""
+        if self.sharded:
+            self.final_weights = {name: gathered_model_state(m, self.tied_models[name]) for name, m in self.both.items()}
+
     def artifacts(self, directory: Path) -> StageArtifacts:
         from lmspec.compiler.arch import arch_to_dict
 
         directory.mkdir(parents=True, exist_ok=True)
-        save_weights(self.policy, directory / "model.safetensors", metadata={"stage": self.name})
+        save_weights(self.policy, directory / "model.safetensors", metadata={"stage": self.name},
+                     state=self.final_weights.get("policy"))
         write_json_atomic(directory / "arch.json", arch_to_dict(self.plan.arch))
         self.tokenizer.save(directory / "tokenizer")
         files = {"weights": directory / "model.safetensors", "arch": directory / "arch.json",
                  "tokenizer": directory / "tokenizer"}
         if self.value is not None:
-            save_weights(self.value, directory / "value.safetensors", metadata={"stage": self.name})
+            save_weights(self.value, directory / "value.safetensors", metadata={"stage": self.name},
+                         state=self.final_weights.get("value"))
             files["value"] = directory / "value.safetensors"
         return StageArtifacts(files, self.plan.model)
