@@ -128,3 +128,17 @@ def test_a_stage_started_again_from_step_0_hides_all_its_earlier_events(project,
     assert sorted(step for tag, step, _ in points if tag == "pretrain/loss") == list(range(1, 13))
     assert {step: v for tag, step, v in points if tag == "pretrain/loss"} == {
         m["step"]: m["loss"] for m in open_run(r.path).metrics("pretrain")}
+
+
+def test_a_run_started_with_tensorboard_goes_on_writing_events_when_resumed_without_it(project, monkeypatch):
+    """The manifest records --tensorboard: a resume that forgets the flag leaves no gap."""
+    out = project / "run"
+    crash_at(monkeypatch, "pretrain", 5)
+    with pytest.raises(RunError, match="interrupted"):
+        run(project / "spec.lmspec", out=out, progress=Progress(quiet=True), tensorboard=True, only="pretrain")
+    assert open_run(out).manifest["tensorboard"] is True
+    monkeypatch.setattr(TrainStage, "step", REAL_STEP)
+    resume(out, progress=Progress(quiet=True))  # no tensorboard=True
+    assert [w.purge_step for w in Writer.opened] == [1, 4]  # resumed from the checkpoint of step 3
+    points = shown(Writer.opened)
+    assert sorted(step for tag, step, _ in points if tag == "pretrain/loss") == list(range(1, 13))

@@ -157,7 +157,7 @@ def run(spec_path: str | Path, *, overrides: list[str] | tuple[str, ...] = (), o
             path = Path(out) if out is not None else default_run_dir(spec_path)
             RunDir.create(path, report=report, spec_path=str(spec_path), overrides=overrides, device=str(dev),
                           extra={"stages": selected, "cannot_run": blocked, "only": only, "seeds": _seeds(report),
-                                 "world_size": size})
+                                 "world_size": size, "tensorboard": tensorboard})
         rd = RunDir(Path(distributed.broadcast_json(str(path) if path is not None else None)))
         return _execute(rd, report, schedule, selected, blocked, dev, progress, cache_dir, tensorboard)
 
@@ -226,11 +226,16 @@ def resume(run_path: str | Path, *, force: bool = False, overrides: list[str] | 
     a diff unless `force` — and then every stage whose settings changed runs again from step 0
     (with the stages after it), except that an unfinished stage whose model is unchanged
     continues from its checkpoint under its new settings. New `overrides` need `force`.
-    Any `nproc` resumes any run: a checkpoint holds one replica, whatever wrote it."""
+    Any `nproc` resumes any run: a checkpoint holds one replica, whatever wrote it. A run
+    started with `tensorboard` goes on writing its events (the manifest says so); `tensorboard`
+    here turns them on for the rest of a run started without."""
     from lmspec.runtime.engine import resolve_device
 
     progress = progress or Progress()
     size = _world_size(nproc)
+    tensorboard = tensorboard or bool(RunDir.open(Path(run_path)).manifest.get("tensorboard"))
+    if tensorboard:
+        _tensorboard_writer()  # fail before anything resumes
     if nproc > 1:
         rd = RunDir.open(Path(run_path))
         if rd.manifest.get("status") == "finished" and not overrides:
@@ -284,7 +289,7 @@ def _resume(run_path: Path, force: bool, overrides: tuple[str, ...], dev, size: 
                                          "under the new settings (--force)")
                 rd.save_spec(report, now)
                 rd.update_manifest(overrides=list(all_overrides), forced=True)
-        rd.update_manifest(status="running", stages=selected, cannot_run=blocked,
+        rd.update_manifest(status="running", stages=selected, cannot_run=blocked, tensorboard=tensorboard,
                            devices=manifest.get("devices", [manifest.get("device")]) + [str(dev)],
                            world_sizes=manifest.get("world_sizes", [manifest.get("world_size", 1)]) + [size])
     distributed.barrier()
