@@ -34,7 +34,16 @@ rl critic {
   reward: long
   algorithm: ppo(epochs: 2)
   rollouts { prompts: stories.prefixes(tokens: 8, count: 40), per_step: 8, max_new_tokens: 8 }
-  steps: 2, eval_prompts: 4, log_every: 1, optimizer: adamw(lr: 3e-3), samples: 0, parallel: PARALLEL
+  steps: 2, eval_prompts: 4, log_every: 1, checkpoint_every: 1, optimizer: adamw(lr: 3e-3), samples: 0,
+  parallel: PARALLEL
+}
+rl single {
+  policy: gpt from pre
+  reward: long
+  algorithm: rloo(k: 2)
+  rollouts { prompts: stories.prefixes(tokens: 8, count: 40), per_step: 4, max_new_tokens: 6 }
+  steps: 2, eval_prompts: 4, log_every: 1, checkpoint_every: 1, optimizer: adamw(lr: 3e-3), samples: 0,
+  parallel: PARALLEL
 }
 """
 
@@ -79,7 +88,11 @@ def runs(tmp_path_factory):
 
 def test_fsdp_gives_ddps_figures_and_weights(runs):
     _, ddp, fsdp = runs
-    for stage in ("align", "critic"):
+    for stage in ("align", "critic", "single"):  # minibatches; PPO's value model; one update per step
+        (checkpoint,) = (fsdp / "stages" / stage / "checkpoints").iterdir()
+        assert (checkpoint / "shards").is_dir()  # sharded: every rank wrote its slices
+        (checkpoint,) = (ddp / "stages" / stage / "checkpoints").iterdir()
+        assert not (checkpoint / "shards").exists()
         a, b = _metrics(ddp, stage), _metrics(fsdp, stage)
         assert [m["step"] for m in a] == [m["step"] for m in b]
         for x, y in zip(a, b):
@@ -141,3 +154,39 @@ def _resumer(rank: int, project: str, out: str) -> None:
 
 def _resume_spawned(project: Path, out: str) -> None:
     torch.multiprocessing.spawn(_resumer, args=(str(project), out), nprocs=2)
+
+
+def _half_precision_value(rank: int, directory: str) -> None:
+    """PPO's value model sharded as on a GPU in bf16 (gathered bf16 weights): its head reads the
+    final norm's fp32 output outside the root's forward, in the head's own dtype."""
+    import dataclasses
+
+    import torch.distributed as dist
+
+    from lmspec.compiler.api import check_text
+    from lmspec.compiler.arch import HeadConfig
+    from lmspec.compiler.build import build_model
+    from lmspec.runtime import distributed, engine
+    from lmspec.runtime.stages.rl import RLStage
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=2)
+    try:
+        report = check_text("lmspec 1\nmodel m { vocab: 64, context: 16, layers: 2, d_model: 32, heads: 2 }\n", "m.lmspec")
+        arch = dataclasses.replace(report.models["m"], heads=(HeadConfig("scalar", pool="last"),), tie_embeddings=False)
+        torch.manual_seed(0)
+        value = build_model(arch).eval()
+        distributed.shard_model(value, torch.device("cpu"), engine.Precision("bf16", "cuda"))  # bf16 gathering
+        # CUDA autocast runs the final norm in fp32 (the CPU's keeps bf16): its output as on a GPU
+        value.decoder.final_norm.register_forward_hook(lambda module, args, out: out.float())
+        stage = type("Stage", (), {"value": value, "precision": engine.Precision("bf16", "cpu")})()
+        ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(1))
+        mask, positions = torch.ones_like(ids, dtype=torch.bool), torch.arange(10)[None].expand(2, 10)
+        values = RLStage._values(stage, ids, mask, positions, 4)
+        assert values.shape == (2, 4) and values.dtype == torch.float32 and torch.isfinite(values).all()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_value_head_reads_fp32_hidden_states_beside_bf16_gathered_weights(tmp_path):
+    torch.multiprocessing.spawn(_half_precision_value, args=(str(tmp_path),), nprocs=2)

@@ -21,7 +21,7 @@ from lmspec.compiler.costs import _value_arch, human_bytes, spec_figures
 from lmspec.compiler.rules_parallel import Hardware, device_plans, render_device_plans, stage_plan
 
 # GPT-2 small (163M parameters, 650 MB in fp32) as a GRPO policy: 8 rollouts and minibatches of 2 on
-# each of 8 devices. Replicated it needs 3.31 GiB per device; sharded 1.46 GiB.
+# each of 8 devices. Replicated it needs 3.31 GiB per device; sharded 1.16 GiB (the reference in bf16, as the sharded policy computes).
 GRPO = PRELUDE + CRITIC + """
 train pre { model: gpt, objective: clm, data: text }
 rl r { policy: gpt from pre, reward: j, algorithm: grpo(group: 4)EXTRA,
@@ -53,9 +53,9 @@ def test_auto_shards_a_policy_that_fits_its_devices_only_sharded():
     assert report.ok, [d.message for d in report.diagnostics]
     table = render_device_plans(device_plans(report))
     (row,) = [line for line in table.splitlines() if line.split()[:2] == ["r", "8"]]
-    assert row.split()[:5] == ["r", "8", "auto", "->", "fsdp"] and "yes 79%" in row
+    assert row.split()[:5] == ["r", "8", "auto", "->", "fsdp"] and "yes 62%" in row
     assert "  r (fsdp): updates 865 MiB or rollouts 560 MiB or the build before sharding 622 MiB, + frozen models " \
-           "635 MiB: 1.46 GiB per device" in table
+           "324 MiB: 1.16 GiB per device" in table
 
 
 def test_the_runtime_gets_the_same_choice_from_stage_plan():
@@ -86,7 +86,7 @@ def test_explicit_ddp_that_fits_only_sharded_is_lms121_at_the_key():
     report = grpo(extra=", parallel: ddp", devices=8)
     d = only(report, "LMS121")
     assert d.message == ("rl 'r' needs 3.31 GiB per device replicated on 8 devices (parallel: ddp), more than the "
-                         "1.86 GiB a device has; sharded it needs 1.46 GiB")
+                         "1.86 GiB a device has; sharded it needs 1.16 GiB")
     line = spec(extra=", parallel: ddp").splitlines()[d.span.line - 1]
     assert line.startswith("rl r {") and line[d.span.col - 1:].startswith("ddp,")
     assert d.help.startswith("use parallel: fsdp (the policy sharded, gathered whole for the rollouts), or auto")
@@ -99,14 +99,14 @@ def test_explicit_ddp_that_fits_only_sharded_is_lms121_at_the_key():
 def test_a_stage_that_does_not_fit_even_sharded_is_lms120_with_both_phases():
     report = grpo("1GB", extra=", parallel: fsdp", devices=8)
     d = only(report, "LMS120")
-    assert d.message == ("rl 'r' needs 1.46 GiB per device even sharded over 8 devices (fsdp: the policy sharded, "
+    assert d.message == ("rl 'r' needs 1.16 GiB per device even sharded over 8 devices (fsdp: the policy sharded, "
                          "gathered whole for the rollouts; the frozen models whole on each), more than the 954 MiB a "
                          "device has")
     assert d.notes[0].startswith("per device: updates weights 77.8 MiB + gathered 176 MiB + gradients 77.8 MiB + ")
     assert "; rollouts weights 77.8 MiB + optimizer 156 MiB + gathered whole 311 MiB + KV cache 15.8 MiB = 560 MiB; " \
-           "and the frozen models whole 635 MiB: 1.46 GiB" in d.notes[0]
+           "and the frozen models whole 324 MiB: 1.16 GiB" in d.notes[0]
     d = only(grpo("1GB", devices=8), "LMS120")  # auto: as a train stage, fsdp when ddp does not fit
-    assert d.message.startswith("rl 'r' needs 1.46 GiB per device even sharded over 8 devices")
+    assert d.message.startswith("rl 'r' needs 1.16 GiB per device even sharded over 8 devices")
     assert "use parallel: fsdp" not in d.help  # it does not fit that way either
 
 
@@ -129,7 +129,8 @@ def test_the_sharded_figures_part_by_part():
     assert fsdp.weights == 4 * P // 8  # GPT-2's rows all divide by 8: no padding
     assert (fsdp.gathered, fsdp.gradient_buffers, fsdp.weight_copies) == (one.gathered, one.gradient_buffers, 0)
     assert fsdp.activations == one.activations == alone.activations
-    assert fsdp.frozen == frozen and fsdp.whole_model == 4 * P
+    # the reference in bf16 beside the sharded policy (runtime.stages.rl), the reward model in fp32
+    assert fsdp.frozen == frozen - 2 * P and fsdp.whole_model == 4 * P
     # the rollouts: the policy gathered whole in bf16 (every unit's padded shards), no gradients, and
     # the KV cache of the device's 8 rollouts in bf16: half the fp32 cache of the ddp figure
     assert fsdp.gathered_whole == 2 * 8 * (fsdp.weights // 4) == 2 * P
@@ -137,11 +138,12 @@ def test_the_sharded_figures_part_by_part():
     per_rank = spec_figures(grpo(extra="", devices=1), meta=False)[0].stages["r"].rl.memory["kv_cache"]
     assert fsdp.kv_cache * 2 * 8 == per_rank  # fp32 cache of all 64 rollouts on one device
     assert fsdp.rollout == fsdp.weights + fsdp.optimizer + fsdp.gathered_whole + fsdp.kv_cache
-    assert fsdp.total == frozen + max(fsdp.training, fsdp.rollout, fsdp.whole_model) == frozen + fsdp.training
+    assert fsdp.total == fsdp.frozen + max(fsdp.training, fsdp.rollout, fsdp.whole_model) == \
+        fsdp.frozen + fsdp.training
     # what sharding saves: 7/8 of the weights, gradients and optimizer state and the autocast copies,
-    # less what it gathers
+    # and half the reference (bf16), less what it gathers
     saved = (ddp.weights - frozen - fsdp.weights) + (ddp.gradients - fsdp.gradients) + ddp.weight_copies \
-        + (ddp.optimizer - fsdp.optimizer) - fsdp.gathered - fsdp.gradient_buffers
+        + (ddp.optimizer - fsdp.optimizer) - fsdp.gathered - fsdp.gradient_buffers + (frozen - fsdp.frozen)
     assert ddp.total - fsdp.total == saved + ddp.activations - fsdp.activations
 
 
@@ -175,7 +177,7 @@ def test_the_json_has_both_phases():
     assert out["chosen"] == "fsdp" and out["memory_bytes"]["rollout"] == plan.memory.rollout
     assert out["memory_bytes"]["gathered_whole"] == plan.memory.gathered_whole and "fsdp_bytes" not in out
     assert device_plans(grpo("80GB", devices=8))["r"].to_json()["fsdp_bytes"] == plan.sharded.total
-    assert human_bytes(plan.sharded.total) == "1.46 GiB"
+    assert human_bytes(plan.sharded.total) == "1.16 GiB"
 
 
 @pytest.mark.parametrize("half", [False, True], ids=["fp32", "bf16"])

@@ -337,11 +337,14 @@ def rl_sharded_memory(report, stage: str, arch: ArchConfig, rl: RLFigures, world
     `report` and `rl`: the stage as one device sees it, its share of the rollouts and of each
     minibatch (`rules_parallel._per_rank_rl`)."""
     spec = report.spec.blocks[stage]
+    # under a half-precision stage the reference is held in that precision, as the sharded policy
+    # computes (runtime.stages.rl): half its fp32 bytes
+    reference = rl.memory["reference"] // (2 if _precision(spec.precision) in ("bf16", "fp16") else 1)
     return rl_device_memory(eval_mode(arch), value=eval_mode(_value_arch(arch)) if spec.algorithm.kind == "ppo" else None,
                             world=world,
                             batch=rl.minibatch, seq_len=rl.prompt_tokens + rl.new_tokens,
                             rollouts=spec.rollouts.per_step,
-                            frozen=rl.memory["reference"] + rl.memory["reward"] + rl.memory["judges"],
+                            frozen=reference + rl.memory["reward"] + rl.memory["judges"],
                             precision=_precision(spec.precision), optimizer=spec.optimizer.kind,
                             momentum=getattr(spec.optimizer, "momentum", 0.0),
                             checkpoint_activations=spec.checkpoint_activations,

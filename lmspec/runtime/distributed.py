@@ -495,9 +495,14 @@ def report_failure(message: str, help: str | None = None, *, kind: str = "error"
     if not path:
         return
     with contextlib.suppress(OSError):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps({"message": message, "timestamp": int(time.time()),
-                                          "lmspec": {"message": message, "help": help, "kind": kind}}))
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # whole or not at all: the agent may read the file the moment it exists (an empty one
+        # made it fail parsing it, and the run's error with it)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"message": message, "timestamp": int(time.time()),
+                                   "lmspec": {"message": message, "help": help, "kind": kind}}))
+        os.replace(tmp, target)
 
 
 def lost_peers(err: BaseException) -> bool:

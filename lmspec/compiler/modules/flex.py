@@ -25,7 +25,6 @@ the limit for itself (`RECOMPILE_LIMIT`) rather than ever reaching the unfused k
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
@@ -35,7 +34,7 @@ __all__ = ["AVAILABLE", "BLOCK", "KERNELS", "MIN_HEAD_DIM", "FlexMask", "build_f
 
 # imported when first used: torch.nn.attention.flex_attention imports torch._dynamo (seconds),
 # which building a model, or `lmspec check`'s meta pass, never needs
-AVAILABLE = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None  # torch 2.5 and later
+AVAILABLE = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)  # torch.nn.attention.flex_attention
 BLOCK = 128  # the tile of a BlockMask (torch's _DEFAULT_SPARSE_BLOCK_SIZE)
 KERNELS = ("auto", "sdpa", "flex")
 MIN_HEAD_DIM = 16  # triton's tl.dot: torch's CUDA FlexAttention refuses smaller heads

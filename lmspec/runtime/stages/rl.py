@@ -133,6 +133,10 @@ class RLStage(Stage):
         self.final_weights: dict[str, dict[str, torch.Tensor]] = {}
         if self.sharded:
             self._shard()
+            if self.precision.dtype is not None and self.precision.device_type == "cuda":
+                # FSDP's mixed precision computes with half-precision weights: so does the reference,
+                # or the KL would start above 0 from rounding alone (and it takes half the memory)
+                self.reference.to(self.precision.dtype)
         elif self.world.size > 1:
             self._data_parallel()
 
@@ -156,13 +160,31 @@ class RLStage(Stage):
         numbers its state in, to read a single-process checkpoint into the shards. Parameters
         no loss reaches are frozen first, as for DDP."""
         self.layout = optimizer_layout(self.both, engine.param_groups(self.both, 0.0))
-        for p in self._unreached():
+        for p in self._unreached_on_meta():
             p.requires_grad_(False)
         self.tied_models = {name: tied_names(m) for name, m in self.both.items()}
         for model in self.both.values():
             distributed.shard_model(model, self.device, self.precision)
         self.optimizer = engine.make_optimizer(self.spec.optimizer, self.both, self.device)
         self.params = [p for p in self.both.parameters() if p.requires_grad]
+
+    def _unreached_on_meta(self) -> list[torch.nn.Parameter]:
+        """`_unreached`, found on the meta device (`check`'s pass): a backward pass of the whole
+        models before they are sharded would hold their whole gradients, more than a device of a
+        stage that fits only sharded may have. The policy's loss reads its logits, the value
+        model's its scalar head."""
+        from lmspec.compiler.analysis import meta_pass
+        from lmspec.compiler.arch import HeadConfig
+
+        T = min(self.spec.rollouts.prompts.tokens + self.spec.rollouts.max_new_tokens, self.plan.arch.context, 8)
+        dec = T if self.plan.arch.arch == "encoder_decoder" else None
+        names = {f"policy.{n}" for n in meta_pass(self.plan.arch, batch=1, seq_len=T, decoder_seq_len=dec,
+                                                  reads=("logits",)).unreached}
+        if self.value is not None:
+            arch = dataclasses.replace(self.plan.arch, heads=(HeadConfig("scalar", pool="last"),), tie_embeddings=False)
+            names |= {f"value.{n}" for n in meta_pass(arch, batch=1, seq_len=T, decoder_seq_len=dec,
+                                                      reads=("scores",)).unreached}
+        return [p for name, p in self.both.named_parameters() if name in names and p.requires_grad]
 
     def _gathered(self):
         """The policy and value model whole on every rank for the rollouts and their no-grad
@@ -271,7 +293,10 @@ class RLStage(Stage):
         with self.precision.autocast():
             hidden = (model or self.value)(full, attention_mask=mask, position_ids=positions).hidden
         P = full.shape[1] - R
-        return self.value.score(hidden[:, P - 1:P - 1 + R]).squeeze(-1).float()  # (B, R): V(s_t)
+        # the head runs outside autocast, in its weight's dtype: fp32, or FSDP's gathered bf16/fp16
+        # (CUDA autocast leaves the final norm's output fp32)
+        head = self.value.score
+        return head(hidden[:, P - 1:P - 1 + R].to(head.weight.dtype)).squeeze(-1).float()  # (B, R): V(s_t)
 
     @torch.no_grad()
     def _rollout(self, prompts, gen, model=None):
