@@ -13,6 +13,7 @@ made inside, the old buckets given).
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -125,6 +126,9 @@ def _rank(rank: int, directory: str) -> None:
                 save_file(weights, f"{directory}/weights-{name}.safetensors")
         Path(directory, f"held-{rank}.json").write_text(json.dumps(out))
     finally:
+        # the DDP replicas hold reference cycles: collected now, while their process group still
+        # exists (collected at exit, a reducer's threads meet a destroyed group: SIGABRT)
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -4,6 +4,7 @@ the run resumes with any number of processes, and what cannot work is said befor
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import socket
@@ -268,7 +269,9 @@ def _rank(rank: int, directory: str) -> None:
         if rank == 0:
             save_file({k.removeprefix("module."): v for k, v in weights.items()}, f"{directory}/weights.safetensors")
             Path(directory, "result.json").write_text(json.dumps({"loss": r.loss, "tokens": r.tokens}))
+        del ddp  # and its reference cycles collected while the group exists (at exit: SIGABRT at times)
     finally:
+        gc.collect()
         dist.destroy_process_group()
 
 
