@@ -265,6 +265,8 @@ def test_a_killed_rank_resumes_to_the_uninterrupted_weights(project, killed, spa
     assert done.returncode == 1 and "rank 1 of 2 was killed by SIGKILL" in done.stderr, done.stderr
     assert (out / "stages" / "align" / "checkpoints" / "step-0000002").is_dir()
     assert not (out / "stages" / "align" / "final").exists()
+    policy = open_run(out).model("align")  # an unfinished rl stage's policy, from its checkpoint
+    assert sum(p.numel() for p in policy.parameters()) > 0
     resumed = cli(project, "run", "--resume", str(out), "--nproc", "2", "--plain")
     assert resumed.returncode == 0, resumed.stderr
     assert "stage align: resuming from checkpoint step-0000002" in resumed.stdout

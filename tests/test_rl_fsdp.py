@@ -115,7 +115,14 @@ def test_fsdp_checkpoints_are_sharded_and_resume_to_the_uninterrupted_weights(ru
     killed = project / "killed"
     (checkpoint,) = (killed / "stages" / "align" / "checkpoints").iterdir()
     assert (checkpoint / "shards").is_dir()  # every rank wrote its slices
-    from lmspec.runtime.api import resume
+    from lmspec.runtime.api import open_run, resume
+    from lmspec.runtime.checkpoint import load_checkpoint
+
+    # the unfinished stage's policy, read from the sharded checkpoint in this one process
+    policy = open_run(killed).model("align")
+    tensors, _ = load_checkpoint(checkpoint)
+    saved = {k[len("policy."):]: v for k, v in tensors["model"].items() if k.startswith("policy.")}
+    assert saved and all(torch.equal(policy.state_dict()[k], v) for k, v in saved.items())
     from lmspec.runtime.progress import Progress
 
     copy = project / "killed-1"

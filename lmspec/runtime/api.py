@@ -542,7 +542,7 @@ class Run:
             found = latest_checkpoint(sdir / "checkpoints", warn=lambda m: None)
             if found is None:
                 raise RunError(f"stage '{stage}' of {self.path} has neither final weights nor a good checkpoint")
-            load_model_state(model, found[1]["model"], str(found[0]))
+            load_model_state(model, _checkpointed_model(found[1]), str(found[0]))
         return model.eval()
 
     def tokenizer(self, stage: str | None = None):
@@ -557,6 +557,18 @@ class Run:
         if name and saved.is_dir():
             return load_tokenizer(saved)
         raise RunError(f"stage '{stage}' of {self.path} has no tokenizer yet", help="run or resume it first")
+
+
+def _checkpointed_model(tensors) -> dict:
+    """The weights of the stage's model in a checkpoint: a train stage's `model`; an rl stage's
+    `policy` (one process's format), or the `policy.` entries of its sharded `model`."""
+    try:
+        state = tensors["policy"]
+    except KeyError:
+        state = tensors["model"]
+    if any(k.startswith("policy.") for k in state):
+        state = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
+    return state
 
 
 def open_run(path: str | Path) -> Run:
