@@ -83,6 +83,10 @@ def test_flex_attention_gives_sdpas_logits(kind, flex_calls):
 
 def test_heads_under_16_keep_sdpa(flex_calls):
     """torch's CUDA FlexAttention takes no head_dim under 16; check agrees (LMS136 under flex)."""
+    from lmspec.compiler.analysis.memory import FLEX_MIN_HEAD_DIM
+    from lmspec.compiler.modules.flex import MIN_HEAD_DIM
+
+    assert FLEX_MIN_HEAD_DIM == MIN_HEAD_DIM == 16
     model = _model(MODELS["alibi"] + ", head_dim: 8").attention_kernel("flex")
     _logits(model, torch.randint(0, 256, (2, 20)))
     assert not flex_calls

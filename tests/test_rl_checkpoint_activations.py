@@ -12,7 +12,7 @@ import torch
 
 from lmspec.compiler import analysis as A
 from lmspec.compiler.api import check_text
-from lmspec.compiler.costs import _value_arch, spec_figures
+from lmspec.compiler.costs import value_arch, spec_figures
 from lmspec.compiler.rules_parallel import Hardware, device_plans
 from run_support import quiet, write_project
 
@@ -74,7 +74,7 @@ def test_check_counts_the_checkpointed_policy_and_value_model(tmp_path):
     arch, T = report.models["gpt"], 6 + 6
     expected = sum(sum(A.activation_bytes(a, batch=2, seq_len=T, precision=ckpt.precision,
                                           checkpoint_activations=True).values())
-                   for a in (arch, _value_arch(arch)))  # a minibatch of 2 x (prompt + response)
+                   for a in (arch, value_arch(arch)))  # a minibatch of 2 x (prompt + response)
     assert ckpt.activations == expected < plain.activations
     assert {"policy.decoder.block_inputs", "value.decoder.block_inputs"} <= ckpt.activation_breakdown.keys()
     assert ckpt.total == plain.total - (plain.activations - ckpt.activations)

@@ -17,7 +17,7 @@ from test_parallel_check import CRITIC, PRELUDE
 from lmspec.compiler.analysis import count_parameters, device_memory, kv_cache_memory, training_memory
 from lmspec.compiler.analysis.memory import RLDeviceMemory, rl_device_memory
 from lmspec.compiler.api import check_text
-from lmspec.compiler.costs import _value_arch, human_bytes, spec_figures
+from lmspec.compiler.costs import value_arch, human_bytes, spec_figures
 from lmspec.compiler.rules_parallel import Hardware, device_plans, render_device_plans, stage_plan
 
 # GPT-2 small (163M parameters, 650 MB in fp32) as a GRPO policy: 8 rollouts and minibatches of 2 on
@@ -152,7 +152,7 @@ def test_ppo_shards_the_value_model_too_and_gathers_both_for_the_rollouts():
     plan, arch = device_plans(report)["r"], report.models["gpt"]
     assert plan.chosen == "fsdp"  # 5.33 GiB replicated, 2 GiB sharded
     shapes = dict(world=8, parallel="fsdp", batch=2, seq_len=56, precision="bf16", checkpoint_activations=True)
-    policy, value = device_memory(arch, **shapes), device_memory(_value_arch(arch), **shapes)
+    policy, value = device_memory(arch, **shapes), device_memory(value_arch(arch), **shapes)
     m = plan.memory
     assert m.weights == policy.weights + value.weights and m.optimizer == policy.optimizer + value.optimizer
     assert m.gathered == policy.gathered + value.gathered

@@ -19,7 +19,7 @@ from lmspec.compiler.lower import lower_model
 from lmspec.diagnostics import CODES, Diagnostic, Label
 
 __all__ = ["ModelFigures", "StageFigures", "RLFigures", "Figures", "spec_figures", "stage_arch", "render_figures",
-           "rl_figures", "rl_sharded_memory", "generation_flops"]
+           "rl_figures", "rl_sharded_memory", "generation_flops", "stage_seq_len", "value_arch"]
 
 CODES.setdefault("LMS090", "a model failed its forward/backward pass on the meta device")
 CODES.setdefault("LMS096", "parameters that a stage's objectives do not train (warning)")
@@ -118,6 +118,14 @@ def stage_arch(report, stage: str) -> tuple[str, ArchConfig] | None:
     return use.model, lower_model(use.model, report.spec.blocks[use.model], head_override=use.head)
 
 
+def stage_seq_len(spec, arch: ArchConfig) -> int:
+    """The tokens per sequence a train stage (`seq_len`, default the context) or an rl stage
+    (prompt + new tokens) runs `arch` on, within its context."""
+    rollouts = getattr(spec, "rollouts", None)
+    wanted = rollouts.prompts.tokens + rollouts.max_new_tokens if rollouts is not None else spec.seq_len or arch.context
+    return min(wanted, arch.context)
+
+
 def _precision(p: str) -> str:
     return "bf16" if p == "auto" else p  # auto trains in bf16 on a GPU, the device the figure is for
 
@@ -152,7 +160,7 @@ def spec_figures(report, *, meta: bool = True) -> tuple[Figures, list[Diagnostic
         model, arch = found
         if kind == "train":
             batch, steps = spec.batch, spec.steps
-            seq_len = min(spec.seq_len or arch.context, arch.context)
+            seq_len = stage_seq_len(spec, arch)
             dec = _decoder_len(arch, spec, seq_len)
             cost = A.stage_cost(arch, steps=steps, batch=batch, seq_len=seq_len, decoder_seq_len=dec)
             tokens, flops, note = cost.tokens, cost.flops, ""
@@ -161,7 +169,7 @@ def spec_figures(report, *, meta: bool = True) -> tuple[Figures, list[Diagnostic
         else:  # rl: the rollouts, and every model the stage runs (rl_figures)
             r = spec.rollouts
             batch, steps, dec = r.per_step, spec.steps, None
-            seq_len = min(r.prompts.tokens + r.max_new_tokens, arch.context)
+            seq_len = stage_seq_len(spec, arch)
             rl = rl_figures(report, stage, arch)
             tokens, flops = steps * batch * seq_len, sum(rl.flops.values())
             epochs = getattr(spec.algorithm, "epochs", 1)
@@ -234,7 +242,7 @@ def eval_mode(arch: ArchConfig) -> ArchConfig:
     return replace(arch, dropout=0.0, **stacks)
 
 
-def _value_arch(arch: ArchConfig) -> ArchConfig:
+def value_arch(arch: ArchConfig) -> ArchConfig:
     """PPO's value model: the policy's body with a scalar head (runtime.stages.rl._value_model)."""
     from dataclasses import replace
 
@@ -262,7 +270,7 @@ def rl_figures(report, stage: str, arch: ArchConfig) -> RLFigures:
     docs/analysis.md#rl-stages."""
     spec = report.spec.blocks[stage]
     r, algo = spec.rollouts, spec.algorithm
-    T = min(r.prompts.tokens + r.max_new_tokens, arch.context)
+    T = stage_seq_len(spec, arch)
     prompt = min(r.prompts.tokens, T - 1) if T > 1 else 1
     new = T - prompt
     B, steps = r.per_step, spec.steps
@@ -270,7 +278,7 @@ def rl_figures(report, stage: str, arch: ArchConfig) -> RLFigures:
     mb = min(spec.minibatch or B, B)
     forward = sum(A.forward_flops(arch, T).values())
     # PPO's value model: its body and pooled head, and the scalar head once more on every response position
-    value = sum(A.forward_flops(_value_arch(arch), T).values()) + 2 * arch.d_model * new if algo.kind == "ppo" else 0
+    value = sum(A.forward_flops(value_arch(arch), T).values()) + 2 * arch.d_model * new if algo.kind == "ppo" else 0
     scorer, reward = _scorer_arch(report, spec.reward)
     flops = {
         "generation": steps * B * generation_flops(arch, prompt, new),
@@ -308,7 +316,7 @@ def _rl_memory(report, stage: str, arch: ArchConfig, policy: A.MemoryEstimate, r
     spec = report.spec.blocks[stage]
     parts = {"policy": policy}
     if spec.algorithm.kind == "ppo":
-        parts["value"] = A.training_memory(eval_mode(_value_arch(arch)), batch=rl.minibatch,
+        parts["value"] = A.training_memory(eval_mode(value_arch(arch)), batch=rl.minibatch,
                                            seq_len=rl.prompt_tokens + rl.new_tokens,
                                            precision=policy.precision, optimizer=spec.optimizer.kind,
                                            momentum=getattr(spec.optimizer, "momentum", 0.0),
@@ -340,7 +348,7 @@ def rl_sharded_memory(report, stage: str, arch: ArchConfig, rl: RLFigures, world
     # under a half-precision stage the reference is held in that precision, as the sharded policy
     # computes (runtime.stages.rl): half its fp32 bytes
     reference = rl.memory["reference"] // (2 if _precision(spec.precision) in ("bf16", "fp16") else 1)
-    return rl_device_memory(eval_mode(arch), value=eval_mode(_value_arch(arch)) if spec.algorithm.kind == "ppo" else None,
+    return rl_device_memory(eval_mode(arch), value=eval_mode(value_arch(arch)) if spec.algorithm.kind == "ppo" else None,
                             world=world,
                             batch=rl.minibatch, seq_len=rl.prompt_tokens + rl.new_tokens,
                             rollouts=spec.rollouts.per_step,

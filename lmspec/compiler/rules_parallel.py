@@ -37,7 +37,7 @@ from typing import Iterator
 from lmspec.compiler import analysis as A
 from lmspec.compiler.analysis.memory import RLDeviceMemory
 from lmspec.compiler.costs import (_decoder_len, _precision, _table, human_bytes, rl_sharded_memory,
-                                  spec_figures, stage_arch)
+                                  spec_figures, stage_arch, stage_seq_len)
 from lmspec.diagnostics import CODES, Diagnostic, Label
 
 __all__ = ["Hardware", "DevicePlan", "parse_size", "device_plans", "stage_plan", "split_help", "split_diagnostic",
@@ -196,7 +196,7 @@ def stage_plan(report, stage: str, hardware: Hardware | None = None, *, figures=
         rl = figures[stage]
         return DevicePlan(stage, kind, 1, "-", "one", rl.seq_len,
                           _plain(rl.memory, rl.rl.minibatch, spec.checkpoint_activations), memory, text, *sources)
-    seq_len = min(spec.seq_len or arch.context, arch.context)
+    seq_len = stage_seq_len(spec, arch)
     shapes = dict(seq_len=seq_len, precision=_precision(spec.precision), optimizer=spec.optimizer.kind,
                   decoder_seq_len=_decoder_len(arch, spec, seq_len), momentum=getattr(spec.optimizer, "momentum", 0.0),
                   checkpoint_activations=spec.checkpoint_activations, attention_kernel=spec.attention_kernel)
@@ -512,10 +512,7 @@ def attention_kernel_rule(x) -> Iterator[Diagnostic]:
             if found is None:
                 continue
             model, arch = found
-            if kind == "train":
-                seq_len = min(spec.seq_len or arch.context, arch.context)
-            else:
-                seq_len = min(spec.rollouts.prompts.tokens + spec.rollouts.max_new_tokens, arch.context)
+            seq_len = stage_seq_len(spec, arch)
             layers = A.dense_mask_layers(arch, seq_len, dropout=kind == "train")  # rl updates run in eval mode
             span = x.block(name).span_of(("attention_kernel",))
             refused = [(stack, i, why) for stack, i, why in layers if why is not None]

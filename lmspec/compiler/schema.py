@@ -557,6 +557,11 @@ class ModelUse(Schema):
     head: list[Head] | None = Field(None, description="a replacement head")
 
 
+AttentionKernel = Literal["auto", "sdpa", "flex"]
+ATTENTION_KERNEL = ("what runs the layers whose mask SDPA takes dense (a sliding window shorter than seq_len, a prefix, "
+                    "ALiBi): auto = FlexAttention on CUDA, SDPA elsewhere; sdpa; flex = FlexAttention (CUDA only)")
+
+
 class TrainSpec(Block):
     """A training stage."""
 
@@ -590,10 +595,7 @@ class TrainSpec(Block):
     checkpoint_activations: bool = Field(False, description="recompute each block's activations during backward "
                                                             "instead of keeping them: less memory, one more forward "
                                                             "pass of the blocks")
-    attention_kernel: Literal["auto", "sdpa", "flex"] = Field(
-        "auto", description="what runs the layers whose mask SDPA takes dense (a sliding window shorter than "
-                            "seq_len, a prefix, ALiBi): auto = FlexAttention on CUDA, SDPA elsewhere; sdpa; "
-                            "flex = FlexAttention (CUDA only)")
+    attention_kernel: AttentionKernel = Field("auto", description=ATTENTION_KERNEL)
     devices: int | None = Field(None, ge=1, description="the devices (processes) `check` plans the stage for: "
                                                         "memory per device, and the batch split over them; "
                                                         "default 1 (`run` uses the processes it is given)")
@@ -807,10 +809,7 @@ class RLSpec(Block):
                                                             "backward instead of keeping them (the policy and PPO's "
                                                             "value model): less memory, one more forward pass of the "
                                                             "blocks")
-    attention_kernel: Literal["auto", "sdpa", "flex"] = Field(
-        "auto", description="what runs the layers whose mask SDPA takes dense (a sliding window shorter than "
-                            "seq_len, a prefix, ALiBi): auto = FlexAttention on CUDA, SDPA elsewhere; sdpa; "
-                            "flex = FlexAttention (CUDA only)")
+    attention_kernel: AttentionKernel = Field("auto", description=ATTENTION_KERNEL)
     parallel: Literal["auto", "ddp", "fsdp"] = Field("auto", description="with several processes: ddp replicates "
                                                      "the policy (and PPO's value model); fsdp shards their weights, "
                                                      "gradients and optimizer state (FSDP2), gathering the policy "

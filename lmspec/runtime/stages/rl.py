@@ -174,15 +174,14 @@ class RLStage(Stage):
         stage that fits only sharded may have. The policy's loss reads its logits, the value
         model's its scalar head."""
         from lmspec.compiler.analysis import meta_pass
-        from lmspec.compiler.arch import HeadConfig
+        from lmspec.compiler.costs import stage_seq_len, value_arch
 
-        T = min(self.spec.rollouts.prompts.tokens + self.spec.rollouts.max_new_tokens, self.plan.arch.context, 8)
+        T = min(stage_seq_len(self.spec, self.plan.arch), 8)
         dec = T if self.plan.arch.arch == "encoder_decoder" else None
         names = {f"policy.{n}" for n in meta_pass(self.plan.arch, batch=1, seq_len=T, decoder_seq_len=dec,
                                                   reads=("logits",)).unreached}
         if self.value is not None:
-            arch = dataclasses.replace(self.plan.arch, heads=(HeadConfig("scalar", pool="last"),), tie_embeddings=False)
-            names |= {f"value.{n}" for n in meta_pass(arch, batch=1, seq_len=T, decoder_seq_len=dec,
+            names |= {f"value.{n}" for n in meta_pass(value_arch(self.plan.arch), batch=1, seq_len=T, decoder_seq_len=dec,
                                                       reads=("scores",)).unreached}
         return [p for name, p in self.both.named_parameters() if name in names and p.requires_grad]
 
@@ -238,13 +237,11 @@ class RLStage(Stage):
 
     def _value_model(self):
         """PPO's value model: the policy's body with a scalar head, starting from the policy's weights."""
-        from lmspec.compiler.arch import HeadConfig
         from lmspec.compiler.build import build_model
+        from lmspec.compiler.costs import value_arch
 
-        arch = dataclasses.replace(self.plan.arch, heads=(HeadConfig("scalar", pool="last"),), tie_embeddings=False)
-        model = build_model(arch, device=self.device).checkpoint_activations(self.spec.checkpoint_activations,
-                                                                             in_eval=True)
-        model.attention_kernel(self.spec.attention_kernel)
+        model = build_model(value_arch(self.plan.arch), device=self.device).checkpoint_activations(
+            self.spec.checkpoint_activations, in_eval=True).attention_kernel(self.spec.attention_kernel)
         body = {k: v for k, v in self.policy.state_dict().items() if not k.startswith(("lm_head", "mlm_head"))}
         model.load_state_dict(body, strict=False)
         return model
