@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -77,3 +78,47 @@ def write(tmp_path):
         return path
 
     return _write
+
+
+@contextlib.contextmanager
+def gloo_group(rank: int, rendezvous: str, world_size: int = 2):
+    """The gloo process group of a spawned test worker (`rendezvous` a file path), left as `lmspec
+    run`'s workers leave theirs: after a barrier when the body ended cleanly
+    (`distributed.leave_process_group`; without it a worker can abort at exit)."""
+    import torch.distributed as dist
+
+    from lmspec.runtime import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    clean = False
+    try:
+        yield
+        clean = True
+    finally:
+        distributed.leave_process_group(clean)
+
+
+# Preloaded once into multiprocessing's fork server, so that a spawned worker starts in a moment
+# instead of importing torch afresh (seconds of the suite's time per worker).
+_PRELOAD = ["torch", "torch.distributed.fsdp", "torch.distributed.checkpoint", "torch.distributed.tensor",
+            "safetensors.torch", "lmspec.runtime.api", "lmspec.runtime.stages.train", "lmspec.runtime.stages.rl"]
+
+
+def _in_parents_environment(rank: int, environ: dict, cwd: str, fn, *args) -> None:
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd)
+    fn(rank, *args)
+
+
+def spawn(fn, *args, nprocs: int = 2) -> None:
+    """`torch.multiprocessing.spawn(fn, args, nprocs)`: fn(rank, *args) in `nprocs` new
+    processes, each with this process's environment and working directory, as spawn gives; forked
+    from a server that has imported torch and lmspec once for the whole session."""
+    import multiprocessing
+
+    import torch.multiprocessing
+
+    multiprocessing.set_forkserver_preload(_PRELOAD)
+    torch.multiprocessing.start_processes(_in_parents_environment, args=(dict(os.environ), os.getcwd(), fn, *args),
+                                          nprocs=nprocs, start_method="forkserver")

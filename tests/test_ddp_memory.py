@@ -13,7 +13,6 @@ made inside, the old buckets given).
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from lmspec.compiler.analysis import count_parameters, device_memory
 from lmspec.compiler.build import build_model
 from lmspec.runtime import distributed, engine
 from lmspec.runtime.objectives.clm import CausalLM
+from conftest import gloo_group, spawn
 
 # 1.19 MB of parameters: after the first step DDP splits them into a first bucket of 1 MiB and one more
 ARCH = decoder(2, d=128, ff=256)
@@ -111,12 +111,10 @@ def _train(rank: int, bucket_view: bool, micro: int) -> tuple[list[int], int, di
 
 
 def _rank(rank: int, directory: str) -> None:
-    import torch.distributed as dist
     from safetensors.torch import save_file
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, f"{directory}/rendezvous"):
         out = {}
         for bucket_view, micro in ((False, 2), (True, 2), (True, 1)):
             name = f"{bucket_view}-{micro}"
@@ -125,17 +123,12 @@ def _rank(rank: int, directory: str) -> None:
             if rank == 0:
                 save_file(weights, f"{directory}/weights-{name}.safetensors")
         Path(directory, f"held-{rank}.json").write_text(json.dumps(out))
-    finally:
-        # the DDP replicas hold reference cycles: collected now, while their process group still
-        # exists (collected at exit, a reducer's threads meet a destroyed group: SIGABRT)
-        gc.collect()
-        dist.destroy_process_group()
 
 
 def test_ddp_holds_one_copy_of_the_gradients_and_check_counts_it(tmp_path):
     from safetensors.torch import load_file
 
-    torch.multiprocessing.spawn(_rank, args=(str(tmp_path),), nprocs=2)
+    spawn(_rank, str(tmp_path))
     grads = 4 * count_parameters(ARCH).total
     planned = device_memory(ARCH, world=2, parallel="ddp", batch=2, seq_len=16, grad_accum=2)
     assert planned.gradients == grads and planned.gradient_buffers == 0

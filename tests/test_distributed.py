@@ -4,7 +4,6 @@ the run resumes with any number of processes, and what cannot work is said befor
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 import socket
@@ -22,6 +21,7 @@ from lmspec.runtime.errors import RunError
 from lmspec.runtime.objectives.clm import CausalLM
 from run_support import cli as run_cli
 from run_support import env, final_weights, losses, quiet, write_project
+from conftest import gloo_group, spawn
 
 
 # The classifier head no objective trains (LMS096) is there on purpose: DDP waits for the
@@ -256,11 +256,9 @@ def _step(model, batches, no_sync=None):
 
 
 def _rank(rank: int, directory: str) -> None:
-    import torch.distributed as dist
     from safetensors.torch import save_file
 
-    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, f"{directory}/rendezvous"):
         torch.manual_seed(0)
         model = _Tiny()
         ddp = distributed.data_parallel(model, torch.device("cpu"))
@@ -269,16 +267,12 @@ def _rank(rank: int, directory: str) -> None:
         if rank == 0:
             save_file({k.removeprefix("module."): v for k, v in weights.items()}, f"{directory}/weights.safetensors")
             Path(directory, "result.json").write_text(json.dumps({"loss": r.loss, "tokens": r.tokens}))
-        del ddp  # and its reference cycles collected while the group exists (at exit: SIGABRT at times)
-    finally:
-        gc.collect()
-        dist.destroy_process_group()
 
 
 def test_the_loss_is_normalised_by_the_units_of_every_rank(tmp_path):
     from safetensors.torch import load_file
 
-    torch.multiprocessing.spawn(_rank, args=(str(tmp_path),), nprocs=2)
+    spawn(_rank, str(tmp_path))
     torch.manual_seed(0)
     r, weights = _step(_Tiny(), _micro_batches(1))
     two = json.loads((tmp_path / "result.json").read_text())

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from lmspec.runtime.api import open_run, resume, run
 from lmspec.runtime.checkpoint import CorruptCheckpoint, ShardedTensors, latest_checkpoint, load_checkpoint
 from run_support import cli, final_weights, losses, quiet, write_project
+from conftest import gloo_group, spawn
 
 
 # The classifier head no objective trains (LMS096) is there on purpose: it is frozen before
@@ -216,14 +217,12 @@ def _save_on_two_ranks(rank: int, directory: str) -> None:
     """Rank r of 2: a checkpoint of a sharded tensor, then one whose shards rank 1 cannot write."""
     import errno
 
-    import torch.distributed as dist
     from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
     from lmspec.runtime import checkpoint
     from lmspec.runtime.errors import RunError
 
-    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, f"{directory}/rendezvous"):
         mesh = init_device_mesh("cpu", (2,))
         tensors = {"model.w": distribute_tensor(torch.arange(10.0).reshape(5, 2), mesh, [Shard(0)]),
                    "optimizer.w.step": torch.tensor(3.0)}
@@ -237,12 +236,10 @@ def _save_on_two_ranks(rank: int, directory: str) -> None:
             checkpoint.save_checkpoint(Path(directory), 3, checkpoint.Sharded(tensors), {"step": 3})
         except RunError as err:
             Path(directory, f"error-{rank}.txt").write_text(err.message)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_a_rank_that_cannot_write_its_shard_stops_every_rank(tmp_path):
-    torch.multiprocessing.spawn(_save_on_two_ranks, args=(str(tmp_path),), nprocs=2)
+    spawn(_save_on_two_ranks, str(tmp_path))
     said = "rank 1 could not write its shards of checkpoint step-0000003: No space left on device"
     assert [(tmp_path / f"error-{r}.txt").read_text() for r in (0, 1)] == [said, said]
     assert [p.name for p in sorted(tmp_path.glob("step-*"))] == ["step-0000002", "step-0000003.tmp"]

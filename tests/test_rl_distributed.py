@@ -22,6 +22,7 @@ from lmspec.runtime.errors import RunError
 from lmspec.runtime.progress import Progress
 from run_support import cli as run_cli
 from run_support import env
+from conftest import gloo_group, spawn
 
 
 # `long` scores a response by its length in characters: a reward that varies within a group
@@ -69,7 +70,6 @@ def _digest(model: torch.nn.Module) -> str:
 def _worker(rank: int, project: str) -> None:
     """One of two ranks of `lmspec run` in this process group, recording what its rank saw:
     every rollout batch, every update's share of the loss, the weights after every update."""
-    import torch.distributed as dist
 
     from lmspec.runtime.rl.grpo import GRPO
     from lmspec.runtime.rl.rloo import RLOO
@@ -101,12 +101,11 @@ def _worker(rank: int, project: str) -> None:
         return out
 
     RLStage._update, RLStage._apply = recorded_update, recorded_apply
-    dist.init_process_group("gloo", init_method=f"file://{project}/rendezvous", rank=rank, world_size=2)
-    try:
-        run("spec.lmspec", out="spawned", progress=Progress(quiet=True))
-    finally:
-        Path(project, f"rank-{rank}.json").write_text(json.dumps(seen))
-        dist.destroy_process_group()
+    with gloo_group(rank, f"{project}/rendezvous"):
+        try:
+            run("spec.lmspec", out="spawned", progress=Progress(quiet=True))
+        finally:
+            Path(project, f"rank-{rank}.json").write_text(json.dumps(seen))
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +121,7 @@ def spawned(project):
     test's own: the run directory, and what each rank recorded."""
     (project / "spec.lmspec").write_text(SPEC + SINGLE_UPDATE)
     try:
-        torch.multiprocessing.spawn(_worker, args=(str(project),), nprocs=2)
+        spawn(_worker, str(project))
     finally:
         (project / "spec.lmspec").write_text(SPEC)
     ranks = [json.loads((project / f"rank-{r}.json").read_text()) for r in range(2)]

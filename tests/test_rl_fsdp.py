@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from conftest import gloo_group, spawn
 
 SPEC = """lmspec 1
 tokenizer tok { kind: bytes }
@@ -49,7 +50,6 @@ rl single {
 
 
 def _worker(rank: int, project: str, out: str, kill: str) -> None:
-    import torch.distributed as dist
 
     from lmspec.runtime.api import run
     from lmspec.runtime.progress import Progress
@@ -59,16 +59,13 @@ def _worker(rank: int, project: str, out: str, kill: str) -> None:
     if kill:  # rank 1 dies right after that step (and its checkpoint)
         os.environ.update(LMSPEC_KILL_AT_STEP=kill, LMSPEC_KILL_RANK="1")
     os.chdir(project)
-    dist.init_process_group("gloo", init_method=f"file://{project}/rendezvous-{out}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, f"{project}/rendezvous-{out}"):
         run("spec.lmspec", out=out, progress=Progress(quiet=True))
-    finally:
-        dist.destroy_process_group()
 
 
 def _spawn(project: Path, parallel: str, out: str, kill: str = "") -> Path:
     (project / "spec.lmspec").write_text(SPEC.replace("PARALLEL", parallel))
-    torch.multiprocessing.spawn(_worker, args=(str(project), out, kill), nprocs=2)
+    spawn(_worker, str(project), out, kill)
     return project / out
 
 
@@ -144,7 +141,6 @@ def test_fsdp_checkpoints_are_sharded_and_resume_to_the_uninterrupted_weights(ru
 
 
 def _resumer(rank: int, project: str, out: str) -> None:
-    import torch.distributed as dist
 
     from lmspec.runtime.api import resume
     from lmspec.runtime.progress import Progress
@@ -152,15 +148,12 @@ def _resumer(rank: int, project: str, out: str) -> None:
     torch.set_num_threads(1)
     os.environ["LMSPEC_CACHE"] = str(Path(project) / "cache")
     os.chdir(project)
-    dist.init_process_group("gloo", init_method=f"file://{project}/rendezvous-resume-{out}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, f"{project}/rendezvous-resume-{out}"):
         resume(out, progress=Progress(quiet=True))
-    finally:
-        dist.destroy_process_group()
 
 
 def _resume_spawned(project: Path, out: str) -> None:
-    torch.multiprocessing.spawn(_resumer, args=(str(project), out), nprocs=2)
+    spawn(_resumer, str(project), out)
 
 
 def _half_precision_value(rank: int, directory: str) -> None:
@@ -168,7 +161,6 @@ def _half_precision_value(rank: int, directory: str) -> None:
     final norm's fp32 output outside the root's forward, in the head's own dtype."""
     import dataclasses
 
-    import torch.distributed as dist
 
     from lmspec.compiler.api import check_text
     from lmspec.compiler.arch import HeadConfig
@@ -177,8 +169,7 @@ def _half_precision_value(rank: int, directory: str) -> None:
     from lmspec.runtime.stages.rl import RLStage
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, f"{directory}/rendezvous"):
         report = check_text("lmspec 1\nmodel m { vocab: 64, context: 16, layers: 2, d_model: 32, heads: 2 }\n", "m.lmspec")
         arch = dataclasses.replace(report.models["m"], heads=(HeadConfig("scalar", pool="last"),), tie_embeddings=False)
         torch.manual_seed(0)
@@ -191,9 +182,7 @@ def _half_precision_value(rank: int, directory: str) -> None:
         mask, positions = torch.ones_like(ids, dtype=torch.bool), torch.arange(10)[None].expand(2, 10)
         values = RLStage._values(stage, ids, mask, positions, 4)
         assert values.shape == (2, 4) and values.dtype == torch.float32 and torch.isfinite(values).all()
-    finally:
-        dist.destroy_process_group()
 
 
 def test_the_value_head_reads_fp32_hidden_states_beside_bf16_gathered_weights(tmp_path):
-    torch.multiprocessing.spawn(_half_precision_value, args=(str(tmp_path),), nprocs=2)
+    spawn(_half_precision_value, str(tmp_path))

@@ -53,8 +53,32 @@ def _env(project):
 
 
 def cli(*args, env=None, cwd=None):
+    """`lmspec ARGS` in a new process: for what must be a process of its own (one that is killed)."""
     return subprocess.run([sys.executable, "-m", "lmspec", *args], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=300)
+
+
+def main(*args, env=None) -> subprocess.CompletedProcess:
+    """`lmspec ARGS` through `lmspec.cli.main` in this process, under the environment `env`: what
+    `cli` gives, without seconds of importing torch afresh each time."""
+    import contextlib
+    import io
+
+    from lmspec.cli import main as lmspec_main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = lmspec_main(list(args))
+            except SystemExit as exit:  # argparse's usage errors
+                code = exit.code
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(["lmspec", *args], code, out.getvalue(), err.getvalue())
 
 
 # ----------------------------------------------------------------------------- the run directory
@@ -264,15 +288,15 @@ def test_a_missing_data_file_is_a_clear_error(project):
 
 def test_cli_run_show_and_sample(project):
     out = project / "run"
-    r = cli("run", str(project / "spec.lmspec"), "--out", str(out), "--set", "pretrain.steps=4", env=_env(project))
+    r = main("run", str(project / "spec.lmspec"), "--out", str(out), "--set", "pretrain.steps=4", env=_env(project))
     assert r.returncode == 0, r.stderr
     assert "pretrain step 4/4" in r.stdout and "finished" in r.stdout and "loss.png" in r.stdout
-    shown = cli("show", str(out), env=_env(project))
+    shown = main("show", str(out), env=_env(project))
     assert shown.returncode == 0 and "pretrain" in shown.stdout and "4/4" in shown.stdout
-    sampled = cli("sample", str(out), "--prompt", "the cat", "--max-tokens", "10", "--seed", "3", env=_env(project))
+    sampled = main("sample", str(out), "--prompt", "the cat", "--max-tokens", "10", "--seed", "3", env=_env(project))
     assert sampled.returncode == 0, sampled.stderr
     assert sampled.stdout.startswith("the cat")
-    again = cli("sample", str(out), "--prompt", "the cat", "--max-tokens", "10", "--seed", "3", env=_env(project))
+    again = main("sample", str(out), "--prompt", "the cat", "--max-tokens", "10", "--seed", "3", env=_env(project))
     assert again.stdout == sampled.stdout
     piped = subprocess.run([sys.executable, "-m", "lmspec", "sample", str(out), "--prompt", "-", "--max-tokens", "5"],
                            input="the\na dog\n", capture_output=True, text=True, env=_env(project), timeout=300)
@@ -282,15 +306,15 @@ def test_cli_run_show_and_sample(project):
 
 def test_cli_errors_are_one_clear_message(project):
     env = _env(project)
-    r = cli("run", str(project / "nope.lmspec"), env=env)
+    r = main("run", str(project / "nope.lmspec"), env=env)
     assert r.returncode == 1 and "nope.lmspec: no such file" in r.stderr and "Traceback" not in r.stderr
     (project / "taken").mkdir()
     (project / "taken" / "x").write_text("")
-    r = cli("run", str(project / "spec.lmspec"), "--out", str(project / "taken"), env=env)
+    r = main("run", str(project / "spec.lmspec"), "--out", str(project / "taken"), env=env)
     assert r.returncode == 1 and "already exists" in r.stderr and "Traceback" not in r.stderr
-    r = cli("run", "--resume", str(project), env=env)
+    r = main("run", "--resume", str(project), env=env)
     assert r.returncode == 1 and "not an lmspec run directory" in r.stderr
-    r = cli("run", str(project / "spec.lmspec"), "--set", "pretrain.stpes=3", env=env)
+    r = main("run", str(project / "spec.lmspec"), "--set", "pretrain.stpes=3", env=env)
     assert r.returncode == 1 and "LMS041" in r.stderr and "<--set>" in r.stderr
 
 
@@ -463,7 +487,7 @@ def test_ctrl_c_in_the_last_step_of_a_stage_stops_before_the_next(project, monke
 def test_a_run_in_use_cannot_be_resumed_twice_and_show_tells_a_dead_run(project):
     env = {**_env(project), "LMSPEC_KILL_AT_STEP": "5"}
     cli("run", str(project / "spec.lmspec"), "--out", str(project / "run"), env=env)
-    shown = cli("show", str(project / "run"), env=_env(project))
+    shown = main("show", str(project / "run"), env=_env(project))
     assert "stopped (no process is running it: killed?)" in shown.stdout
     from lmspec.runtime.rundir import RunDir
 
@@ -474,11 +498,11 @@ def test_a_run_in_use_cannot_be_resumed_twice_and_show_tells_a_dead_run(project)
 
 def test_cli_usage_errors_exit_2(project):
     env = _env(project)
-    assert cli("run", env=env).returncode == 2
-    assert cli("run", str(project / "spec.lmspec"), "--resume", str(project), env=env).returncode == 2
-    assert cli("run", "--resume", str(project), "--only", "pretrain", env=env).returncode == 2
-    assert cli("run", str(project / "spec.lmspec"), "--force", env=env).returncode == 2
-    assert cli("sample", str(project), "--top-k", "0", env=env).returncode == 2
+    assert main("run", env=env).returncode == 2
+    assert main("run", str(project / "spec.lmspec"), "--resume", str(project), env=env).returncode == 2
+    assert main("run", "--resume", str(project), "--only", "pretrain", env=env).returncode == 2
+    assert main("run", str(project / "spec.lmspec"), "--force", env=env).returncode == 2
+    assert main("sample", str(project), "--top-k", "0", env=env).returncode == 2
 
 
 def test_the_spec_warnings_are_shown_before_it_runs(project):

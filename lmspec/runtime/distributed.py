@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
 import logging
 import os
@@ -159,11 +160,28 @@ def process_group(device: str = "auto", backend: str = "auto"):
     # on rank 0 are the longest the others wait
     dist.init_process_group(name, timeout=datetime.timedelta(minutes=30),
                             device_id=dev if name == "nccl" else None)
+    clean = False
     try:
         yield dev
+        clean = True
     finally:
-        with contextlib.suppress(Exception):  # a broken group (a peer died) cannot be torn down politely
-            dist.destroy_process_group()
+        leave_process_group(clean)
+
+
+def leave_process_group(clean: bool) -> None:
+    """Leave the process group at the end of a worker. After a `clean` end every rank first
+    meets the others at a barrier: the backend's threads release the last collectives' tensors
+    while the interpreter is whole (released during its shutdown they abort the process with
+    'terminate called without an active exception', pytorch#190489). After a failure there is no
+    barrier: a peer may be gone. Objects whose reference cycles hold the group (DDP's reducer)
+    are collected while it exists."""
+    import torch.distributed as dist
+
+    with contextlib.suppress(Exception):  # a broken group (a peer died) cannot be torn down politely
+        if clean:
+            dist.barrier()
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
