@@ -792,7 +792,8 @@ class RLSpec(Block):
     algorithm: Algorithm = Field(PPO(), description="ppo(clip, kl, epochs, gae_lambda) | grpo(group) | rloo(k)")
     rollouts: RolloutSpec = Field(description="nested block: prompts, per_step, max_new_tokens, temperature")
     steps: int = Field(100, ge=1)
-    minibatch: int | None = Field(None, ge=1, description="rollouts per optimizer update; default all of a step's")
+    minibatch: int | None = Field(None, ge=1, description="rollouts per optimizer update and per no-grad "
+                                                          "scoring pass; default all of a step's")
     optimizer: Optimizer = Field(AdamW(lr=1e-5))
     schedule: Schedule = Field(Constant())
     clip_grad: float | None = Field(1.0, gt=0)

@@ -357,11 +357,12 @@ class RLStage(Stage):
         scores = self._score(prompt_texts, texts, i).to(self.device)
         full, mask, positions = self._sequences(query, qmask, response, rmask)
         rmask_d = rmask.to(self.device)
-        with torch.no_grad():
-            ref, _ = self._logprobs(self.reference, full, mask, positions, response, rmask)
         epochs = getattr(s.algorithm, "epochs", 1)
         B = len(prompts)  # this rank's rollouts
         mb = self.minibatch or B
+        sequences = (full, mask, positions, response, rmask)
+        with torch.no_grad():
+            ref = _by_rows(mb, lambda *rows: self._logprobs(self.reference, *rows)[0], *sequences)
         live = None
         if epochs == 1 and mb >= B:
             # one update over the whole batch: its own log-probs (and values), detached, are the
@@ -373,8 +374,9 @@ class RLStage(Stage):
             live = (new, ent, new_values)
         else:
             with torch.no_grad(), self._gathered():
-                old, _ = self._logprobs(self.policy, full, mask, positions, response, rmask)
-                values = self._values(full, mask, positions, response.shape[1]) if self.value is not None else None
+                old = _by_rows(mb, lambda *rows: self._logprobs(self.policy, *rows)[0], *sequences)
+                values = _by_rows(mb, lambda *rows: self._values(*rows[:3], response.shape[1]),
+                                  *sequences) if self.value is not None else None
         if self.kl_ctl is not None:
             self.cfg = dataclasses.replace(self.cfg, kl_coef=self.kl_ctl.value)
         batch = RolloutBatch(query.to(self.device), qmask.to(self.device), response.to(self.device), rmask_d, old,
@@ -566,3 +568,14 @@ class RLStage(Stage):
                          state=self.final_weights.get("value"))
             files["value"] = directory / "value.safetensors"
         return StageArtifacts(files, self.plan.model)
+
+
+def _by_rows(n: int, fn, *tensors: torch.Tensor) -> torch.Tensor:
+    """fn(*rows) over `n` rows of `tensors` at a time, concatenated. The no-grad scoring passes of
+    a step's rollouts run a minibatch at a time: they hold the logits of `n` rows (n x T x V),
+    never of all of them, so their peak stays under an update's, which `check` counts."""
+    B = tensors[0].shape[0]
+    if n >= B:
+        return fn(*tensors)
+    return torch.cat([fn(*(t[start:start + n] for t in tensors)) for start in range(0, B, n)])
+
