@@ -224,6 +224,39 @@ def test_flex_for_a_layer_it_cannot_take_is_an_error():
     assert _report(MODELS["sliding_gqa"] + ", dropout: 0.1", stage.replace("flex", "auto")).ok
 
 
+RL_WITH_REWARD_MODEL = """lmspec 1
+tokenizer tok { kind: bytes }
+data text { source: builtin("tiny-stories") }
+model m { arch: decoder, vocab: tok.vocab_size, context: 64, layers: 2, d_model: 64, heads: 4, POLICY }
+model rm { arch: decoder, vocab: tok.vocab_size, context: 64, layers: 1, d_model: 64, heads: HEADS, REWARD }
+train pre { model: m, objective: clm, data: text }
+judge long { score: length }
+feedback prefs { policy: m from pre, prompts: text.prefixes(tokens: 8, count: 32), samples: 2, max_new_tokens: 8,
+                 judge: long }
+train rw { model: rm with head scalar, objective: bradley_terry, data: prefs }
+rl r { policy: m from pre, reward: rw, algorithm: grpo(group: 4), attention_kernel: flex,
+       rollouts { prompts: text.prefixes(tokens: 8), per_step: 8, max_new_tokens: 8 } }
+"""
+
+
+def _rl(policy: str, reward: str, heads: int):
+    text = RL_WITH_REWARD_MODEL.replace("POLICY", policy).replace("REWARD", reward).replace("HEADS", str(heads))
+    return check_text(text, "rl.lmspec")
+
+
+def test_an_rl_stage_checks_its_reward_model_s_layers_too():
+    """The reward model follows the rl stage's attention_kernel (runtime.stages.rl), so under flex
+    its layers are held to the same rules as the policy's."""
+    sliding = MODELS["sliding_gqa"]
+    assert _rl(sliding, "position: alibi", heads=4).ok  # both take FlexAttention
+    (d,) = [d for d in _rl(sliding, "position: alibi", heads=8).diagnostics if d.code == "LMS136"]
+    assert "cannot take layer 0 of model 'rm's decoder (head_dim 8, under 16)" in d.message
+    # the policy needs no dense mask but the reward model does: flex still does something
+    assert _rl("position: rope(theta: 10_000)", "position: alibi", heads=4).diagnostics == []
+    (w,) = _rl("position: rope(theta: 10_000)", "position: rope(theta: 10_000)", heads=4).diagnostics
+    assert w.code == "LMS137" and "no layer of model 'm' or 'rm' needs a dense mask" in w.message
+
+
 def test_flex_where_no_layer_needs_a_dense_mask_is_a_warning():
     stage = "train t { model: m, objective: clm, data: text, seq_len: 8, attention_kernel: flex }\n"
     report = _report(MODELS["sliding_gqa"], stage)  # a window of 8 over 8 tokens: causal attention

@@ -513,11 +513,17 @@ def attention_kernel_rule(x) -> Iterator[Diagnostic]:
                 continue
             model, arch = found
             seq_len = stage_seq_len(spec, arch)
-            layers = A.dense_mask_layers(arch, seq_len, dropout=kind == "train")  # rl updates run in eval mode
+            layers = [(model, *layer) for layer in  # rl updates run in eval mode
+                      A.dense_mask_layers(arch, seq_len, dropout=kind == "train")]
+            reward = stage_arch(report, spec.reward) if kind == "rl" and \
+                getattr(report.spec.resolved.blocks.get(spec.reward), "kind", None) == "train" else None
+            if reward is not None:  # a reward model follows the stage's key too; it scores in eval mode
+                layers += [(reward[0], *layer) for layer in
+                           A.dense_mask_layers(reward[1], min(seq_len, reward[1].context), dropout=False)]
             span = x.block(name).span_of(("attention_kernel",))
-            refused = [(stack, i, why) for stack, i, why in layers if why is not None]
+            refused = [(owner, stack, i, why) for owner, stack, i, why in layers if why is not None]
             if refused:
-                stack, i, why = refused[0]
+                model, stack, i, why = refused[0]
                 more = f" (and {len(refused) - 1} more layer{'s' * (len(refused) > 2)})" if len(refused) > 1 else ""
                 yield _err("LMS136", f"{kind} '{name}' has attention_kernel: flex, but FlexAttention cannot take "
                            f"layer {i} of model '{model}'s {stack} ({why}){more}: it would run SDPA with a dense mask",
@@ -528,7 +534,8 @@ def attention_kernel_rule(x) -> Iterator[Diagnostic]:
                                                              if "head_dim" in why else ""))
             elif not layers:
                 yield Diagnostic(
-                    "warning", "LMS137", f"{kind} '{name}' has attention_kernel: flex, but no layer of model '{model}' "
+                    "warning", "LMS137", f"{kind} '{name}' has attention_kernel: flex, but no layer of model "
+                    f"{' or '.join(dict.fromkeys(repr(m) for m in [model] + ([reward[0]] if reward else [])))} "
                     f"needs a dense mask over {seq_len} tokens (a sliding window shorter than that, a prefix, ALiBi): "
                     "FlexAttention would run no layer", span, [],
                     "remove `attention_kernel: flex`: causal and bidirectional attention run SDPA's fused kernels", [])
