@@ -16,7 +16,8 @@ if str(ROOT) not in sys.path:  # test this checkout, even where another lmspec i
 
 # `lmspec check`'s meta cache goes to a directory of this session, never the user's ~/.cache
 # (tests that study the cache point LMSPEC_CACHE_DIR at their own tmp_path)
-os.environ.setdefault("LMSPEC_CACHE_DIR", tempfile.mkdtemp(prefix="lmspec-test-meta-"))
+if "LMSPEC_CACHE_DIR" not in os.environ:  # (spawned workers import this file too)
+    os.environ["LMSPEC_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmspec-test-meta-")
 
 from lmspec.compiler.api import CheckReport, check_text  # noqa: E402
 from lmspec.diagnostics import Diagnostic  # noqa: E402
@@ -114,7 +115,10 @@ def _in_parents_environment(rank: int, environ: dict, cwd: str, fn, *args) -> No
 def spawn(fn, *args, nprocs: int = 2) -> None:
     """`torch.multiprocessing.spawn(fn, args, nprocs)`: fn(rank, *args) in `nprocs` new
     processes, each with this process's environment and working directory, as spawn gives; forked
-    from a server that has imported torch and lmspec once for the whole session."""
+    from a server that has imported torch and lmspec once for the whole session. What torch reads
+    at import (OMP_NUM_THREADS) is the server's; the workers end with os._exit, not the
+    interpreter's shutdown (the launcher tests, `lmspec run --nproc 2`, exercise that).
+    test_fsdp's full-disk test keeps spawn's real exit, where a gloo abort once showed."""
     import multiprocessing
 
     import torch.multiprocessing

@@ -267,6 +267,7 @@ def _rank(rank: int, directory: str) -> None:
         if rank == 0:
             save_file({k.removeprefix("module."): v for k, v in weights.items()}, f"{directory}/weights.safetensors")
             Path(directory, "result.json").write_text(json.dumps({"loss": r.loss, "tokens": r.tokens}))
+        del ddp, model  # their reference cycles collected while the group exists
 
 
 def test_the_loss_is_normalised_by_the_units_of_every_rank(tmp_path):

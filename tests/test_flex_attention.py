@@ -254,7 +254,23 @@ def test_an_rl_stage_checks_its_reward_model_s_layers_too():
     # the policy needs no dense mask but the reward model does: flex still does something
     assert _rl("position: rope(theta: 10_000)", "position: alibi", heads=4).diagnostics == []
     (w,) = _rl("position: rope(theta: 10_000)", "position: rope(theta: 10_000)", heads=4).diagnostics
-    assert w.code == "LMS137" and "no layer of model 'm' or 'rm' needs a dense mask" in w.message
+    assert w.code == "LMS137" and "no layer of model 'm' needs a dense mask over 16 tokens, nor of 'rm' over 16" \
+        in w.message
+
+
+def test_a_reward_model_with_its_own_tokenizer_is_checked_over_its_context():
+    """Another tokenizer can make prompt + response longer than the policy's tokens: up to the
+    reward model's context is what it may read."""
+    windowed = "attention: sliding(window: 32)"  # 16 policy tokens fit in the window; 64 do not
+    assert _rl(MODELS["sliding_gqa"], windowed, heads=8).ok
+    text = (RL_WITH_REWARD_MODEL.replace("POLICY", MODELS["sliding_gqa"]).replace("REWARD", windowed)
+            .replace("HEADS", "8").replace("tokenizer tok { kind: bytes }", "tokenizer tok { kind: bytes }\n"
+                                           "tokenizer own { kind: bytes }")
+            .replace("model rm { arch: decoder, vocab: tok.vocab_size", "model rm { arch: decoder, vocab: own.vocab_size")
+            .replace("objective: bradley_terry,", "objective: bradley_terry, tokenizer: own,"))
+    report = check_text(text, "rl.lmspec")
+    (d,) = [d for d in report.diagnostics if d.code == "LMS136"]
+    assert "layer 0 of model 'rm's decoder (head_dim 8, under 16)" in d.message
 
 
 def test_flex_where_no_layer_needs_a_dense_mask_is_a_warning():

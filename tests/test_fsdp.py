@@ -19,7 +19,7 @@ from safetensors import safe_open
 from lmspec.runtime.api import open_run, resume, run
 from lmspec.runtime.checkpoint import CorruptCheckpoint, ShardedTensors, latest_checkpoint, load_checkpoint
 from run_support import cli, final_weights, losses, quiet, write_project
-from conftest import gloo_group, spawn
+from conftest import gloo_group
 
 
 # The classifier head no objective trains (LMS096) is there on purpose: it is frozen before
@@ -239,7 +239,9 @@ def _save_on_two_ranks(rank: int, directory: str) -> None:
 
 
 def test_a_rank_that_cannot_write_its_shard_stops_every_rank(tmp_path):
-    spawn(_save_on_two_ranks, str(tmp_path))
+    # spawn's own processes, which end with the interpreter's shutdown: where gloo's threads aborted
+    # a worker at exit (distributed.leave_process_group)
+    torch.multiprocessing.spawn(_save_on_two_ranks, args=(str(tmp_path),), nprocs=2)
     said = "rank 1 could not write its shards of checkpoint step-0000003: No space left on device"
     assert [(tmp_path / f"error-{r}.txt").read_text() for r in (0, 1)] == [said, said]
     assert [p.name for p in sorted(tmp_path.glob("step-*"))] == ["step-0000002", "step-0000003.tmp"]

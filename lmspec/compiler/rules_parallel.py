@@ -518,8 +518,15 @@ def attention_kernel_rule(x) -> Iterator[Diagnostic]:
             reward = stage_arch(report, spec.reward) if kind == "rl" and \
                 getattr(report.spec.resolved.blocks.get(spec.reward), "kind", None) == "train" else None
             if reward is not None:  # a reward model follows the stage's key too; it scores in eval mode
+                from lmspec.compiler.rules_stages import stage_tokenizer
+
+                # prompt + response in its own tokens, up to its context: as many as the policy's
+                # when they share a tokenizer, else up to its context
+                tokenizer = stage_tokenizer(x, spec.reward)
+                same = tokenizer is not None and tokenizer == stage_tokenizer(x, name)
+                reward_len = min(seq_len, reward[1].context) if same else reward[1].context
                 layers += [(reward[0], *layer) for layer in
-                           A.dense_mask_layers(reward[1], min(seq_len, reward[1].context), dropout=False)]
+                           A.dense_mask_layers(reward[1], reward_len, dropout=False)]
             span = x.block(name).span_of(("attention_kernel",))
             refused = [(owner, stack, i, why) for owner, stack, i, why in layers if why is not None]
             if refused:
@@ -535,8 +542,9 @@ def attention_kernel_rule(x) -> Iterator[Diagnostic]:
             elif not layers:
                 yield Diagnostic(
                     "warning", "LMS137", f"{kind} '{name}' has attention_kernel: flex, but no layer of model "
-                    f"{' or '.join(dict.fromkeys(repr(m) for m in [model] + ([reward[0]] if reward else [])))} "
-                    f"needs a dense mask over {seq_len} tokens (a sliding window shorter than that, a prefix, ALiBi): "
+                    f"'{model}' needs a dense mask over {seq_len} tokens"
+                    + (f", nor of '{reward[0]}' over {reward_len}" if reward else "") +
+                    " (a sliding window shorter than that, a prefix, ALiBi): "
                     "FlexAttention would run no layer", span, [],
                     "remove `attention_kernel: flex`: causal and bidirectional attention run SDPA's fused kernels", [])
 

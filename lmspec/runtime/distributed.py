@@ -173,14 +173,21 @@ def leave_process_group(clean: bool) -> None:
     meets the others at a barrier: the backend's threads release the last collectives' tensors
     while the interpreter is whole (released during its shutdown they abort the process with
     'terminate called without an active exception', pytorch#190489). After a failure there is no
-    barrier: a peer may be gone. Objects whose reference cycles hold the group (DDP's reducer)
-    are collected while it exists."""
+    barrier: a peer may be gone. On gloo the barrier gives up after a minute (a peer that failed
+    after the last collective); on NCCL a launcher's agent stops ranks whose peer failed. Objects
+    whose reference cycles hold the group (DDP's reducer) are collected while it exists."""
+    import datetime
+
     import torch.distributed as dist
 
+    if clean:
+        with contextlib.suppress(Exception):  # a peer that failed at the very end: leave without it
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(minutes=1))
+            else:
+                dist.barrier()
+    gc.collect()
     with contextlib.suppress(Exception):  # a broken group (a peer died) cannot be torn down politely
-        if clean:
-            dist.barrier()
-        gc.collect()
         dist.destroy_process_group()
 
 
