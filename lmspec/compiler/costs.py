@@ -178,8 +178,9 @@ def spec_figures(report, *, meta: bool = True) -> tuple[Figures, list[Diagnostic
             micro = rl.minibatch
         precision = _precision(spec.precision)
         momentum = getattr(spec.optimizer, "momentum", 0.0)  # sgd keeps a buffer only with momentum
-        memory = A.training_memory(arch if kind == "train" else eval_mode(arch), batch=micro, seq_len=seq_len, precision=precision,
-                                   optimizer=spec.optimizer.kind, decoder_seq_len=dec, momentum=momentum,
+        memory = A.training_memory(arch if kind == "train" else eval_mode(arch), batch=micro, seq_len=seq_len,
+                                   precision=precision, optimizer=spec.optimizer.kind, decoder_seq_len=dec,
+                                   momentum=momentum,
                                    checkpoint_activations=getattr(spec, "checkpoint_activations", False),
                                    attention_kernel=getattr(spec, "attention_kernel", "auto"))
         if rl is not None:
@@ -348,8 +349,8 @@ def rl_sharded_memory(report, stage: str, arch: ArchConfig, rl: RLFigures, world
     # under a half-precision stage the reference is held in that precision, as the sharded policy
     # computes (runtime.stages.rl): half its fp32 bytes
     reference = rl.memory["reference"] // (2 if _precision(spec.precision) in ("bf16", "fp16") else 1)
-    return rl_device_memory(eval_mode(arch), value=eval_mode(value_arch(arch)) if spec.algorithm.kind == "ppo" else None,
-                            world=world,
+    value = eval_mode(value_arch(arch)) if spec.algorithm.kind == "ppo" else None
+    return rl_device_memory(eval_mode(arch), value=value, world=world,
                             batch=rl.minibatch, seq_len=rl.prompt_tokens + rl.new_tokens,
                             rollouts=spec.rollouts.per_step,
                             frozen=reference + rl.memory["reward"] + rl.memory["judges"],
@@ -357,7 +358,6 @@ def rl_sharded_memory(report, stage: str, arch: ArchConfig, rl: RLFigures, world
                             momentum=getattr(spec.optimizer, "momentum", 0.0),
                             checkpoint_activations=spec.checkpoint_activations,
                             attention_kernel=spec.attention_kernel)
-
 
 
 def _modules(parameters: list[str], most: int = 6) -> str:

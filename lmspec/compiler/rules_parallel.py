@@ -426,15 +426,15 @@ def _memory_diagnostics(report, block, plan: DevicePlan, spec) -> Iterator[Diagn
                 block.name_span, labels, help=f"leave a tenth free: {fix}", notes=notes)
         return
     sharded = plan.sharded
+    trained = "the policy and value model" if plan.kind == "rl" and spec.algorithm.kind == "ppo" else "the policy"
+    if plan.chosen == "ddp" and plan.parallel == "ddp" and sharded is not None and sharded.total <= plan.device_memory:
+        how = f" ({trained} sharded, gathered whole for the rollouts)" if plan.kind == "rl" else ""
+        yield _err("LMS121", f"{plan.kind} '{plan.stage}' needs {need} per device replicated on {_ways(plan.devices)} "
+                   f"(parallel: ddp), more than the {mem} a device has; sharded it needs {human_bytes(sharded.total)}",
+                   block.span_of(("parallel",)), labels=labels, notes=notes,
+                   help=f"use parallel: fsdp{how}, or auto, which chooses fsdp when a stage fits only sharded")
+        return
     if plan.kind == "rl":
-        trained = "the policy and value model" if spec.algorithm.kind == "ppo" else "the policy"
-        if plan.parallel == "ddp" and sharded is not None and sharded.total <= plan.device_memory:
-            yield _err("LMS121", f"rl '{plan.stage}' needs {need} per device replicated on {_ways(plan.devices)} "
-                       f"(parallel: ddp), more than the {mem} a device has; sharded it needs "
-                       f"{human_bytes(sharded.total)}", block.span_of(("parallel",)), labels=labels, notes=notes,
-                       help=f"use parallel: fsdp ({trained} sharded, gathered whole for the rollouts), or auto, "
-                            "which chooses fsdp when a stage fits only sharded")
-            return
         if plan.devices == 1:
             where = "on one device"
         elif plan.chosen == "fsdp":
@@ -447,12 +447,6 @@ def _memory_diagnostics(report, block, plan: DevicePlan, spec) -> Iterator[Diagn
                    block.name_span, labels=labels, notes=notes,
                    help=_rl_fix(plan, spec) + "a smaller policy, fewer rollouts per step (rollouts.per_step, "
                    "minibatch) or more devices to share them, or a device with more memory")
-        return
-    if plan.chosen == "ddp" and plan.parallel == "ddp" and sharded is not None and sharded.total <= plan.device_memory:
-        yield _err("LMS121", f"train '{plan.stage}' needs {need} per device replicated on {_ways(plan.devices)} "
-                   f"(parallel: ddp), more than the {mem} a device has; sharded it needs {human_bytes(sharded.total)}",
-                   block.span_of(("parallel",)), labels=labels, notes=notes,
-                   help="use parallel: fsdp, or auto, which chooses fsdp when a stage fits only sharded")
         return
     if plan.devices == 1:
         how = "on one device"

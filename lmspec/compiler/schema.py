@@ -558,6 +558,7 @@ class ModelUse(Schema):
 
 
 AttentionKernel = Literal["auto", "sdpa", "flex"]
+Parallel = Literal["auto", "ddp", "fsdp"]
 ATTENTION_KERNEL = ("what runs the layers whose mask SDPA takes dense (a sliding window shorter than seq_len, a prefix, "
                     "ALiBi): auto = FlexAttention on CUDA, SDPA elsewhere; sdpa; flex = FlexAttention (CUDA only)")
 
@@ -589,7 +590,7 @@ class TrainSpec(Block):
     keep_checkpoints: int = Field(3, ge=1, description="keep the newest N checkpoints of the stage")
     log_every: int = Field(10, ge=1, description="log metrics every N steps")
     compile: bool = Field(False, description="run the model through torch.compile")
-    parallel: Literal["auto", "ddp", "fsdp"] = Field("auto", description="with several processes: ddp replicates "
+    parallel: Parallel = Field("auto", description="with several processes: ddp replicates "
                                                      "the model (batch split across them); fsdp shards its weights, "
                                                      "gradients and optimizer state across them (FSDP2); auto: ddp")
     checkpoint_activations: bool = Field(False, description="recompute each block's activations during backward "
@@ -811,7 +812,7 @@ class RLSpec(Block):
                                                             "value model): less memory, one more forward pass of the "
                                                             "blocks")
     attention_kernel: AttentionKernel = Field("auto", description=ATTENTION_KERNEL)
-    parallel: Literal["auto", "ddp", "fsdp"] = Field("auto", description="with several processes: ddp replicates "
+    parallel: Parallel = Field("auto", description="with several processes: ddp replicates "
                                                      "the policy (and PPO's value model); fsdp shards their weights, "
                                                      "gradients and optimizer state (FSDP2), gathering the policy "
                                                      "whole for the rollouts; the rollouts are split either way and "

@@ -360,11 +360,10 @@ def gathered(*models: torch.nn.Module | None):
     if not roots:
         yield
         return
-    units = [u for root in roots for u in root.modules() if isinstance(u, FSDPModule)]
-    for root in roots:
-        for unit in root.modules():
-            if isinstance(unit, FSDPModule) and unit is not root:
-                unit.set_reshard_after_forward(False, recurse=False)
+    blocks = [[u for u in root.modules() if isinstance(u, FSDPModule) and u is not root] for root in roots]
+    for block in (block for bs in blocks for block in bs):
+        block.set_reshard_after_forward(False, recurse=False)
+    units = [unit for root, bs in zip(roots, blocks) for unit in (root, *bs)]
     for unit in units:
         unit.unshard()
     try:
@@ -372,10 +371,9 @@ def gathered(*models: torch.nn.Module | None):
     finally:
         for unit in units:
             unit.reshard()
-        for root in roots:
-            blocks = [u for u in root.modules() if isinstance(u, FSDPModule) and u is not root]
-            for i, block in enumerate(blocks):
-                block.set_reshard_after_forward(_reshards_after_forward(i, len(blocks)), recurse=False)
+        for bs in blocks:
+            for i, block in enumerate(bs):
+                block.set_reshard_after_forward(_reshards_after_forward(i, len(bs)), recurse=False)
 
 
 def _reshards_after_forward(i: int, blocks: int) -> bool:
@@ -519,15 +517,14 @@ def report_failure(message: str, help: str | None = None, *, kind: str = "error"
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
+    from lmspec.runtime.checkpoint import write_json_atomic
+
     with contextlib.suppress(OSError):
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         # whole or not at all: the agent may read the file the moment it exists (an empty one
         # made it fail parsing it, and the run's error with it)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"message": message, "timestamp": int(time.time()),
-                                   "lmspec": {"message": message, "help": help, "kind": kind}}))
-        os.replace(tmp, target)
+        write_json_atomic(Path(path), {"message": message, "timestamp": int(time.time()),
+                                       "lmspec": {"message": message, "help": help, "kind": kind}})
 
 
 def lost_peers(err: BaseException) -> bool:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .flex import MIN_HEAD_DIM, flex_attend
+from .flex import MIN_HEAD_DIM, TORCH_VERSION, flex_attend
 from .kv_cache import LayerCache
 from .masks import AttentionContext, AttentionMask
 from .positions import Rotary, apply_rope
@@ -22,7 +22,7 @@ from .positions import Rotary, apply_rope
 __all__ = ["Attention", "CrossAttention", "attend"]
 
 # SDPA learnt grouped-query attention (kv heads shared by groups of query heads) in torch 2.5
-_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+_SDPA_GQA = TORCH_VERSION >= (2, 5)
 
 
 def attend(

@@ -34,30 +34,28 @@ __all__ = ["AVAILABLE", "BLOCK", "KERNELS", "MIN_HEAD_DIM", "FlexMask", "build_f
 
 # imported when first used: torch.nn.attention.flex_attention imports torch._dynamo (seconds),
 # which building a model, or `lmspec check`'s meta pass, never needs
-AVAILABLE = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)  # torch.nn.attention.flex_attention
+TORCH_VERSION = tuple(int(p) for p in torch.__version__.split(".")[:2])  # (major, minor)
+AVAILABLE = TORCH_VERSION >= (2, 5)  # torch.nn.attention.flex_attention
 BLOCK = 128  # the tile of a BlockMask (torch's _DEFAULT_SPARSE_BLOCK_SIZE)
 KERNELS = ("auto", "sdpa", "flex")
 MIN_HEAD_DIM = 16  # triton's tl.dot: torch's CUDA FlexAttention refuses smaller heads
 RECOMPILE_LIMIT = 64  # torch.compile's versions of flex_attention, at most (torch's default: 8)
 
 
-_TRITON: list[bool] = []  # the answer, once known
-
-
 def _has_triton() -> bool:
     """Whether triton can build FlexAttention's kernels here. Inside torch.compile the answer is
     yes (it compiles CUDA kernels with triton; `compile: true` checks for it before the run), and
     a constant, so a stack asking it breaks no graph."""
-    if torch.compiler.is_compiling():
-        return True
-    if not _TRITON:
-        try:
-            from torch.utils._triton import has_triton
-        except ImportError:
-            _TRITON.append(False)
-        else:
-            _TRITON.append(has_triton())
-    return _TRITON[0]
+    return torch.compiler.is_compiling() or _triton_here()
+
+
+@functools.cache
+def _triton_here() -> bool:
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return False
+    return has_triton()
 
 
 def use_flex(kernel: str, device: torch.device) -> bool:

@@ -178,11 +178,11 @@ class RLStage(Stage):
 
         T = min(stage_seq_len(self.spec, self.plan.arch), 8)
         dec = T if self.plan.arch.arch == "encoder_decoder" else None
-        names = {f"policy.{n}" for n in meta_pass(self.plan.arch, batch=1, seq_len=T, decoder_seq_len=dec,
-                                                  reads=("logits",)).unreached}
+        models = [("policy", self.plan.arch, "logits")]
         if self.value is not None:
-            names |= {f"value.{n}" for n in meta_pass(value_arch(self.plan.arch), batch=1, seq_len=T, decoder_seq_len=dec,
-                                                      reads=("scores",)).unreached}
+            models.append(("value", value_arch(self.plan.arch), "scores"))
+        names = {f"{prefix}.{n}" for prefix, arch, read in models
+                 for n in meta_pass(arch, batch=1, seq_len=T, decoder_seq_len=dec, reads=(read,)).unreached}
         return [p for name, p in self.both.named_parameters() if name in names and p.requires_grad]
 
     def _gathered(self):
@@ -484,11 +484,9 @@ class RLStage(Stage):
     def evaluate(self) -> dict[str, float]:
         """The reward of the held-out prompts' samples (fixed seed), and the same for the policy
         as it started (`before_*`, measured once and kept in the checkpoint)."""
-        if not self.sharded:
-            result = self._held_out(self.policy)
-        else:  # every rank gathers the weights; rank 0 evaluates for all
-            with self._gathered():
-                result = self._held_out(self.policy) if self.world.main else {}
+        # sharded, every rank is here and gathers the weights; replicated, rank 0 alone: it evaluates for all
+        with self._gathered():
+            result = self._held_out(self.policy) if self.world.main else {}
         result.update({f"before_{k}": v for k, v in self.before.items()})
         return result
 
@@ -551,7 +549,8 @@ class RLStage(Stage):
         """Called on every rank before rank 0 writes the artifacts: sharded models' weights
         gathered onto rank 0, for the single-process weights files."""
         if self.sharded:
-            self.final_weights = {name: gathered_model_state(m, self.tied_models[name]) for name, m in self.both.items()}
+            self.final_weights = {name: gathered_model_state(m, self.tied_models[name])
+                                  for name, m in self.both.items()}
 
     def artifacts(self, directory: Path) -> StageArtifacts:
         from lmspec.compiler.arch import arch_to_dict
